@@ -1,0 +1,45 @@
+"""Reference server for `bench.py --bare`: aiohttp on uvloop that reads the body and returns a
+fixed small JSON, no inference. It shows the ceiling of the HTTP stack alone on this machine.
+
+It announces itself like the daemon does (a JSON "listening" line on stderr, READY=1 on
+$NOTIFY_SOCKET) so that bench.py starts both the same way.
+"""
+
+import asyncio
+import json
+import os
+import socket
+import sys
+
+import uvloop
+from aiohttp import web
+
+BODY = b'{"model_name":"mlp","outputs":[]}'
+
+
+async def infer(request: web.Request) -> web.Response:
+    await request.read()
+    return web.Response(body=BODY, content_type="application/json")
+
+
+async def main() -> None:
+    app = web.Application()
+    app.router.add_post("/v2/models/{model}/infer", infer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    print(json.dumps({"event": "listening", "frontend": "http", "address": f"{host}:{port}"}),
+          file=sys.stderr, flush=True)
+    if path := os.environ.get("NOTIFY_SOCKET"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(b"READY=1\n", path)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(15, stop.set)  # SIGTERM from bench.py
+    await stop.wait()
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    uvloop.run(main())

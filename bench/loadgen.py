@@ -1,0 +1,175 @@
+"""Closed-loop HTTP/1.1 load generator: raw asyncio Protocols on uvloop, pre-encoded requests.
+
+It shares 2 cores with the server under test, so the hot path is kept to a bytes.find, two int()
+parses and one transport.write per request. Only Content-Length framing is understood; anything
+else counts as an error and drops the connection.
+
+`run_load` is self-contained (imports no numpy or onnxruntime) so that `--procs N` can run it in
+spawned worker processes; windows are given in wall-clock ns and converted to perf_counter here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import uvloop
+
+
+def build_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection with at most one request in flight (closed loop)."""
+
+    def __init__(self, gen: "_Gen"):
+        self.gen = gen
+        self.transport = None
+        self.buf = b""
+        self.need = -1  # total bytes of the current response once its headers are parsed
+        self.status = 0
+        self.sent = 0
+        self.parked = False
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def send(self):
+        self.sent = time.perf_counter_ns()
+        self.transport.write(self.gen.request)
+
+    def data_received(self, data):
+        buf = self.buf + data if self.buf else data
+        if self.need < 0:
+            i = buf.find(b"\r\n\r\n")
+            if i < 0:
+                self.buf = buf
+                return
+            head = buf[:i].lower()
+            j = head.find(b"\ncontent-length:")
+            if j < 0 or not head.startswith(b"http/1.1 "):
+                self.transport.abort()  # counted as an error by on_lost
+                return
+            k = head.find(b"\r", j)
+            self.need = i + 4 + int(head[j + 16 : k if k > 0 else len(head)])
+            self.status = int(head[9:12])
+        if len(buf) < self.need:
+            self.buf = buf
+            return
+        self.buf = buf[self.need :]
+        self.need = -1
+        self.gen.on_response(self, self.status)
+
+    def connection_lost(self, exc):
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.gen.on_lost(self)
+
+
+class _Gen:
+    def __init__(self, host, port, request, n_conns, t_rec, t_end):
+        self.host, self.port, self.request = host, port, request
+        self.n_conns, self.t_rec, self.t_end = n_conns, t_rec, t_end
+        self.lat: list[int] = []
+        self.responses = 0  # all responses, warm-up included (for CPU cost per request)
+        self.errors = 0
+        self.tasks: set[asyncio.Task] = set()  # strong refs to reconnect tasks
+        self.conns: set[_Conn] = set()
+        self.stopping = False
+        self.idle = 0  # connections that have stopped sending (past t_end)
+        self.all_idle = asyncio.get_running_loop().create_future()
+
+    async def connect(self) -> _Conn | None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
+        except OSError:
+            self.errors += 1
+            return None
+        self.conns.add(conn)
+        return conn
+
+    def _park(self, conn: _Conn | None):
+        if conn is not None:
+            conn.parked = True
+        self.idle += 1
+        if self.idle >= self.n_conns and not self.all_idle.done():
+            self.all_idle.set_result(None)
+
+    def on_response(self, conn: _Conn, status: int):
+        now = time.perf_counter_ns()
+        self.responses += 1
+        if self.t_rec <= now <= self.t_end:
+            if status == 200:
+                self.lat.append(now - conn.sent)
+            else:
+                self.errors += 1
+        if now < self.t_end:
+            conn.send()
+        else:
+            self._park(conn)
+
+    def on_lost(self, conn: _Conn):
+        self.conns.discard(conn)
+        if self.stopping or conn.parked:
+            return
+        # The server dropped us mid-run: count it and replace the connection (bounded by t_end).
+        self.errors += 1
+        task = asyncio.get_running_loop().create_task(self._replace())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _replace(self):
+        conn = None
+        if time.perf_counter_ns() < self.t_end:
+            conn = await self.connect()
+        if conn is not None and time.perf_counter_ns() < self.t_end:
+            conn.send()
+        else:
+            self._park(conn)
+            if conn is not None:
+                conn.transport.close()
+
+
+async def _run(host, port, request, n_conns, t_start, t_rec, t_end, drain_s):
+    gen = _Gen(host, port, request, n_conns, t_rec, t_end)
+    conns = [c for c in await asyncio.gather(*(gen.connect() for _ in range(n_conns))) if c]
+    gen.idle = n_conns - len(conns)
+    await asyncio.sleep(max(0.0, (t_start - time.perf_counter_ns()) / 1e9))  # start together
+    cpu0 = time.process_time()
+    for c in conns:
+        c.send()
+    if not conns:
+        gen.all_idle.set_result(None)
+    # Bounded: wait for the run plus a drain allowance for the last in-flight responses.
+    timeout = (t_end - time.perf_counter_ns()) / 1e9 + drain_s
+    try:
+        await asyncio.wait_for(asyncio.shield(gen.all_idle), max(timeout, 0.1))
+    except asyncio.TimeoutError:
+        gen.errors += gen.n_conns - gen.idle  # still waiting on a response: count as timeouts
+    cpu = time.process_time() - cpu0
+    gen.stopping = True
+    for c in list(gen.conns):
+        c.transport.abort()
+    await asyncio.gather(*(c.closed for c in conns), return_exceptions=True)
+    return {"lat_ns": gen.lat, "errors": gen.errors, "responses": gen.responses, "cpu_s": cpu}
+
+
+def run_load(host: str, port: int, request: bytes, n_conns: int, start_wall_ns: int,
+             warmup_s: float, duration_s: float, drain_s: float = 10.0) -> dict:
+    """Run n_conns closed-loop clients; record responses completing in the measured window.
+
+    The window starts warmup_s after start_wall_ns (a time.time_ns value shared by all worker
+    processes) and lasts duration_s. Returns latencies (ns), error count and generator CPU time.
+    """
+    offset = time.time_ns() - time.perf_counter_ns()
+    t_start = start_wall_ns - offset
+    t_rec = t_start + int(warmup_s * 1e9)
+    t_end = t_rec + int(duration_s * 1e9)
+    if n_conns <= 0:
+        return {"lat_ns": [], "errors": 0, "responses": 0, "cpu_s": 0.0}
+    return uvloop.run(_run(host, port, request, n_conns, t_start, t_rec, t_end, drain_s))

@@ -1,0 +1,1 @@
+"""Typed configuration and the vocabulary every layer shares (errors, tensors)."""

@@ -1,0 +1,281 @@
+"""Typed configuration: the daemon's TOML file, INFERD_* environment overrides, CLI overrides,
+and per-model `config.toml` files.
+
+Every section is a dataclass; one small loader checks keys, types and values and refuses
+anything else with the file, the key and the reason (ConfigError).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from inferd.config.errors import ConfigError
+from inferd.config.tensors import DATATYPES, TensorSpec
+
+Check = Callable[[Any], "str | None"]
+
+
+def _field(default, check: Check | None = None):
+    return dataclasses.field(default=default, metadata={"check": check} if check else {})
+
+
+def _at_least(low):
+    return lambda v: None if v >= low else f"must be >= {low}, got {v}"
+
+
+def _between(low, high):
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}, got {v}"
+
+
+def _address(value: str) -> str | None:
+    """'' (disabled) or HOST:PORT with a port in 0..65535 (0 picks a free port)."""
+    if value == "":
+        return None
+    try:
+        parse_address(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT with a port in 0..65535, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _one_of(*choices):
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}; got {v!r}"
+
+
+def _device(value: str) -> str | None:
+    if re.fullmatch(r"auto|cpu|cuda:\d+", value):
+        return None
+    return f"must be auto, cpu or cuda:N; got {value!r}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSection:
+    http: str = _field("127.0.0.1:8000", _address)
+    grpc: str = _field("127.0.0.1:8001", _address)
+    socket: str = ""
+    http_socket: str = ""
+    socket_group: str = "inferd"
+    drain_timeout_s: float = _field(30.0, _between(0, 3600))
+    max_request_bytes: int = _field(64 * 1024 * 1024, _at_least(1024))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelsSection:
+    dir: str = "/var/lib/inferd/models"
+    control: str = _field("watch", _one_of("watch", "poll", "explicit"))
+    settle_ms: int = _field(500, _between(0, 600_000))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """Per-model settings: [defaults] in the daemon config, overridden by a model's config.toml."""
+
+    max_batch_size: int = _field(64, _between(0, 1 << 20))
+    max_queue_delay_ms: float = _field(0.0, _between(0, 60_000))
+    max_queue_rows: int = _field(0, _at_least(0))  # 0 = derived (see queue_rows_limit)
+    min_workers: int = _field(0, _between(0, 256))
+    max_workers: int = _field(2, _between(1, 256))
+    idle_timeout_s: float = _field(300.0, _at_least(0))
+    cold_start_timeout_s: float = _field(30.0, _between(0.001, 3600))
+    device: str = _field("auto", _device)
+    intra_op_threads: int = _field(0, _between(0, 1024))  # 0 = the runtime's default
+
+    def cross_check(self) -> tuple[str, str] | None:
+        if self.min_workers > self.max_workers:
+            return "min_workers", f"min_workers ({self.min_workers}) exceeds max_workers ({self.max_workers})"
+        return None
+
+    @property
+    def queue_rows_limit(self) -> int:
+        """Rows a queue may hold. Until memory-derived limits exist, 0 means 16 full batches."""
+        return self.max_queue_rows or max(16 * self.max_batch_size, 256)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemorySection:
+    reserve_fraction: float = _field(0.1, _between(0.0, 0.9))
+    reserve_bytes: int = _field(0, _at_least(0))
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthSection:
+    token_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSection:
+    format: str = _field("auto", _one_of("auto", "json", "console", "journal"))
+    level: str = _field("info", _one_of("debug", "info", "warning", "error"))
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonConfig:
+    server: ServerSection = dataclasses.field(default_factory=ServerSection)
+    models: ModelsSection = dataclasses.field(default_factory=ModelsSection)
+    defaults: ModelSettings = dataclasses.field(default_factory=ModelSettings)
+    memory: MemorySection = dataclasses.field(default_factory=MemorySection)
+    auth: AuthSection = dataclasses.field(default_factory=AuthSection)
+    log: LogSection = dataclasses.field(default_factory=LogSection)
+
+
+# ---------------------------------------------------------------------------------------------
+# The one loader: mapping -> dataclass, refusing unknown keys, wrong types and bad values.
+
+def _type_name(t) -> str:
+    return getattr(t, "__name__", str(t))
+
+
+def _coerce(value, want, file: str, key: str):
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if want is int and isinstance(value, bool) or not isinstance(value, want):
+        raise ConfigError(file, key, f"expected {_type_name(want)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def build(cls, data: Mapping[str, Any], file: str, prefix: str = ""):
+    """Build dataclass `cls` from `data`, checking every key."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(file, prefix or "(top level)", f"expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else key
+        f = known.get(key)
+        if f is None:
+            raise ConfigError(file, where, f"unknown key; known keys: {', '.join(known)}")
+        want = hints[key]
+        if dataclasses.is_dataclass(want):
+            values[key] = build(want, value, file, where)
+            continue
+        values[key] = _coerce(value, want, file, where)
+        check = f.metadata.get("check")
+        reason = check(values[key]) if check else None
+        if reason:
+            raise ConfigError(file, where, reason)
+    obj = cls(**values)
+    cross = getattr(obj, "cross_check", None)
+    problem = cross() if cross else None
+    if problem:
+        key, reason = problem
+        raise ConfigError(file, f"{prefix}.{key}" if prefix else key, reason)
+    return obj
+
+
+def _parse_env_value(raw: str, want, name: str):
+    try:
+        if want is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return want(raw)
+    except ValueError:
+        raise ConfigError("environment", name, f"expected {_type_name(want)}, got {raw!r}") from None
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """INFERD_<SECTION>_<KEY>=value for every key of every section; any other INFERD_* is refused."""
+    wanted = {}
+    for section, section_cls in typing.get_type_hints(DaemonConfig).items():
+        for key, typ in typing.get_type_hints(section_cls).items():
+            wanted[f"INFERD_{section}_{key}".upper()] = (section, key, typ)
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith("INFERD_"):
+            continue
+        if name not in wanted:
+            raise ConfigError("environment", name, "unknown setting (INFERD_<SECTION>_<KEY>)")
+        section, key, typ = wanted[name]
+        out.setdefault(section, {})[key] = _parse_env_value(raw, typ, name)
+    return out
+
+
+def load_daemon_config(
+    path: str | os.PathLike | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> DaemonConfig:
+    """TOML file (optional), then INFERD_* environment variables, then `overrides` (CLI flags)."""
+    data: dict[str, dict[str, Any]] = {}
+    file = str(path) if path else "(defaults)"
+    if path:
+        data = _read_toml(Path(path))
+    layers = [(_env_overrides(os.environ if environ is None else environ), "environment")]
+    layers.append((overrides or {}, "command line"))
+    for layer, _ in layers:
+        for section, values in layer.items():
+            if not isinstance(data.setdefault(section, {}), dict):
+                raise ConfigError(file, section, "expected a table")
+            data[section].update(values)
+    return build(DaemonConfig, data, file)
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "(file)", "no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), "(syntax)", str(e)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-model config.toml
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    settings: ModelSettings
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    explicit: frozenset[str] = frozenset()  # keys the model's own file set
+
+
+def _tensor_specs(items, file: str, key: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(items, list):
+        raise ConfigError(file, key, "expected an array of tables {name, datatype, shape}")
+    specs = []
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict) or set(item) != {"name", "datatype", "shape"}:
+            raise ConfigError(file, where, "expected a table with exactly name, datatype, shape")
+        name, datatype, shape = item["name"], item["datatype"], item["shape"]
+        if not isinstance(name, str) or not name:
+            raise ConfigError(file, f"{where}.name", "expected a non-empty string")
+        if datatype not in DATATYPES:
+            raise ConfigError(file, f"{where}.datatype", f"unknown datatype {datatype!r}; one of {', '.join(DATATYPES)}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape):
+            raise ConfigError(file, f"{where}.shape", "expected an array of integers >= -1 (-1 = dynamic)")
+        specs.append(TensorSpec(name, datatype, tuple(shape)))
+    return tuple(specs)
+
+
+def load_model_config(path: Path | None, defaults: ModelSettings) -> ModelConfig:
+    """A model's config.toml on top of the daemon's [defaults]; no file means the defaults."""
+    if path is None or not path.exists():
+        return ModelConfig(defaults)
+    file = str(path)
+    data = _read_toml(path)
+    inputs = _tensor_specs(data.pop("inputs"), file, "inputs") if "inputs" in data else ()
+    outputs = _tensor_specs(data.pop("outputs"), file, "outputs") if "outputs" in data else ()
+    merged = dataclasses.asdict(defaults) | data
+    return ModelConfig(build(ModelSettings, merged, file), inputs, outputs, frozenset(data))

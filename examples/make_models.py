@@ -1,0 +1,145 @@
+"""Generate the small example ONNX models that `inferd serve` runs out of the box.
+
+Nothing is downloaded: every model is built here with the onnx helper API and seeded weights,
+so the same files (and the same outputs) come out on every machine. The tests and the
+benchmark build their models with these functions too.
+
+    python examples/make_models.py DIR      # writes DIR/mlp.onnx, DIR/add_sub/..., ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+IR_VERSION = 8  # readable by every onnxruntime release of the last years
+
+# V2 datatype name -> ONNX element type, for the identity model that covers every datatype.
+V2_TO_ONNX = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def _save(graph: onnx.GraphProto, path: pathlib.Path) -> pathlib.Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def build_mlp(path: pathlib.Path, sizes=(512, 1024, 1024, 10), seed: int = 0) -> pathlib.Path:
+    """MLP with ReLU between layers: input FP32 [-1, sizes[0]] -> output FP32 [-1, sizes[-1]]."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    x = "input"
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        b = (rng.standard_normal(n_out) * 0.01).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        last = i == len(sizes) - 2
+        nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [f"h{i}"]))
+        x = f"h{i}"
+        if not last:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
+            x = f"r{i}"
+    nodes.append(helper.make_node("Identity", [x], ["output"]))
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", sizes[-1]])],
+        inits,
+    )
+    return _save(graph, path)
+
+
+def build_add_sub(path: pathlib.Path, width: int = 16, offset: int = 0) -> pathlib.Path:
+    """Triton's classic 'simple' model: OUTPUT0 = INPUT0 + INPUT1 (+ offset), OUTPUT1 = INPUT0 - INPUT1.
+
+    `offset` makes versions distinguishable by their outputs.
+    """
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.INT32, ["batch", width]) for n in ("INPUT0", "INPUT1")
+    ]
+    outputs = [
+        helper.make_tensor_value_info(n, TensorProto.INT32, ["batch", width]) for n in ("OUTPUT0", "OUTPUT1")
+    ]
+    off = numpy_helper.from_array(np.array(offset, dtype=np.int32), "offset")
+    nodes = [
+        helper.make_node("Add", ["INPUT0", "INPUT1"], ["sum"]),
+        helper.make_node("Add", ["sum", "offset"], ["OUTPUT0"]),
+        helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+    ]
+    return _save(helper.make_graph(nodes, "add_sub", inputs, outputs, [off]), path)
+
+
+def build_identity_all(path: pathlib.Path) -> pathlib.Path:
+    """One Identity per V2 datatype: input IN_<TYPE> [-1, -1] -> output OUT_<TYPE> (same shape)."""
+    inputs, outputs, nodes = [], [], []
+    for v2, onnx_type in V2_TO_ONNX.items():
+        inputs.append(helper.make_tensor_value_info(f"IN_{v2}", onnx_type, ["batch", "n"]))
+        outputs.append(helper.make_tensor_value_info(f"OUT_{v2}", onnx_type, ["batch", "n"]))
+        nodes.append(helper.make_node("Identity", [f"IN_{v2}"], [f"OUT_{v2}"]))
+    return _save(helper.make_graph(nodes, "identity_all", inputs, outputs), path)
+
+
+def build_fixed(path: pathlib.Path) -> pathlib.Path:
+    """A model with no batch dimension (fixed shape [2, 3]): served with max_batch_size 0."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"])],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")],
+    )
+    return _save(graph, path)
+
+
+ADD_SUB_CONFIG = """\
+# Per-model settings; every key is optional (see README: model configuration).
+max_batch_size = 32
+max_queue_delay_ms = 0
+"""
+
+
+def make_examples(root: pathlib.Path) -> list[pathlib.Path]:
+    """The bundled example repository: both layouts of the model directory."""
+    root.mkdir(parents=True, exist_ok=True)
+    written = [
+        build_mlp(root / "mlp.onnx"),  # bare file: version 1, metadata from the file
+        build_add_sub(root / "add_sub" / "1" / "model.onnx"),  # full layout with config.toml
+        build_identity_all(root / "identity_all.onnx"),
+    ]
+    (root / "add_sub" / "config.toml").write_text(ADD_SUB_CONFIG)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dir", type=pathlib.Path, help="model repository to write into")
+    args = parser.parse_args()
+    for path in make_examples(args.dir):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
