@@ -117,8 +117,9 @@ class _Gen:
         self.conns.discard(conn)
         if self.stopping or conn.parked:
             return
-        # The server dropped us mid-run: count it and replace the connection (bounded by t_end).
-        self.errors += 1
+        # The server dropped us mid-run: count it (outside warm-up) and replace the connection.
+        if time.perf_counter_ns() >= self.t_rec:
+            self.errors += 1
         task = asyncio.get_running_loop().create_task(self._replace())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

@@ -1,1 +1,1 @@
-"""scheduler"""
+"""Per-model queues, dynamic batching and worker pools. Knows nothing of HTTP or gRPC."""

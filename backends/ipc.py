@@ -1,0 +1,113 @@
+"""The messages between the daemon and a worker process, and their framing.
+
+Frames: a 4-byte big-endian length, then one msgpack map with a protocol version `v` and a
+`type`. Tensors travel as [name, datatype, shape, data] where data is the raw little-endian
+bytes for numeric types (no per-element encoding) and a list of bytes for BYTES. Errors travel
+as data (a code name and a message), never as pickled exceptions.
+
+    daemon -> worker: LOAD, EXECUTE, STOP
+    worker -> daemon: LOADED | LOAD_FAILED (answer to LOAD), RESULT | FAILED (answer to EXECUTE)
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import msgpack
+import numpy as np
+
+from inferd.config.tensors import DATATYPES
+
+VERSION = 1
+HEADER = struct.Struct(">I")
+
+LOAD = "load"
+EXECUTE = "execute"
+STOP = "stop"
+LOADED = "loaded"
+LOAD_FAILED = "load_failed"
+RESULT = "result"
+FAILED = "failed"
+
+
+def encode(msg: dict) -> bytes:
+    """One frame, ready to write."""
+    payload = msgpack.packb({"v": VERSION, **msg}, use_bin_type=True)
+    return HEADER.pack(len(payload)) + payload
+
+
+def decode(payload: bytes) -> dict:
+    msg = msgpack.unpackb(payload, raw=False)
+    if msg.get("v") != VERSION:
+        raise ValueError(f"worker protocol version {msg.get('v')!r}, expected {VERSION}")
+    return msg
+
+
+def pack_tensors(tensors: dict[str, np.ndarray]) -> list:
+    out = []
+    for name, array in tensors.items():
+        if array.dtype == object or array.dtype.kind in "US":
+            data = [_as_bytes(x) for x in array.reshape(-1).tolist()]
+            out.append([name, "BYTES", list(array.shape), data])
+        else:
+            array = np.ascontiguousarray(array)
+            dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+            out.append([name, _datatype(dtype), list(array.shape), memoryview(array.astype(dtype, copy=False)).cast("B")])
+    return out
+
+
+def unpack_tensors(items: list) -> dict[str, np.ndarray]:
+    out = {}
+    for name, datatype, shape, data in items:
+        if datatype == "BYTES":
+            array = np.empty(len(data), dtype=object)
+            array[:] = data
+            out[name] = array.reshape(shape)
+        else:
+            out[name] = np.frombuffer(data, dtype=DATATYPES[datatype]).reshape(shape)
+    return out
+
+
+def _as_bytes(x) -> bytes:
+    return x.encode() if isinstance(x, str) else bytes(x)
+
+
+_NUMERIC = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
+
+
+def _datatype(dtype: np.dtype) -> str:
+    try:
+        return _NUMERIC[dtype]
+    except KeyError:
+        raise ValueError(f"tensor dtype {dtype} has no V2 datatype") from None
+
+
+# Blocking side, used by the worker process.
+
+def send(sock: socket.socket, msg: dict) -> None:
+    sock.sendall(encode(msg))
+
+
+def recv(sock: socket.socket) -> dict | None:
+    """The next message, or None when the daemon closed its end."""
+    header = _recv_exactly(sock, HEADER.size)
+    if header is None:
+        return None
+    (length,) = HEADER.unpack(header)
+    payload = _recv_exactly(sock, length)
+    if payload is None:
+        return None
+    return decode(payload)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            return None
+        got += k
+    return bytes(buf)

@@ -1,0 +1,98 @@
+"""ONNX Runtime backend. Imported only inside a worker process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from inferd.backends.base import BackendInputError
+from inferd.config.tensors import ModelMetadata, TensorSpec
+
+# onnxruntime's type strings -> V2 datatype names.
+_ORT_TYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def _providers(device: str) -> list:
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.startswith("cuda:"):
+        if "CUDAExecutionProvider" not in available:
+            raise RuntimeError(
+                f"device {device} requested but this onnxruntime has no CUDA provider "
+                "(install inferd[gpu], i.e. onnxruntime-gpu, instead of onnxruntime)"
+            )
+        return [("CUDAExecutionProvider", {"device_id": int(device[5:])}), "CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:  # auto
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _spec(node) -> TensorSpec:
+    datatype = _ORT_TYPES.get(node.type)
+    if datatype is None:
+        raise RuntimeError(f"tensor {node.name!r} has type {node.type}, which the V2 protocol cannot carry")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
+    return TensorSpec(node.name, datatype, shape)
+
+
+class OnnxBackend:
+    platform = "onnxruntime_onnx"
+
+    def __init__(self, path: Path, settings: dict) -> None:
+        self.path = path
+        self.settings = settings
+        self.session: ort.InferenceSession | None = None
+        self._string_inputs: set[str] = set()
+        self._string_outputs: set[str] = set()
+
+    def load(self) -> ModelMetadata:
+        options = ort.SessionOptions()
+        if self.settings.get("intra_op_threads"):
+            options.intra_op_num_threads = self.settings["intra_op_threads"]
+        self.session = ort.InferenceSession(
+            str(self.path), options, providers=_providers(self.settings.get("device", "auto"))
+        )
+        inputs = tuple(_spec(n) for n in self.session.get_inputs())
+        outputs = tuple(_spec(n) for n in self.session.get_outputs())
+        self._string_inputs = {t.name for t in inputs if t.datatype == "BYTES"}
+        self._string_outputs = {t.name for t in outputs if t.datatype == "BYTES"}
+        return ModelMetadata(self.platform, inputs, outputs)
+
+    def execute(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        feeds = {name: self._to_strings(name, a) if name in self._string_inputs else a for name, a in inputs.items()}
+        results = self.session.run(outputs, feeds)
+        return {
+            name: _to_bytes(r) if name in self._string_outputs else r for name, r in zip(outputs, results)
+        }
+
+    def unload(self) -> None:
+        self.session = None
+
+    @staticmethod
+    def _to_strings(name: str, array: np.ndarray) -> np.ndarray:
+        # onnxruntime string tensors hold text; a bytes element would be stored as its repr.
+        try:
+            return np.array([x.decode() for x in array.reshape(-1)], dtype=object).reshape(array.shape)
+        except UnicodeDecodeError:
+            raise BackendInputError(f"input {name!r} is a string tensor: its BYTES elements must be UTF-8") from None
+
+
+def _to_bytes(array: np.ndarray) -> np.ndarray:
+    return np.array([x.encode() if isinstance(x, str) else x for x in array.reshape(-1)], dtype=object).reshape(array.shape)

@@ -1,0 +1,97 @@
+"""The worker process: hosts one backend for one model version and runs the batches the daemon
+sends it, one at a time.
+
+    python -m inferd.backends.worker --fd N     (N: this end of a socketpair, inherited)
+
+It ignores SIGINT/SIGTERM (the daemon stops it with STOP, after draining) and exits when the
+daemon's end of the socket closes, so it never outlives the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import structlog
+
+from inferd.backends import ipc
+from inferd.backends.base import BackendInputError
+from inferd.config.errors import ErrorCode
+
+log = structlog.get_logger("inferd.worker")
+
+
+def _make_backend(target: str, path: Path, settings: dict):
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)(path, settings)
+
+
+def _error_code(exc: Exception) -> ErrorCode:
+    # onnxruntime raises InvalidArgument for inputs it refuses (e.g. an index out of range).
+    if isinstance(exc, BackendInputError) or type(exc).__name__ == "InvalidArgument":
+        return ErrorCode.INVALID_ARGUMENT
+    return ErrorCode.INTERNAL
+
+
+def serve(sock: socket.socket) -> int:
+    msg = ipc.recv(sock)
+    if msg is None or msg["type"] != ipc.LOAD:
+        return 2
+    global log
+    log = log.bind(model=msg["model"], version=msg["version"], pid=os.getpid())
+    started = time.monotonic()
+    try:
+        backend = _make_backend(msg["backend"], Path(msg["path"]), msg["settings"])
+        metadata = backend.load()
+    except Exception as e:  # any failure to load is reported as data, with its reason
+        reason = f"{type(e).__name__}: {e}".strip()
+        log.warning("model load failed", reason=reason)
+        ipc.send(sock, {"type": ipc.LOAD_FAILED, "reason": reason})
+        return 1
+    ipc.send(sock, {"type": ipc.LOADED, "metadata": metadata.to_dict(), "load_s": time.monotonic() - started})
+
+    while (msg := ipc.recv(sock)) is not None:
+        if msg["type"] == ipc.STOP:
+            break
+        if msg["type"] != ipc.EXECUTE:
+            log.error("unexpected message", type=msg["type"])
+            continue
+        try:
+            outputs = backend.execute(ipc.unpack_tensors(msg["inputs"]), msg["outputs"])
+            reply = {"type": ipc.RESULT, "batch": msg["batch"], "outputs": ipc.pack_tensors(outputs)}
+        except Exception as e:
+            code = _error_code(e)
+            if code is ErrorCode.INTERNAL:
+                log.error("batch failed", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}")
+            reply = {"type": ipc.FAILED, "batch": msg["batch"], "code": code.value, "message": str(e)}
+        ipc.send(sock, reply)
+    backend.unload()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="inferd-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    with socket.socket(fileno=args.fd) as sock:
+        return serve(sock)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

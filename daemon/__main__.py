@@ -1,0 +1,5 @@
+import sys
+
+from inferd.daemon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""`inferd` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import inferd
+from inferd.config.errors import ConfigError
+from inferd.config.settings import load_daemon_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inferd", description="Model-serving daemon (KServe V2 protocol).")
+    parser.add_argument("--version", action="version", version=f"inferd {inferd.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the models directory until SIGTERM/SIGINT")
+    serve.add_argument("--config", metavar="FILE", help="daemon config (TOML)")
+    serve.add_argument("--models", metavar="DIR", help="models directory [models.dir]")
+    serve.add_argument("--http", metavar="HOST:PORT", help='V2 REST listener; port 0 picks a free port; "" disables [server.http]')
+    serve.add_argument("--grpc", metavar="HOST:PORT", help='V2 gRPC listener; "" disables [server.grpc]')
+    serve.add_argument("--socket", metavar="PATH", help='Unix socket (msgpack protocol); "" disables [server.socket]')
+    serve.add_argument("--http-socket", metavar="PATH", help="V2 REST on a Unix socket too [server.http_socket]")
+    serve.add_argument("--log-format", choices=["auto", "json", "console", "journal"], help="[log.format]")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="[log.level]")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    flags = {
+        ("models", "dir"): args.models,
+        ("server", "http"): args.http,
+        ("server", "grpc"): args.grpc,
+        ("server", "socket"): args.socket,
+        ("server", "http_socket"): args.http_socket,
+        ("log", "format"): args.log_format,
+        ("log", "level"): args.log_level,
+    }
+    out: dict[str, dict] = {}
+    for (section, key), value in flags.items():
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_daemon_config(args.config, overrides=_overrides(args))
+    except ConfigError as e:
+        print(f"inferd: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    # Imported here so that `inferd --version` and config errors stay instant.
+    import uvloop
+
+    from inferd.daemon import logs
+    from inferd.daemon.server import Daemon
+
+    logs.configure(config.log.format, config.log.level)
+    return uvloop.run(Daemon(config).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

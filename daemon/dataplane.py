@@ -1,0 +1,135 @@
+"""The one in-process API every front-end calls. All request validation happens here, once."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+import inferd
+from inferd.config.errors import ErrorCode, InferdError
+from inferd.config.tensors import datatype_of
+from inferd.daemon.repository import ModelRepository, ModelVersion
+from inferd.scheduler.request import InferRequest, InferResponse
+
+log = structlog.get_logger("inferd.dataplane")
+
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+
+
+def _bad(message: str) -> InferdError:
+    return InferdError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+class ServerState:
+    """The single source of truth for liveness and readiness."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.draining = False
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining
+
+
+class DataPlane:
+    def __init__(self, repository: ModelRepository, state: ServerState):
+        self.repository = repository
+        self.state = state
+
+    # -- health and metadata -----------------------------------------------------------------
+
+    def server_metadata(self) -> dict:
+        return {"name": "inferd", "version": inferd.__version__, "extensions": EXTENSIONS}
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """Raises NOT_FOUND for an unknown model or version."""
+        return self.state.ready and self.repository.get(name, version).state == "READY"
+
+    def model_metadata(self, name: str, version: str = "") -> dict:
+        mv = self.repository.get_ready(name, version)
+        versions = sorted(v.version for v in self.repository.models[name].values() if v.state == "READY")
+        return {
+            "name": name,
+            "versions": versions,
+            "platform": mv.metadata.platform,
+            "inputs": [t.to_dict() for t in mv.metadata.inputs],
+            "outputs": [t.to_dict() for t in mv.metadata.outputs],
+        }
+
+    def model_version(self, name: str, version: str = "") -> ModelVersion:
+        return self.repository.get_ready(name, version)
+
+    def repository_index(self) -> list[dict]:
+        out = []
+        for mv in self.repository.all_versions():
+            entry = {"name": mv.name, "version": mv.version, "state": mv.state}
+            if mv.reason:
+                entry["reason"] = mv.reason
+            out.append(entry)
+        return out
+
+    # -- inference ---------------------------------------------------------------------------
+
+    async def infer(self, name: str, version: str, request: InferRequest, protocol: str) -> InferResponse:
+        started = time.perf_counter()
+        if not self.state.ready:
+            raise InferdError(ErrorCode.UNAVAILABLE, "the server is not ready (starting or shutting down)")
+        mv = self.repository.get_ready(name, version)
+        code = "OK"
+        try:
+            rows, shape_key = self._validate(mv, request)
+            outputs = await mv.queue.submit(request, rows, shape_key)
+            return InferResponse(mv.name, mv.version, outputs, request.id)
+        except InferdError as e:
+            code = e.code.name
+            if e.code is ErrorCode.RESOURCE_EXHAUSTED:
+                self.repository.metrics.rejected.labels(mv.name, mv.version, "queue_full").inc()
+            elif e.code is ErrorCode.INTERNAL:
+                log.error("inference failed", model=mv.name, version=mv.version, request_id=request.id, error=e.message)
+            raise
+        except BaseException:  # cancelled (client went away) or a bug: still counted
+            code = "CANCELLED"
+            raise
+        finally:
+            mv.observer.request_done(protocol, code, time.perf_counter() - started)
+
+    @staticmethod
+    def _validate(mv: ModelVersion, request: InferRequest) -> tuple[int, tuple]:
+        """Check names, datatypes and shapes against the model; return (rows, batching key)."""
+        specs = mv.input_specs
+        inputs = request.inputs
+        if inputs.keys() != specs.keys():
+            unknown = sorted(inputs.keys() - specs.keys())
+            if unknown:
+                raise _bad(f"unknown input {unknown[0]!r} for model {mv.name!r}; inputs are {', '.join(specs)}")
+            raise _bad(f"missing input {sorted(specs.keys() - inputs.keys())[0]!r} for model {mv.name!r}")
+        rows = 1
+        batching = mv.max_batch_size > 0
+        shape_key = []
+        for spec in specs.values():
+            array = inputs[spec.name]
+            datatype = datatype_of(array)
+            if datatype != spec.datatype:
+                raise _bad(f"input {spec.name!r} has datatype {datatype}, the model expects {spec.datatype}")
+            if not spec.accepts_shape(array.shape):
+                raise _bad(f"input {spec.name!r} has shape {list(array.shape)}, the model expects {list(spec.shape)} (-1: any)")
+            if batching:
+                if not shape_key:
+                    rows = array.shape[0]
+                elif array.shape[0] != rows:
+                    raise _bad(f"inputs disagree on the batch size: {rows} rows and {array.shape[0]} rows in {spec.name!r}")
+                shape_key.append(array.shape[1:])
+        if batching:
+            if rows < 1:
+                raise _bad("the batch dimension must be at least 1")
+            if rows > mv.max_batch_size:
+                raise _bad(f"batch of {rows} rows exceeds the model's max_batch_size {mv.max_batch_size}")
+        if request.outputs is not None:
+            for out in request.outputs:
+                if out not in mv.output_names:
+                    raise _bad(f"unknown output {out!r} for model {mv.name!r}; outputs are {', '.join(sorted(mv.output_names))}")
+            if len(set(request.outputs)) != len(request.outputs):
+                raise _bad("an output is requested twice")
+        return rows, tuple(shape_key)

@@ -1,0 +1,179 @@
+"""The KServe V2 / Open Inference Protocol REST front-end (aiohttp).
+
+Handlers only decode, call the data plane, and encode; errors are `{"error": "..."}` with the
+status from the one table below.
+"""
+
+from __future__ import annotations
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from inferd.config.errors import ErrorCode, InferdError
+from inferd.daemon import http_codec
+from inferd.daemon.dataplane import DataPlane
+from inferd.daemon.repository import ModelVersion
+
+log = structlog.get_logger("inferd.http")
+
+HTTP_STATUS = {
+    ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.FAILED_PRECONDITION: 400,
+    ErrorCode.RESOURCE_EXHAUSTED: 429,
+    ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.CANCELLED: 499,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.UNIMPLEMENTED: 501,
+    ErrorCode.INTERNAL: 500,
+}
+
+DATAPLANE = web.AppKey("dataplane", DataPlane)
+REGISTRY = web.AppKey("metrics_registry", object)
+
+
+def _json(doc, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json")
+
+
+def error_response(status: int, message: str) -> web.Response:
+    response = _json({"error": message}, status)
+    if status == 429:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):
+    try:
+        response = await handler(request)
+    except InferdError as e:
+        response = error_response(HTTP_STATUS[e.code], e.message)
+    except web.HTTPException as e:  # unknown route, wrong method, body too large: same error shape
+        if e.status < 400:
+            raise
+        response = error_response(e.status, e.reason if e.text is None or e.text.startswith(str(e.status)) else e.text)
+    if request.app[DATAPLANE].state.draining:
+        response.force_close()  # let clients move on instead of reusing a connection that is closing
+    return response
+
+
+def _model_args(request: web.Request) -> tuple[str, str]:
+    return request.match_info["model"], request.match_info.get("version", "")
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.Response(status=200)
+
+
+async def ready(request: web.Request) -> web.Response:
+    return web.Response(status=200 if request.app[DATAPLANE].state.ready else 503)
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    return _json(request.app[DATAPLANE].server_metadata())
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    return _json(request.app[DATAPLANE].model_metadata(*_model_args(request)))
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    return web.Response(status=200 if request.app[DATAPLANE].model_ready(*_model_args(request)) else 503)
+
+
+async def infer(request: web.Request) -> web.Response:
+    body = await request.read()
+    req, fmt = http_codec.decode_request(body, request.headers.get(http_codec.HEADER_LENGTH))
+    name, version = _model_args(request)
+    response = await request.app[DATAPLANE].infer(name, version, req, "http")
+    payload, header_length = http_codec.encode_response(response, fmt)
+    if header_length is None:
+        return web.Response(body=payload, content_type="application/json")
+    return web.Response(
+        body=payload,
+        content_type="application/octet-stream",
+        headers={http_codec.HEADER_LENGTH: str(header_length)},
+    )
+
+
+def triton_config(mv: ModelVersion) -> dict:
+    """The model's configuration in the JSON shape Triton's clients (and perf_analyzer) read."""
+    batching = mv.max_batch_size > 0
+    settings = mv.config.settings
+
+    def dims(spec):
+        return list(spec.shape[1:] if batching else spec.shape)
+
+    return {
+        "name": mv.name,
+        "platform": mv.metadata.platform,
+        "backend": mv.metadata.platform.split("_")[0],
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": mv.max_batch_size,
+        "input": [
+            {"name": t.name, "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}",
+             "format": "FORMAT_NONE", "dims": dims(t), "is_shape_tensor": False,
+             "allow_ragged_batch": False, "optional": False}
+            for t in mv.metadata.inputs
+        ],
+        "output": [
+            {"name": t.name, "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}",
+             "dims": dims(t), "label_filename": "", "is_shape_tensor": False}
+            for t in mv.metadata.outputs
+        ],
+        "dynamic_batching": {
+            "preferred_batch_size": [],
+            "max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000),
+            "preserve_ordering": False,
+        } if batching else None,
+        "instance_group": [{"name": mv.name, "kind": "KIND_CPU", "count": len(mv.pool.pids)}],
+        "parameters": {},
+        "model_transaction_policy": {"decoupled": False},
+    }
+
+
+async def model_config(request: web.Request) -> web.Response:
+    config = triton_config(request.app[DATAPLANE].model_version(*_model_args(request)))
+    return _json({k: v for k, v in config.items() if v is not None})
+
+
+async def model_stats(request: web.Request) -> web.Response:
+    dataplane = request.app[DATAPLANE]
+    if "model" in request.match_info:
+        versions = [dataplane.model_version(*_model_args(request))]
+    else:
+        versions = [v for v in dataplane.repository.all_versions() if v.state == "READY"]
+    return _json({"model_stats": [v.observer.triton_stats() for v in versions]})
+
+
+async def repository_index(request: web.Request) -> web.Response:
+    return _json(request.app[DATAPLANE].repository_index())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_app(dataplane: DataPlane, registry, max_request_bytes: int) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=max_request_bytes)
+    app[DATAPLANE] = dataplane
+    app[REGISTRY] = registry
+    model = "/v2/models/{model}"
+    versioned = model + "/versions/{version}"
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2", server_metadata)
+    app.router.add_get("/v2/models/stats", model_stats)
+    app.router.add_post("/v2/repository/index", repository_index)
+    for prefix in (model, versioned):
+        app.router.add_get(prefix, model_metadata)
+        app.router.add_get(prefix + "/ready", model_ready)
+        app.router.add_post(prefix + "/infer", infer)
+        app.router.add_get(prefix + "/config", model_config)
+        app.router.add_get(prefix + "/stats", model_stats)
+    app.router.add_get("/metrics", metrics)
+    return app

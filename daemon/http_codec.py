@@ -1,0 +1,136 @@
+"""V2 REST inference bodies: JSON, and the binary tensor data extension.
+
+A body with an `Inference-Header-Content-Length` header is a JSON header followed by the
+inputs' raw bytes (each input with `parameters.binary_data_size` takes the next that many
+bytes, in order). Outputs go back as binary when the request asks (`binary_data` on an output,
+or `binary_data_output` for all), otherwise as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+
+from inferd.config.errors import ErrorCode, InferdError
+from inferd.config.tensors import datatype_of
+from inferd.daemon.tensors import bytes_to_text, from_list, from_raw, to_raw
+from inferd.scheduler.request import InferRequest, InferResponse
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def _bad(message: str) -> InferdError:
+    return InferdError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+@dataclasses.dataclass(slots=True)
+class OutputFormat:
+    """Which outputs the caller wants as binary."""
+
+    binary_default: bool = False
+    binary: dict[str, bool] = dataclasses.field(default_factory=dict)
+
+    def is_binary(self, name: str) -> bool:
+        return self.binary.get(name, self.binary_default)
+
+
+def _params(obj: dict, where: str) -> dict:
+    params = obj.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise _bad(f"{where}: parameters must be an object")
+    return params
+
+
+def decode_request(body: bytes, header_length: str | None) -> tuple[InferRequest, OutputFormat]:
+    if header_length is None:
+        header, binary = body, memoryview(b"")
+    else:
+        if not header_length.isdigit():
+            raise _bad(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
+        n = int(header_length)
+        if n > len(body):
+            raise _bad(f"{HEADER_LENGTH} is {n} but the body has only {len(body)} bytes")
+        header, binary = body[:n], memoryview(body)[n:]
+    try:
+        doc = orjson.loads(header)
+    except orjson.JSONDecodeError as e:
+        raise _bad(f"malformed JSON in the request: {e}") from None
+    if not isinstance(doc, dict):
+        raise _bad("the request must be a JSON object")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise _bad("the request needs a non-empty 'inputs' list")
+
+    tensors = {}
+    offset = 0
+    for i, item in enumerate(inputs):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise _bad(f"inputs[{i}] must be an object with a 'name'")
+        name = item["name"]
+        if name in tensors:
+            raise _bad(f"input {name!r} appears twice")
+        params = _params(item, f"input {name!r}")
+        if "binary_data_size" in params:
+            size = params["binary_data_size"]
+            if type(size) is not int or size < 0:
+                raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise _bad(
+                    f"input {name!r}: binary data of {size} bytes at offset {offset} runs past the end "
+                    f"of the body ({len(binary)} binary bytes): truncated payload?"
+                )
+            tensors[name] = from_raw(name, item.get("datatype"), item.get("shape"), binary[offset : offset + size])
+            offset += size
+        elif "data" in item:
+            tensors[name] = from_list(name, item.get("datatype"), item.get("shape"), item["data"])
+        else:
+            raise _bad(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+    if offset != len(binary):
+        raise _bad(f"{len(binary) - offset} bytes of binary data after the header belong to no input")
+
+    fmt = OutputFormat(bool(_params(doc, "request").get("binary_data_output", False)))
+    requested = None
+    outputs = doc.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list):
+            raise _bad("'outputs' must be a list")
+        requested = []
+        for i, item in enumerate(outputs):
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise _bad(f"outputs[{i}] must be an object with a 'name'")
+            requested.append(item["name"])
+            params = _params(item, f"output {item['name']!r}")
+            if "binary_data" in params:
+                fmt.binary[item["name"]] = bool(params["binary_data"])
+        requested = tuple(requested) or None
+    request_id = doc.get("id", "")
+    if not isinstance(request_id, str):
+        raise _bad("'id' must be a string")
+    parameters = _params(doc, "request")
+    return InferRequest(tensors, requested, request_id, parameters), fmt
+
+
+def encode_response(response: InferResponse, fmt: OutputFormat) -> tuple[bytes, int | None]:
+    """The body, and the JSON header's length when binary data follows it (else None)."""
+    outputs = []
+    chunks = []
+    for name, array in response.outputs.items():
+        datatype = datatype_of(array)
+        entry = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if fmt.is_binary(name):
+            raw = to_raw(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif datatype == "BYTES":
+            entry["data"] = bytes_to_text(name, array)
+        else:
+            entry["data"] = array.reshape(-1)
+        outputs.append(entry)
+    doc = {"model_name": response.model_name, "model_version": response.model_version, "outputs": outputs}
+    if response.id:
+        doc["id"] = response.id
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, None
+    return header + b"".join(chunks), len(header)

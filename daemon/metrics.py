@@ -1,0 +1,140 @@
+"""Prometheus metrics (names from DESIGN.md) on a registry the daemon owns, and the per-version
+statistics that Triton's clients read from /v2/models/{m}/stats."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from inferd.scheduler.queue import QueueObserver
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+MODEL_STATES = ("LOADING", "READY", "UNLOADING", "FAILED")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+        mv = ["model", "version"]
+        self.requests = Counter(
+            "inferd_requests", "Inference requests by outcome code",
+            mv + ["protocol", "code"], registry=registry,
+        )
+        self.request_duration = Histogram(
+            "inferd_request_duration_seconds", "Time from a request's arrival in the data plane to its answer",
+            mv, buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.queue_duration = Histogram(
+            "inferd_queue_duration_seconds", "Time requests wait in the queue before their batch starts",
+            mv, buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.compute_duration = Histogram(
+            "inferd_compute_duration_seconds", "Time a batch spends in its worker (including IPC)",
+            mv, buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.batch_size = Histogram(
+            "inferd_batch_size", "Rows per executed batch", mv, buckets=_BATCH_BUCKETS, registry=registry,
+        )
+        self.queue_rows = Gauge("inferd_queue_rows", "Rows waiting in the queue", mv, registry=registry)
+        self.queue_limit_rows = Gauge("inferd_queue_limit_rows", "Rows the queue may hold", mv, registry=registry)
+        self.batch_limit = Gauge("inferd_model_batch_limit", "Largest batch the scheduler forms", mv, registry=registry)
+        self.model_state = Gauge(
+            "inferd_model_state", "1 for the model version's current state", mv + ["state"], registry=registry,
+        )
+        self.model_load_seconds = Gauge(
+            "inferd_model_load_seconds", "Seconds the last load of the version took", mv, registry=registry,
+        )
+        self.workers = Gauge("inferd_workers", "Worker processes", mv, registry=registry)
+        self.worker_exits = Counter(
+            "inferd_worker_exits", "Worker processes that exited", mv + ["cause"], registry=registry,
+        )
+        self.rejected = Counter(
+            "inferd_rejected", "Requests refused before queueing", mv + ["reason"], registry=registry,
+        )
+
+    def set_state(self, model: str, version: str, state: str) -> None:
+        for s in MODEL_STATES:
+            self.model_state.labels(model, version, s).set(1 if s == state else 0)
+
+
+def _stat() -> dict:
+    return {"count": 0, "ns": 0}
+
+
+class VersionObserver(QueueObserver):
+    """Feeds one model version's Prometheus series and its Triton-style statistics."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str):
+        self.model = model
+        self.version = version
+        self._metrics = metrics
+        # Label lookups resolved once: they are the costly part of an observation.
+        self._queue_rows = metrics.queue_rows.labels(model, version)
+        self._queue_duration = metrics.queue_duration.labels(model, version)
+        self._compute = metrics.compute_duration.labels(model, version)
+        self._batch_size = metrics.batch_size.labels(model, version)
+        self._request_duration = metrics.request_duration.labels(model, version)
+        self._requests = {}
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_inference_ms = 0
+        self.stats = {k: _stat() for k in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")}
+        self.batch_stats: dict[int, dict] = {}
+
+    def queue_rows(self, rows: int) -> None:
+        self._queue_rows.set(rows)
+
+    def dequeued(self, waited_s: float) -> None:
+        self._queue_duration.observe(waited_s)
+        q = self.stats["queue"]
+        q["count"] += 1
+        q["ns"] += int(waited_s * 1e9)
+
+    def batch_done(self, requests: int, rows: int, compute_s: float, ok: bool) -> None:
+        self._compute.observe(compute_s)
+        self._batch_size.observe(rows)
+        if not ok:
+            return
+        ns = int(compute_s * 1e9)
+        self.execution_count += 1
+        self.inference_count += rows
+        infer = self.stats["compute_infer"]
+        infer["count"] += requests  # like Triton: every request in the batch is charged the batch's time
+        infer["ns"] += ns * requests
+        for key in ("compute_input", "compute_output"):  # not measured apart: inside compute_infer
+            self.stats[key]["count"] += requests
+        per_size = self.batch_stats.setdefault(rows, {"compute_infer": _stat()})["compute_infer"]
+        per_size["count"] += 1
+        per_size["ns"] += ns
+
+    def request_done(self, protocol: str, code: str, seconds: float) -> None:
+        counter = self._requests.get((protocol, code))
+        if counter is None:
+            counter = self._requests[(protocol, code)] = self._metrics.requests.labels(
+                self.model, self.version, protocol, code
+            )
+        counter.inc()
+        self._request_duration.observe(seconds)
+        s = self.stats["success" if code == "OK" else "fail"]
+        s["count"] += 1
+        s["ns"] += int(seconds * 1e9)
+        if code == "OK":
+            self.last_inference_ms = int(time.time() * 1000)
+
+    def triton_stats(self) -> dict:
+        zero = _stat()
+        return {
+            "name": self.model,
+            "version": self.version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {**self.stats, "cache_hit": zero, "cache_miss": zero},
+            "batch_stats": [
+                {"batch_size": size, "compute_input": _stat(), "compute_infer": dict(s["compute_infer"]), "compute_output": _stat()}
+                for size, s in sorted(self.batch_stats.items())
+            ],
+            "memory_usage": [],
+        }

@@ -1,0 +1,113 @@
+"""The composition root: builds every part from the config and runs start -> serve -> drain -> stop.
+
+    start:  load the models directory, bind the listeners, READY=1
+    serve:  until SIGTERM/SIGINT (or `stop` is set)
+    drain:  STOPPING=1, not ready, refuse new requests (503), answer every accepted one
+            within server.drain_timeout_s
+    stop:   close the listeners and connections, stop the workers, exit 0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from inferd.config.settings import DaemonConfig, parse_address
+from inferd.daemon import systemd
+from inferd.daemon.dataplane import DataPlane, ServerState
+from inferd.daemon.http import build_app
+from inferd.daemon.metrics import Metrics
+from inferd.daemon.repository import ModelRepository
+
+log = structlog.get_logger("inferd")
+
+
+def _bind_tcp(address: str) -> socket.socket:
+    host, port = parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(False)
+    return sock
+
+
+def _address_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig):
+        self.config = config
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.state = ServerState()
+        self.repository = ModelRepository(Path(config.models.dir), config.defaults, self.metrics)
+        self.dataplane = DataPlane(self.repository, self.state)
+        self.addresses: dict[str, str] = {}
+
+    async def run(self, stop: asyncio.Event | None = None) -> int:
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        started = time.monotonic()
+        server = self.config.server
+        runner = web.AppRunner(
+            build_app(self.dataplane, self.registry, server.max_request_bytes),
+            handle_signals=False, access_log=None, handler_cancellation=True,
+            shutdown_timeout=5.0,  # after the drain, handlers only have their responses to write
+        )
+        try:
+            await self.repository.load_all()
+            await runner.setup()
+            await self._start_sites(runner)
+            for frontend in ("grpc", "socket"):
+                if getattr(server, frontend):
+                    log.info("front-end not available in this version; ignoring its address", frontend=frontend)
+            self.state.started = True
+            counts = self.repository.counts()
+            log.info("ready", seconds=round(time.monotonic() - started, 3), models=counts, pid=os.getpid())
+            systemd.notify("READY=1", "STATUS=" + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "no models")
+            await stop.wait()
+            return await self._shutdown(runner)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    async def _start_sites(self, runner: web.AppRunner) -> None:
+        server = self.config.server
+        if server.http:
+            sock = _bind_tcp(server.http)
+            await web.SockSite(runner, sock).start()
+            self.addresses["http"] = _address_of(sock)
+            log.info("listening", frontend="http", address=self.addresses["http"])
+        if server.http_socket:
+            Path(server.http_socket).unlink(missing_ok=True)
+            await web.UnixSite(runner, server.http_socket).start()
+            os.chmod(server.http_socket, 0o660)
+            self.addresses["http_socket"] = server.http_socket
+            log.info("listening", frontend="http_socket", address=server.http_socket)
+
+    async def _shutdown(self, runner: web.AppRunner) -> int:
+        budget = self.config.server.drain_timeout_s
+        systemd.notify("STOPPING=1")
+        self.state.draining = True
+        inflight = self.repository.inflight_count()
+        log.info("draining", inflight=inflight, budget_s=budget)
+        drained = await self.repository.drain(budget)
+        if not drained:
+            log.warning("drain budget exhausted; failing what is left", inflight=self.repository.inflight_count())
+        await runner.cleanup()  # closes listeners, waits for handlers still writing responses
+        await self.repository.stop()
+        log.info("stopped", drained=drained)
+        return 0

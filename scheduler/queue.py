@@ -1,0 +1,237 @@
+"""The per-version queue and its dispatch loop.
+
+Callers `submit()` and await their own rows. One loop per queue is the only code that forms
+batches: whenever a worker is idle it asks `next_batch` what to send, stacks those requests
+along the batch dimension, runs them on the worker in an owned task and splits the outputs
+back per request. The queue is bounded in rows and refuses at once when full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+
+import numpy as np
+import structlog
+
+from inferd.config.errors import ErrorCode, InferdError
+from inferd.scheduler.batching import Send, next_batch
+from inferd.scheduler.pool import WorkerPool
+from inferd.scheduler.request import InferRequest
+
+log = structlog.get_logger("inferd.queue")
+
+
+class QueueObserver:
+    """Hooks for metrics and statistics; the default does nothing."""
+
+    def queue_rows(self, rows: int) -> None: ...
+
+    def dequeued(self, waited_s: float) -> None: ...
+
+    def batch_done(self, requests: int, rows: int, compute_s: float, ok: bool) -> None: ...
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Pending:
+    request: InferRequest
+    rows: int
+    shape_key: Hashable
+    enqueued_at: float
+    future: asyncio.Future
+    queued: bool = True
+
+
+class ModelQueue:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        *,
+        output_names: list[str],
+        max_batch_rows: int,
+        max_queue_rows: int,
+        max_delay_s: float,
+        observer: QueueObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.pool = pool
+        self.output_names = output_names
+        self.max_batch_rows = max_batch_rows  # 0: the model has no batch dimension
+        self.max_queue_rows = max_queue_rows
+        self.max_delay_s = max_delay_s
+        self.observer = observer or QueueObserver()
+        self.clock = clock
+        self._pending: deque[_Pending] = deque()
+        self._rows = 0
+        self._wakeup = asyncio.Event()
+        self._running: set[asyncio.Task] = set()
+        self._running_requests = 0
+        self._loop_task: asyncio.Task | None = None
+        self._closing = False
+        pool.on_change = self._wakeup.set
+
+    # -- the caller's side -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._dispatch_loop())
+
+    @property
+    def queued_rows(self) -> int:
+        return self._rows
+
+    def inflight_count(self) -> int:
+        """Requests accepted and not yet answered (queued or running)."""
+        return len(self._pending) + self._running_requests
+
+    async def submit(self, request: InferRequest, rows: int, shape_key: Hashable) -> dict[str, np.ndarray]:
+        """Queue one request and wait for its own outputs. Raises InferdError."""
+        if self._closing:
+            raise InferdError(ErrorCode.UNAVAILABLE, "the model is shutting down")
+        if self.pool.broken_reason:
+            raise InferdError(ErrorCode.UNAVAILABLE, self.pool.broken_reason)
+        if self._rows + rows > self.max_queue_rows:
+            raise InferdError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"queue full: {self._rows} rows queued, limit {self.max_queue_rows}; retry later",
+            )
+        item = _Pending(request, rows, shape_key, self.clock(), asyncio.get_running_loop().create_future())
+        self._pending.append(item)
+        self._rows += rows
+        self.observer.queue_rows(self._rows)
+        self._wakeup.set()
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            # The caller went away (client disconnected): a queued request leaves the queue;
+            # one already in a batch runs and its rows are dropped.
+            if item.queued:
+                self._remove(item)
+            raise
+
+    async def drain(self) -> None:
+        """Refuse new requests, answer every accepted one, then stop the loop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._loop_task is not None:
+            await self._loop_task
+
+    def abort(self, error: InferdError) -> None:
+        """Stop forming batches and fail every queued request (running batches still finish)."""
+        self._closing = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        self._fail_all_queued(error)
+
+    # -- the dispatch loop -------------------------------------------------------------------
+
+    def _remove(self, item: _Pending) -> None:
+        self._pending.remove(item)
+        item.queued = False
+        self._rows -= item.rows
+        self.observer.queue_rows(self._rows)
+
+    def _fail_expired(self, now: float) -> None:
+        for item in [p for p in self._pending if p.request.deadline is not None and p.request.deadline <= now]:
+            self._remove(item)
+            item.future.set_exception(InferdError(ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while it was queued"))
+
+    def _fail_all_queued(self, error: InferdError) -> None:
+        while self._pending:
+            item = self._pending[0]
+            self._remove(item)
+            item.future.set_exception(error)
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            self._wakeup.clear()
+            if self._closing and not self._pending and not self._running:
+                return
+            if self.pool.broken_reason:
+                self._fail_all_queued(InferdError(ErrorCode.UNAVAILABLE, self.pool.broken_reason))
+            timeout = None
+            if self._pending:
+                now = self.clock()
+                self._fail_expired(now)
+                decision = next_batch(self._pending, now, self.max_batch_rows, self.max_delay_s)
+                if isinstance(decision, Send):
+                    worker = self.pool.take()
+                    if worker is not None:
+                        self._start_batch(worker, [self._pending.popleft() for _ in range(decision.count)], now)
+                        continue
+                else:
+                    timeout = decision.seconds
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+
+    def _start_batch(self, worker, batch: list[_Pending], now: float) -> None:
+        for item in batch:
+            item.queued = False
+            self._rows -= item.rows
+            self.observer.dequeued(now - item.enqueued_at)
+        self.observer.queue_rows(self._rows)
+        task = asyncio.create_task(self._run_batch(worker, batch))
+        self._running_requests += len(batch)
+        self._running.add(task)
+        task.add_done_callback(self._batch_finished)
+
+    def _batch_finished(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._wakeup.set()
+
+    async def _run_batch(self, worker, batch: list[_Pending]) -> None:
+        rows = sum(item.rows for item in batch)
+        started = self.clock()
+        ok = False
+        try:
+            outputs = await worker.execute(
+                [item.request.id for item in batch], self._stack(batch), self._wanted_outputs(batch)
+            )
+            ok = True
+            self._split(batch, outputs)
+        except InferdError as e:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(e)
+        except Exception as e:  # a bug here must not leave callers waiting forever
+            log.exception("batch dispatch failed", model=self.pool.spec.model)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+        finally:
+            self._running_requests -= len(batch)
+            self.pool.give_back(worker)
+            self.observer.batch_done(len(batch), rows, self.clock() - started, ok)
+
+    @staticmethod
+    def _stack(batch: list[_Pending]) -> dict[str, np.ndarray]:
+        if len(batch) == 1:
+            return batch[0].request.inputs
+        names = batch[0].request.inputs.keys()
+        return {name: np.concatenate([item.request.inputs[name] for item in batch]) for name in names}
+
+    def _wanted_outputs(self, batch: list[_Pending]) -> list[str]:
+        wanted: set[str] = set()
+        for item in batch:
+            if item.request.outputs is None:
+                return self.output_names
+            wanted.update(item.request.outputs)
+        return [name for name in self.output_names if name in wanted]
+
+    def _split(self, batch: list[_Pending], outputs: dict[str, np.ndarray]) -> None:
+        offset = 0
+        for item in batch:
+            names = item.request.outputs or outputs.keys()
+            if len(batch) == 1:
+                mine = {name: outputs[name] for name in names}
+            else:
+                mine = {name: outputs[name][offset : offset + item.rows] for name in names}
+            offset += item.rows
+            if not item.future.done():  # the caller may have gone away meanwhile
+                item.future.set_result(mine)
+
