@@ -114,6 +114,27 @@ def build_fixed(path: pathlib.Path) -> pathlib.Path:
     return _save(graph, path)
 
 
+def build_slow(path: pathlib.Path, width: int = 1024, layers: int = 24) -> pathlib.Path:
+    """A deliberately slow model (a chain of width x width MatMuls on every row): FP32 [-1, width]
+    in and out. Tests use it to hold a worker busy long enough to kill it or fill a queue."""
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    nodes = []
+    x = "x"
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [x, "w"], [f"h{i}"]))
+        x = f"h{i}"
+    nodes.append(helper.make_node("Identity", [x], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return _save(graph, path)
+
+
 ADD_SUB_CONFIG = """\
 # Per-model settings; every key is optional (see README: model configuration).
 max_batch_size = 32

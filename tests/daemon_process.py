@@ -1,0 +1,110 @@
+"""Runs the real daemon as a subprocess, the way systemd would: readiness comes from READY=1 on
+a NOTIFY_SOCKET datagram socket owned by the test (no sleeps, no polling), and the bound HTTP
+address from the daemon's own "listening" log event."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+
+class DaemonProcess:
+    def __init__(self, models: Path, *args: str, env: dict | None = None, config: Path | None = None):
+        self.models = models
+        self.args = list(args)
+        self.env = env or {}
+        self.config = config
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+        self.url = ""
+        self._notify_dir = tempfile.TemporaryDirectory(prefix="inferd-notify-")
+        self.notify_path = os.path.join(self._notify_dir.name, "notify")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.messages: list[str] = []
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "inferd.daemon", "serve", "--models", str(self.models),
+               "--http", "127.0.0.1:0", "--grpc", "", "--log-format", "json"]
+        if self.config:
+            cmd += ["--config", str(self.config)]
+        return cmd + self.args
+
+    def start(self, timeout: float = 60) -> "DaemonProcess":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INFERD_")}
+        env.update(self.env, NOTIFY_SOCKET=self.notify_path)
+        self.proc = subprocess.Popen(self.command(), env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self._collector = threading.Thread(target=self._collect, daemon=True)
+        self._collector.start()
+        if not self.wait_for("READY=1", timeout):
+            self.stop()
+            raise RuntimeError("daemon did not become ready:\n" + "\n".join(self.lines[-30:]))
+        listening = [e for e in self.events("listening") if e.get("frontend") == "http"]
+        self.url = f"http://{listening[0]['address']}"
+        return self
+
+    def _collect(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, message: str, timeout: float) -> bool:
+        """Read notify datagrams until one carries `message`; False on timeout or daemon exit."""
+        self.notify.settimeout(timeout)
+        while True:
+            try:
+                data = self.notify.recv(4096).decode()
+            except TimeoutError:
+                return False
+            self.messages.extend(data.splitlines())
+            if message in data.splitlines():
+                return True
+
+    def events(self, name: str) -> list[dict]:
+        out = []
+        for line in list(self.lines):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == name:
+                out.append(event)
+        return out
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        return host, int(port)
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, then wait for the exit code (and the last log lines)."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._collector.join(timeout)
+        return code
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self._collector.join(10)
+            self.proc.stderr.close()
+        self.notify.close()
+        self._notify_dir.cleanup()
+
+    def __enter__(self) -> "DaemonProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
