@@ -29,6 +29,7 @@ class DaemonProcess:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(self.notify_path)
         self.messages: list[str] = []
+        self._listening = threading.Event()
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "inferd.daemon", "serve", "--models", str(self.models),
@@ -46,6 +47,9 @@ class DaemonProcess:
         if not self.wait_for("READY=1", timeout):
             self.stop()
             raise RuntimeError("daemon did not become ready:\n" + "\n".join(self.lines[-30:]))
+        # The "listening" line was written before READY=1; wait until the reader thread has it.
+        if not self._listening.wait(timeout):
+            raise RuntimeError("no listening event in the daemon's log")
         listening = [e for e in self.events("listening") if e.get("frontend") == "http"]
         self.url = f"http://{listening[0]['address']}"
         return self
@@ -53,6 +57,8 @@ class DaemonProcess:
     def _collect(self) -> None:
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
+            if '"event":"listening"' in line and '"frontend":"http"' in line:
+                self._listening.set()
 
     def wait_for(self, message: str, timeout: float) -> bool:
         """Read notify datagrams until one carries `message`; False on timeout or daemon exit."""
