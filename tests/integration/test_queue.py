@@ -1,0 +1,158 @@
+"""The scheduler with real worker processes, driven in-process: batching, a caller that goes
+away, a worker that dies mid-batch."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from inferd.backends import backend_path
+from inferd.config.errors import ErrorCode, InferdError
+from inferd.config.settings import ModelSettings
+from inferd.scheduler.pool import WorkerPool
+from inferd.scheduler.queue import ModelQueue, QueueObserver
+from inferd.scheduler.request import InferRequest
+from inferd.scheduler.worker import LoadFailed, WorkerSpec
+
+
+class Recorder(QueueObserver):
+    def __init__(self):
+        self.batches: list[int] = []
+        self.started = asyncio.Event()
+
+    def dequeued(self, waited_s: float) -> None:
+        self.started.set()
+
+    def batch_done(self, requests, rows, compute_s, ok):
+        self.batches.append(rows)
+
+
+async def _queue(path, max_batch_rows=256, max_queue_rows=1024, delay_s=0.0):
+    spec = WorkerSpec(path.stem, "1", path, backend_path("onnx"), dataclasses.asdict(ModelSettings()))
+    pool = WorkerPool(spec, size=1, load_timeout=60)
+    metadata = await pool.start()
+    recorder = Recorder()
+    queue = ModelQueue(pool, output_names=[t.name for t in metadata.outputs], max_batch_rows=max_batch_rows,
+                       max_queue_rows=max_queue_rows, max_delay_s=delay_s, observer=recorder)
+    queue.start()
+    return queue, pool, recorder
+
+
+@pytest.fixture
+def slow_model(model_repo):
+    return model_repo / "slow" / "1" / "model.onnx"
+
+
+@pytest.fixture
+def add_sub(model_repo):
+    return model_repo / "add_sub" / "1" / "model.onnx"
+
+
+def _add_sub_request(value: int, rows: int = 1) -> InferRequest:
+    a = np.full((rows, 16), value, np.int32)
+    return InferRequest({"INPUT0": a, "INPUT1": a})
+
+
+async def test_requests_queued_behind_a_busy_worker_run_as_one_batch(slow_model):
+    queue, pool, recorder = await _queue(slow_model)
+    try:
+        x = np.ones((128, 1024), np.float32)
+        first = asyncio.create_task(queue.submit(InferRequest({"x": x}), 128, ((1024,),)))
+        await recorder.started.wait()  # the worker is busy with the first batch
+        rows = [np.full((1, 1024), i, np.float32) for i in range(10)]
+        rest = await asyncio.gather(*(queue.submit(InferRequest({"x": r}), 1, ((1024,),)) for r in rows))
+        await first
+        assert recorder.batches == [128, 10]
+        for r, out in zip(rows, rest):
+            assert out["y"].shape == (1, 1024)
+        # Rows kept their identity: row i's output equals a lone run of row i.
+        lone = await queue.submit(InferRequest({"x": rows[3]}), 1, ((1024,),))
+        np.testing.assert_allclose(rest[3]["y"], lone["y"], rtol=1e-5)
+    finally:
+        await queue.drain()
+        await pool.stop()
+
+
+async def test_a_caller_that_goes_away_leaves_the_queue(add_sub):
+    queue, pool, recorder = await _queue(add_sub, delay_s=30.0)  # held for a fuller batch
+    try:
+        task = asyncio.create_task(queue.submit(_add_sub_request(1), 1, ((16,),)))
+        while queue.queued_rows == 0:
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert queue.queued_rows == 0 and queue.inflight_count() == 0
+        assert recorder.batches == []  # it never ran
+    finally:
+        queue.abort(InferdError(ErrorCode.UNAVAILABLE, "test over"))
+        await pool.stop()
+
+
+async def test_queue_full_is_refused_at_once(add_sub):
+    queue, pool, _ = await _queue(add_sub, max_queue_rows=3, delay_s=30.0)
+    try:
+        held = [asyncio.create_task(queue.submit(_add_sub_request(i), 1, ((16,),))) for i in range(3)]
+        while queue.queued_rows < 3:
+            await asyncio.sleep(0)
+        with pytest.raises(InferdError) as e:
+            await queue.submit(_add_sub_request(9), 1, ((16,),))
+        assert e.value.code is ErrorCode.RESOURCE_EXHAUSTED
+    finally:
+        queue.abort(InferdError(ErrorCode.UNAVAILABLE, "test over"))
+        for t in held:
+            with pytest.raises(InferdError):
+                await t
+        await pool.stop()
+
+
+async def test_worker_killed_mid_batch_fails_that_batch_and_is_replaced(slow_model):
+    queue, pool, recorder = await _queue(slow_model)
+    try:
+        [old_pid] = pool.pids
+        x = np.ones((256, 1024), np.float32)
+        task = asyncio.create_task(queue.submit(InferRequest({"x": x}), 256, ((1024,),)))
+        await recorder.started.wait()
+        os.kill(old_pid, signal.SIGKILL)
+        with pytest.raises(InferdError) as e:
+            await task
+        assert e.value.code is ErrorCode.UNAVAILABLE and "exited" in e.value.message
+        out = await queue.submit(InferRequest({"x": x[:1]}), 1, ((1024,),))  # served by the replacement
+        assert out["y"].shape == (1, 1024)
+        assert pool.pids and pool.pids != [old_pid] and pool.exits == 1
+    finally:
+        await queue.drain()
+        await pool.stop()
+
+
+async def test_drain_answers_queued_requests_before_returning(add_sub):
+    queue, pool, _ = await _queue(add_sub, delay_s=0.2)
+    try:
+        tasks = [asyncio.create_task(queue.submit(_add_sub_request(i), 1, ((16,),))) for i in range(5)]
+        while queue.queued_rows < 5:
+            await asyncio.sleep(0)
+        await queue.drain()
+        for i, t in enumerate(tasks):
+            assert t.done()
+            np.testing.assert_array_equal(t.result()["OUTPUT0"], np.full((1, 16), 2 * i, np.int32))
+        with pytest.raises(InferdError) as e:
+            await queue.submit(_add_sub_request(1), 1, ((16,),))
+        assert e.value.code is ErrorCode.UNAVAILABLE
+    finally:
+        await pool.stop()
+
+
+async def test_unloadable_file_is_a_load_failure_with_the_reason(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage")
+    spec = WorkerSpec("bad", "1", bad, backend_path("onnx"), dataclasses.asdict(ModelSettings()))
+    pool = WorkerPool(spec, size=1, load_timeout=60)
+    with pytest.raises(LoadFailed) as e:
+        await pool.start()
+    assert "Protobuf" in e.value.reason or "INVALID" in e.value.reason
+    assert pool.pids == []

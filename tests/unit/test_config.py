@@ -1,0 +1,97 @@
+"""Config: TOML, then INFERD_* environment, then CLI flags; bad keys, types and values refused
+with the file, the key and the reason."""
+
+import subprocess
+import sys
+
+import pytest
+
+from inferd.config.errors import ConfigError
+from inferd.config.settings import ModelSettings, load_daemon_config, load_model_config
+
+
+def _write(tmp_path, text, name="inferd.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_the_design():
+    config = load_daemon_config(environ={})
+    assert config.server.http == "127.0.0.1:8000" and config.server.grpc == "127.0.0.1:8001"
+    assert config.defaults.max_batch_size == 64 and config.defaults.max_queue_delay_ms == 0
+    assert config.models.dir == "/var/lib/inferd/models"
+
+
+def test_precedence_file_then_environment_then_flags(tmp_path):
+    path = _write(tmp_path, '[server]\nhttp = "127.0.0.1:1000"\ndrain_timeout_s = 5\n[defaults]\nmax_batch_size = 8\n')
+    config = load_daemon_config(path, environ={})
+    assert config.server.http == "127.0.0.1:1000" and config.server.drain_timeout_s == 5.0
+    env = {"INFERD_SERVER_HTTP": "127.0.0.1:2000", "INFERD_DEFAULTS_MAX_BATCH_SIZE": "16"}
+    config = load_daemon_config(path, environ=env)
+    assert config.server.http == "127.0.0.1:2000" and config.defaults.max_batch_size == 16
+    config = load_daemon_config(path, environ=env, overrides={"server": {"http": "127.0.0.1:3000"}})
+    assert config.server.http == "127.0.0.1:3000" and config.defaults.max_batch_size == 16
+
+
+@pytest.mark.parametrize("text,key,reason", [
+    ("[server]\nhtp = 'x'\n", "server.htp", "unknown key"),
+    ("[serverz]\n", "serverz", "unknown key"),
+    ("[server]\ndrain_timeout_s = 'soon'\n", "server.drain_timeout_s", "expected float"),
+    ("[defaults]\nmax_batch_size = 1.5\n", "defaults.max_batch_size", "expected int"),
+    ("[defaults]\nmax_batch_size = true\n", "defaults.max_batch_size", "expected int"),
+    ("[defaults]\nmax_batch_size = -1\n", "defaults.max_batch_size", "between"),
+    ("[defaults]\nmin_workers = 3\nmax_workers = 2\n", "defaults.min_workers", "exceeds max_workers"),
+    ("[defaults]\ndevice = 'tpu'\n", "defaults.device", "auto, cpu or cuda:N"),
+    ("[server]\nhttp = 'localhost'\n", "server.http", "HOST:PORT"),
+    ("[server]\nhttp = '127.0.0.1:70000'\n", "server.http", "HOST:PORT"),
+    ("[models]\ncontrol = 'sometimes'\n", "models.control", "one of"),
+    ("server = 3\n", "server", "expected a table"),
+    ("[server\n", "(syntax)", ""),
+])
+def test_bad_daemon_config_names_file_key_and_reason(tmp_path, text, key, reason):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_daemon_config(path, environ={})
+    assert e.value.file == str(path) and e.value.key == key and reason in e.value.reason
+
+
+@pytest.mark.parametrize("env,key", [
+    ({"INFERD_SERVER_NOPE": "1"}, "INFERD_SERVER_NOPE"),
+    ({"INFERD_DEFAULTS_MAX_WORKERS": "many"}, "INFERD_DEFAULTS_MAX_WORKERS"),
+])
+def test_bad_environment_is_refused(env, key):
+    with pytest.raises(ConfigError) as e:
+        load_daemon_config(environ=env)
+    assert e.value.file == "environment" and e.value.key == key
+
+
+def test_model_config_overrides_defaults_and_reads_tensors(tmp_path):
+    path = _write(tmp_path, 'max_batch_size = 4\n[[inputs]]\nname = "x"\ndatatype = "FP32"\nshape = [-1, 3]\n', "config.toml")
+    config = load_model_config(path, ModelSettings(max_queue_delay_ms=2))
+    assert config.settings.max_batch_size == 4 and config.settings.max_queue_delay_ms == 2
+    assert config.inputs[0].shape == (-1, 3) and config.explicit == {"max_batch_size"}
+
+
+@pytest.mark.parametrize("text,key", [
+    ("max_batch = 4\n", "max_batch"),
+    ("max_queue_delay_ms = -2\n", "max_queue_delay_ms"),
+    ('[[inputs]]\nname = "x"\ndatatype = "FLOAT"\nshape = [1]\n', "inputs[0].datatype"),
+    ('[[inputs]]\nname = "x"\ndatatype = "FP32"\nshape = [-3]\n', "inputs[0].shape"),
+    ('[[outputs]]\nname = "y"\n', "outputs[0]"),
+])
+def test_bad_model_config_is_refused(tmp_path, text, key):
+    path = _write(tmp_path, text, "config.toml")
+    with pytest.raises(ConfigError) as e:
+        load_model_config(path, ModelSettings())
+    assert e.value.file == str(path) and e.value.key == key
+
+
+def test_cli_refuses_bad_config_at_start_and_prints_version(tmp_path):
+    path = _write(tmp_path, "[server]\nhttp = 5\n")
+    run = subprocess.run([sys.executable, "-m", "inferd.daemon", "serve", "--config", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert f"{path}: server.http: expected str" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "inferd.daemon", "--version"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.startswith("inferd ")

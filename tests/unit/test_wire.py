@@ -1,0 +1,81 @@
+"""Wire conversions: V2 JSON / binary tensors <-> numpy, and the worker IPC framing."""
+
+import struct
+
+import numpy as np
+import pytest
+
+from inferd.backends import ipc
+from inferd.config.errors import ErrorCode, InferdError
+from inferd.daemon import http_codec
+from inferd.daemon.tensors import from_list, from_raw, to_raw
+from inferd.scheduler.request import InferResponse
+
+
+def test_bytes_tensors_round_trip_through_the_length_prefixed_form():
+    array = np.array([[b"a", b""], [b"\xff\x00", "é".encode()]], dtype=object)
+    raw = to_raw(array)
+    assert raw[:4] == struct.pack("<I", 1)
+    back = from_raw("t", "BYTES", [2, 2], raw)
+    assert back.tolist() == array.tolist()
+
+
+def test_nested_and_flat_json_data_give_the_same_tensor():
+    flat = from_list("t", "INT16", [2, 2], [1, 2, 3, 4])
+    nested = from_list("t", "INT16", [2, 2], [[1, 2], [3, 4]])
+    assert flat.dtype == np.int16 and np.array_equal(flat, nested)
+
+
+@pytest.mark.parametrize("datatype,data", [("UINT8", [300]), ("INT32", ["x"]), ("BOOL", [[1, 2], [3]])])
+def test_values_that_do_not_fit_the_datatype_are_refused(datatype, data):
+    with pytest.raises(InferdError) as e:
+        from_list("t", datatype, [1], data)
+    assert e.value.code is ErrorCode.INVALID_ARGUMENT and "'t'" in e.value.message
+
+
+def test_binary_request_slices_inputs_in_order_without_copying():
+    a = np.arange(4, dtype=np.float32)
+    b = np.arange(3, dtype=np.int64)
+    header = (b'{"inputs":[{"name":"a","shape":[4],"datatype":"FP32","parameters":{"binary_data_size":16}},'
+              b'{"name":"b","shape":[3],"datatype":"INT64","parameters":{"binary_data_size":24}}],'
+              b'"outputs":[{"name":"o","parameters":{"binary_data":true}}],"id":"r1"}')
+    request, fmt = http_codec.decode_request(header + a.tobytes() + b.tobytes(), str(len(header)))
+    assert np.array_equal(request.inputs["a"], a) and np.array_equal(request.inputs["b"], b)
+    assert request.outputs == ("o",) and request.id == "r1" and fmt.is_binary("o") and not fmt.is_binary("p")
+
+
+def test_response_binary_and_json_outputs_side_by_side():
+    response = InferResponse("m", "1", {"j": np.array([1.5, 2.5], np.float32), "b": np.array([7], np.int32)}, "id9")
+    fmt = http_codec.OutputFormat(binary={"b": True})
+    body, n = http_codec.encode_response(response, fmt)
+    import orjson
+
+    doc = orjson.loads(body[:n])
+    assert doc["id"] == "id9"
+    assert doc["outputs"][0]["data"] == [1.5, 2.5]
+    assert doc["outputs"][1]["parameters"]["binary_data_size"] == 4 and body[n:] == np.array([7], np.int32).tobytes()
+
+
+def test_non_utf8_bytes_output_must_travel_as_binary():
+    response = InferResponse("m", "1", {"s": np.array([b"\xff"], dtype=object)})
+    with pytest.raises(InferdError, match="binary_data"):
+        http_codec.encode_response(response, http_codec.OutputFormat())
+
+
+def test_ipc_tensors_keep_dtype_shape_and_bytes():
+    tensors = {"f": np.arange(6, dtype=np.float16).reshape(2, 3), "s": np.array([[b"x"], [b"yz"]], dtype=object),
+               "u": np.array([[2**64 - 1]], np.uint64)}
+    frame = ipc.encode({"type": ipc.EXECUTE, "inputs": ipc.pack_tensors(tensors)})
+    (length,) = ipc.HEADER.unpack(frame[:4])
+    msg = ipc.decode(frame[4:])
+    assert length == len(frame) - 4 and msg["type"] == ipc.EXECUTE
+    back = ipc.unpack_tensors(msg["inputs"])
+    for name, array in tensors.items():
+        assert back[name].dtype == array.dtype and back[name].tolist() == array.tolist()
+
+
+def test_ipc_refuses_another_protocol_version():
+    import msgpack
+
+    with pytest.raises(ValueError, match="version"):
+        ipc.decode(msgpack.packb({"v": 99, "type": ipc.STOP}))
