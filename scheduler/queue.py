@@ -101,7 +101,9 @@ class ModelQueue:
         self._pending.append(item)
         self._rows += rows
         self.observer.queue_rows(self._rows)
-        self._wakeup.set()
+        self._dispatch()
+        if self._pending and self.max_delay_s > 0:
+            self._wakeup.set()  # the timer loop re-arms for the new head of the queue
         try:
             return await item.future
         except asyncio.CancelledError:
@@ -144,25 +146,36 @@ class ModelQueue:
             self._remove(item)
             item.future.set_exception(error)
 
+    def _dispatch(self) -> float | None:
+        """Start every batch that can start now. Called where things change (a request arrives,
+        a batch ends), so no task hop sits between a request and a free worker. Returns the
+        seconds until a held batch is due, or None when nothing is waiting on time."""
+        while self._pending:
+            now = self.clock()
+            self._fail_expired(now)
+            if not self._pending:
+                break
+            # Draining: nothing more will arrive, so a held batch cannot get fuller.
+            delay = 0.0 if self._closing else self.max_delay_s
+            decision = next_batch(self._pending, now, self.max_batch_rows, delay)
+            if not isinstance(decision, Send):
+                return decision.seconds
+            worker = self.pool.take()
+            if worker is None:
+                return None  # the batch that ends next dispatches again
+            self._start_batch(worker, [self._pending.popleft() for _ in range(decision.count)], now)
+        return None
+
     async def _dispatch_loop(self) -> None:
+        """Wakes for what has no caller to act on it: a queue-delay timer coming due, a worker
+        replaced, the pool broken, or the drain finishing."""
         while True:
             self._wakeup.clear()
             if self._closing and not self._pending and not self._running:
                 return
             if self.pool.broken_reason:
                 self._fail_all_queued(InferdError(ErrorCode.UNAVAILABLE, self.pool.broken_reason))
-            timeout = None
-            if self._pending:
-                now = self.clock()
-                self._fail_expired(now)
-                decision = next_batch(self._pending, now, self.max_batch_rows, self.max_delay_s)
-                if isinstance(decision, Send):
-                    worker = self.pool.take()
-                    if worker is not None:
-                        self._start_batch(worker, [self._pending.popleft() for _ in range(decision.count)], now)
-                        continue
-                else:
-                    timeout = decision.seconds
+            timeout = self._dispatch()
             try:
                 async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
@@ -182,7 +195,9 @@ class ModelQueue:
 
     def _batch_finished(self, task: asyncio.Task) -> None:
         self._running.discard(task)
-        self._wakeup.set()
+        self._dispatch()
+        if self._closing or (self._pending and self.max_delay_s > 0):
+            self._wakeup.set()
 
     async def _run_batch(self, worker, batch: list[_Pending]) -> None:
         rows = sum(item.rows for item in batch)
