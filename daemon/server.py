@@ -1,6 +1,6 @@
 """The composition root: builds every part from the config and runs start -> serve -> drain -> stop.
 
-    start:  load the models directory, bind the listeners, READY=1
+    start:  bind the listeners (live, not ready), load the models directory, READY=1
     serve:  until SIGTERM/SIGINT (or `stop` is set)
     drain:  STOPPING=1, not ready, refuse new requests (503), answer every accepted one
             within server.drain_timeout_s
@@ -67,22 +67,34 @@ class Daemon:
             handle_signals=False, access_log=None, handler_cancellation=True,
             shutdown_timeout=5.0,  # after the drain, handlers only have their responses to write
         )
+        drained = False
         try:
-            await self.repository.load_all()
+            # Listen first: liveness answers while models load, readiness (and inference) says
+            # 503 until the initial load is done.
             await runner.setup()
-            await self._start_sites(runner)
+            try:
+                await self._start_sites(runner)
+            except OSError as e:
+                log.error("cannot listen", error=str(e))
+                return 1
+            await self.repository.load_all()
             for frontend in ("grpc", "socket"):
                 if getattr(server, frontend):
                     log.info("front-end not available in this version; ignoring its address", frontend=frontend)
             self.state.started = True
             counts = self.repository.counts()
             log.info("ready", seconds=round(time.monotonic() - started, 3), models=counts, pid=os.getpid())
-            systemd.notify("READY=1", "STATUS=" + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "no models")
+            status = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())) or "no models"
+            systemd.notify("READY=1", f"STATUS=models: {status}")
             await stop.wait()
-            return await self._shutdown(runner)
+            drained = await self._drain()
+            return 0
         finally:
+            await runner.cleanup()  # closes listeners, waits for handlers still writing responses
+            await self.repository.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            log.info("stopped", drained=drained)
 
     async def _start_sites(self, runner: web.AppRunner) -> None:
         server = self.config.server
@@ -98,16 +110,13 @@ class Daemon:
             self.addresses["http_socket"] = server.http_socket
             log.info("listening", frontend="http_socket", address=server.http_socket)
 
-    async def _shutdown(self, runner: web.AppRunner) -> int:
+    async def _drain(self) -> bool:
+        """Not ready, refuse new work, answer what was accepted within the budget."""
         budget = self.config.server.drain_timeout_s
         systemd.notify("STOPPING=1")
         self.state.draining = True
-        inflight = self.repository.inflight_count()
-        log.info("draining", inflight=inflight, budget_s=budget)
+        log.info("draining", inflight=self.repository.inflight_count(), budget_s=budget)
         drained = await self.repository.drain(budget)
         if not drained:
             log.warning("drain budget exhausted; failing what is left", inflight=self.repository.inflight_count())
-        await runner.cleanup()  # closes listeners, waits for handlers still writing responses
-        await self.repository.stop()
-        log.info("stopped", drained=drained)
-        return 0
+        return drained

@@ -44,12 +44,15 @@ class DaemonProcess:
         self.proc = subprocess.Popen(self.command(), env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         self._collector = threading.Thread(target=self._collect, daemon=True)
         self._collector.start()
-        if not self.wait_for("READY=1", timeout):
+        try:
+            if not self.wait_for("READY=1", timeout):
+                raise RuntimeError("daemon did not become ready:\n" + "\n".join(self.lines[-30:]))
+            # The "listening" line was written before READY=1; wait until the reader thread has it.
+            if not self._listening.wait(timeout):
+                raise RuntimeError("no listening event in the daemon's log")
+        except BaseException:
             self.stop()
-            raise RuntimeError("daemon did not become ready:\n" + "\n".join(self.lines[-30:]))
-        # The "listening" line was written before READY=1; wait until the reader thread has it.
-        if not self._listening.wait(timeout):
-            raise RuntimeError("no listening event in the daemon's log")
+            raise
         listening = [e for e in self.events("listening") if e.get("frontend") == "http"]
         self.url = f"http://{listening[0]['address']}"
         return self
