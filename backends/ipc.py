@@ -83,31 +83,43 @@ def _datatype(dtype: np.dtype) -> str:
         raise ValueError(f"tensor dtype {dtype} has no V2 datatype") from None
 
 
+def split_frames(buf: bytearray) -> list[dict]:
+    """Remove and decode every complete frame at the start of `buf`."""
+    out = []
+    while len(buf) >= HEADER.size:
+        (length,) = HEADER.unpack_from(buf)
+        end = HEADER.size + length
+        if len(buf) < end:
+            break
+        with memoryview(buf) as view:
+            out.append(decode(view[HEADER.size:end]))  # msgpack copies what it keeps
+        del buf[:end]
+    return out
+
+
 # Blocking side, used by the worker process.
 
 def send(sock: socket.socket, msg: dict) -> None:
     sock.sendall(encode(msg))
 
 
-def recv(sock: socket.socket) -> dict | None:
-    """The next message, or None when the daemon closed its end."""
-    header = _recv_exactly(sock, HEADER.size)
-    if header is None:
-        return None
-    (length,) = HEADER.unpack(header)
-    payload = _recv_exactly(sock, length)
-    if payload is None:
-        return None
-    return decode(payload)
+class Receiver:
+    """Reads frames from a blocking socket, taking whatever the socket has in one call."""
 
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buf = bytearray()
+        self.ready: list[dict] = []
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if k == 0:
-            return None
-        got += k
-    return bytes(buf)
+    def recv(self) -> dict | None:
+        """The next message, or None when the daemon closed its end."""
+        while not self.ready:
+            missing = HEADER.size
+            if len(self.buf) >= HEADER.size:
+                missing = HEADER.size + HEADER.unpack_from(self.buf)[0] - len(self.buf)
+            chunk = self.sock.recv(max(1 << 16, missing))
+            if not chunk:
+                return None
+            self.buf += chunk
+            self.ready = split_frames(self.buf)
+        return self.ready.pop(0)

@@ -40,7 +40,8 @@ def _error_code(exc: Exception) -> ErrorCode:
 
 
 def serve(sock: socket.socket) -> int:
-    msg = ipc.recv(sock)
+    receiver = ipc.Receiver(sock)
+    msg = receiver.recv()
     if msg is None or msg["type"] != ipc.LOAD:
         return 2
     global log
@@ -56,7 +57,7 @@ def serve(sock: socket.socket) -> int:
         return 1
     ipc.send(sock, {"type": ipc.LOADED, "metadata": metadata.to_dict(), "load_s": time.monotonic() - started})
 
-    while (msg := ipc.recv(sock)) is not None:
+    while (msg := receiver.recv()) is not None:
         if msg["type"] == ipc.STOP:
             break
         if msg["type"] != ipc.EXECUTE:

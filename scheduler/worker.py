@@ -35,6 +35,44 @@ class LoadFailed(Exception):
         self.reason = reason
 
 
+class _Connection(asyncio.Protocol):
+    """The daemon's end of the socket to one worker: frames in, one awaited reply at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._arrived: list[dict] = []
+        self._waiter: asyncio.Future | None = None
+        self._lost = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        self._arrived.extend(ipc.split_frames(self._buf))
+        if self._arrived:
+            self._wake()
+
+    def connection_lost(self, exc) -> None:
+        self._lost = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def reply(self) -> dict | None:
+        """The next message from the worker, or None once it has gone."""
+        if not self._arrived and not self._lost:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._arrived.pop(0) if self._arrived else None
+
+
 def _worker_env() -> dict[str, str]:
     # Workers must not talk to systemd as if they were the service.
     env = dict(os.environ)
@@ -49,8 +87,8 @@ class WorkerHandle:
         self.process: asyncio.subprocess.Process | None = None
         self.metadata: ModelMetadata | None = None
         self.load_seconds = 0.0
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._transport: asyncio.Transport | None = None
+        self._conn: _Connection | None = None
         self._batches = 0
         self.dead = False
 
@@ -68,15 +106,15 @@ class WorkerHandle:
             )
         finally:
             child.close()
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
+        self._transport, self._conn = await asyncio.get_running_loop().create_unix_connection(_Connection, sock=parent)
         spec = self.spec
-        self._writer.write(ipc.encode({
+        self._transport.write(ipc.encode({
             "type": ipc.LOAD, "model": spec.model, "version": spec.version,
             "path": str(spec.path), "backend": spec.backend, "settings": spec.settings,
         }))
         try:
             async with asyncio.timeout(timeout):
-                reply = await self._read()
+                reply = await self._conn.reply()
         except TimeoutError:
             await self.kill()
             raise LoadFailed(f"the model did not load within {timeout:g} s") from None
@@ -95,11 +133,11 @@ class WorkerHandle:
         """Run one batch. Raises InferdError: the backend's error, or UNAVAILABLE if the worker died."""
         self._batches += 1
         batch = self._batches
-        self._writer.write(ipc.encode({
+        self._transport.write(ipc.encode({
             "type": ipc.EXECUTE, "batch": batch, "ids": request_ids,
             "inputs": ipc.pack_tensors(inputs), "outputs": outputs,
         }))
-        reply = await self._read()
+        reply = await self._conn.reply()
         if reply is None:
             self.dead = True
             code = await self.process.wait()
@@ -110,20 +148,13 @@ class WorkerHandle:
             raise InferdError(ErrorCode(reply["code"]), reply["message"])
         return ipc.unpack_tensors(reply["outputs"])
 
-    async def _read(self) -> dict | None:
-        try:
-            header = await self._reader.readexactly(ipc.HEADER.size)
-            return ipc.decode(await self._reader.readexactly(ipc.HEADER.unpack(header)[0]))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-
     async def stop(self, timeout: float) -> None:
         """Ask the worker to exit; kill it if it has not within `timeout`."""
         if self.process is None or self.process.returncode is not None:
             self._close()
             return
         try:
-            self._writer.write(ipc.encode({"type": ipc.STOP}))
+            self._transport.write(ipc.encode({"type": ipc.STOP}))
             async with asyncio.timeout(timeout):
                 await self.process.wait()
         except (TimeoutError, ConnectionError):
@@ -138,6 +169,6 @@ class WorkerHandle:
         self._close()
 
     def _close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None

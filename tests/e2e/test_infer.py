@@ -179,3 +179,28 @@ async def test_concurrent_first_answers_do_not_mix(daemon):
             np.testing.assert_array_equal(out, np.full((1, 16), 2 * i, np.int32))
     finally:
         await client.close()
+
+
+def test_onnxruntime_lives_only_in_worker_processes(daemon):
+    """The daemon stays small: the runtime is loaded by the workers, never by the daemon itself."""
+    from pathlib import Path
+
+    pid = daemon.proc.pid
+    assert "onnxruntime" not in Path(f"/proc/{pid}/maps").read_text()
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert children, "every READY model has a worker process"
+    assert all("onnxruntime" in Path(f"/proc/{child}/maps").read_text() for child in children)
+
+
+async def test_metrics_exposes_the_design_names(daemon):
+    async with aiohttp.ClientSession(daemon.url) as s:
+        x = np.ones((2, 3), np.float32)
+        await s.post("/v2/models/fixed/infer", json={"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": x.reshape(-1).tolist()}]})
+        text = await (await s.get("/metrics")).text()
+    for name in ("inferd_requests_total", "inferd_request_duration_seconds_bucket", "inferd_queue_duration_seconds_bucket",
+                 "inferd_compute_duration_seconds_bucket", "inferd_batch_size_bucket", "inferd_queue_rows",
+                 "inferd_queue_limit_rows", "inferd_model_batch_limit", "inferd_model_state", "inferd_model_load_seconds",
+                 "inferd_workers"):
+        assert f"\n{name}{{" in text, name
+    assert 'inferd_requests_total{code="OK",model="fixed",protocol="http",version="1"}' in text
+    assert 'inferd_model_state{model="corrupt",state="FAILED",version="1"} 1.0' in text

@@ -160,3 +160,29 @@ async def test_sigterm_during_load_answers_every_accepted_request_and_exits_0(dr
         assert d.events("stopped")[0]["drained"] is True
     finally:
         d.stop()
+
+
+async def test_a_client_that_disconnects_leaves_the_queue(overflow_repo):
+    """Its request is removed at once, long before the batcher's 3 s delay would have sent it."""
+    with DaemonProcess(overflow_repo) as d:
+        a = np.ones((1, 16), np.int32)
+        body, headers = _binary_add_sub(a, a, "gone")
+        host, port = d.address
+        reader, writer = await asyncio.open_connection(host, port)
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(f"POST /v2/models/held/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body)
+        await writer.drain()
+        async with aiohttp.ClientSession(d.url) as s:
+            async def queued_rows() -> str:
+                text = await (await s.get("/metrics")).text()
+                return re.search(r'^inferd_queue_rows\{model="held",version="1"\} (\S+)$', text, re.M).group(1)
+
+            async with asyncio.timeout(2.5):  # under the 3 s delay: the removal is the disconnect's doing
+                while await queued_rows() != "1.0":
+                    await asyncio.sleep(0.01)
+                writer.close()
+                while await queued_rows() != "0.0":
+                    await asyncio.sleep(0.01)
+            text = await (await s.get("/metrics")).text()
+            assert 'inferd_requests_total{code="CANCELLED",model="held",protocol="http",version="1"} 1.0' in text
+            assert 'inferd_batch_size_count{model="held",version="1"} 0.0' in text  # it never ran
