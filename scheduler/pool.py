@@ -1,8 +1,8 @@
 """The worker processes of one model version.
 
 The queue takes an idle worker with `take()` and hands it back with `give_back()`. Here the
-pool keeps a fixed number of workers and replaces one that dies; scaling from zero, up under
-load and back down when idle belongs behind the same two calls.
+pool keeps a fixed number of workers and replaces one that exits, busy or idle; scaling from
+zero, up under load and back down when idle belongs behind the same calls.
 """
 
 from __future__ import annotations
@@ -27,18 +27,22 @@ class WorkerPool:
         self.metadata: ModelMetadata | None = None
         self.broken_reason: str | None = None  # set when no worker is left and none can start
         self.load_seconds = 0.0
+        self.exits = 0
         self._workers: set[WorkerHandle] = set()
         self._idle: list[WorkerHandle] = []
         self._tasks: set[asyncio.Task] = set()
-        self.exits = 0
+        self._stopping = False
 
     @property
     def pids(self) -> list[int]:
         return sorted(w.pid for w in self._workers if w.pid)
 
+    def _handle(self) -> WorkerHandle:
+        return WorkerHandle(self.spec, on_exit=self._worker_exited)
+
     async def start(self) -> ModelMetadata:
         """Start every worker; raise LoadFailed (and leave nothing running) if any cannot load."""
-        handles = [WorkerHandle(self.spec) for _ in range(self.size)]
+        handles = [self._handle() for _ in range(self.size)]
         results = await asyncio.gather(*(h.start(self.load_timeout) for h in handles), return_exceptions=True)
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
@@ -56,30 +60,47 @@ class WorkerPool:
         return self._idle.pop() if self._idle else None
 
     def give_back(self, worker: WorkerHandle) -> None:
-        if not worker.dead:
+        if not worker.dead:  # a dead one was already dealt with by _worker_exited
             self._idle.append(worker)
+
+    def _worker_exited(self, worker: WorkerHandle) -> None:
+        if self._stopping or worker not in self._workers:
             return
         self._workers.discard(worker)
+        if worker in self._idle:
+            self._idle.remove(worker)
         self.exits += 1
-        log.warning("worker died; starting a replacement", model=self.spec.model, version=self.spec.version, pid=worker.pid)
-        task = asyncio.create_task(self._replace())
+        self._own(self._replace(worker))
+
+    def _own(self, coro) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _replace(self) -> None:
-        worker = WorkerHandle(self.spec)
+    async def _replace(self, dead: WorkerHandle) -> None:
+        code = await dead.exit_code()
+        log.warning("worker exited; starting a replacement", model=self.spec.model, version=self.spec.version,
+                    pid=dead.pid, exit_code=code)
+        worker = self._handle()
         try:
             await worker.start(self.load_timeout)
+        except asyncio.CancelledError:  # the pool is stopping
+            await worker.kill()
+            raise
         except LoadFailed as e:
             log.error("replacement worker failed to load", model=self.spec.model, version=self.spec.version, reason=e.reason)
             if not self._workers and len(self._tasks) <= 1:
                 self.broken_reason = f"no worker is running: {e.reason}"
         else:
+            if self._stopping:
+                await worker.stop(timeout=5)
+                return
             self._workers.add(worker)
             self._idle.append(worker)
         self.on_change()
 
     async def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -67,7 +67,7 @@ class ModelQueue:
         self._pending: deque[_Pending] = deque()
         self._rows = 0
         self._wakeup = asyncio.Event()
-        self._running: set[asyncio.Task] = set()
+        self._running_batches = 0
         self._running_requests = 0
         self._loop_task: asyncio.Task | None = None
         self._closing = False
@@ -171,7 +171,7 @@ class ModelQueue:
         replaced, the pool broken, or the drain finishing."""
         while True:
             self._wakeup.clear()
-            if self._closing and not self._pending and not self._running:
+            if self._closing and not self._pending and not self._running_batches:
                 return
             if self.pool.broken_reason:
                 self._fail_all_queued(InferdError(ErrorCode.UNAVAILABLE, self.pool.broken_reason))
@@ -188,40 +188,42 @@ class ModelQueue:
             self._rows -= item.rows
             self.observer.dequeued(now - item.enqueued_at)
         self.observer.queue_rows(self._rows)
-        task = asyncio.create_task(self._run_batch(worker, batch))
+        self._running_batches += 1
         self._running_requests += len(batch)
-        self._running.add(task)
-        task.add_done_callback(self._batch_finished)
+        try:
+            worker.run_batch(
+                [item.request.id for item in batch], self._stack(batch), self._wanted_outputs(batch),
+                lambda result: self._finish_batch(worker, batch, now, result),
+            )
+        except Exception as e:  # e.g. tensors that cannot be packed: this batch fails, not the queue
+            log.exception("batch dispatch failed", model=self.pool.spec.model)
+            self._finish_batch(worker, batch, now, InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
 
-    def _batch_finished(self, task: asyncio.Task) -> None:
-        self._running.discard(task)
+    def _finish_batch(self, worker, batch: list[_Pending], started: float, result) -> None:
+        """The worker's answer (outputs or an InferdError), straight from its socket."""
+        ok = not isinstance(result, InferdError)
+        try:
+            if ok:
+                self._split(batch, result)
+        except Exception as e:  # a bug here must not leave callers waiting forever
+            log.exception("splitting a batch failed", model=self.pool.spec.model)
+            ok, result = False, InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
+        if not ok:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(result)
+        self._running_batches -= 1
+        self._running_requests -= len(batch)
+        self.pool.give_back(worker)
+        self.observer.batch_done(len(batch), sum(item.rows for item in batch), self.clock() - started, ok)
+        # Form the next batch after the callers just answered have run (they were scheduled by
+        # set_result): under load that lets the requests arriving meanwhile join it.
+        asyncio.get_running_loop().call_soon(self._after_batch)
+
+    def _after_batch(self) -> None:
         self._dispatch()
         if self._closing or (self._pending and self.max_delay_s > 0):
             self._wakeup.set()
-
-    async def _run_batch(self, worker, batch: list[_Pending]) -> None:
-        rows = sum(item.rows for item in batch)
-        started = self.clock()
-        ok = False
-        try:
-            outputs = await worker.execute(
-                [item.request.id for item in batch], self._stack(batch), self._wanted_outputs(batch)
-            )
-            ok = True
-            self._split(batch, outputs)
-        except InferdError as e:
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(e)
-        except Exception as e:  # a bug here must not leave callers waiting forever
-            log.exception("batch dispatch failed", model=self.pool.spec.model)
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
-        finally:
-            self._running_requests -= len(batch)
-            self.pool.give_back(worker)
-            self.observer.batch_done(len(batch), rows, self.clock() - started, ok)
 
     @staticmethod
     def _stack(batch: list[_Pending]) -> dict[str, np.ndarray]:

@@ -7,13 +7,17 @@ import dataclasses
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import structlog
 
 from inferd.backends import ipc
 from inferd.config.errors import ErrorCode, InferdError
 from inferd.config.tensors import ModelMetadata
+
+log = structlog.get_logger("inferd.worker")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,42 +39,24 @@ class LoadFailed(Exception):
         self.reason = reason
 
 
+BatchDone = Callable[["dict[str, np.ndarray] | InferdError"], None]
+
+
 class _Connection(asyncio.Protocol):
-    """The daemon's end of the socket to one worker: frames in, one awaited reply at a time."""
+    """The daemon's end of the socket to one worker: hands each frame, and the loss of the
+    connection, to its WorkerHandle as soon as they arrive."""
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, handle: "WorkerHandle") -> None:
+        self.handle = handle
         self._buf = bytearray()
-        self._arrived: list[dict] = []
-        self._waiter: asyncio.Future | None = None
-        self._lost = False
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
-        self._arrived.extend(ipc.split_frames(self._buf))
-        if self._arrived:
-            self._wake()
+        for msg in ipc.split_frames(self._buf):
+            self.handle._on_message(msg)
 
     def connection_lost(self, exc) -> None:
-        self._lost = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def reply(self) -> dict | None:
-        """The next message from the worker, or None once it has gone."""
-        if not self._arrived and not self._lost:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._arrived.pop(0) if self._arrived else None
+        self.handle._on_lost()
 
 
 def _worker_env() -> dict[str, str]:
@@ -82,15 +68,23 @@ def _worker_env() -> dict[str, str]:
 
 
 class WorkerHandle:
-    def __init__(self, spec: WorkerSpec):
+    """One worker process. Batches are sent with `run_batch` and answered through a callback
+    straight from the socket's data callback: no task sits between a worker's reply and the
+    callers' futures. `on_exit` is called once if the process goes away, busy or idle."""
+
+    def __init__(self, spec: WorkerSpec, on_exit: Callable[["WorkerHandle"], None] = lambda w: None):
         self.spec = spec
+        self.on_exit = on_exit
         self.process: asyncio.subprocess.Process | None = None
         self.metadata: ModelMetadata | None = None
         self.load_seconds = 0.0
-        self._transport: asyncio.Transport | None = None
-        self._conn: _Connection | None = None
-        self._batches = 0
         self.dead = False
+        self._transport: asyncio.Transport | None = None
+        self._load_reply: asyncio.Future | None = None
+        self._batch: tuple[int, BatchDone] | None = None
+        self._batches = 0
+        self._started = False
+        self._stopping = False
 
     @property
     def pid(self) -> int | None:
@@ -106,7 +100,9 @@ class WorkerHandle:
             )
         finally:
             child.close()
-        self._transport, self._conn = await asyncio.get_running_loop().create_unix_connection(_Connection, sock=parent)
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_unix_connection(lambda: _Connection(self), sock=parent)
+        self._load_reply = loop.create_future()
         spec = self.spec
         self._transport.write(ipc.encode({
             "type": ipc.LOAD, "model": spec.model, "version": spec.version,
@@ -114,42 +110,66 @@ class WorkerHandle:
         }))
         try:
             async with asyncio.timeout(timeout):
-                reply = await self._conn.reply()
+                reply = await self._load_reply
         except TimeoutError:
             await self.kill()
             raise LoadFailed(f"the model did not load within {timeout:g} s") from None
+        finally:
+            self._load_reply = None
         if reply is None:
             code = await self.process.wait()
-            self.dead = True
             raise LoadFailed(f"the worker process exited with code {code} while loading")
         if reply["type"] == ipc.LOAD_FAILED:
             await self.stop(timeout=5)
             raise LoadFailed(reply["reason"])
         self.metadata = ModelMetadata.from_dict(reply["metadata"])
         self.load_seconds = reply["load_s"]
+        self._started = True
         return self.metadata
 
-    async def execute(self, request_ids: list[str], inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        """Run one batch. Raises InferdError: the backend's error, or UNAVAILABLE if the worker died."""
+    def run_batch(self, request_ids: list[str], inputs: dict[str, np.ndarray], outputs: list[str], done: BatchDone) -> None:
+        """Send one batch; `done` later gets the outputs or an InferdError (the backend's, or
+        UNAVAILABLE if the worker died). One batch at a time per worker."""
+        assert self._batch is None, "a worker runs one batch at a time"
         self._batches += 1
-        batch = self._batches
+        self._batch = (self._batches, done)
         self._transport.write(ipc.encode({
-            "type": ipc.EXECUTE, "batch": batch, "ids": request_ids,
+            "type": ipc.EXECUTE, "batch": self._batches, "ids": request_ids,
             "inputs": ipc.pack_tensors(inputs), "outputs": outputs,
         }))
-        reply = await self._conn.reply()
-        if reply is None:
-            self.dead = True
-            code = await self.process.wait()
-            raise InferdError(ErrorCode.UNAVAILABLE, f"the model's worker process exited (code {code}) while running this request")
-        if reply["batch"] != batch:
-            raise InferdError(ErrorCode.INTERNAL, f"worker answered batch {reply['batch']}, expected {batch}")
-        if reply["type"] == ipc.FAILED:
-            raise InferdError(ErrorCode(reply["code"]), reply["message"])
-        return ipc.unpack_tensors(reply["outputs"])
+
+    def _on_message(self, msg: dict) -> None:
+        if self._load_reply is not None:
+            if not self._load_reply.done():
+                self._load_reply.set_result(msg)
+            return
+        if self._batch is None or msg.get("batch") != self._batch[0]:
+            log.error("unexpected message from worker", model=self.spec.model, pid=self.pid, type=msg.get("type"))
+            return
+        _, done = self._batch
+        self._batch = None
+        if msg["type"] == ipc.FAILED:
+            done(InferdError(ErrorCode(msg["code"]), msg["message"]))
+        else:
+            done(ipc.unpack_tensors(msg["outputs"]))
+
+    def _on_lost(self) -> None:
+        self.dead = True
+        if self._load_reply is not None and not self._load_reply.done():
+            self._load_reply.set_result(None)
+        if self._batch is not None:
+            _, done = self._batch
+            self._batch = None
+            done(InferdError(ErrorCode.UNAVAILABLE, "the model's worker process exited while running this request"))
+        if self._started and not self._stopping:
+            self.on_exit(self)
+
+    async def exit_code(self) -> int | None:
+        return await self.process.wait() if self.process else None
 
     async def stop(self, timeout: float) -> None:
         """Ask the worker to exit; kill it if it has not within `timeout`."""
+        self._stopping = True
         if self.process is None or self.process.returncode is not None:
             self._close()
             return
@@ -162,6 +182,7 @@ class WorkerHandle:
         self._close()
 
     async def kill(self) -> None:
+        self._stopping = True
         if self.process and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()

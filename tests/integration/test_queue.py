@@ -156,3 +156,19 @@ async def test_unloadable_file_is_a_load_failure_with_the_reason(tmp_path):
         await pool.start()
     assert "Protobuf" in e.value.reason or "INVALID" in e.value.reason
     assert pool.pids == []
+
+
+async def test_worker_that_dies_while_idle_is_replaced_before_anyone_needs_it(add_sub):
+    queue, pool, _ = await _queue(add_sub)
+    try:
+        [old_pid] = pool.pids
+        replaced = asyncio.Event()
+        pool.on_change = replaced.set
+        os.kill(old_pid, signal.SIGKILL)
+        await asyncio.wait_for(replaced.wait(), 60)
+        assert pool.pids and pool.pids != [old_pid] and pool.exits == 1
+        out = await queue.submit(_add_sub_request(4), 1, ((16,),))
+        np.testing.assert_array_equal(out["OUTPUT0"], np.full((1, 16), 8, np.int32))
+    finally:
+        await queue.drain()
+        await pool.stop()
