@@ -75,14 +75,18 @@ async def test_32_clients_each_get_exactly_their_own_rows(daemon):
     assert rows / batches > 2.0
 
 
-@pytest.fixture
-def overflow_repo(tmp_path):
+def _add_sub_repo(root, name: str, config: str):
     import make_models
 
-    make_models.build_add_sub(tmp_path / "held" / "1" / "model.onnx")
+    make_models.build_add_sub(root / name / "1" / "model.onnx")
+    (root / name / "config.toml").write_text(config)
+    return root
+
+
+@pytest.fixture
+def overflow_repo(tmp_path):
     # The batcher holds requests for up to 3 s hoping for 8 rows, but the queue takes only 4.
-    (tmp_path / "held" / "config.toml").write_text("max_batch_size = 8\nmax_queue_rows = 4\nmax_queue_delay_ms = 3000\n")
-    return tmp_path
+    return _add_sub_repo(tmp_path, "held", "max_batch_size = 8\nmax_queue_rows = 4\nmax_queue_delay_ms = 3000\n")
 
 
 async def test_queue_overflow_is_429_and_the_daemon_recovers(overflow_repo):
@@ -108,12 +112,8 @@ async def test_queue_overflow_is_429_and_the_daemon_recovers(overflow_repo):
 
 @pytest.fixture
 def drain_repo(tmp_path):
-    import make_models
-
-    make_models.build_add_sub(tmp_path / "add_sub" / "1" / "model.onnx")
     # A queue delay keeps requests queued at the moment SIGTERM arrives.
-    (tmp_path / "add_sub" / "config.toml").write_text("max_batch_size = 64\nmax_queue_delay_ms = 200\n")
-    return tmp_path
+    return _add_sub_repo(tmp_path, "add_sub", "max_batch_size = 64\nmax_queue_delay_ms = 200\n")
 
 
 async def test_sigterm_during_load_answers_every_accepted_request_and_exits_0(drain_repo):
