@@ -69,6 +69,7 @@ class ModelQueue:
         self._wakeup = asyncio.Event()
         self._running_batches = 0
         self._running_requests = 0
+        self._dispatch_scheduled = False
         self._loop_task: asyncio.Task | None = None
         self._closing = False
         pool.on_change = self._wakeup.set
@@ -101,9 +102,11 @@ class ModelQueue:
         self._pending.append(item)
         self._rows += rows
         self.observer.queue_rows(self._rows)
-        self._dispatch()
-        if self._pending and self.max_delay_s > 0:
-            self._wakeup.set()  # the timer loop re-arms for the new head of the queue
+        # Dispatch at the end of this loop turn, not now: requests read from the sockets in the
+        # same turn join the batch (one request alone still runs on the next turn, no waiting).
+        if not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            asyncio.get_running_loop().call_soon(self._after_arrivals)
         try:
             return await item.future
         except asyncio.CancelledError:
@@ -216,9 +219,16 @@ class ModelQueue:
         self._running_requests -= len(batch)
         self.pool.give_back(worker)
         self.observer.batch_done(len(batch), sum(item.rows for item in batch), self.clock() - started, ok)
-        # Form the next batch after the callers just answered have run (they were scheduled by
-        # set_result): under load that lets the requests arriving meanwhile join it.
-        asyncio.get_running_loop().call_soon(self._after_batch)
+        # Form the next batch two loop turns from now: the callers just answered get to send
+        # their responses, and one more round of socket reads gets to queue the requests that
+        # arrived meanwhile, so under load they join this batch instead of waiting a whole turn.
+        # (A request that finds an idle worker is still dispatched at once, in submit().)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._after_batch)
+
+    def _after_arrivals(self) -> None:
+        self._dispatch_scheduled = False
+        self._after_batch()
 
     def _after_batch(self) -> None:
         self._dispatch()
