@@ -1,9 +1,11 @@
-"""The per-version queue and its dispatch loop.
+"""The per-version queue and its dispatch.
 
-Callers `submit()` and await their own rows. One loop per queue is the only code that forms
-batches: whenever a worker is idle it asks `next_batch` what to send, stacks those requests
-along the batch dimension, runs them on the worker in an owned task and splits the outputs
-back per request. The queue is bounded in rows and refuses at once when full.
+Callers `submit()` and await their own rows. Batches are formed in one place, `_dispatch`,
+which runs at the end of the loop turn in which requests arrived and shortly after a batch
+ends: whenever a worker is idle it asks `next_batch` what to send, stacks those requests along
+the batch dimension and sends them; the worker's reply splits the outputs back per request.
+A small loop task only handles what has no caller to act on it (queue-delay timers, replaced
+workers, the end of a drain). The queue is bounded in rows and refuses at once when full.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ class ModelQueue:
         # same turn join the batch (one request alone still runs on the next turn, no waiting).
         if not self._dispatch_scheduled:
             self._dispatch_scheduled = True
-            asyncio.get_running_loop().call_soon(self._after_arrivals)
+            asyncio.get_running_loop().call_soon(self._end_of_arrivals)
         try:
             return await item.future
         except asyncio.CancelledError:
@@ -150,9 +152,9 @@ class ModelQueue:
             item.future.set_exception(error)
 
     def _dispatch(self) -> float | None:
-        """Start every batch that can start now. Called where things change (a request arrives,
-        a batch ends), so no task hop sits between a request and a free worker. Returns the
-        seconds until a held batch is due, or None when nothing is waiting on time."""
+        """Start every batch that can start now. Runs where things change (requests arrived, a
+        batch ended), not in a task of its own. Returns the seconds until a held batch is due,
+        or None when nothing waits on time."""
         while self._pending:
             now = self.clock()
             self._fail_expired(now)
@@ -222,15 +224,15 @@ class ModelQueue:
         # Form the next batch two loop turns from now: the callers just answered get to send
         # their responses, and one more round of socket reads gets to queue the requests that
         # arrived meanwhile, so under load they join this batch instead of waiting a whole turn.
-        # (A request that finds an idle worker is still dispatched at once, in submit().)
         loop = asyncio.get_running_loop()
-        loop.call_soon(loop.call_soon, self._after_batch)
+        loop.call_soon(loop.call_soon, self._dispatch_and_arm)
 
-    def _after_arrivals(self) -> None:
+    def _end_of_arrivals(self) -> None:
         self._dispatch_scheduled = False
-        self._after_batch()
+        self._dispatch_and_arm()
 
-    def _after_batch(self) -> None:
+    def _dispatch_and_arm(self) -> None:
+        """Dispatch; wake the loop if a held batch now needs its timer, or the drain may end."""
         self._dispatch()
         if self._closing or (self._pending and self.max_delay_s > 0):
             self._wakeup.set()
