@@ -58,8 +58,50 @@ class DataPlane:
             "outputs": [t.to_dict() for t in mv.metadata.outputs],
         }
 
-    def model_version(self, name: str, version: str = "") -> ModelVersion:
-        return self.repository.get_ready(name, version)
+    def model_config(self, name: str, version: str = "") -> dict:
+        """The model's configuration in the shape Triton's clients (and perf_analyzer) read."""
+        mv = self.repository.get_ready(name, version)
+        batching = mv.max_batch_size > 0
+        settings = mv.config.settings
+
+        def dims(spec):
+            return list(spec.shape[1:] if batching else spec.shape)
+
+        config = {
+            "name": mv.name,
+            "platform": mv.metadata.platform,
+            "backend": mv.metadata.platform.split("_")[0],
+            "version_policy": {"latest": {"num_versions": 1}},
+            "max_batch_size": mv.max_batch_size,
+            "input": [
+                {"name": t.name, "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}",
+                 "format": "FORMAT_NONE", "dims": dims(t), "is_shape_tensor": False,
+                 "allow_ragged_batch": False, "optional": False}
+                for t in mv.metadata.inputs
+            ],
+            "output": [
+                {"name": t.name, "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}",
+                 "dims": dims(t), "label_filename": "", "is_shape_tensor": False}
+                for t in mv.metadata.outputs
+            ],
+            "dynamic_batching": {
+                "preferred_batch_size": [],
+                "max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000),
+                "preserve_ordering": False,
+            } if batching else None,
+            "instance_group": [{"name": mv.name, "kind": "KIND_CPU", "count": len(mv.pool.pids)}],
+            "parameters": {},
+            "model_transaction_policy": {"decoupled": False},
+        }
+        return {k: v for k, v in config.items() if v is not None}
+
+    def model_statistics(self, name: str = "", version: str = "") -> dict:
+        """Triton-shaped statistics of one model version, or of every READY one."""
+        if name:
+            versions = [self.repository.get_ready(name, version)]
+        else:
+            versions = [v for v in self.repository.all_versions() if v.state == "READY"]
+        return {"model_stats": [v.observer.triton_stats() for v in versions]}
 
     def repository_index(self) -> list[dict]:
         out = []

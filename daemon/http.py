@@ -14,7 +14,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from inferd.config.errors import ErrorCode, InferdError
 from inferd.daemon import http_codec
 from inferd.daemon.dataplane import DataPlane
-from inferd.daemon.repository import ModelVersion
 
 log = structlog.get_logger("inferd.http")
 
@@ -99,54 +98,13 @@ async def infer(request: web.Request) -> web.Response:
     )
 
 
-def triton_config(mv: ModelVersion) -> dict:
-    """The model's configuration in the JSON shape Triton's clients (and perf_analyzer) read."""
-    batching = mv.max_batch_size > 0
-    settings = mv.config.settings
-
-    def dims(spec):
-        return list(spec.shape[1:] if batching else spec.shape)
-
-    return {
-        "name": mv.name,
-        "platform": mv.metadata.platform,
-        "backend": mv.metadata.platform.split("_")[0],
-        "version_policy": {"latest": {"num_versions": 1}},
-        "max_batch_size": mv.max_batch_size,
-        "input": [
-            {"name": t.name, "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}",
-             "format": "FORMAT_NONE", "dims": dims(t), "is_shape_tensor": False,
-             "allow_ragged_batch": False, "optional": False}
-            for t in mv.metadata.inputs
-        ],
-        "output": [
-            {"name": t.name, "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}",
-             "dims": dims(t), "label_filename": "", "is_shape_tensor": False}
-            for t in mv.metadata.outputs
-        ],
-        "dynamic_batching": {
-            "preferred_batch_size": [],
-            "max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000),
-            "preserve_ordering": False,
-        } if batching else None,
-        "instance_group": [{"name": mv.name, "kind": "KIND_CPU", "count": len(mv.pool.pids)}],
-        "parameters": {},
-        "model_transaction_policy": {"decoupled": False},
-    }
-
-
 async def model_config(request: web.Request) -> web.Response:
-    config = triton_config(request.app[DATAPLANE].model_version(*_model_args(request)))
-    return _json({k: v for k, v in config.items() if v is not None})
+    return _json(request.app[DATAPLANE].model_config(*_model_args(request)))
 
 
 async def model_stats(request: web.Request) -> web.Response:
-    dataplane = request.app[DATAPLANE]
-    if "model" in request.match_info:
-        versions = [dataplane.model_version(*_model_args(request))]
-    else:
-        versions = [v for v in dataplane.repository.all_versions() if v.state == "READY"]
-    return _json({"model_stats": [v.observer.triton_stats() for v in versions]})
+    name, version = _model_args(request) if "model" in request.match_info else ("", "")
+    return _json(request.app[DATAPLANE].model_statistics(name, version))
 
 
 async def repository_index(request: web.Request) -> web.Response:

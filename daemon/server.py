@@ -2,8 +2,8 @@
 
     start:  bind the listeners (live, not ready), load the models directory, READY=1
     serve:  until SIGTERM/SIGINT (or `stop` is set)
-    drain:  STOPPING=1, not ready, refuse new requests (503), answer every accepted one
-            within server.drain_timeout_s
+    drain:  STOPPING=1, not ready, refuse new requests (503), stop accepting connections,
+            answer every accepted request within server.drain_timeout_s
     stop:   close the listeners and connections, stop the workers, exit 0
 """
 
@@ -16,6 +16,7 @@ import socket
 import time
 from pathlib import Path
 
+import grpclib.server
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from inferd.config.settings import DaemonConfig, parse_address
 from inferd.daemon import systemd
 from inferd.daemon.dataplane import DataPlane, ServerState
+from inferd.daemon.grpc import InferenceServicer
 from inferd.daemon.http import build_app
 from inferd.daemon.metrics import Metrics
 from inferd.daemon.repository import ModelRepository
@@ -54,6 +56,7 @@ class Daemon:
         self.repository = ModelRepository(Path(config.models.dir), config.defaults, self.metrics)
         self.dataplane = DataPlane(self.repository, self.state)
         self.addresses: dict[str, str] = {}
+        self._grpc: grpclib.server.Server | None = None
 
     async def run(self, stop: asyncio.Event | None = None) -> int:
         stop = stop or asyncio.Event()
@@ -78,18 +81,20 @@ class Daemon:
                 log.error("cannot listen", error=str(e))
                 return 1
             await self.repository.load_all()
-            for frontend in ("grpc", "socket"):
-                if getattr(server, frontend):
-                    log.info("front-end not available in this version; ignoring its address", frontend=frontend)
+            if server.socket:
+                log.info("front-end not available in this version; ignoring its address", frontend="socket")
             self.state.started = True
             counts = self.repository.counts()
             log.info("ready", seconds=round(time.monotonic() - started, 3), models=counts, pid=os.getpid())
             status = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())) or "no models"
             systemd.notify("READY=1", f"STATUS=models: {status}")
             await stop.wait()
-            drained = await self._drain()
+            drained = await self._drain(runner)
             return 0
         finally:
+            if self._grpc is not None:  # drained above: closing cancels no accepted request
+                self._grpc.close()
+                await self._grpc.wait_closed()
             await runner.cleanup()  # closes listeners, waits for handlers still writing responses
             await self.repository.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,6 +108,12 @@ class Daemon:
             await web.SockSite(runner, sock).start()
             self.addresses["http"] = _address_of(sock)
             log.info("listening", frontend="http", address=self.addresses["http"])
+        if server.grpc:
+            sock = _bind_tcp(server.grpc)
+            self._grpc = grpclib.server.Server([InferenceServicer(self.dataplane)])
+            await self._grpc.start(sock=sock)
+            self.addresses["grpc"] = _address_of(sock)
+            log.info("listening", frontend="grpc", address=self.addresses["grpc"])
         if server.http_socket:
             Path(server.http_socket).unlink(missing_ok=True)
             await web.UnixSite(runner, server.http_socket).start()
@@ -110,11 +121,15 @@ class Daemon:
             self.addresses["http_socket"] = server.http_socket
             log.info("listening", frontend="http_socket", address=server.http_socket)
 
-    async def _drain(self) -> bool:
-        """Not ready, refuse new work, answer what was accepted within the budget."""
+    async def _drain(self, runner: web.AppRunner) -> bool:
+        """Not ready, refuse new work, stop accepting HTTP connections, answer what was accepted
+        within the budget. (gRPC keeps accepting and answers UNAVAILABLE, which its clients
+        retry: grpclib cannot stop listening without cancelling running calls.)"""
         budget = self.config.server.drain_timeout_s
         systemd.notify("STOPPING=1")
         self.state.draining = True
+        for site in list(runner.sites):
+            await site.stop()  # the listening socket only; open connections finish their requests
         log.info("draining", inflight=self.repository.inflight_count(), budget_s=budget)
         drained = await self.repository.drain(budget)
         if not drained:

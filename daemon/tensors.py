@@ -63,6 +63,22 @@ def from_list(name: str, datatype: str, shape, data) -> np.ndarray:
     return array.reshape(shape)
 
 
+def from_values(name: str, datatype: str, shape, values) -> np.ndarray:
+    """A tensor from a flat sequence of typed values (gRPC's InferTensorContents)."""
+    dtype, shape = check_datatype_and_shape(name, datatype, shape)
+    count = element_count(shape)
+    if len(values) != count:
+        raise _bad(f"input {name!r}: shape {list(shape)} needs {count} elements, got {len(values)}")
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    try:
+        return np.asarray(values, dtype=dtype).reshape(shape)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise _bad(f"input {name!r}: values do not fit {datatype} ({e})") from None
+
+
 def _flatten(data: list) -> list:
     out = []
     stack = [iter(data)]

@@ -33,7 +33,7 @@ class DaemonProcess:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "inferd.daemon", "serve", "--models", str(self.models),
-               "--http", "127.0.0.1:0", "--grpc", "", "--log-format", "json"]
+               "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--log-format", "json"]
         if self.config:
             cmd += ["--config", str(self.config)]
         return cmd + self.args
