@@ -16,11 +16,11 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from inferd.config.errors import ErrorCode, InferdError
-from inferd.config.tensors import datatype_of
+from inferd.config.tensors import datatype_of, from_raw, to_raw
 from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.grpc_gen import inference_pb2 as pb
 from inferd.daemon.grpc_gen.inference_grpc import GRPCInferenceServiceBase
-from inferd.daemon.tensors import from_raw, from_values, to_raw
+from inferd.daemon.tensors import from_values
 from inferd.scheduler.request import InferRequest
 
 GRPC_STATUS = {

@@ -13,8 +13,8 @@ import dataclasses
 import orjson
 
 from inferd.config.errors import ErrorCode, InferdError
-from inferd.config.tensors import datatype_of
-from inferd.daemon.tensors import bytes_to_text, from_list, from_raw, to_raw
+from inferd.config.tensors import datatype_of, from_raw, to_raw
+from inferd.daemon.tensors import bytes_to_text, from_list
 from inferd.scheduler.request import InferRequest, InferResponse
 
 HEADER_LENGTH = "Inference-Header-Content-Length"

@@ -1,44 +1,19 @@
-"""Wire <-> numpy conversions shared by the front-ends (HTTP JSON and binary now; gRPC's typed
-contents and raw_input_contents use the same two entry points).
+"""Text and typed-value wire formats <-> numpy, for the front-ends (V2 JSON, gRPC typed
+contents). Raw bytes (from_raw/to_raw) live in inferd.config.tensors, shared with the client.
 
 Every malformed tensor raises InferdError(INVALID_ARGUMENT) naming the tensor.
 """
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 
 from inferd.config.errors import ErrorCode, InferdError
-from inferd.config.tensors import DATATYPES, element_count
-
-_LENGTH = struct.Struct("<I")
+from inferd.config.tensors import check_datatype_and_shape, element_count
 
 
 def _bad(message: str) -> InferdError:
     return InferdError(ErrorCode.INVALID_ARGUMENT, message)
-
-
-def check_datatype_and_shape(name: str, datatype, shape) -> tuple[np.dtype, tuple[int, ...]]:
-    if datatype not in DATATYPES:
-        raise _bad(f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise _bad(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
-    return DATATYPES[datatype], tuple(shape)
-
-
-def from_raw(name: str, datatype: str, shape, data) -> np.ndarray:
-    """A tensor from its raw bytes: little-endian values, or length-prefixed elements for BYTES."""
-    dtype, shape = check_datatype_and_shape(name, datatype, shape)
-    count = element_count(shape)
-    if datatype == "BYTES":
-        return _split_bytes(name, data, count).reshape(shape)
-    if len(data) != count * dtype.itemsize:
-        raise _bad(
-            f"input {name!r}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, got {len(data)}"
-        )
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def from_list(name: str, datatype: str, shape, data) -> np.ndarray:
@@ -91,38 +66,6 @@ def _flatten(data: list) -> list:
         else:
             stack.pop()
     return out
-
-
-def _split_bytes(name: str, data, count: int) -> np.ndarray:
-    view = memoryview(data)
-    items = []
-    pos = 0
-    while pos < len(view):
-        if pos + 4 > len(view):
-            raise _bad(f"input {name!r}: BYTES data ends inside an element's 4-byte length")
-        (n,) = _LENGTH.unpack_from(view, pos)
-        pos += 4
-        if pos + n > len(view):
-            raise _bad(f"input {name!r}: a BYTES element of {n} bytes runs past the end of the data")
-        items.append(bytes(view[pos : pos + n]))
-        pos += n
-    if len(items) != count:
-        raise _bad(f"input {name!r}: shape needs {count} BYTES elements, got {len(items)}")
-    array = np.empty(count, dtype=object)
-    array[:] = items
-    return array
-
-
-def to_raw(array: np.ndarray) -> bytes:
-    """Raw bytes of a tensor: little-endian values, or 4-byte-length-prefixed BYTES elements."""
-    if array.dtype == object:
-        parts = []
-        for x in array.reshape(-1):
-            b = x if isinstance(x, bytes) else str(x).encode()
-            parts.append(_LENGTH.pack(len(b)))
-            parts.append(b)
-        return b"".join(parts)
-    return np.ascontiguousarray(array).tobytes()
 
 
 def bytes_to_text(name: str, array: np.ndarray) -> list[str]:

@@ -24,8 +24,9 @@ class DaemonProcess:
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
         self.url = ""
-        self._notify_dir = tempfile.TemporaryDirectory(prefix="inferd-notify-")
+        self._notify_dir = tempfile.TemporaryDirectory(prefix="inferd-")  # short: socket paths are limited
         self.notify_path = os.path.join(self._notify_dir.name, "notify")
+        self.socket_path = os.path.join(self._notify_dir.name, "inferd.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(self.notify_path)
         self.messages: list[str] = []
@@ -33,7 +34,8 @@ class DaemonProcess:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "inferd.daemon", "serve", "--models", str(self.models),
-               "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--log-format", "json"]
+               "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--socket", self.socket_path,
+               "--log-format", "json"]
         if self.config:
             cmd += ["--config", str(self.config)]
         return cmd + self.args

@@ -8,7 +8,8 @@ import pytest
 from inferd.backends import ipc
 from inferd.config.errors import ErrorCode, InferdError
 from inferd.daemon import http_codec
-from inferd.daemon.tensors import from_list, from_raw, to_raw
+from inferd.config.tensors import from_raw, to_raw
+from inferd.daemon.tensors import from_list
 from inferd.scheduler.request import InferResponse
 
 
