@@ -52,6 +52,19 @@ def parse_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def socket_path(value: str, environ: Mapping[str, str] | None = None) -> str:
+    """server.socket: "auto" is $RUNTIME_DIRECTORY/inferd.sock under systemd, else
+    $XDG_RUNTIME_DIR/inferd.sock, else /tmp/inferd-<uid>/inferd.sock; anything else is a path."""
+    if value != "auto":
+        return value
+    environ = os.environ if environ is None else environ
+    if environ.get("RUNTIME_DIRECTORY"):
+        return os.path.join(environ["RUNTIME_DIRECTORY"].split(":")[0], "inferd.sock")
+    if environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(environ["XDG_RUNTIME_DIR"], "inferd.sock")
+    return f"/tmp/inferd-{os.getuid()}/inferd.sock"
+
+
 def _one_of(*choices):
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)}; got {v!r}"
 
@@ -66,7 +79,7 @@ def _device(value: str) -> str | None:
 class ServerSection:
     http: str = _field("127.0.0.1:8000", _address)
     grpc: str = _field("127.0.0.1:8001", _address)
-    socket: str = ""
+    socket: str = "auto"  # see socket_path()
     http_socket: str = ""
     socket_group: str = "inferd"
     drain_timeout_s: float = _field(30.0, _between(0, 3600))

@@ -21,12 +21,13 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from inferd.config.settings import DaemonConfig, parse_address
+from inferd.config.settings import DaemonConfig, parse_address, socket_path
 from inferd.daemon import systemd
 from inferd.daemon.dataplane import DataPlane, ServerState
 from inferd.daemon.grpc import InferenceServicer
 from inferd.daemon.http import build_app
 from inferd.daemon.metrics import Metrics
+from inferd.daemon.unix import UnixFrontEnd
 from inferd.daemon.repository import ModelRepository
 
 log = structlog.get_logger("inferd")
@@ -57,6 +58,7 @@ class Daemon:
         self.dataplane = DataPlane(self.repository, self.state)
         self.addresses: dict[str, str] = {}
         self._grpc: grpclib.server.Server | None = None
+        self._unix: UnixFrontEnd | None = None
 
     async def run(self, stop: asyncio.Event | None = None) -> int:
         stop = stop or asyncio.Event()
@@ -81,8 +83,6 @@ class Daemon:
                 log.error("cannot listen", error=str(e))
                 return 1
             await self.repository.load_all()
-            if server.socket:
-                log.info("front-end not available in this version; ignoring its address", frontend="socket")
             self.state.started = True
             counts = self.repository.counts()
             log.info("ready", seconds=round(time.monotonic() - started, 3), models=counts, pid=os.getpid())
@@ -92,6 +92,8 @@ class Daemon:
             drained = await self._drain(runner)
             return 0
         finally:
+            if self._unix is not None:
+                await self._unix.close()
             if self._grpc is not None:  # drained above: closing cancels no accepted request
                 self._grpc.close()
                 await self._grpc.wait_closed()
@@ -114,6 +116,12 @@ class Daemon:
             await self._grpc.start(sock=sock)
             self.addresses["grpc"] = _address_of(sock)
             log.info("listening", frontend="grpc", address=self.addresses["grpc"])
+        if server.socket:
+            path = socket_path(server.socket)
+            self._unix = UnixFrontEnd(self.dataplane, server.max_request_bytes)
+            await self._unix.start(path, server.socket_group)
+            self.addresses["socket"] = path
+            log.info("listening", frontend="socket", address=path)
         if server.http_socket:
             Path(server.http_socket).unlink(missing_ok=True)
             await web.UnixSite(runner, server.http_socket).start()
@@ -130,6 +138,8 @@ class Daemon:
         self.state.draining = True
         for site in list(runner.sites):
             await site.stop()  # the listening socket only; open connections finish their requests
+        if self._unix is not None:
+            self._unix.stop_accepting()
         log.info("draining", inflight=self.repository.inflight_count(), budget_s=budget)
         drained = await self.repository.drain(budget)
         if not drained:

@@ -18,12 +18,15 @@ from daemon_process import DaemonProcess  # noqa: E402
 
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory) -> Path:
-    """The bundled examples, a model without a batch dimension, a slow one and a corrupt file."""
+    """The bundled examples, a model without a batch dimension, a slow one, one that holds its
+    queue (for queue-full cases) and a corrupt file."""
     root = tmp_path_factory.mktemp("models")
     make_models.make_examples(root)
     make_models.build_fixed(root / "fixed.onnx")
     make_models.build_slow(root / "slow" / "1" / "model.onnx")
     (root / "slow" / "config.toml").write_text("max_batch_size = 256\nmax_queue_delay_ms = 0\n")
+    make_models.build_add_sub(root / "held" / "1" / "model.onnx")
+    (root / "held" / "config.toml").write_text("max_batch_size = 8\nmax_queue_rows = 1\nmax_queue_delay_ms = 1000\n")
     (root / "corrupt.onnx").write_bytes(b"this is not an onnx file")
     (root / ".hidden.onnx").write_bytes(b"ignored")
     (root / "partial.onnx.part").write_bytes(b"ignored")

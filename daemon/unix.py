@@ -1,0 +1,232 @@
+"""The Unix-socket front-end: length-prefixed msgpack frames, pipelined requests matched by id,
+tensors as raw bytes. The protocol is specified in docs/unix-socket-protocol.md."""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+
+import msgpack
+import structlog
+
+from inferd.config.errors import ErrorCode, InferdError
+from inferd.config.tensors import datatype_of, from_raw, to_raw
+from inferd.daemon.dataplane import DataPlane
+from inferd.scheduler.request import InferRequest, InferResponse
+
+log = structlog.get_logger("inferd.unix")
+
+HEADER = struct.Struct(">I")
+MAX_INFLIGHT = 1024  # per connection; past it the connection stops being read until some finish
+
+
+def _bad(message: str) -> InferdError:
+    return InferdError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+def _field(msg: dict, key: str, kind: type, default=None):
+    value = msg.get(key, default)
+    if value is default and key not in msg:
+        return default
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise _bad(f"{key!r} must be {kind.__name__}")
+    return value
+
+
+def decode_infer(msg: dict) -> tuple[str, str, InferRequest]:
+    model = _field(msg, "model", str)
+    if not model:
+        raise _bad("'model' is required")
+    inputs = _field(msg, "inputs", list)
+    if not inputs:
+        raise _bad("'inputs' must be a non-empty list")
+    tensors = {}
+    for i, item in enumerate(inputs):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise _bad(f"inputs[{i}] must be a map with a 'name'")
+        name = item["name"]
+        if name in tensors:
+            raise _bad(f"input {name!r} appears twice")
+        data = item.get("data")
+        if not isinstance(data, bytes):
+            raise _bad(f"input {name!r}: 'data' must be bin (raw little-endian bytes)")
+        tensors[name] = from_raw(name, item.get("datatype"), item.get("shape"), data)
+    outputs = _field(msg, "outputs", list)
+    if outputs is not None and not all(isinstance(o, str) for o in outputs):
+        raise _bad("'outputs' must be a list of names")
+    timeout_ms = _field(msg, "timeout_ms", int)
+    deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+    request = InferRequest(tensors, tuple(outputs) if outputs else None, _field(msg, "request_id", str, ""), {}, deadline)
+    return model, _field(msg, "version", str, ""), request
+
+
+def encode_infer(response: InferResponse) -> dict:
+    reply = {
+        "model": response.model_name,
+        "version": response.model_version,
+        "outputs": [
+            {"name": name, "datatype": datatype_of(a), "shape": list(a.shape), "data": to_raw(a)}
+            for name, a in response.outputs.items()
+        ],
+    }
+    if response.id:
+        reply["request_id"] = response.id
+    return reply
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, front: "UnixFrontEnd"):
+        self.front = front
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._tasks: set[asyncio.Task] = set()
+        self._paused = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.front.connections.add(self)
+
+    def connection_lost(self, exc) -> None:
+        self.front.connections.discard(self)
+        for task in self._tasks:  # the caller went away: queued requests leave their queues
+            task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        while len(buf) >= HEADER.size:
+            (length,) = HEADER.unpack_from(buf)
+            if length > self.front.max_frame:
+                log.warning("frame too large; closing the connection", bytes=length, limit=self.front.max_frame)
+                self.transport.close()
+                return
+            end = HEADER.size + length
+            if len(buf) < end:
+                break
+            payload = bytes(buf[HEADER.size : end])
+            del buf[:end]
+            self._handle(payload)
+
+    def _handle(self, payload: bytes) -> None:
+        try:
+            msg = msgpack.unpackb(payload, raw=False)
+        except Exception:
+            return self._error(0, _bad("the frame is not valid msgpack"))
+        request_id = msg.get("id") if isinstance(msg, dict) else None
+        if type(request_id) is not int or request_id < 0:
+            return self._error(0, _bad("every request needs an unsigned integer 'id'"))
+        op = msg.get("op")
+        if op == "infer":
+            task = asyncio.get_running_loop().create_task(self._infer(request_id, msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+            if len(self._tasks) >= MAX_INFLIGHT and not self._paused:
+                self._paused = True
+                self.transport.pause_reading()
+            return
+        try:
+            self._reply({"id": request_id, "ok": True, **self.front.answer(op, msg)})
+        except InferdError as e:
+            self._error(request_id, e)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if self._paused and len(self._tasks) < MAX_INFLIGHT // 2:
+            self._paused = False
+            self.transport.resume_reading()
+
+    async def _infer(self, request_id: int, msg: dict) -> None:
+        try:
+            model, version, request = decode_infer(msg)
+            response = await self.front.dataplane.infer(model, version, request, "unix")
+            self._reply({"id": request_id, "ok": True, **encode_infer(response)})
+        except InferdError as e:
+            self._error(request_id, e)
+        except Exception as e:  # a bug must still answer the caller
+            log.exception("unix-socket request failed", request=request_id)
+            self._error(request_id, InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+
+    def _error(self, request_id: int, error: InferdError) -> None:
+        self._reply({"id": request_id, "ok": False, "error": {"code": error.code.value, "message": error.message}})
+
+    def _reply(self, reply: dict) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        payload = msgpack.packb(reply, use_bin_type=True)
+        self.transport.write(HEADER.pack(len(payload)) + payload)
+
+    async def finish(self) -> None:
+        """Wait for this connection's requests to be answered, then close it."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.transport is not None:
+            self.transport.close()
+
+
+class UnixFrontEnd:
+    def __init__(self, dataplane: DataPlane, max_frame: int):
+        self.dataplane = dataplane
+        self.max_frame = max_frame
+        self.connections: set[_Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._path: str | None = None
+
+    def answer(self, op, msg: dict) -> dict:
+        """The operations that need no queue."""
+        dp = self.dataplane
+        if op == "live":
+            return {"live": True}
+        if op == "ready":
+            model = _field(msg, "model", str, "")
+            return {"ready": dp.model_ready(model, _field(msg, "version", str, "")) if model else dp.state.ready}
+        if op == "server_metadata":
+            return dp.server_metadata()
+        if op == "model_metadata":
+            return dp.model_metadata(_field(msg, "model", str, ""), _field(msg, "version", str, ""))
+        if op == "models":
+            return {"models": dp.repository_index()}
+        raise InferdError(ErrorCode.UNIMPLEMENTED, f"unknown op {op!r}")
+
+    async def start(self, path: str, group: str) -> None:
+        _claim_path(path)
+        self._path = path
+        self._server = await asyncio.get_running_loop().create_unix_server(lambda: _Connection(self), path=path)
+        os.chmod(path, 0o660)
+        try:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        except KeyError:
+            log.warning("socket group not found; the socket keeps the daemon's group", group=group, path=path)
+        except PermissionError:
+            log.warning("cannot give the socket to its group (not allowed)", group=group, path=path)
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        await asyncio.gather(*(c.finish() for c in list(self.connections)))
+        if self._path is not None:
+            Path(self._path).unlink(missing_ok=True)
+
+
+def _claim_path(path: str) -> None:
+    """Remove a stale socket file; refuse to take over one that another process serves."""
+    target = Path(path)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not target.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        target.unlink(missing_ok=True)  # nobody listens: left over from a process that died
+        return
+    finally:
+        probe.close()
+    raise OSError(f"another process is serving on {path}")
