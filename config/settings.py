@@ -126,9 +126,15 @@ class MemorySection:
 
 @dataclasses.dataclass(frozen=True)
 class AuthSection:
-    token_file: str = ""
-    tls_cert: str = ""
+    token_file: str = ""  # a bearer token that HTTP and gRPC callers must present; "" = none
+    open_health: bool = True  # liveness/readiness answer without the token
+    tls_cert: str = ""  # PEM certificate chain and key: both or neither, for HTTP and gRPC
     tls_key: str = ""
+
+    def cross_check(self) -> tuple[str, str] | None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            return "tls_cert", "tls_cert and tls_key go together: set both or neither"
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +256,19 @@ def _read_toml(path: Path) -> dict:
         raise ConfigError(str(path), "(file)", "no such file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(path), "(syntax)", str(e)) from None
+
+
+def read_token(auth: AuthSection) -> str | None:
+    """The bearer token from auth.token_file (None when unset); a missing or empty file is refused."""
+    if not auth.token_file:
+        return None
+    try:
+        token = Path(auth.token_file).read_text().strip()
+    except OSError as e:
+        raise ConfigError(auth.token_file, "auth.token_file", f"cannot read the token: {e.strerror}") from None
+    if not token:
+        raise ConfigError(auth.token_file, "auth.token_file", "the token file is empty")
+    return token
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import sys
 
 import inferd
 from inferd.config.errors import ConfigError
-from inferd.config.settings import load_daemon_config
+from inferd.config.settings import load_daemon_config, read_token
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = load_daemon_config(args.config, overrides=_overrides(args))
+        token = read_token(config.auth)
     except ConfigError as e:
         print(f"inferd: invalid configuration: {e}", file=sys.stderr)
         return 2
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from inferd.daemon.server import Daemon
 
     logs.configure(config.log.format, config.log.level)
-    return uvloop.run(Daemon(config).run())
+    return uvloop.run(Daemon(config, token).run())
 
 
 if __name__ == "__main__":

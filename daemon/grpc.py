@@ -12,11 +12,13 @@ import time
 
 from google.protobuf import json_format
 from grpclib.const import Status
+from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from inferd.config.errors import ErrorCode, InferdError
 from inferd.config.tensors import datatype_of, from_raw, to_raw
+from inferd.daemon.auth import GRPC_HEALTH, Access
 from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.grpc_gen import inference_pb2 as pb
 from inferd.daemon.grpc_gen.inference_grpc import GRPCInferenceServiceBase
@@ -104,6 +106,17 @@ def encode_infer_response(response) -> pb.ModelInferResponse:
         reply.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
         reply.raw_output_contents.append(to_raw(array))
     return reply
+
+
+def require_token(server, access: Access) -> None:
+    """Check the `authorization` metadata of every call before it reaches its handler."""
+
+    async def check(event: RecvRequest) -> None:
+        presented = event.metadata.get("authorization")
+        if not access.allows("grpc", presented if isinstance(presented, str) else None, event.method_name in GRPC_HEALTH):
+            raise GRPCError(Status.UNAUTHENTICATED, "unauthenticated")
+
+    listen(server, RecvRequest, check)
 
 
 class InferenceServicer(GRPCInferenceServiceBase):

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferd.config.errors import ErrorCode, InferdError
 from inferd.daemon import http_codec
+from inferd.daemon.auth import HTTP_HEALTH, Access
 from inferd.daemon.dataplane import DataPlane
 
 log = structlog.get_logger("inferd.http")
@@ -31,6 +32,7 @@ HTTP_STATUS = {
 
 DATAPLANE = web.AppKey("dataplane", DataPlane)
 REGISTRY = web.AppKey("metrics_registry", object)
+ACCESS = web.AppKey("access", Access)
 
 
 def _json(doc, status: int = 200) -> web.Response:
@@ -46,6 +48,11 @@ def error_response(status: int, message: str) -> web.Response:
 
 @web.middleware
 async def _errors(request: web.Request, handler):
+    access = request.app[ACCESS]
+    if access.required and not access.allows("http", request.headers.get("Authorization"), request.path in HTTP_HEALTH):
+        response = error_response(401, "unauthenticated")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
     try:
         response = await handler(request)
     except InferdError as e:
@@ -116,10 +123,11 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_app(dataplane: DataPlane, registry, max_request_bytes: int) -> web.Application:
+def build_app(dataplane: DataPlane, registry, max_request_bytes: int, access: Access) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=max_request_bytes)
     app[DATAPLANE] = dataplane
     app[REGISTRY] = registry
+    app[ACCESS] = access
     model = "/v2/models/{model}"
     versioned = model + "/versions/{version}"
     app.router.add_get("/v2/health/live", live)

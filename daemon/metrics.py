@@ -53,6 +53,9 @@ class Metrics:
         self.rejected = Counter(
             "inferd_rejected", "Requests refused before queueing", mv + ["reason"], registry=registry,
         )
+        self.unauthenticated = Counter(
+            "inferd_unauthenticated", "Calls refused for a missing or wrong token", ["protocol"], registry=registry,
+        )
 
     def set_state(self, model: str, version: str, state: str) -> None:
         for s in MODEL_STATES:

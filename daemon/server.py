@@ -24,7 +24,8 @@ from prometheus_client import CollectorRegistry
 from inferd.config.settings import DaemonConfig, parse_address, socket_path
 from inferd.daemon import systemd
 from inferd.daemon.dataplane import DataPlane, ServerState
-from inferd.daemon.grpc import InferenceServicer
+from inferd.daemon.auth import Access, tls_context
+from inferd.daemon.grpc import InferenceServicer, require_token
 from inferd.daemon.http import build_app
 from inferd.daemon.metrics import Metrics
 from inferd.daemon.unix import UnixFrontEnd
@@ -49,13 +50,14 @@ def _address_of(sock: socket.socket) -> str:
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig):
+    def __init__(self, config: DaemonConfig, token: str | None = None):
         self.config = config
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.state = ServerState()
         self.repository = ModelRepository(Path(config.models.dir), config.defaults, self.metrics)
         self.dataplane = DataPlane(self.repository, self.state)
+        self.access = Access(token, config.auth.open_health, self.metrics.unauthenticated)
         self.addresses: dict[str, str] = {}
         self._grpc: grpclib.server.Server | None = None
         self._unix: UnixFrontEnd | None = None
@@ -68,7 +70,7 @@ class Daemon:
         started = time.monotonic()
         server = self.config.server
         runner = web.AppRunner(
-            build_app(self.dataplane, self.registry, server.max_request_bytes),
+            build_app(self.dataplane, self.registry, server.max_request_bytes, self.access),
             handle_signals=False, access_log=None, handler_cancellation=True,
             shutdown_timeout=5.0,  # after the drain, handlers only have their responses to write
         )
@@ -105,15 +107,18 @@ class Daemon:
 
     async def _start_sites(self, runner: web.AppRunner) -> None:
         server = self.config.server
+        auth = self.config.auth
         if server.http:
             sock = _bind_tcp(server.http)
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, sock, ssl_context=tls_context(auth.tls_cert, auth.tls_key)).start()
             self.addresses["http"] = _address_of(sock)
             log.info("listening", frontend="http", address=self.addresses["http"])
         if server.grpc:
             sock = _bind_tcp(server.grpc)
             self._grpc = grpclib.server.Server([InferenceServicer(self.dataplane)])
-            await self._grpc.start(sock=sock)
+            if self.access.required:
+                require_token(self._grpc, self.access)
+            await self._grpc.start(sock=sock, ssl=tls_context(auth.tls_cert, auth.tls_key, alpn=["h2"]))
             self.addresses["grpc"] = _address_of(sock)
             log.info("listening", frontend="grpc", address=self.addresses["grpc"])
         if server.socket:
