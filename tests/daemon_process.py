@@ -27,6 +27,7 @@ class DaemonProcess:
         self._notify_dir = tempfile.TemporaryDirectory(prefix="inferd-")  # short: socket paths are limited
         self.notify_path = os.path.join(self._notify_dir.name, "notify")
         self.socket_path = os.path.join(self._notify_dir.name, "inferd.sock")
+        self.http_socket_path = os.path.join(self._notify_dir.name, "http.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(self.notify_path)
         self.messages: list[str] = []
@@ -35,7 +36,7 @@ class DaemonProcess:
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "inferd.daemon", "serve", "--models", str(self.models),
                "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--socket", self.socket_path,
-               "--log-format", "json"]
+               "--http-socket", self.http_socket_path, "--log-format", "json"]
         if self.config:
             cmd += ["--config", str(self.config)]
         return cmd + self.args

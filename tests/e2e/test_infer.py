@@ -204,3 +204,17 @@ async def test_metrics_exposes_the_design_names(daemon):
         assert f"\n{name}{{" in text, name
     assert 'inferd_requests_total{code="OK",model="fixed",protocol="http",version="1"}' in text
     assert 'inferd_model_state{model="corrupt",state="FAILED",version="1"} 1.0' in text
+
+
+async def test_v2_http_on_a_unix_socket(daemon):
+    """`--http-socket`: the same REST API for `curl --unix-socket`."""
+    import os
+    import stat
+
+    assert stat.S_IMODE(os.stat(daemon.http_socket_path).st_mode) == 0o660
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=daemon.http_socket_path)) as s:
+        async with s.get("http://localhost/v2/health/ready") as r:
+            assert r.status == 200
+        body = {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]}
+        async with s.post("http://localhost/v2/models/fixed/infer", json=body) as r:
+            assert (await r.json())["outputs"][0]["data"] == [2, 4, 6, 8, 10, 12]
