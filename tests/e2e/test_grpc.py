@@ -6,6 +6,8 @@ define the same `inference.*` names)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -153,3 +155,28 @@ def test_tritonclient_sees_errors_as_exceptions(grpc_address):
         client.infer("mlp", [tensor])
     assert "StatusCode.INVALID_ARGUMENT" in str(e.value.status()) and "expects [-1, 512]" in e.value.message()
     client.close()
+
+
+async def test_grpc_deadline_reaches_the_queue_and_the_request_never_runs(daemon, grpc_address):
+    """`held` would hold a lone request for 1 s; a 0.2 s grpc-timeout expires it first."""
+    import aiohttp
+
+    async def batches() -> str:
+        async with aiohttp.ClientSession(daemon.url) as s:
+            text = await (await s.get("/metrics")).text()
+        return next(line for line in text.splitlines() if line.startswith('inferd_batch_size_count{model="held"'))
+
+    before = await batches()
+    host, port = grpc_address.rsplit(":", 1)
+    channel = Channel(host, int(port))
+    message = pb.ModelInferRequest(model_name="held", inputs=GOOD_INPUTS)
+    try:
+        method = UnaryUnaryMethod(channel, "/inference.GRPCInferenceService/ModelInfer", pb.ModelInferRequest, pb.ModelInferResponse)
+        with pytest.raises((GRPCError, TimeoutError)) as e:
+            await method(message, timeout=0.2)
+        if isinstance(e.value, GRPCError):
+            assert e.value.status is Status.DEADLINE_EXCEEDED
+    finally:
+        channel.close()
+    await asyncio.sleep(1.2)  # past the 1 s hold: had the request stayed queued, it would have run by now
+    assert await batches() == before
