@@ -17,6 +17,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
+from samples import EVERY_DATATYPE
 
 RNG = np.random.default_rng(11)
 
@@ -62,15 +63,7 @@ async def test_tritonclient_grpc_aio_matches_onnxruntime(grpc_address, reference
 
 def test_every_datatype_round_trips_over_grpc(grpc_address):
     client = grpcclient.InferenceServerClient(grpc_address)
-    values = {
-        "BOOL": np.array([[True, False]]), "UINT8": np.array([[0, 255]], np.uint8),
-        "UINT16": np.array([[0, 65535]], np.uint16), "UINT32": np.array([[0, 2**32 - 1]], np.uint32),
-        "UINT64": np.array([[0, 2**63]], np.uint64), "INT8": np.array([[-128, 127]], np.int8),
-        "INT16": np.array([[-32768, 32767]], np.int16), "INT32": np.array([[-(2**31), 7]], np.int32),
-        "INT64": np.array([[-(2**62), 7]], np.int64), "FP16": np.array([[0.5, -2.0]], np.float16),
-        "FP32": np.array([[0.25, 1e30]], np.float32), "FP64": np.array([[0.1, 1e300]], np.float64),
-        "BYTES": np.array([[b"text", "ü".encode()]], dtype=object),  # a string tensor: UTF-8
-    }
+    values = EVERY_DATATYPE
     inputs = []
     for datatype, array in values.items():
         tensor = grpcclient.InferInput(f"IN_{datatype}", list(array.shape), datatype)

@@ -1,0 +1,166 @@
+"""Client and AsyncClient: the daemon's API as Python calls, over its Unix socket (msgpack) or
+over HTTP (KServe V2). Both speak the Unix protocol's operations; the HTTP transports translate
+them, so requests are built and results decoded here, once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from inferd.client.errors import InferdClientError
+from inferd.client.http import AsyncHttpTransport, HttpTransport
+from inferd.client.paths import default_socket_path
+from inferd.client.unix import AsyncUnixTransport, UnixTransport
+from inferd.config.errors import InferdError
+from inferd.config.tensors import datatype_of, from_raw, to_raw
+
+
+def _transport(socket, url, token, timeout, unix, http):
+    if socket is not None and url is not None:
+        raise ValueError("give socket= or url=, not both")
+    if url is not None:
+        return http(url, token, timeout)
+    if token is not None:
+        raise ValueError("token= is for url=: on the Unix socket, the socket file's group is the access control")
+    return unix(socket or default_socket_path(), timeout)
+
+
+def _tensor(name: str, value) -> dict:
+    array = np.asarray(value)
+    if array.dtype.kind in "US":
+        array = array.astype(object)  # to_raw writes str elements as UTF-8
+    elif array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    try:
+        datatype = datatype_of(array)
+    except ValueError as e:
+        raise InferdClientError("invalid_argument", f"input {name!r}: {e}") from None
+    return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": to_raw(array)}
+
+
+def _infer_fields(model: str, inputs: Mapping, outputs, version: str, request_id: str, timeout_ms) -> dict:
+    fields = {"model": model, "inputs": [_tensor(name, value) for name, value in inputs.items()]}
+    if outputs is not None:
+        fields["outputs"] = [outputs] if isinstance(outputs, str) else list(outputs)
+    if version:
+        fields["version"] = version
+    if request_id:
+        fields["request_id"] = request_id
+    if timeout_ms is not None:
+        fields["timeout_ms"] = int(timeout_ms)
+    return fields
+
+
+def _outputs(reply: dict) -> dict[str, np.ndarray]:
+    """Arrays over the reply's bytes, not copies."""
+    try:
+        return {t["name"]: from_raw(t["name"], t["datatype"], t["shape"], t["data"]) for t in reply["outputs"]}
+    except InferdError as e:
+        raise InferdClientError("internal", f"malformed infer reply: {e.message}") from None
+
+
+def _model_fields(model: str | None, version: str) -> dict:
+    if model is None:
+        return {}
+    return {"model": model, "version": version} if version else {"model": model}
+
+
+class Client:
+    """Blocking client on one connection, reused across calls. Not for several threads at once:
+    give each thread its own.
+
+    `socket`: the daemon's Unix socket (default: `default_socket_path()`); `url`: its HTTP address
+    instead, e.g. "http://127.0.0.1:8000", with `token` sent as a bearer token; `timeout`: seconds
+    to wait for the daemon before a call fails with "deadline_exceeded" (None: no limit).
+    """
+
+    def __init__(self, *, socket: str | None = None, url: str | None = None, token: str | None = None,
+                 timeout: float | None = None):
+        self._transport = _transport(socket, url, token, timeout, UnixTransport, HttpTransport)
+
+    @property
+    def connections_opened(self) -> int:
+        """Connections this client has opened so far (one, unless the daemon dropped it)."""
+        return self._transport.connections_opened
+
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
+              version: str = "", request_id: str = "", timeout_ms: int | None = None) -> dict[str, np.ndarray]:
+        """Run `model` on named arrays; returns the outputs by name (all of them, or `outputs`),
+        as read-only arrays over the reply (copy one to change it). BYTES tensors are object
+        arrays of bytes; str elements are sent as UTF-8. `timeout_ms` (Unix socket only): a
+        request still queued after this long fails with "deadline_exceeded" and never runs."""
+        fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms)
+        return _outputs(self._transport.call("infer", fields))
+
+    def live(self) -> bool:
+        return self._transport.call("live", {})["live"]
+
+    def ready(self, model: str | None = None, version: str = "") -> bool:
+        """The server's readiness, or a model's (an unknown model raises "not_found")."""
+        return self._transport.call("ready", _model_fields(model, version))["ready"]
+
+    def server_metadata(self) -> dict:
+        return self._transport.call("server_metadata", {})
+
+    def model_metadata(self, model: str, version: str = "") -> dict:
+        """name, versions, platform, inputs and outputs ({name, datatype, shape}, -1 = dynamic)."""
+        return self._transport.call("model_metadata", _model_fields(model, version))
+
+    def models(self) -> list[dict]:
+        """Every model version: {name, version, state, reason?}."""
+        return self._transport.call("models", {})["models"]
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio client. On the Unix socket, concurrent calls share one connection: they are
+    pipelined, and each gets its own reply whatever order they finish in. A cancelled call
+    leaves the connection to the others. Arguments as for `Client`."""
+
+    def __init__(self, *, socket: str | None = None, url: str | None = None, token: str | None = None,
+                 timeout: float | None = None):
+        self._transport = _transport(socket, url, token, timeout, AsyncUnixTransport, AsyncHttpTransport)
+
+    @property
+    def connections_opened(self) -> int:
+        """Connections this client has opened so far."""
+        return self._transport.connections_opened
+
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
+                    version: str = "", request_id: str = "", timeout_ms: int | None = None) -> dict[str, np.ndarray]:
+        """As `Client.infer`."""
+        fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms)
+        return _outputs(await self._transport.call("infer", fields))
+
+    async def live(self) -> bool:
+        return (await self._transport.call("live", {}))["live"]
+
+    async def ready(self, model: str | None = None, version: str = "") -> bool:
+        return (await self._transport.call("ready", _model_fields(model, version)))["ready"]
+
+    async def server_metadata(self) -> dict:
+        return await self._transport.call("server_metadata", {})
+
+    async def model_metadata(self, model: str, version: str = "") -> dict:
+        return await self._transport.call("model_metadata", _model_fields(model, version))
+
+    async def models(self) -> list[dict]:
+        return (await self._transport.call("models", {}))["models"]
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
