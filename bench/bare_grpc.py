@@ -6,15 +6,13 @@ It announces itself like the daemon does (a JSON "listening" line on stderr, REA
 $NOTIFY_SOCKET) so that bench.py starts it the same way.
 """
 
-import asyncio
-import json
-import os
 import socket
-import sys
 
 import grpclib.const
 import grpclib.server
 import uvloop
+
+from announce import serve_until_sigterm
 
 from inferd.daemon.grpc_gen import inference_pb2 as pb
 
@@ -44,14 +42,7 @@ async def main() -> None:
     server = grpclib.server.Server([Echo()])
     await server.start(sock=sock)
     host, port = sock.getsockname()[:2]
-    print(json.dumps({"event": "listening", "frontend": "grpc", "address": f"{host}:{port}"}),
-          file=sys.stderr, flush=True)
-    if path := os.environ.get("NOTIFY_SOCKET"):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(b"READY=1\n", path)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(15, stop.set)  # SIGTERM from bench.py
-    await stop.wait()
+    await serve_until_sigterm("grpc", f"{host}:{port}")
     server.close()
     await server.wait_closed()
 

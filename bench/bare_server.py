@@ -5,14 +5,10 @@ It announces itself like the daemon does (a JSON "listening" line on stderr, REA
 $NOTIFY_SOCKET) so that bench.py starts both the same way.
 """
 
-import asyncio
-import json
-import os
-import socket
-import sys
-
 import uvloop
 from aiohttp import web
+
+from announce import serve_until_sigterm
 
 BODY = b'{"model_name":"mlp","outputs":[]}'
 
@@ -30,14 +26,7 @@ async def main() -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]
-    print(json.dumps({"event": "listening", "frontend": "http", "address": f"{host}:{port}"}),
-          file=sys.stderr, flush=True)
-    if path := os.environ.get("NOTIFY_SOCKET"):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(b"READY=1\n", path)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(15, stop.set)  # SIGTERM from bench.py
-    await stop.wait()
+    await serve_until_sigterm("http", f"{host}:{port}")
     await runner.cleanup()
 
 

@@ -9,13 +9,13 @@ $NOTIFY_SOCKET) so that bench.py starts it the same way.
 """
 
 import asyncio
-import json
 import os
-import socket
 import sys
 
 import msgpack
 import uvloop
+
+from announce import serve_until_sigterm
 
 # What the daemon answers for one MLP row, less the id: same keys, same 40 bytes of output.
 OUTPUTS = [{"name": "output", "datatype": "FP32", "shape": [1, 10], "data": bytes(40)}]
@@ -44,14 +44,7 @@ async def main(path: str) -> None:
     if os.path.exists(path):
         os.unlink(path)
     server = await asyncio.get_running_loop().create_unix_server(Echo, path)
-    print(json.dumps({"event": "listening", "frontend": "socket", "address": path}),
-          file=sys.stderr, flush=True)
-    if notify := os.environ.get("NOTIFY_SOCKET"):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(b"READY=1\n", notify)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(15, stop.set)  # SIGTERM from bench.py
-    await stop.wait()
+    await serve_until_sigterm("socket", path)
     server.close()
     os.unlink(path)
 
