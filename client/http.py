@@ -34,8 +34,8 @@ def _infer_body(fields: dict) -> tuple[bytes, dict]:
         doc["outputs"] = [{"name": name, "parameters": {"binary_data": True}} for name in fields["outputs"]]
     if "request_id" in fields:
         doc["id"] = fields["request_id"]
-    if "timeout_ms" in fields:  # refused rather than silently dropped
-        raise InferdClientError("unimplemented", "timeout_ms needs the Unix socket: inferd's HTTP API takes no queue deadline")
+    if "timeout_ms" in fields:  # the V2 REST convention (Triton's): microseconds
+        doc["parameters"]["timeout"] = fields["timeout_ms"] * 1000
     header = json.dumps(doc).encode()
     body = b"".join([header, *(t["data"] for t in inputs)])
     return body, {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"}

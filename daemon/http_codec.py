@@ -9,6 +9,7 @@ or `binary_data_output` for all), otherwise as JSON.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import orjson
 
@@ -108,7 +109,13 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[InferRequest
     if not isinstance(request_id, str):
         raise _bad("'id' must be a string")
     parameters = _params(doc, "request")
-    return InferRequest(tensors, requested, request_id, parameters), fmt
+    deadline = None
+    if "timeout" in parameters:  # Triton's convention: microseconds the request may wait
+        timeout = parameters["timeout"]
+        if type(timeout) is not int or timeout < 0:
+            raise _bad("parameters.timeout must be a non-negative integer (microseconds)")
+        deadline = time.monotonic() + timeout / 1e6
+    return InferRequest(tensors, requested, request_id, parameters, deadline), fmt
 
 
 def encode_response(response: InferResponse, fmt: OutputFormat) -> tuple[bytes, int | None]:

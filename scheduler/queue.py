@@ -72,6 +72,7 @@ class ModelQueue:
         self._running_batches = 0
         self._running_requests = 0
         self._dispatch_scheduled = False
+        self._with_deadline = 0  # queued requests that carry a deadline
         self._loop_task: asyncio.Task | None = None
         self._closing = False
         pool.on_change = self._wakeup.set
@@ -103,6 +104,9 @@ class ModelQueue:
         item = _Pending(request, rows, shape_key, self.clock(), asyncio.get_running_loop().create_future())
         self._pending.append(item)
         self._rows += rows
+        if request.deadline is not None:
+            self._with_deadline += 1
+            self._wakeup.set()  # the timer loop re-arms for this deadline
         self.observer.queue_rows(self._rows)
         # Dispatch at the end of this loop turn, not now: requests read from the sockets in the
         # same turn join the batch (one request alone still runs on the next turn, no waiting).
@@ -136,9 +140,14 @@ class ModelQueue:
 
     def _remove(self, item: _Pending) -> None:
         self._pending.remove(item)
+        self._leave(item)
+        self.observer.queue_rows(self._rows)
+
+    def _leave(self, item: _Pending) -> None:
         item.queued = False
         self._rows -= item.rows
-        self.observer.queue_rows(self._rows)
+        if item.request.deadline is not None:
+            self._with_deadline -= 1
 
     def _fail_expired(self, now: float) -> None:
         for item in [p for p in self._pending if p.request.deadline is not None and p.request.deadline <= now]:
@@ -153,8 +162,9 @@ class ModelQueue:
 
     def _dispatch(self) -> float | None:
         """Start every batch that can start now. Runs where things change (requests arrived, a
-        batch ended), not in a task of its own. Returns the seconds until a held batch is due,
-        or None when nothing waits on time."""
+        batch ended), not in a task of its own. Returns the seconds until something queued is
+        due (a held batch, or a request's deadline), or None when nothing waits on time."""
+        due = None
         while self._pending:
             now = self.clock()
             self._fail_expired(now)
@@ -164,12 +174,16 @@ class ModelQueue:
             delay = 0.0 if self._closing else self.max_delay_s
             decision = next_batch(self._pending, now, self.max_batch_rows, delay)
             if not isinstance(decision, Send):
-                return decision.seconds
+                due = decision.seconds
+                break
             worker = self.pool.take()
             if worker is None:
-                return None  # the batch that ends next dispatches again
+                break  # the batch that ends next dispatches again
             self._start_batch(worker, [self._pending.popleft() for _ in range(decision.count)], now)
-        return None
+        if self._with_deadline:  # a queued request whose deadline passes is answered then, not later
+            earliest = min(p.request.deadline for p in self._pending if p.request.deadline is not None)
+            due = min(d for d in (due, earliest - self.clock()) if d is not None)
+        return due
 
     async def _dispatch_loop(self) -> None:
         """Wakes for what has no caller to act on it: a queue-delay timer coming due, a worker
@@ -189,8 +203,7 @@ class ModelQueue:
 
     def _start_batch(self, worker, batch: list[_Pending], now: float) -> None:
         for item in batch:
-            item.queued = False
-            self._rows -= item.rows
+            self._leave(item)
             self.observer.dequeued(now - item.enqueued_at)
         self.observer.queue_rows(self._rows)
         self._running_batches += 1

@@ -7,6 +7,7 @@ import asyncio
 import socket
 import struct
 import threading
+import time
 
 import msgpack
 import numpy as np
@@ -186,14 +187,20 @@ async def test_replies_out_of_order_and_a_cancelled_caller(daemon):
         assert c.connections_opened == 1
 
 
-def test_timeout_ms_goes_to_the_socket_and_is_refused_over_http(daemon):
+@pytest.mark.parametrize("transport", ["unix", "http"])
+def test_timeout_ms_is_a_queue_deadline(daemon, transport):
+    """`held` holds a lone request for 1 s; with 200 ms to live it is answered deadline_exceeded
+    when its deadline passes, not when the hold ends; with a long deadline it is served."""
     inputs = _add_sub_inputs(1)
-    with Client(socket=daemon.socket_path) as c:
+    where = {"socket": daemon.socket_path} if transport == "unix" else {"url": daemon.url}
+    with Client(**where) as c:
         out = c.infer("add_sub", inputs, timeout_ms=60_000)
         np.testing.assert_array_equal(out["OUTPUT0"], inputs["INPUT0"] + inputs["INPUT1"])
-    with Client(url=daemon.url) as c, pytest.raises(InferdClientError) as e:
-        c.infer("add_sub", inputs, timeout_ms=60_000)  # the HTTP API would ignore it
-    assert e.value.code == "unimplemented"
+        started = time.monotonic()
+        with pytest.raises(InferdClientError) as e:
+            c.infer("held", inputs, timeout_ms=200)
+        assert e.value.code == "deadline_exceeded"
+        assert time.monotonic() - started < 0.9
 
 
 def test_unreachable_socket_is_unavailable(tmp_path):
