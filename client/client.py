@@ -16,13 +16,13 @@ from inferd.config.errors import InferdError
 from inferd.config.tensors import datatype_of, from_raw, to_raw
 
 
-def _transport(socket, url, token, timeout, unix, http):
+def _transport(socket, url, token, cafile, timeout, unix, http):
     if socket is not None and url is not None:
         raise ValueError("give socket= or url=, not both")
     if url is not None:
-        return http(url, token, timeout)
-    if token is not None:
-        raise ValueError("token= is for url=: on the Unix socket, the socket file's group is the access control")
+        return http(url, token, cafile, timeout)
+    if token is not None or cafile is not None:
+        raise ValueError("token= and cafile= are for url=: on the Unix socket, the socket file's group is the access control")
     return unix(socket or default_socket_path(), timeout)
 
 
@@ -71,13 +71,14 @@ class Client:
     give each thread its own.
 
     `socket`: the daemon's Unix socket (default: `default_socket_path()`); `url`: its HTTP address
-    instead, e.g. "http://127.0.0.1:8000", with `token` sent as a bearer token; `timeout`: seconds
+    instead, e.g. "http://127.0.0.1:8000", with `token` sent as a bearer token and `cafile` the
+    certificate(s) to trust for an https:// daemon beyond the system's; `timeout`: seconds
     to wait for the daemon before a call fails with "deadline_exceeded" (None: no limit).
     """
 
     def __init__(self, *, socket: str | None = None, url: str | None = None, token: str | None = None,
-                 timeout: float | None = None):
-        self._transport = _transport(socket, url, token, timeout, UnixTransport, HttpTransport)
+                 cafile: str | None = None, timeout: float | None = None):
+        self._transport = _transport(socket, url, token, cafile, timeout, UnixTransport, HttpTransport)
 
     @property
     def connections_opened(self) -> int:
@@ -127,8 +128,8 @@ class AsyncClient:
     leaves the connection to the others. Arguments as for `Client`."""
 
     def __init__(self, *, socket: str | None = None, url: str | None = None, token: str | None = None,
-                 timeout: float | None = None):
-        self._transport = _transport(socket, url, token, timeout, AsyncUnixTransport, AsyncHttpTransport)
+                 cafile: str | None = None, timeout: float | None = None):
+        self._transport = _transport(socket, url, token, cafile, timeout, AsyncUnixTransport, AsyncHttpTransport)
 
     @property
     def connections_opened(self) -> int:

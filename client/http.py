@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 from urllib.parse import quote, urlsplit
 
 from inferd.client.errors import InferdClientError
@@ -121,13 +122,16 @@ class _IdleConnectionDropped(Exception):
 class HttpTransport:
     """Blocking: one keep-alive connection (http.client), reopened when the server drops it."""
 
-    def __init__(self, url: str, token: str | None, timeout: float | None):
+    def __init__(self, url: str, token: str | None, cafile: str | None, timeout: float | None):
         self.url = url
         self.timeout = timeout
         self.connections_opened = 0
         origin, self._prefix = _split_url(url)
-        connection = http.client.HTTPSConnection if origin.startswith("https:") else http.client.HTTPConnection
-        self._conn = connection(urlsplit(origin).netloc, timeout=timeout)
+        netloc = urlsplit(origin).netloc
+        if origin.startswith("https:"):
+            self._conn = http.client.HTTPSConnection(netloc, timeout=timeout, context=ssl.create_default_context(cafile=cafile))
+        else:
+            self._conn = http.client.HTTPConnection(netloc, timeout=timeout)
         self._headers = _auth(token)
 
     def call(self, op: str, fields: dict) -> dict:
@@ -168,12 +172,13 @@ class HttpTransport:
 class AsyncHttpTransport:
     """aiohttp, imported here only: its session pools keep-alive connections for concurrent callers."""
 
-    def __init__(self, url: str, token: str | None, timeout: float | None):
+    def __init__(self, url: str, token: str | None, cafile: str | None, timeout: float | None):
         self.url = url
         self.timeout = timeout
         self.connections_opened = 0
         origin, prefix = _split_url(url)
         self._base = origin + prefix
+        self._ssl = ssl.create_default_context(cafile=cafile) if origin.startswith("https:") else None
         self._headers = _auth(token)
         self._session = None
 
@@ -186,7 +191,7 @@ class AsyncHttpTransport:
         trace = aiohttp.TraceConfig()
         trace.on_connection_create_end.append(opened)
         return aiohttp.ClientSession(headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.timeout),
-                                     trace_configs=[trace])
+                                     trace_configs=[trace], connector=aiohttp.TCPConnector(ssl=self._ssl or True))
 
     async def call(self, op: str, fields: dict) -> dict:
         import aiohttp

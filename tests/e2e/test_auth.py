@@ -138,3 +138,23 @@ def test_bad_auth_config_is_refused_at_start(tmp_path, auth, reason):
     run = subprocess.run([sys.executable, "-m", "inferd.daemon", "serve", "--config", str(config), "--models", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and reason in run.stderr
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_inferd_client_over_https_with_a_token(secured, sync):
+    from inferd.client import AsyncClient, Client, InferdClientError
+
+    url, _ = _https(secured)
+    x = np.ones((2, 3), np.float32)
+    if sync:
+        with Client(url=url, token=TOKEN, cafile=secured.cert) as c:
+            assert c.infer("fixed", {"x": x})["y"].tolist() == (2 * x).tolist()
+        with Client(url=url, cafile=secured.cert) as c, pytest.raises(InferdClientError) as e:
+            c.infer("fixed", {"x": x})
+    else:
+        async with AsyncClient(url=url, token=TOKEN, cafile=secured.cert) as c:
+            assert (await c.infer("fixed", {"x": x}))["y"].tolist() == (2 * x).tolist()
+        async with AsyncClient(url=url, cafile=secured.cert) as c:
+            with pytest.raises(InferdClientError) as e:
+                await c.infer("fixed", {"x": x})
+    assert e.value.code == "unauthenticated"
