@@ -47,7 +47,8 @@ def error_response(status: int, message: str) -> web.Response:
 
 
 @web.middleware
-async def _errors(request: web.Request, handler):
+async def _access_and_errors(request: web.Request, handler):
+    """The token check, then one error shape for whatever the handler raises."""
     access = request.app[ACCESS]
     if access.required and not access.allows("http", request.headers.get("Authorization"), request.path in HTTP_HEALTH):
         response = error_response(401, "unauthenticated")
@@ -124,7 +125,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def build_app(dataplane: DataPlane, registry, max_request_bytes: int, access: Access) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=max_request_bytes)
+    app = web.Application(middlewares=[_access_and_errors], client_max_size=max_request_bytes)
     app[DATAPLANE] = dataplane
     app[REGISTRY] = registry
     app[ACCESS] = access
