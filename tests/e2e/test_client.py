@@ -13,7 +13,6 @@ import msgpack
 import numpy as np
 import pytest
 
-from daemon_process import DaemonProcess
 from inferd.client import AsyncClient, Client, InferdClientError, default_socket_path
 from samples import EVERY_DATATYPE
 
@@ -219,27 +218,6 @@ def test_default_socket_path_follows_the_daemons_auto(monkeypatch, tmp_path):
     (tmp_path / "unit").mkdir()
     (tmp_path / "unit" / "inferd.sock").touch()
     assert default_socket_path() == str(tmp_path / "unit" / "inferd.sock")
-
-
-@pytest.fixture(scope="module")
-def token_daemon(tmp_path_factory, model_repo):
-    tmp = tmp_path_factory.mktemp("token")
-    (tmp / "token").write_text("t0ken\n")
-    config = tmp / "inferd.toml"
-    config.write_text(f'[auth]\ntoken_file = "{tmp / "token"}"\n')
-    with DaemonProcess(model_repo, config=config) as d:
-        yield d
-
-
-async def test_bearer_token_over_http(token_daemon):
-    inputs = _add_sub_inputs(1)
-    with Client(url=token_daemon.url, token="t0ken") as c:
-        np.testing.assert_array_equal(c.infer("add_sub", inputs)["OUTPUT0"], inputs["INPUT0"] + inputs["INPUT1"])
-    async with AsyncClient(url=token_daemon.url, token="t0ken") as c:
-        assert [m for m in await c.models() if m["name"] == "mlp"]
-    with Client(url=token_daemon.url) as c, pytest.raises(InferdClientError) as e:
-        c.infer("add_sub", inputs)
-    assert e.value.code == "unauthenticated"
 
 
 # -- connections that drop: a scripted stand-in for the daemon -------------------------------
