@@ -75,6 +75,7 @@ class Daemon:
             shutdown_timeout=5.0,  # after the drain, handlers only have their responses to write
         )
         drained = False
+        watchdog = None
         try:
             # Listen first: liveness answers while models load, readiness (and inference) says
             # 503 until the initial load is done.
@@ -90,10 +91,15 @@ class Daemon:
             log.info("ready", seconds=round(time.monotonic() - started, 3), models=counts, pid=os.getpid())
             status = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())) or "no models"
             systemd.notify("READY=1", f"STATUS=models: {status}")
+            interval = systemd.watchdog_interval()
+            if interval:
+                watchdog = asyncio.create_task(systemd.keep_watchdog_fed(interval))
             await stop.wait()
             drained = await self._drain(runner)
             return 0
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             if self._unix is not None:
                 await self._unix.close()
             if self._grpc is not None:  # drained above: closing cancels no accepted request

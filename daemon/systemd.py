@@ -3,6 +3,7 @@ $NOTIFY_SOCKET (no library needed; without the variable every call is a no-op)."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 
@@ -20,3 +21,20 @@ def notify(*lines: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def watchdog_interval() -> float | None:
+    """Half of WatchdogSec= when systemd asked this process for keep-alives, else None."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid.isdigit() and int(pid) != os.getpid()):
+        return None
+    return int(usec) / 2e6
+
+
+async def keep_watchdog_fed(interval: float) -> None:
+    """WATCHDOG=1 from the event loop itself: a loop that stops turning stops the pings, and
+    systemd restarts the daemon."""
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval)

@@ -186,3 +186,10 @@ async def test_a_client_that_disconnects_leaves_the_queue(overflow_repo):
             text = await (await s.get("/metrics")).text()
             assert 'inferd_requests_total{code="CANCELLED",model="held",protocol="http",version="1"} 1.0' in text
             assert 'inferd_batch_size_count{model="held",version="1"} 0.0' in text  # it never ran
+
+
+def test_watchdog_keep_alives_come_from_the_running_daemon(drain_repo):
+    """Under systemd (WATCHDOG_USEC set), WATCHDOG=1 arrives at half the period after READY=1."""
+    with DaemonProcess(drain_repo, env={"WATCHDOG_USEC": "400000"}) as d:
+        for _ in range(3):
+            assert d.wait_for("WATCHDOG=1", timeout=5)
