@@ -17,7 +17,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from inferd.config.errors import ErrorCode, InferdError
-from inferd.config.tensors import datatype_of, from_raw, to_raw
+from inferd.config.tensors import check_datatype_and_shape, datatype_of, from_raw, to_raw
 from inferd.daemon.auth import GRPC_HEALTH, Access
 from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.grpc_gen import inference_pb2 as pb
@@ -92,10 +92,8 @@ def decode_infer_request(message: pb.ModelInferRequest, deadline: float | None) 
             if field is None:
                 if tensor.datatype == "FP16":
                     raise _bad(f"input {name!r}: FP16 data must be sent in raw_input_contents")
-                from_values(name, tensor.datatype, shape, [])  # raises: unknown datatype
+                check_datatype_and_shape(name, tensor.datatype, shape)  # names what is wrong
             tensors[name] = from_values(name, tensor.datatype, shape, getattr(tensor.contents, field))
-    if not tensors:
-        raise _bad("the request needs at least one input")
     outputs = tuple(o.name for o in message.outputs) or None
     return InferRequest(tensors, outputs, message.id, _parameters(message.parameters), deadline)
 

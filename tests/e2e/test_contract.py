@@ -59,6 +59,7 @@ def _cases():
         ("failed model", dataclasses.replace(good1, model="corrupt"), "unavailable", None),
         ("wrong input name", _add_sub(edit=[(1, "name", "INPUTX")])[0], "invalid_argument", None),
         ("missing input", _add_sub(drop=True)[0], "invalid_argument", None),
+        ("no inputs at all", dataclasses.replace(good1, inputs=[]), "invalid_argument", None),
         ("wrong datatype", _add_sub(edit=[(0, "datatype", "FP32")])[0], "invalid_argument", None),
         ("unknown datatype", _add_sub(edit=[(0, "datatype", "FLOAT")])[0], "invalid_argument", None),
         ("wrong shape", _add_sub(edit=[(0, "shape", [2, 8])])[0], "invalid_argument", None),
