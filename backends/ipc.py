@@ -31,10 +31,11 @@ RESULT = "result"
 FAILED = "failed"
 
 
-def encode(msg: dict) -> bytes:
-    """One frame, ready to write."""
+def encode(msg: dict) -> tuple[bytes, bytes]:
+    """One frame as (header, payload), written one after the other: joining them would copy
+    every tensor byte once more."""
     payload = msgpack.packb({"v": VERSION, **msg}, use_bin_type=True)
-    return HEADER.pack(len(payload)) + payload
+    return HEADER.pack(len(payload)), payload
 
 
 def decode(payload: bytes) -> dict:
@@ -100,7 +101,8 @@ def split_frames(buf: bytearray) -> list[dict]:
 # Blocking side, used by the worker process.
 
 def send(sock: socket.socket, msg: dict) -> None:
-    sock.sendall(encode(msg))
+    for part in encode(msg):
+        sock.sendall(part)
 
 
 class Receiver:

@@ -15,9 +15,10 @@ from inferd.client.errors import InferdClientError
 _LENGTH = struct.Struct(">I")
 
 
-def _frame(message: dict) -> bytes:
+def _frame(message: dict) -> tuple[bytes, bytes]:
+    """(header, payload), sent one after the other: joining them would copy the tensors again."""
     payload = msgpack.packb(message)
-    return _LENGTH.pack(len(payload)) + payload
+    return _LENGTH.pack(len(payload)), payload
 
 
 def _check(reply) -> dict:
@@ -103,13 +104,14 @@ class UnixTransport:
             reply = self._exchange(frame, request_id)
         return _result(reply)
 
-    def _exchange(self, frame: bytes, request_id: int) -> dict:
+    def _exchange(self, frame: tuple[bytes, bytes], request_id: int) -> dict:
         """Send one request and read its reply; any failure closes the socket, whose stream is
         then out of step."""
         reused = self._sock is not None
         sock = self._sock or self._connect()
         try:
-            sock.sendall(frame)
+            for part in frame:
+                sock.sendall(part)
             return self._read_reply(sock, request_id)
         except (BrokenPipeError, ConnectionResetError, EOFError) as e:
             self.close()
@@ -203,7 +205,7 @@ class AsyncUnixTransport:
         reply = asyncio.get_running_loop().create_future()
         conn.pending[request_id] = reply
         try:
-            conn.writer.write(_frame({"id": request_id, "op": op, **fields}))
+            conn.writer.writelines(_frame({"id": request_id, "op": op, **fields}))
             async with asyncio.timeout(self.timeout):
                 try:
                     await conn.writer.drain()

@@ -42,9 +42,7 @@ def decode_infer(msg: dict) -> tuple[str, str, InferRequest]:
     model = _field(msg, "model", str)
     if not model:
         raise _bad("'model' is required")
-    inputs = _field(msg, "inputs", list)
-    if not inputs:
-        raise _bad("'inputs' must be a non-empty list")
+    inputs = _field(msg, "inputs", list, [])
     tensors = {}
     for i, item in enumerate(inputs):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
@@ -108,14 +106,16 @@ class _Connection(asyncio.Protocol):
             end = HEADER.size + length
             if len(buf) < end:
                 break
-            payload = bytes(buf[HEADER.size : end])
+            try:
+                with memoryview(buf) as view:  # msgpack copies what it keeps: no copy before it
+                    msg = msgpack.unpackb(view[HEADER.size : end], raw=False)
+            except Exception:
+                msg = None
             del buf[:end]
-            self._handle(payload)
+            self._handle(msg)
 
-    def _handle(self, payload: bytes) -> None:
-        try:
-            msg = msgpack.unpackb(payload, raw=False)
-        except Exception:
+    def _handle(self, msg) -> None:
+        if msg is None:
             return self._error(0, _bad("the frame is not valid msgpack"))
         request_id = msg.get("id") if isinstance(msg, dict) else None
         if type(request_id) is not int or request_id < 0:
@@ -158,7 +158,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         payload = msgpack.packb(reply, use_bin_type=True)
-        self.transport.write(HEADER.pack(len(payload)) + payload)
+        self.transport.writelines((HEADER.pack(len(payload)), payload))  # no copy to join them
 
     async def finish(self) -> None:
         """Wait for this connection's requests to be answered, then close it."""

@@ -104,7 +104,7 @@ class WorkerHandle:
         self._transport, _ = await loop.create_unix_connection(lambda: _Connection(self), sock=parent)
         self._load_reply = loop.create_future()
         spec = self.spec
-        self._transport.write(ipc.encode({
+        self._transport.writelines(ipc.encode({
             "type": ipc.LOAD, "model": spec.model, "version": spec.version,
             "path": str(spec.path), "backend": spec.backend, "settings": spec.settings,
         }))
@@ -133,7 +133,7 @@ class WorkerHandle:
         assert self._batch is None, "a worker runs one batch at a time"
         self._batches += 1
         self._batch = (self._batches, done)
-        self._transport.write(ipc.encode({
+        self._transport.writelines(ipc.encode({
             "type": ipc.EXECUTE, "batch": self._batches, "ids": request_ids,
             "inputs": ipc.pack_tensors(inputs), "outputs": outputs,
         }))
@@ -174,7 +174,7 @@ class WorkerHandle:
             self._close()
             return
         try:
-            self._transport.write(ipc.encode({"type": ipc.STOP}))
+            self._transport.writelines(ipc.encode({"type": ipc.STOP}))
             async with asyncio.timeout(timeout):
                 await self.process.wait()
         except (TimeoutError, ConnectionError):

@@ -66,10 +66,11 @@ def test_non_utf8_bytes_output_must_travel_as_binary():
 def test_ipc_tensors_keep_dtype_shape_and_bytes():
     tensors = {"f": np.arange(6, dtype=np.float16).reshape(2, 3), "s": np.array([[b"x"], [b"yz"]], dtype=object),
                "u": np.array([[2**64 - 1]], np.uint64)}
-    frame = ipc.encode({"type": ipc.EXECUTE, "inputs": ipc.pack_tensors(tensors)})
-    (length,) = ipc.HEADER.unpack(frame[:4])
-    msg = ipc.decode(frame[4:])
-    assert length == len(frame) - 4 and msg["type"] == ipc.EXECUTE
+    header, payload = ipc.encode({"type": ipc.EXECUTE, "inputs": ipc.pack_tensors(tensors)})
+    (length,) = ipc.HEADER.unpack(header)
+    buf = bytearray(header + payload + header[:2])  # one whole frame and the start of the next
+    [msg] = ipc.split_frames(buf)
+    assert length == len(payload) and msg["type"] == ipc.EXECUTE and buf == header[:2]
     back = ipc.unpack_tensors(msg["inputs"])
     for name, array in tensors.items():
         assert back[name].dtype == array.dtype and back[name].tolist() == array.tolist()
