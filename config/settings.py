@@ -91,6 +91,7 @@ class ModelsSection:
     dir: str = "/var/lib/inferd/models"
     control: str = _field("watch", _one_of("watch", "poll", "explicit"))
     settle_ms: int = _field(500, _between(0, 600_000))
+    poll_interval_s: float = _field(2.0, _between(0.05, 3600))  # control = "poll" only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,8 +276,42 @@ def read_token(auth: AuthSection) -> str | None:
 # Per-model config.toml
 
 @dataclasses.dataclass(frozen=True)
+class VersionPolicy:
+    """Which of a model's versions are served (config.toml `version_policy`):
+    { latest = N } (default N = 1), "all", or { specific = [1, 3] }."""
+
+    latest: int = 1
+    specific: tuple[int, ...] = ()
+    all: bool = False
+
+    def select(self, available: list[int]) -> list[int]:
+        ordered = sorted(available)
+        if self.all:
+            return ordered
+        if self.specific:
+            return [v for v in ordered if v in self.specific]
+        return ordered[-self.latest:]
+
+
+def _version_policy(value, file: str) -> VersionPolicy:
+    key = "version_policy"
+    if value == "all":
+        return VersionPolicy(all=True)
+    if isinstance(value, dict) and len(value) == 1:
+        (kind, arg), = value.items()
+        if kind == "latest" and isinstance(arg, int) and not isinstance(arg, bool) and arg >= 1:
+            return VersionPolicy(latest=arg)
+        if kind == "specific" and isinstance(arg, list) and arg and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in arg
+        ):
+            return VersionPolicy(specific=tuple(arg))
+    raise ConfigError(file, key, 'expected { latest = N } (N >= 1), "all", or { specific = [versions] }')
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     settings: ModelSettings
+    version_policy: VersionPolicy = VersionPolicy()
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     explicit: frozenset[str] = frozenset()  # keys the model's own file set
@@ -309,5 +344,6 @@ def load_model_config(path: Path | None, defaults: ModelSettings) -> ModelConfig
     data = _read_toml(path)
     inputs = _tensor_specs(data.pop("inputs"), file, "inputs") if "inputs" in data else ()
     outputs = _tensor_specs(data.pop("outputs"), file, "outputs") if "outputs" in data else ()
+    policy = _version_policy(data.pop("version_policy"), file) if "version_policy" in data else VersionPolicy()
     merged = dataclasses.asdict(defaults) | data
-    return ModelConfig(build(ModelSettings, merged, file), inputs, outputs, frozenset(data))
+    return ModelConfig(build(ModelSettings, merged, file), policy, inputs, outputs, frozenset(data))

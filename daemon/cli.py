@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     from inferd.daemon.server import Daemon
 
     logs.configure(config.log.format, config.log.level)
-    return uvloop.run(Daemon(config, token).run())
+    def reread_config():
+        return load_daemon_config(args.config, overrides=_overrides(args))
+
+    return uvloop.run(Daemon(config, token, reread_config).run())
 
 
 if __name__ == "__main__":

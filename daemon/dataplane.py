@@ -100,17 +100,22 @@ class DataPlane:
         if name:
             versions = [self.repository.get_ready(name, version)]
         else:
-            versions = [v for v in self.repository.all_versions() if v.state == "READY"]
+            versions = [v for v in self.repository.serving_versions() if v.state == "READY"]
         return {"model_stats": [v.observer.triton_stats() for v in versions]}
 
-    def repository_index(self) -> list[dict]:
-        out = []
-        for mv in self.repository.all_versions():
-            entry = {"name": mv.name, "version": mv.version, "state": mv.state}
-            if mv.reason:
-                entry["reason"] = mv.reason
-            out.append(entry)
-        return out
+    def repository_index(self, ready_only: bool = False) -> list[dict]:
+        index = self.repository.index()
+        return [row for row in index if row["state"] == "READY"] if ready_only else index
+
+    async def load_model(self, name: str) -> None:
+        if not self.state.ready:
+            raise InferdError(ErrorCode.UNAVAILABLE, "the server is not ready (starting or shutting down)")
+        await self.repository.load_model(name)
+
+    async def unload_model(self, name: str) -> None:
+        if not self.state.ready:
+            raise InferdError(ErrorCode.UNAVAILABLE, "the server is not ready (starting or shutting down)")
+        await self.repository.unload_model(name)
 
     # -- inference ---------------------------------------------------------------------------
 

@@ -162,15 +162,15 @@ class InferenceServicer(GRPCInferenceServiceBase):
 
     @_status
     async def RepositoryIndex(self, request, stream):
-        index = self.dataplane.repository_index()
-        if request.ready:
-            index = [entry for entry in index if entry["state"] == "READY"]
+        index = self.dataplane.repository_index(request.ready)
         return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse())
 
     @_status
     async def RepositoryModelLoad(self, request, stream):
-        raise InferdError(ErrorCode.UNIMPLEMENTED, "loading models on request arrives with the model directory watcher")
+        await self.dataplane.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
 
     @_status
     async def RepositoryModelUnload(self, request, stream):
-        raise InferdError(ErrorCode.UNIMPLEMENTED, "unloading models on request arrives with the model directory watcher")
+        await self.dataplane.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()

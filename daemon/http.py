@@ -116,7 +116,22 @@ async def model_stats(request: web.Request) -> web.Response:
 
 
 async def repository_index(request: web.Request) -> web.Response:
-    return _json(request.app[DATAPLANE].repository_index())
+    body = await request.read()
+    try:
+        ready = bool(orjson.loads(body).get("ready", False)) if body.strip() else False
+    except (orjson.JSONDecodeError, AttributeError):
+        raise InferdError(ErrorCode.INVALID_ARGUMENT, 'expected a JSON object such as {"ready": true}') from None
+    return _json(request.app[DATAPLANE].repository_index(ready))
+
+
+async def repository_load(request: web.Request) -> web.Response:
+    await request.app[DATAPLANE].load_model(request.match_info["model"])
+    return web.Response(status=200)
+
+
+async def repository_unload(request: web.Request) -> web.Response:
+    await request.app[DATAPLANE].unload_model(request.match_info["model"])
+    return web.Response(status=200)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -136,6 +151,8 @@ def build_app(dataplane: DataPlane, registry, max_request_bytes: int, access: Ac
     app.router.add_get("/v2", server_metadata)
     app.router.add_get("/v2/models/stats", model_stats)
     app.router.add_post("/v2/repository/index", repository_index)
+    app.router.add_post("/v2/repository/models/{model}/load", repository_load)
+    app.router.add_post("/v2/repository/models/{model}/unload", repository_unload)
     for prefix in (model, versioned):
         app.router.add_get(prefix, model_metadata)
         app.router.add_get(prefix + "/ready", model_ready)

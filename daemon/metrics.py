@@ -46,6 +46,9 @@ class Metrics:
         self.model_load_seconds = Gauge(
             "inferd_model_load_seconds", "Seconds the last load of the version took", mv, registry=registry,
         )
+        self.load_failures = Counter(
+            "inferd_model_load_failures", "Loads of a model version that failed", mv, registry=registry,
+        )
         self.workers = Gauge("inferd_workers", "Worker processes", mv, registry=registry)
         self.worker_exits = Counter(
             "inferd_worker_exits", "Worker processes that exited", mv + ["cause"], registry=registry,

@@ -1,92 +1,33 @@
-"""The model repository: what is in the models directory, and the versions loaded from it.
+"""The model repository: the versions that serve, and how they follow the models directory.
 
-Layouts (DESIGN.md):
-    models/<name>.<ext>                        version 1 of <name>
-    models/<name>/<version>/model.<ext>        full form, with optional models/<name>/config.toml
-
-`scan()` is pure (a snapshot of the directory); `ModelRepository.load_all()` loads what it
-found. Each version is LOADING -> READY, or FAILED with a reason; a failure never stops the
-other models. Until version policies exist, the newest version of each model is served.
+The watcher (or a repository API call) hands `apply()` a snapshot of what should serve. Each
+added or changed version loads as a new *generation* beside the one serving: traffic switches
+when it is READY, then the old generation drains its accepted requests and stops. A failed load
+leaves what serves untouched and shows FAILED with the reason; the next change retries. A model
+whose files are gone stops taking requests at once (404), drains and stops. Versions that the
+version policy no longer selects are retired once a selected version is READY, never before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 import time
 from pathlib import Path
 
 import structlog
 
-from inferd.backends import MODEL_EXTENSIONS, backend_path
+from inferd.backends import backend_path
 from inferd.config.errors import ConfigError, ErrorCode, InferdError
 from inferd.config.settings import ModelConfig, ModelSettings, load_model_config
 from inferd.config.tensors import ModelMetadata, TensorSpec
-from inferd.daemon.metrics import Metrics, VersionObserver
+from inferd.daemon.metrics import MODEL_STATES, Metrics, VersionObserver
+from inferd.daemon.scan import Found, Key, Snapshot, diff, model_names, scan
 from inferd.scheduler.pool import WorkerPool
 from inferd.scheduler.queue import ModelQueue
 from inferd.scheduler.worker import LoadFailed, WorkerSpec
 
 log = structlog.get_logger("inferd.repository")
-
-MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def ignored(name: str) -> bool:
-    """Hidden files and files still being written are never models."""
-    return name.startswith(".") or name.endswith((".tmp", ".part"))
-
-
-@dataclasses.dataclass(frozen=True)
-class Found:
-    """One model version as found on disk; `problem` set when it cannot be loaded as laid out."""
-
-    name: str
-    version: str
-    path: Path | None
-    config_path: Path | None = None
-    problem: str = ""
-
-
-def scan(root: Path) -> dict[str, Found]:
-    """The newest version of every model under `root`, by model name."""
-    found: dict[str, Found] = {}
-    if not root.is_dir():
-        return found
-    for entry in sorted(root.iterdir()):
-        if ignored(entry.name):
-            continue
-        if entry.is_file():
-            name, dot, ext = entry.name.rpartition(".")
-            if not dot or ext not in MODEL_EXTENSIONS:
-                continue
-            item = Found(name, "1", entry)
-        elif entry.is_dir():
-            name = entry.name
-            item = _scan_model_dir(entry)
-        else:
-            continue
-        if not MODEL_NAME.fullmatch(name):
-            log.warning("skipping a model with an invalid name", path=str(entry), rule="[A-Za-z0-9_.-]+")
-            continue
-        if name in found:
-            item = Found(name, "1", None, problem=f"both {found[name].path} and {entry} define model {name!r}")
-        found[name] = item
-    return found
-
-
-def _scan_model_dir(directory: Path) -> Found:
-    config = directory / "config.toml"
-    versions = sorted((int(d.name), d) for d in directory.iterdir() if d.is_dir() and d.name.isdigit())
-    if not versions:
-        return Found(directory.name, "1", None, problem=f"no version directories (e.g. {directory}/1/model.onnx)")
-    number, vdir = versions[-1]
-    files = [f for f in vdir.iterdir() if f.is_file() and not ignored(f.name) and f.stem == "model" and f.suffix[1:] in MODEL_EXTENSIONS]
-    if len(files) != 1:
-        problem = f"{vdir} must hold exactly one model.<{'|'.join(MODEL_EXTENSIONS)}>, found {len(files)}"
-        return Found(directory.name, str(number), None, config if config.exists() else None, problem)
-    return Found(directory.name, str(number), files[0], config if config.exists() else None)
 
 
 def _apply_config_tensors(file_specs: tuple[TensorSpec, ...], overrides: tuple[TensorSpec, ...], kind: str) -> tuple[TensorSpec, ...]:
@@ -108,13 +49,16 @@ def _apply_config_tensors(file_specs: tuple[TensorSpec, ...], overrides: tuple[T
 
 
 class ModelVersion:
-    """One loaded (or failed) version of a model: its state, metadata, queue and workers."""
+    """One generation of a model version (one load of its files): its state, metadata, queue
+    and workers. `on_state` hears of every state change."""
 
-    def __init__(self, found: Found, metrics: Metrics):
+    def __init__(self, found: Found, metrics: Metrics, on_state=lambda mv: None):
         self.name = found.name
         self.version = found.version
+        self.key = found.key
         self.found = found
         self.state = "LOADING"
+        self.task: asyncio.Task | None = None  # the load
         self.reason = ""
         self.config: ModelConfig | None = None
         self.metadata: ModelMetadata | None = None
@@ -125,23 +69,37 @@ class ModelVersion:
         self.input_specs: dict[str, TensorSpec] = {}
         self.output_names: frozenset[str] = frozenset()
         self._metrics = metrics
-        metrics.set_state(self.name, self.version, self.state)
+        self._on_state = on_state
+        self._log_state()
+
+    @property
+    def worker_count(self) -> int:
+        return len(self.pool.pids) if self.pool is not None else 0
 
     def _set_state(self, state: str, reason: str = "") -> None:
         self.state, self.reason = state, reason
-        self._metrics.set_state(self.name, self.version, state)
-        extra = {"reason": reason} if reason else {}
-        log.info("model state", model=self.name, version=self.version, state=state, **extra)
+        self._log_state()
+        self._on_state(self)
+
+    def _log_state(self) -> None:
+        extra = {"reason": self.reason} if self.reason else {}
+        path = str(self.found.path or self.found.config_path or "")
+        log.info("model state", model=self.name, version=self.version, state=self.state, path=path, **extra)
 
     async def load(self, defaults: ModelSettings) -> None:
         started = time.monotonic()
         try:
             await self._load(defaults)
         except (LoadFailed, ConfigError) as e:
-            self._set_state("FAILED", e.reason if isinstance(e, LoadFailed) else str(e))
+            if self.state == "LOADING":
+                self._set_state("FAILED", e.reason if isinstance(e, LoadFailed) else str(e))
             return
-        self._metrics.model_load_seconds.labels(self.name, self.version).set(time.monotonic() - started)
-        self._set_state("READY")
+        seconds = time.monotonic() - started
+        if self.state == "LOADING":  # not retired meanwhile
+            self._metrics.model_load_seconds.labels(self.name, self.version).set(seconds)
+            log.info("model loaded", model=self.name, version=self.version, seconds=round(seconds, 3),
+                     workers=self.worker_count)
+            self._set_state("READY")
 
     async def _load(self, defaults: ModelSettings) -> None:
         found = self.found
@@ -180,7 +138,6 @@ class ModelVersion:
         labels = (self.name, self.version)
         self._metrics.queue_limit_rows.labels(*labels).set(settings.queue_rows_limit)
         self._metrics.batch_limit.labels(*labels).set(self.max_batch_size)
-        self._metrics.workers.labels(*labels).set(len(self.pool.pids))
 
     def _batch_limit(self, settings: ModelSettings) -> int:
         if self.metadata.batchable:
@@ -192,38 +149,241 @@ class ModelVersion:
             )
         return 0
 
-    async def drain(self) -> None:
-        if self.queue is not None:
-            await self.queue.drain()
+    def retire(self) -> None:
+        """No longer served: drains, then stops (the repository drives both)."""
+        if self.state != "UNLOADING":
+            self._set_state("UNLOADING", "" if self.state in ("READY", "LOADING") else self.reason)
+
+    def unloaded(self) -> None:
+        log.info("model state", model=self.name, version=self.version, state="UNLOADED")
+
+    async def drain(self, timeout: float) -> bool:
+        """Answer what was accepted (True), or fail what is left after `timeout` s (False)."""
+        if self.queue is None:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self.queue.drain()
+            return True
+        except TimeoutError:
+            self.abort()
+            return False
 
     def abort(self) -> None:
         if self.queue is not None:
-            self.queue.abort(InferdError(ErrorCode.UNAVAILABLE, "the daemon is shutting down"))
+            self.queue.abort(InferdError(ErrorCode.UNAVAILABLE, "the model version is shutting down"))
 
     async def stop(self) -> None:
         if self.pool is not None:
             await self.pool.stop()
-            self._metrics.workers.labels(self.name, self.version).set(0)
 
 
 class ModelRepository:
-    def __init__(self, root: Path, defaults: ModelSettings, metrics: Metrics):
+    def __init__(self, root: Path, defaults: ModelSettings, metrics: Metrics, drain_timeout_s: float = 30.0,
+                 explicit: bool = False):
         self.root = root
         self.defaults = defaults
         self.metrics = metrics
-        self.models: dict[str, dict[str, ModelVersion]] = {}
+        self.drain_timeout_s = drain_timeout_s
+        self.explicit = explicit  # models.control = "explicit": only the API loads and unloads
+        self.models: dict[str, dict[str, ModelVersion]] = {}  # what serves, by name and version
+        self.pending: dict[Key, ModelVersion] = {}  # replacements loading (or failed) beside a serving version
+        self.retiring: set[ModelVersion] = set()  # draining, then stopping
+        self.applied: Snapshot = {}  # the snapshot the above follows
+        self.unloaded: set[str] = set()  # unloaded on request: directory changes leave them alone
+        self._tasks: set[asyncio.Task] = set()
+        self._loads: set[asyncio.Task] = set()
 
-    async def load_all(self) -> None:
-        found = scan(self.root)
-        versions = [ModelVersion(f, self.metrics) for f in found.values()]
-        for v in versions:
-            self.models.setdefault(v.name, {})[v.version] = v
-        await asyncio.gather(*(v.load(self.defaults) for v in versions))
+    # -- following snapshots -----------------------------------------------------------------
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Make what serves follow `snapshot` (loads and unloads run in the background)."""
+        snapshot = {k: f for k, f in snapshot.items() if k[0] not in self.unloaded}
+        before, self.applied = self.applied, snapshot
+        changes = diff(before, snapshot)
+        gone = model_names(before) - model_names(snapshot)
+        for name in gone:
+            log.info("model removed from the directory", model=name)
+            self._remove_model(name)
+        for change in changes:
+            found = change.found
+            if change.kind == "removed":
+                if found.name not in gone and (stale := self.pending.pop(found.key, None)):
+                    self._retire(stale)
+                continue
+            log.info("model file change", model=found.name, version=found.version, change=change.kind,
+                     path=str(found.path or found.config_path or ""))
+            self._load(found)
+        for name in {c.found.name for c in changes} - gone:
+            self._settle(name)
+
+    def reload_all(self, defaults: ModelSettings) -> None:
+        """New [defaults] (SIGHUP): every version loads again with them, beside what serves."""
+        self.defaults = defaults
+        for found in self.applied.values():
+            self._load(found)
+
+    async def wait_loaded(self) -> None:
+        """Until every load started so far has finished (READY or FAILED)."""
+        while self._loads:
+            await asyncio.wait(set(self._loads))
+
+    def _load(self, found: Found) -> ModelVersion:
+        mv = ModelVersion(found, self.metrics, self._state_changed)
+        if (superseded := self.pending.pop(found.key, None)) is not None:
+            self._retire(superseded)
+        versions = self.models.setdefault(found.name, {})
+        serving = versions.get(found.version)
+        if serving is not None and serving.state == "READY":
+            self.pending[found.key] = mv  # loads beside the serving generation
+        else:
+            versions[found.version] = mv
+            if serving is not None:
+                self._retire(serving)
+        mv.task = self._spawn(self._finish_load(mv), self._loads)
+        return mv
+
+    async def _finish_load(self, mv: ModelVersion) -> None:
+        await mv.load(self.defaults)
+        name, version = mv.key
+        if self.pending.get(mv.key) is mv and mv.state == "READY":
+            del self.pending[mv.key]
+            old = self.models[name].get(version)
+            self.models[name][version] = mv  # traffic switches here
+            if old is not None:
+                self._retire(old)
+        self._publish(mv.key)
+        self._settle(name)
+
+    def _settle(self, name: str) -> None:
+        """Retire versions the policy no longer selects, once a selected one is READY."""
+        versions = self.models.get(name)
+        if not versions:
+            return
+        wanted = {v for n, v in self.applied if n == name}
+        if not any(versions[v].state == "READY" for v in wanted if v in versions):
+            return  # keep serving what serves until a wanted version can take over
+        for version in [v for v in versions if v not in wanted]:
+            self._retire(versions.pop(version))
+            if (stale := self.pending.pop((name, version), None)) is not None:
+                self._retire(stale)
+
+    def _remove_model(self, name: str) -> list[asyncio.Task]:
+        """No new requests from now on (404); what was accepted drains, then workers stop."""
+        retiring = list(self.models.pop(name, {}).values())
+        retiring += [self.pending.pop(k) for k in [k for k in self.pending if k[0] == name]]
+        return [self._retire(mv) for mv in retiring]
+
+    def _retire(self, mv: ModelVersion) -> asyncio.Task:
+        self.retiring.add(mv)
+        mv.retire()
+        self._publish(mv.key)
+        return self._spawn(self._unload(mv))
+
+    async def _unload(self, mv: ModelVersion) -> None:
+        try:
+            if mv.task is not None and not mv.task.done():
+                await asyncio.wait([mv.task])  # a load in progress finishes first
+            if not await mv.drain(self.drain_timeout_s):
+                log.warning("drain budget exhausted; failed what was left", model=mv.name, version=mv.version)
+            await mv.stop()
+            mv.unloaded()
+        finally:
+            self.retiring.discard(mv)
+            self._publish(mv.key)
+
+    def _spawn(self, coro, group: set[asyncio.Task] | None = None) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        for tasks in (self._tasks, group):
+            if tasks is not None:
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        task.add_done_callback(_log_failure)
+        return task
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def _state_changed(self, mv: ModelVersion) -> None:
+        if mv.state == "FAILED":
+            self.metrics.load_failures.labels(mv.name, mv.version).inc()
+        self._publish(mv.key)
+
+    def _publish(self, key: Key) -> None:
+        """The state and worker gauges of (model, version): the serving generation's state (or a
+        retiring one's), workers summed over every generation alive; gone when none is."""
+        name, version = key
+        current = self.models.get(name, {}).get(version)
+        others = [g for g in self.retiring if g.key == key]
+        if (pending := self.pending.get(key)) is not None:
+            others.append(pending)
+        shown = current or next(iter(others), None)
+        if shown is None:
+            for state in MODEL_STATES:
+                _remove(self.metrics.model_state, name, version, state)
+            _remove(self.metrics.workers, name, version)
+            return
+        self.metrics.set_state(name, version, shown.state)
+        alive = [g for g in (current, *others) if g is not None]
+        self.metrics.workers.labels(name, version).set(sum(g.worker_count for g in alive))
+
+    # -- the repository API ------------------------------------------------------------------
+
+    async def load_model(self, name: str) -> None:
+        """Load (or load again) model `name` from the directory as it is now, beside what
+        serves; return once it serves. Raises NOT_FOUND or FAILED_PRECONDITION."""
+        found = scan(self.root, only=name)
+        if not found:
+            raise InferdError(ErrorCode.NOT_FOUND, f"no model {name!r} in {self.root}")
+        self.unloaded.discard(name)
+        self.applied = {k: f for k, f in self.applied.items() if k[0] != name} | found
+        loads = [self._load(f) for f in found.values()]
+        await asyncio.wait([mv.task for mv in loads])
+        failed = [mv for mv in loads if mv.state != "READY"]
+        if failed:
+            reasons = "; ".join(f"version {mv.version}: {mv.reason}" for mv in failed)
+            raise InferdError(ErrorCode.FAILED_PRECONDITION, f"failed to load model {name!r}: {reasons}")
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving `name` (404 from now on), drain it, stop its workers; it stays unloaded
+        until loaded again through the API. Raises NOT_FOUND."""
+        if name not in self.models and not any(k[0] == name for k in self.pending):
+            raise InferdError(ErrorCode.NOT_FOUND, f"model {name!r} is not loaded")
+        self.unloaded.add(name)
+        self.applied = {k: f for k, f in self.applied.items() if k[0] != name}
+        log.info("model unloaded on request", model=name)
+        tasks = self._remove_model(name)
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def index(self) -> list[dict]:
+        """Every version known: serving, loading beside, unloading; and models on disk that are
+        not loaded, as UNAVAILABLE with the reason."""
+        rows = []
+        for mv in self.all_versions():
+            row = {"name": mv.name, "version": mv.version, "state": mv.state}
+            if mv.reason:
+                row["reason"] = mv.reason
+            if self.pending.get(mv.key) is mv:
+                row["reason"] = f"new file for the serving version: {mv.reason or mv.state.lower()}"
+            rows.append(row)
+        known = {mv.name for mv in self.all_versions()}
+        on_disk = model_names(scan(self.root))
+        for name in sorted(on_disk - known):
+            if name in self.unloaded:
+                reason = "unloaded on request"
+            elif self.explicit:
+                reason = "not loaded (models.control = explicit: load it through the repository API)"
+            else:
+                reason = "not loaded yet: waiting for its files to be complete"
+            rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason})
+        return sorted(rows, key=lambda r: (r["name"], int(r["version"] or 0)))
+
+    # -- serving -----------------------------------------------------------------------------
 
     def get(self, name: str, version: str = "") -> ModelVersion:
         """The version to serve: the named one, or the newest READY one. Raises InferdError."""
         versions = self.models.get(name)
-        if versions is None:
+        if not versions:
             raise InferdError(ErrorCode.NOT_FOUND, f"unknown model {name!r}")
         if version:
             mv = versions.get(version)
@@ -242,12 +402,16 @@ class ModelRepository:
             raise InferdError(ErrorCode.UNAVAILABLE, f"model {name!r} version {mv.version} is {mv.state}{detail}")
         return mv
 
-    def all_versions(self) -> list[ModelVersion]:
+    def serving_versions(self) -> list[ModelVersion]:
         return [v for versions in self.models.values() for v in versions.values()]
+
+    def all_versions(self) -> list[ModelVersion]:
+        """Serving, pending and retiring generations."""
+        return self.serving_versions() + list(self.pending.values()) + list(self.retiring)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for v in self.all_versions():
+        for v in self.serving_versions():
             out[v.state] = out.get(v.state, 0) + 1
         return out
 
@@ -258,7 +422,7 @@ class ModelRepository:
         """Answer every accepted request (True), or give up after `timeout` seconds (False)."""
         try:
             async with asyncio.timeout(timeout):
-                await asyncio.gather(*(v.drain() for v in self.all_versions()))
+                await asyncio.gather(*(v.queue.drain() for v in self.all_versions() if v.queue is not None))
             return True
         except TimeoutError:
             for v in self.all_versions():
@@ -266,4 +430,20 @@ class ModelRepository:
             return False
 
     async def stop(self) -> None:
+        """Cancel loads and unloads in progress and stop every worker."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(v.stop() for v in self.all_versions()))
+
+
+def _remove(gauge, *labels: str) -> None:
+    try:
+        gauge.remove(*labels)
+    except KeyError:
+        pass
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("repository task failed", error=repr(task.exception()), exc_info=task.exception())

@@ -1,7 +1,8 @@
 """The composition root: builds every part from the config and runs start -> serve -> drain -> stop.
 
     start:  bind the listeners (live, not ready), load the models directory, READY=1
-    serve:  until SIGTERM/SIGINT (or `stop` is set)
+    serve:  until SIGTERM/SIGINT (or `stop` is set), following the models directory;
+            SIGHUP: RELOADING=1, re-read the config, rescan, READY=1
     drain:  STOPPING=1, not ready, refuse new requests (503), stop accepting connections,
             answer every accepted request within server.drain_timeout_s
     stop:   close the listeners and connections, stop the workers, exit 0
@@ -14,6 +15,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpclib.server
@@ -21,6 +23,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from inferd.config.errors import ConfigError
 from inferd.config.settings import DaemonConfig, parse_address, socket_path
 from inferd.daemon import systemd
 from inferd.daemon.dataplane import DataPlane, ServerState
@@ -30,6 +33,7 @@ from inferd.daemon.http import build_app
 from inferd.daemon.metrics import Metrics
 from inferd.daemon.unix import UnixFrontEnd
 from inferd.daemon.repository import ModelRepository
+from inferd.daemon.watcher import DirectoryWatcher
 
 log = structlog.get_logger("inferd")
 
@@ -50,23 +54,41 @@ def _address_of(sock: socket.socket) -> str:
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, token: str | None = None):
+    def __init__(self, config: DaemonConfig, token: str | None = None,
+                 reread_config: Callable[[], DaemonConfig] | None = None):
         self.config = config
+        self.reread_config = reread_config  # for SIGHUP; None: the config cannot change
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.state = ServerState()
-        self.repository = ModelRepository(Path(config.models.dir), config.defaults, self.metrics)
+        models = config.models
+        self.repository = ModelRepository(Path(models.dir), config.defaults, self.metrics,
+                                          config.server.drain_timeout_s, explicit=models.control == "explicit")
+        self.watcher = self._make_watcher()
         self.dataplane = DataPlane(self.repository, self.state)
         self.access = Access(token, config.auth.open_health, self.metrics.unauthenticated)
         self.addresses: dict[str, str] = {}
         self._grpc: grpclib.server.Server | None = None
         self._unix: UnixFrontEnd | None = None
+        self._watching: asyncio.Task | None = None
+
+    def _make_watcher(self) -> DirectoryWatcher:
+        models = self.config.models
+        return DirectoryWatcher(Path(models.dir), models.control, models.settle_ms / 1000,
+                                models.poll_interval_s, publish=self.repository.apply)
+
+    def _follow_directory(self) -> None:
+        """Watch (or poll) the models directory; in explicit mode only the API changes models."""
+        if self.config.models.control != "explicit":
+            self._watching = asyncio.create_task(self.watcher.run())
 
     async def run(self, stop: asyncio.Event | None = None) -> int:
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task] = set()
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn_reload(reloads))
         started = time.monotonic()
         server = self.config.server
         runner = web.AppRunner(
@@ -85,12 +107,12 @@ class Daemon:
             except OSError as e:
                 log.error("cannot listen", error=str(e))
                 return 1
-            await self.repository.load_all()
+            self.watcher.rescan()
+            await self.repository.wait_loaded()
+            self._follow_directory()
             self.state.started = True
-            counts = self.repository.counts()
-            log.info("ready", seconds=round(time.monotonic() - started, 3), models=counts, pid=os.getpid())
-            status = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())) or "no models"
-            systemd.notify("READY=1", f"STATUS=models: {status}")
+            log.info("ready", seconds=round(time.monotonic() - started, 3), models=self.repository.counts(), pid=os.getpid())
+            systemd.notify("READY=1", self._status())
             interval = systemd.watchdog_interval()
             if interval:
                 watchdog = asyncio.create_task(systemd.keep_watchdog_fed(interval))
@@ -98,8 +120,9 @@ class Daemon:
             drained = await self._drain(runner)
             return 0
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            for task in (watchdog, self._watching, *reloads):
+                if task is not None:
+                    task.cancel()
             if self._unix is not None:
                 await self._unix.close()
             if self._grpc is not None:  # drained above: closing cancels no accepted request
@@ -107,9 +130,57 @@ class Daemon:
                 await self._grpc.wait_closed()
             await runner.cleanup()  # closes listeners, waits for handlers still writing responses
             await self.repository.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             log.info("stopped", drained=drained)
+
+    def _status(self) -> str:
+        counts = self.repository.counts()
+        return "STATUS=models: " + (", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())) or "none")
+
+    def _spawn_reload(self, reloads: set[asyncio.Task]) -> None:
+        if not self.state.ready:
+            log.warning("SIGHUP ignored: the daemon is starting or stopping")
+            return
+        task = asyncio.create_task(self.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config, apply what can change while running, rescan the models
+        directory, wait for the loads that started, READY=1. Listener, auth and TLS changes
+        need a restart (logged); an invalid config is refused and the old one kept."""
+        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        log.info("reloading")
+        new = self.config
+        if self.reread_config is not None:
+            try:
+                new = self.reread_config()
+            except ConfigError as e:
+                log.error("reload refused: invalid configuration; keeping the running one", error=str(e))
+        old, self.config = self.config, new
+        for section in ("server", "auth", "memory"):
+            if getattr(old, section) != getattr(new, section):
+                log.warning("config changes need a restart to apply", section=section)
+        if old.log != new.log:
+            from inferd.daemon import logs
+
+            logs.configure(new.log.format, new.log.level)
+        if old.models != new.models:
+            if self._watching is not None:
+                self._watching.cancel()
+                self._watching = None
+            self.repository.root = Path(new.models.dir)
+            self.repository.explicit = new.models.control == "explicit"
+            self.watcher = self._make_watcher()
+            self._follow_directory()
+        if old.defaults != new.defaults:
+            self.repository.reload_all(new.defaults)
+        if new.models.control != "explicit":
+            self.watcher.rescan()
+        await self.repository.wait_loaded()
+        log.info("reloaded", models=self.repository.counts())
+        systemd.notify("READY=1", self._status())
 
     async def _start_sites(self, runner: web.AppRunner) -> None:
         server = self.config.server

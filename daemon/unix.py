@@ -121,8 +121,8 @@ class _Connection(asyncio.Protocol):
         if type(request_id) is not int or request_id < 0:
             return self._error(0, _bad("every request needs an unsigned integer 'id'"))
         op = msg.get("op")
-        if op == "infer":
-            task = asyncio.get_running_loop().create_task(self._infer(request_id, msg))
+        if op in ("infer", "load", "unload"):  # these wait (on the queue or a load): own task
+            task = asyncio.get_running_loop().create_task(self._call(request_id, op, msg))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
             if len(self._tasks) >= MAX_INFLIGHT and not self._paused:
@@ -140,11 +140,19 @@ class _Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
 
-    async def _infer(self, request_id: int, msg: dict) -> None:
+    async def _call(self, request_id: int, op: str, msg: dict) -> None:
+        dp = self.front.dataplane
         try:
-            model, version, request = decode_infer(msg)
-            response = await self.front.dataplane.infer(model, version, request, "unix")
-            self._reply({"id": request_id, "ok": True, **encode_infer(response)})
+            if op == "infer":
+                model, version, request = decode_infer(msg)
+                response = await dp.infer(model, version, request, "unix")
+                self._reply({"id": request_id, "ok": True, **encode_infer(response)})
+                return
+            model = _field(msg, "model", str, "")
+            if not model:
+                raise _bad(f"op {op!r} needs a 'model'")
+            await (dp.load_model(model) if op == "load" else dp.unload_model(model))
+            self._reply({"id": request_id, "ok": True})
         except InferdError as e:
             self._error(request_id, e)
         except Exception as e:  # a bug must still answer the caller
@@ -189,7 +197,7 @@ class UnixFrontEnd:
         if op == "model_metadata":
             return dp.model_metadata(_field(msg, "model", str, ""), _field(msg, "version", str, ""))
         if op == "models":
-            return {"models": dp.repository_index()}
+            return {"models": dp.repository_index(_field(msg, "ready", bool, False))}
         raise InferdError(ErrorCode.UNIMPLEMENTED, f"unknown op {op!r}")
 
     async def start(self, path: str, group: str) -> None:

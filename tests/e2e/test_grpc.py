@@ -131,13 +131,21 @@ async def test_bad_requests_get_the_mapped_status_and_the_next_one_is_served(grp
     assert reply.model_name == "add_sub"
 
 
-async def test_repository_index_and_unimplemented_load(grpc_address):
+async def test_repository_index_and_refused_loads(grpc_address):
     index = await _call(grpc_address, "RepositoryIndex", pb.RepositoryIndexRequest())
     states = {m.name: (m.state, m.reason) for m in index.models}
     assert states["mlp"][0] == "READY" and states["corrupt"][0] == "FAILED" and states["corrupt"][1]
+    ready = await _call(grpc_address, "RepositoryIndex", pb.RepositoryIndexRequest(ready=True))
+    assert "mlp" in {m.name for m in ready.models} and "corrupt" not in {m.name for m in ready.models}
     with pytest.raises(GRPCError) as e:
-        await _call(grpc_address, "RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="mlp"))
-    assert e.value.status is Status.UNIMPLEMENTED
+        await _call(grpc_address, "RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="nope"))
+    assert e.value.status is Status.NOT_FOUND and "no model 'nope'" in e.value.message
+    with pytest.raises(GRPCError) as e:
+        await _call(grpc_address, "RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="corrupt"))
+    assert e.value.status is Status.FAILED_PRECONDITION and "failed to load model 'corrupt'" in e.value.message
+    with pytest.raises(GRPCError) as e:
+        await _call(grpc_address, "RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name="nope"))
+    assert e.value.status is Status.NOT_FOUND
 
 
 def test_tritonclient_sees_errors_as_exceptions(grpc_address):

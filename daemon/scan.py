@@ -1,0 +1,203 @@
+"""What the models directory holds, as pure functions over snapshots.
+
+Layouts (DESIGN.md):
+    models/<name>.<ext>                        version 1 of <name>
+    models/<name>/<version>/model.<ext>        full form, with optional models/<name>/config.toml
+
+`scan()` reads the directory into a Snapshot: the versions to serve, chosen by each model's
+version policy, keyed by (name, version), with a stamp (size, mtime, inode) of every file so a
+changed file is seen as a change. Files that are not complete yet (still written, or changed
+too recently) are left out by the `complete` predicate the watcher passes; `settled()` then
+keeps the previous entry for them, so a file being rewritten never unloads what serves.
+`diff()` says what changed between two snapshots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from inferd.backends import MODEL_EXTENSIONS
+from inferd.config.errors import ConfigError
+from inferd.config.settings import ModelSettings, VersionPolicy, load_model_config
+
+log = structlog.get_logger("inferd.repository")
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+Key = tuple[str, str]  # (model name, version)
+Complete = Callable[[Path], bool]
+
+
+def ignored(name: str) -> bool:
+    """Hidden files and files still being written are never models."""
+    return name.startswith(".") or name.endswith((".tmp", ".part"))
+
+
+def _stamp(path: Path | None) -> tuple:
+    if path is None:
+        return ()
+    try:
+        st = path.stat()
+    except OSError:
+        return ()
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """One model version as found on disk; `problem` set when it cannot be loaded as laid out."""
+
+    name: str
+    version: str
+    path: Path | None
+    config_path: Path | None = None
+    problem: str = ""
+    file_stamp: tuple = ()
+    config_stamp: tuple = ()
+
+    @property
+    def key(self) -> Key:
+        return (self.name, self.version)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return tuple(p for p in (self.path, self.config_path) if p is not None)
+
+
+Snapshot = dict[Key, Found]
+
+
+def _always(path: Path) -> bool:
+    return True
+
+
+def scan(root: Path, complete: Complete = _always, only: str | None = None) -> Snapshot:
+    """The versions to serve of every model under `root` (or of model `only`)."""
+    found: Snapshot = {}
+    defined_by: dict[str, Path] = {}
+    if not root.is_dir():
+        return found
+    for entry in sorted(root.iterdir()):
+        if ignored(entry.name):
+            continue
+        if entry.is_file():
+            name, dot, ext = entry.name.rpartition(".")
+            if not dot or ext not in MODEL_EXTENSIONS:
+                continue
+            if only is not None and name != only or not complete(entry):
+                continue
+            items = [Found(name, "1", entry, file_stamp=_stamp(entry))]
+        elif entry.is_dir():
+            name = entry.name
+            if only is not None and name != only:
+                continue
+            items = _scan_model_dir(entry, complete)
+        else:
+            continue
+        if not items:
+            continue
+        if not MODEL_NAME.fullmatch(name):
+            log.warning("skipping a model with an invalid name", path=str(entry), rule="[A-Za-z0-9_.-]+")
+            continue
+        if name in defined_by:
+            problem = f"both {defined_by[name]} and {entry} define model {name!r}"
+            for key in [k for k in found if k[0] == name]:
+                del found[key]
+            items = [Found(name, "1", None, problem=problem)]
+        defined_by[name] = entry
+        for item in items:
+            found[item.key] = item
+    return found
+
+
+def _scan_model_dir(directory: Path, complete: Complete) -> list[Found]:
+    """The selected versions of one model directory. A version whose file is not complete yet
+    is left out (so the policy picks among complete ones); a config.toml that is not complete
+    leaves the whole model out until it is."""
+    config = directory / "config.toml"
+    config_path = config if config.is_file() else None
+    if config_path is not None and not complete(config_path):
+        return []
+    config_stamp = _stamp(config_path)
+    versions: dict[int, list[Path]] = {}
+    for vdir in directory.iterdir():
+        if not (vdir.is_dir() and vdir.name.isdigit()):
+            continue
+        files = [f for f in vdir.iterdir()
+                 if f.stem == "model" and f.suffix[1:] in MODEL_EXTENSIONS and not ignored(f.name) and f.is_file()]
+        if files and all(complete(f) for f in files):
+            versions[int(vdir.name)] = files
+    if not versions:
+        return []  # empty, or still being copied: not a model yet
+    try:
+        policy = load_model_config(config_path, ModelSettings()).version_policy
+    except ConfigError:
+        # Never drop a serving version over a broken config.toml: every version stays
+        # selected, and loading them reports the config's error.
+        policy = VersionPolicy(all=True)
+    out = []
+    for number in policy.select(list(versions)):
+        files = versions[number]
+        if len(files) != 1:
+            problem = f"{directory / str(number)} must hold exactly one model.<ext>, found {len(files)}"
+            out.append(Found(directory.name, str(number), None, config_path, problem, config_stamp=config_stamp))
+        else:
+            out.append(Found(directory.name, str(number), files[0], config_path,
+                             file_stamp=_stamp(files[0]), config_stamp=config_stamp))
+    return out
+
+
+def settled(previous: Snapshot, current: Snapshot, complete: Complete) -> Snapshot:
+    """`current`, except that a version whose files are in flux keeps its `previous` entry: one
+    being rewritten is left out of `current` by scan(), and one removed moments ago may be a
+    delete-then-copy replace, so neither counts until its files have settled."""
+    out = dict(current)
+    for key, old in previous.items():
+        if key not in current and not all(complete(p) for p in old.files):
+            out[key] = old
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    kind: str  # "added" | "removed" | "file changed" | "config changed"
+    found: Found  # the new entry (the old one for "removed")
+
+
+def diff(old: Snapshot, new: Snapshot) -> list[Change]:
+    """What turned `old` into `new`, per (model, version)."""
+    changes = []
+    for key, found in new.items():
+        before = old.get(key)
+        if before is None:
+            changes.append(Change("added", found))
+        elif (before.path, before.file_stamp, before.problem) != (found.path, found.file_stamp, found.problem):
+            changes.append(Change("file changed", found))
+        elif (before.config_path, before.config_stamp) != (found.config_path, found.config_stamp):
+            changes.append(Change("config changed", found))
+    changes.extend(Change("removed", found) for key, found in old.items() if key not in new)
+    return changes
+
+
+def model_names(snapshot: Snapshot) -> set[str]:
+    return {name for name, _ in snapshot}
+
+
+def file_stamps(root: Path) -> dict[Path, tuple]:
+    """Every file under `root` down to version directories, with its stamp: polling compares
+    these to see what changed and when."""
+    stamps: dict[Path, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        depth = len(Path(dirpath).relative_to(root).parts)
+        if depth >= 2:
+            dirnames.clear()
+        for name in filenames:
+            path = Path(dirpath, name)
+            stamps[path] = _stamp(path)
+    return stamps

@@ -1,0 +1,196 @@
+"""Watches the models directory and publishes settled snapshots of it.
+
+A file counts only once it is complete: moved into place or closed after writing, and then
+unchanged for `settle_s`. With inotify (models.control = "watch") a file that was written to and
+not yet closed is never complete, however long its writer pauses; with polling ("poll", or
+where inotify cannot be used) a file is complete once its size, mtime and inode have not changed
+for `settle_s`, so there the settle time must outlast a writer's pauses (or copy to a `.part`
+name and rename it into place, which is always safe).
+
+The watcher only decides *when* to look; what changed is worked out by scan.diff() on the
+snapshots it publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from asyncinotify import Inotify, Mask
+
+from inferd.daemon.scan import Snapshot, file_stamps, scan, settled
+
+log = structlog.get_logger("inferd.watcher")
+
+_MASK = (
+    Mask.CREATE | Mask.MODIFY | Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.DELETE
+    | Mask.ATTRIB | Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.ONLYDIR
+)
+_GONE = Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.IGNORED
+_MODEL_DEPTH = 2  # root/<model>/<version>/: the deepest directory that holds model files
+
+
+class DirectoryWatcher:
+    def __init__(self, root: Path, mode: str, settle_s: float, poll_interval_s: float,
+                 publish: Callable[[Snapshot], None]):
+        self.root = root
+        self.mode = mode  # "watch" | "poll"
+        self.settle_s = settle_s
+        self.poll_interval_s = poll_interval_s
+        self.publish = publish
+        self.snapshot: Snapshot = {}
+        self._last_change: dict[Path, float] = {}
+        self._writing: set[Path] = set()  # modified and not yet closed
+        self._unsettled: set[Path] = set()  # changed since last seen complete
+        self._stamps: dict[Path, tuple] | None = None  # polling only
+
+    def complete(self, path: Path) -> bool:
+        """Not being written, and neither it nor a directory above it (one moved or created in)
+        changed within the settle time."""
+        if path in self._writing:
+            return False
+        now = time.monotonic()
+        for p in (path, *path.parents):
+            changed = self._last_change.get(p)
+            if changed is not None and now - changed < self.settle_s:
+                return False
+            if p == self.root:
+                break
+        return True
+
+    def rescan(self) -> None:
+        """Look now (the initial load, SIGHUP, a settle timer coming due) and publish."""
+        if self._stamps is not None:
+            self._note_polled_changes()
+        self.snapshot = settled(self.snapshot, scan(self.root, self.complete), self.complete)
+        self._unsettled = {p for p in self._unsettled if not self.complete(p)}
+        now = time.monotonic()
+        self._last_change = {p: t for p, t in self._last_change.items() if now - t < self.settle_s or p in self._unsettled}
+        self.publish(self.snapshot)
+
+    def _changed(self, path: Path, now: float) -> None:
+        self._last_change[path] = now
+        self._unsettled.add(path)
+
+    def _next_due(self) -> float | None:
+        """Seconds until the earliest changed file settles (None: nothing to wait for)."""
+        times = [self._last_change[p] for p in self._unsettled if p not in self._writing and p in self._last_change]
+        if not times:
+            return None
+        return max(0.0, min(times) + self.settle_s - time.monotonic())
+
+    async def run(self) -> None:
+        if self.mode == "watch":
+            try:
+                await self._watch()
+                return
+            except OSError as e:  # no inotify here, or out of watches (fs.inotify.max_user_watches)
+                log.warning("inotify is unavailable; polling the models directory instead",
+                            error=str(e), interval_s=self.poll_interval_s)
+        await self._poll()
+
+    # -- polling -----------------------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        self._stamps = self._stamps if self._stamps is not None else file_stamps(self.root)
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            self.rescan()
+
+    def _note_polled_changes(self) -> None:
+        stamps = file_stamps(self.root) if self.root.is_dir() else {}
+        now = time.monotonic()
+        for path in stamps.keys() | self._stamps.keys():
+            if stamps.get(path) != self._stamps.get(path):
+                self._changed(path, now)
+        self._stamps = stamps
+
+    # -- inotify -----------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            appeared = await self._wait_for_root()
+            with Inotify() as inotify:
+                root_watch = inotify.add_watch(self.root, _MASK)
+                # Files present at start load at once; in a directory that appeared later they settle.
+                self._watch_tree(inotify, self.root, 0, time.monotonic(), mark=appeared)
+                self.rescan()  # whatever arrived before the watches were in place
+                while True:
+                    due = self._next_due()
+                    try:
+                        async with asyncio.timeout(due):
+                            event = await inotify.get()
+                    except TimeoutError:
+                        self.rescan()
+                        continue
+                    if event.watch is root_watch and event.mask & _GONE:
+                        log.warning("the models directory is gone; waiting for it", path=str(self.root))
+                        self.rescan()
+                        break
+                    self._record(inotify, event)
+
+    def _record(self, inotify: Inotify, event) -> None:
+        now = time.monotonic()
+        if event.mask & Mask.Q_OVERFLOW:  # events were lost: treat everything as just changed
+            self._writing.clear()
+            for path in file_stamps(self.root):
+                self._changed(path, now)
+            return
+        path = event.path
+        if path is None or event.mask & Mask.IGNORED:
+            return
+        if event.mask & Mask.ISDIR:
+            if event.mask & (Mask.CREATE | Mask.MOVED_TO):
+                depth = len(path.relative_to(self.root).parts)
+                if depth <= _MODEL_DEPTH:
+                    self._watch_tree(inotify, path, depth, now, mark=True)
+            self._changed(path, now)
+            return
+        if event.mask & Mask.MODIFY:
+            self._writing.add(path)
+        if event.mask & (Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.DELETE):
+            self._writing.discard(path)
+        self._changed(path, now)
+
+    def _watch_tree(self, inotify: Inotify, directory: Path, depth: int, now: float, mark: bool) -> None:
+        """Watch `directory`'s subdirectories down to version directories. With `mark`, files
+        already inside (a directory moved or copied in) count as just changed."""
+        if depth > 0:
+            inotify.add_watch(directory, _MASK)
+        try:
+            entries = list(directory.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            if entry.is_dir():
+                if depth < _MODEL_DEPTH:
+                    self._watch_tree(inotify, entry, depth + 1, now, mark)
+            elif mark:
+                self._changed(entry, now)
+
+    async def _wait_for_root(self) -> bool:
+        """Until the models directory exists: watch its nearest existing ancestor. True if it
+        had to wait."""
+        announced = False
+        while not self.root.is_dir():
+            if not announced:
+                log.warning("the models directory does not exist (yet); waiting for it", path=str(self.root))
+                announced = True
+            ancestor = self.root.parent
+            while not ancestor.is_dir():
+                ancestor = ancestor.parent
+            with Inotify() as inotify:
+                inotify.add_watch(ancestor, Mask.CREATE | Mask.MOVED_TO | Mask.ONLYDIR)
+                if self.root.is_dir():
+                    break
+                try:
+                    async with asyncio.timeout(5.0):  # also re-checks if an ancestor is replaced
+                        await inotify.get()
+                except TimeoutError:
+                    pass
+        if announced:
+            log.info("the models directory appeared", path=str(self.root))
+        return announced
