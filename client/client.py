@@ -112,6 +112,14 @@ class Client:
         """Every model version: {name, version, state, reason?}."""
         return self._transport.call("models", {})["models"]
 
+    def load(self, model: str) -> None:
+        """Load `model` (again) from the models directory; returns once it serves."""
+        self._transport.call("load", {"model": model})
+
+    def unload(self, model: str) -> None:
+        """Stop serving `model`; returns once its accepted requests are answered."""
+        self._transport.call("unload", {"model": model})
+
     def close(self) -> None:
         self._transport.close()
 
@@ -156,6 +164,12 @@ class AsyncClient:
 
     async def models(self) -> list[dict]:
         return (await self._transport.call("models", {}))["models"]
+
+    async def load(self, model: str) -> None:
+        await self._transport.call("load", {"model": model})
+
+    async def unload(self, model: str) -> None:
+        await self._transport.call("unload", {"model": model})
 
     async def close(self) -> None:
         await self._transport.close()

@@ -54,6 +54,8 @@ def build(op: str, fields: dict) -> tuple[str, str, bytes | None, dict]:
         return "GET", _model_path(fields), None, {}
     if op == "models":
         return "POST", "/v2/repository/index", None, {}
+    if op in ("load", "unload"):
+        return "POST", "/v2/repository/models/" + quote(fields["model"], safe="") + "/" + op, None, {}
     if op == "infer":
         return "POST", _model_path(fields) + "/infer", *_infer_body(fields)
     raise ValueError(f"unknown operation {op!r}")
@@ -89,6 +91,8 @@ def parse(op: str, status: int, headers, body: bytes) -> dict:
     try:
         if op == "infer":
             return _infer_result(headers, body)
+        if op in ("load", "unload"):
+            return {}
         doc = json.loads(body)
         return {"models": doc} if op == "models" else doc
     except (ValueError, KeyError, TypeError) as e:

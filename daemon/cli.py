@@ -23,7 +23,45 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-socket", metavar="PATH", help="V2 REST on a Unix socket too [server.http_socket]")
     serve.add_argument("--log-format", choices=["auto", "json", "console", "journal"], help="[log.format]")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="[log.level]")
+    models = commands.add_parser("models", help="list the models of a running daemon, or load/unload one")
+    models.add_argument("action", nargs="?", choices=["list", "load", "unload"], default="list")
+    models.add_argument("name", nargs="?", help="the model to load or unload")
+    models.add_argument("--socket", metavar="PATH", help="the daemon's Unix socket (default: as `serve` picks it)")
+    models.add_argument("--url", metavar="URL", help="the daemon's HTTP address instead, e.g. http://127.0.0.1:8000")
+    models.add_argument("--token-file", metavar="FILE", help="bearer token for --url")
+    models.add_argument("--cafile", metavar="FILE", help="certificate(s) to trust for an https:// --url")
     return parser
+
+
+def format_models(rows: list[dict]) -> str:
+    """The repository index as a table, one line per model version."""
+    header = ("MODEL", "VERSION", "STATE", "REASON")
+    lines = [header] + [(r["name"], r["version"] or "-", r["state"], r.get("reason", "")) for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(3)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line[:3], widths)) + ("  " + line[3] if line[3] else "")
+        for line in lines
+    ).rstrip()
+
+
+def _models_command(args: argparse.Namespace) -> int:
+    from inferd.client import Client, InferdClientError
+
+    if args.action != "list" and not args.name:
+        print(f"inferd models {args.action}: name the model", file=sys.stderr)
+        return 2
+    try:
+        token = open(args.token_file).read().strip() if args.token_file else None
+        with Client(socket=args.socket, url=args.url, token=token, cafile=args.cafile, timeout=600) as client:
+            if args.action == "list":
+                print(format_models(client.models()))
+            else:
+                getattr(client, args.action)(args.name)
+                print(f"{args.name}: {args.action}ed")
+    except (InferdClientError, OSError, ValueError) as e:
+        print(f"inferd models: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -45,6 +83,8 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "models":
+        return _models_command(args)
     try:
         config = load_daemon_config(args.config, overrides=_overrides(args))
         token = read_token(config.auth)

@@ -98,7 +98,7 @@ class ModelVersion:
         if self.state == "LOADING":  # not retired meanwhile
             self._metrics.model_load_seconds.labels(self.name, self.version).set(seconds)
             log.info("model loaded", model=self.name, version=self.version, seconds=round(seconds, 3),
-                     workers=self.worker_count)
+                     pids=self.pool.pids)
             self._set_state("READY")
 
     async def _load(self, defaults: ModelSettings) -> None:

@@ -77,10 +77,18 @@ class Daemon:
         return DirectoryWatcher(Path(models.dir), models.control, models.settle_ms / 1000,
                                 models.poll_interval_s, publish=self.repository.apply)
 
-    def _follow_directory(self) -> None:
-        """Watch (or poll) the models directory; in explicit mode only the API changes models."""
-        if self.config.models.control != "explicit":
-            self._watching = asyncio.create_task(self.watcher.run())
+    async def _follow_directory(self) -> None:
+        """Publish the first snapshot of the models directory, and keep watching (or polling)
+        it; in explicit mode only the repository API changes models after that."""
+        if self.config.models.control == "explicit":
+            self.watcher.rescan()
+            return
+        self._watching = asyncio.create_task(self.watcher.run())
+        started = asyncio.create_task(self.watcher.started.wait())
+        await asyncio.wait([self._watching, started], return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if self._watching.done():
+            self._watching.result()  # the watcher failed: say why
 
     async def run(self, stop: asyncio.Event | None = None) -> int:
         stop = stop or asyncio.Event()
@@ -107,9 +115,8 @@ class Daemon:
             except OSError as e:
                 log.error("cannot listen", error=str(e))
                 return 1
-            self.watcher.rescan()
+            await self._follow_directory()
             await self.repository.wait_loaded()
-            self._follow_directory()
             self.state.started = True
             log.info("ready", seconds=round(time.monotonic() - started, 3), models=self.repository.counts(), pid=os.getpid())
             systemd.notify("READY=1", self._status())
@@ -173,7 +180,7 @@ class Daemon:
             self.repository.root = Path(new.models.dir)
             self.repository.explicit = new.models.control == "explicit"
             self.watcher = self._make_watcher()
-            self._follow_directory()
+            await self._follow_directory()
         if old.defaults != new.defaults:
             self.repository.reload_all(new.defaults)
         if new.models.control != "explicit":

@@ -46,13 +46,15 @@ class DirectoryWatcher:
         self._writing: set[Path] = set()  # modified and not yet closed
         self._unsettled: set[Path] = set()  # changed since last seen complete
         self._stamps: dict[Path, tuple] | None = None  # polling only
+        self.started = asyncio.Event()  # set once the first snapshot is published
+        self._scan_time = time.monotonic()  # one instant per rescan: a file cannot settle mid-way
 
     def complete(self, path: Path) -> bool:
         """Not being written, and neither it nor a directory above it (one moved or created in)
         changed within the settle time."""
         if path in self._writing:
             return False
-        now = time.monotonic()
+        now = self._scan_time
         for p in (path, *path.parents):
             changed = self._last_change.get(p)
             if changed is not None and now - changed < self.settle_s:
@@ -63,11 +65,11 @@ class DirectoryWatcher:
 
     def rescan(self) -> None:
         """Look now (the initial load, SIGHUP, a settle timer coming due) and publish."""
+        self._scan_time = now = time.monotonic()
         if self._stamps is not None:
             self._note_polled_changes()
         self.snapshot = settled(self.snapshot, scan(self.root, self.complete), self.complete)
         self._unsettled = {p for p in self._unsettled if not self.complete(p)}
-        now = time.monotonic()
         self._last_change = {p: t for p, t in self._last_change.items() if now - t < self.settle_s or p in self._unsettled}
         self.publish(self.snapshot)
 
@@ -81,6 +83,13 @@ class DirectoryWatcher:
         if not times:
             return None
         return max(0.0, min(times) + self.settle_s - time.monotonic())
+
+    def _first_scan(self) -> None:
+        """Files present at start load at once (with inotify, after the watches are in place, so
+        that nothing written meanwhile is missed)."""
+        if not self.started.is_set():
+            self.rescan()
+            self.started.set()
 
     async def run(self) -> None:
         if self.mode == "watch":
@@ -96,13 +105,14 @@ class DirectoryWatcher:
 
     async def _poll(self) -> None:
         self._stamps = self._stamps if self._stamps is not None else file_stamps(self.root)
+        self._first_scan()
         while True:
             await asyncio.sleep(self.poll_interval_s)
             self.rescan()
 
     def _note_polled_changes(self) -> None:
         stamps = file_stamps(self.root) if self.root.is_dir() else {}
-        now = time.monotonic()
+        now = self._scan_time
         for path in stamps.keys() | self._stamps.keys():
             if stamps.get(path) != self._stamps.get(path):
                 self._changed(path, now)
@@ -112,12 +122,15 @@ class DirectoryWatcher:
 
     async def _watch(self) -> None:
         while True:
-            appeared = await self._wait_for_root()
+            if not self.root.is_dir():
+                self._first_scan()
+                await self._wait_for_root()
             with Inotify() as inotify:
                 root_watch = inotify.add_watch(self.root, _MASK)
-                # Files present at start load at once; in a directory that appeared later they settle.
-                self._watch_tree(inotify, self.root, 0, time.monotonic(), mark=appeared)
-                self.rescan()  # whatever arrived before the watches were in place
+                # In a directory that appeared later, files already inside must settle first.
+                self._watch_tree(inotify, self.root, 0, time.monotonic(), mark=self.started.is_set())
+                self._first_scan()
+                self.rescan()
                 while True:
                     due = self._next_due()
                     try:
@@ -171,9 +184,8 @@ class DirectoryWatcher:
             elif mark:
                 self._changed(entry, now)
 
-    async def _wait_for_root(self) -> bool:
-        """Until the models directory exists: watch its nearest existing ancestor. True if it
-        had to wait."""
+    async def _wait_for_root(self) -> None:
+        """Until the models directory exists: watch its nearest existing ancestor."""
         announced = False
         while not self.root.is_dir():
             if not announced:
@@ -193,4 +205,3 @@ class DirectoryWatcher:
                     pass
         if announced:
             log.info("the models directory appeared", path=str(self.root))
-        return announced

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 from pathlib import Path
 
 
@@ -88,6 +89,13 @@ class DaemonProcess:
             if event.get("event") == name:
                 out.append(event)
         return out
+
+    def http_get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return response.read()
+
+    def http_json(self, path: str):
+        return json.loads(self.http_get(path))
 
     @property
     def address(self) -> tuple[str, int]:
