@@ -431,10 +431,11 @@ class ModelRepository:
 
     async def stop(self) -> None:
         """Cancel loads and unloads in progress and stop every worker."""
+        generations = self.all_versions()  # before the cancelled unloads forget theirs
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(v.stop() for v in self.all_versions()))
+        await asyncio.gather(*(v.stop() for v in generations))
 
 
 def _remove(gauge, *labels: str) -> None:

@@ -114,6 +114,9 @@ class WorkerHandle:
         except TimeoutError:
             await self.kill()
             raise LoadFailed(f"the model did not load within {timeout:g} s") from None
+        except asyncio.CancelledError:  # the load was abandoned (e.g. the daemon is stopping)
+            await self.kill()
+            raise
         finally:
             self._load_reply = None
         if reply is None:
@@ -174,7 +177,8 @@ class WorkerHandle:
             self._close()
             return
         try:
-            self._transport.writelines(ipc.encode({"type": ipc.STOP}))
+            if self._transport is not None and not self._transport.is_closing():  # else: already leaving
+                self._transport.writelines(ipc.encode({"type": ipc.STOP}))
             async with asyncio.timeout(timeout):
                 await self.process.wait()
         except (TimeoutError, ConnectionError):

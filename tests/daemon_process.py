@@ -32,7 +32,7 @@ class DaemonProcess:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(self.notify_path)
         self.messages: list[str] = []
-        self._listening = threading.Event()
+        self._ready_logged = threading.Event()
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "inferd.daemon", "serve", "--models", str(self.models),
@@ -51,9 +51,10 @@ class DaemonProcess:
         try:
             if not self.wait_for("READY=1", timeout):
                 raise RuntimeError("daemon did not become ready:\n" + "\n".join(self.lines[-30:]))
-            # The "listening" line was written before READY=1; wait until the reader thread has it.
-            if not self._listening.wait(timeout):
-                raise RuntimeError("no listening event in the daemon's log")
+            # The log up to the "ready" event was written before READY=1; wait until the reader
+            # thread has it, so that events() sees every listener and initial load.
+            if not self._ready_logged.wait(timeout):
+                raise RuntimeError("no ready event in the daemon's log")
         except BaseException:
             self.stop()
             raise
@@ -64,8 +65,8 @@ class DaemonProcess:
     def _collect(self) -> None:
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
-            if '"event":"listening"' in line and '"frontend":"http"' in line:
-                self._listening.set()
+            if '"event":"ready"' in line:  # logged after every listener and initial load
+                self._ready_logged.set()
 
     def wait_for(self, message: str, timeout: float) -> bool:
         """Read notify datagrams until one carries `message`; False on timeout or daemon exit."""

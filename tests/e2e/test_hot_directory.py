@@ -64,6 +64,15 @@ def served_offset(client: Client, model: str, version: str = "") -> int | None:
         return None
 
 
+async def loaded(d: DaemonProcess, model: str, count: int = 1) -> list[dict]:
+    """The model's "model loaded" events, once `count` of them are in the log (the log is read
+    by a thread, so READY=1 may arrive before the line does)."""
+    def events():
+        found = [e for e in d.events("model loaded") if e["model"] == model]
+        return found if len(found) >= count else None
+    return await eventually(events, 30, f"{count} load(s) of {model} in the log")
+
+
 def model_events(d: DaemonProcess, model: str) -> list[dict]:
     return [e for e in d.events("model state") if e["model"] == model]
 
@@ -103,9 +112,8 @@ async def test_replacing_a_model_ten_times_under_load_fails_no_request(tmp_path)
         for a in answers:  # traffic switched once per replace and never went back
             assert a == sorted(a) and set(a) <= set(range(11))
         # Old generations drained and stopped: one worker is left, the serving one's.
-        loaded = [e for e in d.events("model loaded") if e["model"] == "addsub"]
-        assert len(loaded) == 11
-        await eventually(lambda: children(d.proc.pid) == set(loaded[-1]["pids"]), 30, "old workers to exit")
+        loads = await loaded(d, "addsub", 11)
+        await eventually(lambda: children(d.proc.pid) == set(loads[-1]["pids"]), 30, "old workers to exit")
 
 
 async def test_a_file_copied_slowly_is_loaded_only_once_complete(tmp_path):
@@ -126,7 +134,8 @@ async def test_a_file_copied_slowly_is_loaded_only_once_complete(tmp_path):
                 assert [r["state"] for r in rows(client, "big")] == ["UNAVAILABLE"]
         await eventually(lambda: client.ready("big") if rows(client, "big")[0]["state"] == "READY" else False,
                          what="big to load")
-        assert [e["state"] for e in model_events(d, "big")] == ["LOADING", "READY"]
+        await eventually(lambda: [e["state"] for e in model_events(d, "big")] == ["LOADING", "READY"], 10,
+                         "exactly one load of big, after the copy")
         out = client.infer("big", {"input": np.ones((2, 512), np.float32)})
         assert out["output"].shape == (2, 10)
 
@@ -161,7 +170,7 @@ async def test_a_deleted_model_drains_then_404_and_its_worker_exits(tmp_path):
     make_models.build_slow(models / "slow.onnx")
     place(models / "other.onnx")
     with DaemonProcess(models, env=FAST) as d:
-        pid = next(e["pids"][0] for e in d.events("model loaded") if e["model"] == "slow")
+        pid = (await loaded(d, "slow"))[0]["pids"][0]
         batch = np.ones((64, 1024), np.float32)
         async with AsyncClient(socket=d.socket_path) as client:
             calls = [asyncio.create_task(client.infer("slow", {"x": batch})) for _ in range(8)]
@@ -175,8 +184,8 @@ async def test_a_deleted_model_drains_then_404_and_its_worker_exits(tmp_path):
             assert e.value.code == "not_found"
             assert offset_of(await client.infer("other", {"INPUT0": A, "INPUT1": B})) == 0
             assert [r["name"] for r in await client.models()] == ["other"]
-        states = [e["state"] for e in model_events(d, "slow")]
-        assert states == ["LOADING", "READY", "UNLOADING", "UNLOADED"]
+        await eventually(lambda: [e["state"] for e in model_events(d, "slow")] == ["LOADING", "READY", "UNLOADING", "UNLOADED"],
+                         10, "the state changes of slow in the log")
 
 
 async def test_a_models_directory_created_after_start_is_picked_up(tmp_path):
@@ -216,7 +225,7 @@ async def test_unload_and_load_through_the_api_and_the_cli(tmp_path):
     models = tmp_path / "models"
     path = place(models / "m.onnx", offset=1)
     with DaemonProcess(models, env=FAST) as d, Client(url=d.url) as client:
-        pid = next(e["pids"][0] for e in d.events("model loaded") if e["model"] == "m")
+        pid = (await loaded(d, "m"))[0]["pids"][0]
         client.unload("m")
         assert not os.path.exists(f"/proc/{pid}")  # unload answers once the workers are gone
         assert rows(client, "m") == [{"name": "m", "version": "", "state": "UNAVAILABLE", "reason": "unloaded on request"}]
@@ -295,6 +304,36 @@ async def test_sighup_rereads_the_config_and_rescans(tmp_path):
         config.write_text("[defaults]\nmax_batch_size = -1\n")
         d.proc.send_signal(signal.SIGHUP)
         assert d.wait_for("READY=1", 30)
-        assert any("reload refused" in line for line in d.lines)
+        await eventually(lambda: any("reload refused" in line for line in d.lines), 10, "the refusal in the log")
         assert d.http_json("/v2/models/m/config")["max_batch_size"] == 16
-        assert d.terminate() == 0
+        assert d.terminate() == 0, "\n".join(d.lines[-25:])
+
+
+async def test_tritonclient_repository_calls_over_http_and_grpc(tmp_path):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    models = tmp_path / "models"
+    place(models / "m.onnx", offset=3)
+    with DaemonProcess(models, env={**FAST, "INFERD_MODELS_CONTROL": "explicit"}) as d:
+        grpc_address = (await eventually(lambda: [e["address"] for e in d.events("listening") if e["frontend"] == "grpc"]))[0]
+        clients = [httpclient.InferenceServerClient(d.url.removeprefix("http://")),
+                   grpcclient.InferenceServerClient(grpc_address)]
+        try:
+            for client in clients:
+                client.unload_model("m")
+                with pytest.raises(InferenceServerException) as e:
+                    client.get_model_metadata("m")
+                assert "unknown model 'm'" in e.value.message()
+                client.load_model("m")
+                assert client.is_model_ready("m")
+                with pytest.raises(InferenceServerException) as e:
+                    client.load_model("absent")
+                assert "no model 'absent'" in e.value.message()
+            index = clients[1].get_model_repository_index()
+            assert [(m.name, m.version, m.state) for m in index.models] == [("m", "1", "READY")]
+            assert clients[0].get_model_repository_index() == [{"name": "m", "version": "1", "state": "READY"}]
+        finally:
+            for client in clients:
+                client.close()

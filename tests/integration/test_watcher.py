@@ -1,0 +1,108 @@
+"""The directory watcher in-process, on real files with real inotify: what it publishes, when."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+from inferd.daemon import watcher as watcher_module
+from inferd.daemon.watcher import DirectoryWatcher
+
+SETTLE = 0.1
+
+
+class Published:
+    def __init__(self):
+        self.snapshots: list[dict] = []
+
+    def __call__(self, snapshot) -> None:
+        self.snapshots.append(dict(snapshot))
+
+    def keys(self) -> set:
+        return set(self.snapshots[-1]) if self.snapshots else set()
+
+
+async def until(condition, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def watching(tmp_path):
+    published = Published()
+    w = DirectoryWatcher(tmp_path, "watch", SETTLE, 1.0, published)
+    task = asyncio.create_task(w.run())
+    await w.started.wait()
+    yield tmp_path, published
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_file_open_for_writing_is_not_published_however_long_the_pauses(watching):
+    root, published = watching
+    with open(root / "m.onnx", "wb") as f:
+        for _ in range(4):
+            f.write(b"x" * 100_000)
+            f.flush()
+            await asyncio.sleep(3 * SETTLE)
+            assert ("m", "1") not in published.keys()
+    await until(lambda: ("m", "1") in published.keys())
+
+
+async def test_a_directory_moved_in_settles_then_is_published(watching, tmp_path_factory):
+    root, published = watching
+    staging = tmp_path_factory.mktemp("staging") / "full"
+    (staging / "1").mkdir(parents=True)
+    (staging / "1" / "model.onnx").write_bytes(b"x")
+    os.rename(staging, root / "full")
+    await until(lambda: ("full", "1") in published.keys())
+
+
+async def test_a_replaced_file_never_disappears_from_the_snapshots(watching):
+    root, published = watching
+    (root / "m.onnx").write_bytes(b"0")
+    await until(lambda: ("m", "1") in published.keys())
+    for i in range(20):
+        part = root / "m.onnx.part"
+        part.write_bytes(str(i).encode())
+        os.replace(part, root / "m.onnx")
+        await asyncio.sleep(SETTLE * (i % 3) / 2)
+    await until(lambda: published.snapshots[-1][("m", "1")].file_stamp[0] == 2)  # "19"
+    start = next(i for i, s in enumerate(published.snapshots) if ("m", "1") in s)
+    assert all(("m", "1") in s for s in published.snapshots[start:])
+
+
+def test_one_rescan_judges_every_file_at_one_instant(tmp_path, monkeypatch):
+    """A file that settles while a rescan runs must not fall between scan() and settled()."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"x")
+    published = Published()
+    w = DirectoryWatcher(tmp_path, "watch", SETTLE, 1.0, published)
+    w.rescan()
+    assert ("m", "1") in published.keys()
+    path.write_bytes(b"yy")  # rewritten: its last change is at t = 100
+    clock = itertools.count(100.0 + SETTLE - 0.03, 0.02)  # each reading later than the one before
+    monkeypatch.setattr(watcher_module.time, "monotonic", lambda: next(clock))
+    w._changed(path, 100.0)
+    w.rescan()
+    assert ("m", "1") in published.keys()
+
+
+async def test_polling_sees_a_new_file_once_it_stops_changing(tmp_path):
+    published = Published()
+    w = DirectoryWatcher(tmp_path, "poll", SETTLE, 0.02, published)
+    task = asyncio.create_task(w.run())
+    try:
+        await w.started.wait()
+        (tmp_path / "p.onnx").write_bytes(b"x")
+        await until(lambda: ("p", "1") in published.keys())
+        (tmp_path / "p.onnx").unlink()
+        await until(lambda: ("p", "1") not in published.keys())
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
