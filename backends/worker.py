@@ -18,11 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import structlog
 
 from inferd.backends import ipc
 from inferd.backends.base import BackendInputError
 from inferd.config.errors import ErrorCode
+from inferd.config.tensors import DATATYPES
 
 log = structlog.get_logger("inferd.worker")
 
@@ -37,6 +39,23 @@ def _error_code(exc: Exception) -> ErrorCode:
     if isinstance(exc, BackendInputError) or type(exc).__name__ == "InvalidArgument":
         return ErrorCode.INVALID_ARGUMENT
     return ErrorCode.INTERNAL
+
+
+def warm_up(backend, metadata) -> None:
+    """One run on zeros (one row, 1 for each dynamic dimension) before the worker says LOADED,
+    so the first real request does not pay for the runtime's first-run set-up. Best effort: a
+    model that cannot run on such inputs still loads (and says so in the log)."""
+    started = time.monotonic()
+    try:
+        inputs = {
+            t.name: np.zeros(tuple(d if d >= 0 else 1 for d in t.shape), dtype=DATATYPES[t.datatype])
+            if t.datatype != "BYTES" else np.full(tuple(d if d >= 0 else 1 for d in t.shape), b"", dtype=object)
+            for t in metadata.inputs
+        }
+        backend.execute(inputs, [t.name for t in metadata.outputs])
+        log.info("warmed up", seconds=round(time.monotonic() - started, 4))
+    except Exception as e:
+        log.info("warm-up skipped: the model does not run on zeros", reason=f"{type(e).__name__}: {e}")
 
 
 def serve(sock: socket.socket) -> int:
@@ -55,6 +74,7 @@ def serve(sock: socket.socket) -> int:
         log.warning("model load failed", reason=reason)
         ipc.send(sock, {"type": ipc.LOAD_FAILED, "reason": reason})
         return 1
+    warm_up(backend, metadata)
     ipc.send(sock, {"type": ipc.LOADED, "metadata": metadata.to_dict(), "load_s": time.monotonic() - started})
 
     while (msg := receiver.recv()) is not None:

@@ -113,6 +113,8 @@ async def test_replacing_a_model_ten_times_under_load_fails_no_request(tmp_path)
             assert a == sorted(a) and set(a) <= set(range(11))
         # Old generations drained and stopped: one worker is left, the serving one's.
         loads = await loaded(d, "addsub", 11)
+        warmed = {e["pid"] for e in d.events("warmed up") if e["model"] == "addsub"}
+        assert {load["pids"][0] for load in loads} <= warmed  # every generation ran once before READY
         await eventually(lambda: children(d.proc.pid) == set(loads[-1]["pids"]), 30, "old workers to exit")
 
 
