@@ -1,7 +1,10 @@
 """The worker process: hosts one backend for one model version and runs the batches the daemon
 sends it, one at a time.
 
-    python -m inferd.backends.worker --fd N     (N: this end of a socketpair, inherited)
+The daemon forks it from its forkserver (`child_main`, see inferd.scheduler.spawner); it can
+also be started by hand as `python -m inferd.backends.worker --fd N` (N: this end of a
+socketpair, inherited). The first byte on the socket says whether the batch tensors travel in
+shared memory: b"S" carries the two region fds (inferd.backends.shm), b"N" none.
 
 It ignores SIGINT/SIGTERM (the daemon stops it with STOP, after draining) and exits when the
 daemon's end of the socket closes, so it never outlives the daemon.
@@ -23,6 +26,7 @@ import structlog
 
 from inferd.backends import ipc
 from inferd.backends.base import BackendInputError
+from inferd.backends.shm import Region
 from inferd.config.errors import ErrorCode
 from inferd.config.tensors import DATATYPES
 
@@ -58,7 +62,17 @@ def warm_up(backend, metadata) -> None:
         log.info("warm-up skipped: the model does not run on zeros", reason=f"{type(e).__name__}: {e}")
 
 
+def _regions(sock: socket.socket) -> tuple[Region, Region] | None:
+    marker, fds, _, _ = socket.recv_fds(sock, 1, 2)
+    if marker != b"S" or len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return Region(fds[0], os.fstat(fds[0]).st_size), Region(fds[1], os.fstat(fds[1]).st_size)
+
+
 def serve(sock: socket.socket) -> int:
+    regions = _regions(sock)
     receiver = ipc.Receiver(sock)
     msg = receiver.recv()
     if msg is None or msg["type"] != ipc.LOAD:
@@ -75,7 +89,8 @@ def serve(sock: socket.socket) -> int:
         ipc.send(sock, {"type": ipc.LOAD_FAILED, "reason": reason})
         return 1
     warm_up(backend, metadata)
-    ipc.send(sock, {"type": ipc.LOADED, "metadata": metadata.to_dict(), "load_s": time.monotonic() - started})
+    ipc.send(sock, {"type": ipc.LOADED, "metadata": metadata.to_dict(), "load_s": time.monotonic() - started,
+                    "started_at": started})  # CLOCK_MONOTONIC is one clock for every process
 
     while (msg := receiver.recv()) is not None:
         if msg["type"] == ipc.STOP:
@@ -84,8 +99,15 @@ def serve(sock: socket.socket) -> int:
             log.error("unexpected message", type=msg["type"])
             continue
         try:
-            outputs = backend.execute(ipc.unpack_tensors(msg["inputs"]), msg["outputs"])
-            reply = {"type": ipc.RESULT, "batch": msg["batch"], "outputs": ipc.pack_tensors(outputs)}
+            if regions is None:
+                outputs = backend.execute(ipc.unpack_tensors(msg["inputs"]), msg["outputs"])
+                reply = {"type": ipc.RESULT, "batch": msg["batch"], "outputs": ipc.pack_tensors(outputs)}
+            else:
+                inputs, outputs_region = regions
+                inputs.follow(msg["size"])
+                outputs = backend.execute(inputs.read(msg["inputs"], copy=False), msg["outputs"])
+                items = outputs_region.write(outputs)
+                reply = {"type": ipc.RESULT, "batch": msg["batch"], "outputs": items, "size": outputs_region.size}
         except Exception as e:
             code = _error_code(e)
             if code is ErrorCode.INTERNAL:
@@ -96,10 +118,10 @@ def serve(sock: socket.socket) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="inferd-worker")
-    parser.add_argument("--fd", type=int, required=True)
-    args = parser.parse_args(argv)
+def _become_worker() -> None:
+    # Workers must not talk to systemd as if they were the service.
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     structlog.configure(
@@ -110,6 +132,21 @@ def main(argv: list[str] | None = None) -> int:
         ],
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
+
+
+def child_main(sock: socket.socket) -> None:
+    """The entry point of a worker forked by the forkserver; its exit code is serve()'s."""
+    _become_worker()
+    with sock:
+        code = serve(sock)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="inferd-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    _become_worker()
     with socket.socket(fileno=args.fd) as sock:
         return serve(sock)
 

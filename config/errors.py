@@ -25,10 +25,11 @@ class ErrorCode(enum.Enum):
 class InferdError(Exception):
     """A request-level failure that a client should see, with its code and a clear message."""
 
-    def __init__(self, code: ErrorCode, message: str):
+    def __init__(self, code: ErrorCode, message: str, retry_after_s: float | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s  # a hint for the client (HTTP Retry-After)
 
     def __repr__(self) -> str:
         return f"InferdError({self.code.name}, {self.message!r})"

@@ -103,10 +103,16 @@ class ModelSettings:
     max_queue_rows: int = _field(0, _at_least(0))  # 0 = derived (see queue_rows_limit)
     min_workers: int = _field(0, _between(0, 256))
     max_workers: int = _field(2, _between(1, 256))
-    idle_timeout_s: float = _field(300.0, _at_least(0))
+    idle_timeout_s: float = _field(300.0, _at_least(0))  # idle workers stop (to min_workers); 0 = never
     cold_start_timeout_s: float = _field(30.0, _between(0.001, 3600))
     device: str = _field("auto", _device)
     intra_op_threads: int = _field(0, _between(0, 1024))  # 0 = the runtime's default
+    shared_memory: bool = True  # batch tensors to and from workers through shared memory
+    idempotent: bool = True  # a batch whose worker died runs once more on another worker
+    scale_up_wait_ms: float = _field(20.0, _between(0, 3_600_000))  # batches waiting this long...
+    scale_up_window_s: float = _field(1.0, _between(0, 3600))  # ...for this long add a worker
+    crash_loop_count: int = _field(5, _between(1, 1000))  # this many worker failures...
+    crash_loop_window_s: float = _field(60.0, _between(0.001, 86400))  # ...within this window: FAILED
 
     def cross_check(self) -> tuple[str, str] | None:
         if self.min_workers > self.max_workers:

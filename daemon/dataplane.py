@@ -89,7 +89,7 @@ class DataPlane:
                 "max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000),
                 "preserve_ordering": False,
             } if batching else None,
-            "instance_group": [{"name": mv.name, "kind": "KIND_CPU", "count": len(mv.pool.pids)}],
+            "instance_group": [{"name": mv.name, "kind": "KIND_CPU", "count": settings.max_workers}],
             "parameters": {},
             "model_transaction_policy": {"decoupled": False},
         }

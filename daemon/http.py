@@ -6,6 +6,8 @@ status from the one table below.
 
 from __future__ import annotations
 
+import math
+
 import orjson
 import structlog
 from aiohttp import web
@@ -39,10 +41,12 @@ def _json(doc, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json")
 
 
-def error_response(status: int, message: str) -> web.Response:
+def error_response(status: int, message: str, retry_after_s: float | None = None) -> web.Response:
     response = _json({"error": message}, status)
-    if status == 429:
-        response.headers["Retry-After"] = "1"
+    if retry_after_s is None and status == 429:
+        retry_after_s = 1
+    if retry_after_s is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
     return response
 
 
@@ -57,7 +61,7 @@ async def _access_and_errors(request: web.Request, handler):
     try:
         response = await handler(request)
     except InferdError as e:
-        response = error_response(HTTP_STATUS[e.code], e.message)
+        response = error_response(HTTP_STATUS[e.code], e.message, e.retry_after_s)
     except web.HTTPException as e:  # unknown route, wrong method, body too large: same error shape
         if e.status < 400:
             raise

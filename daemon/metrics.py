@@ -7,6 +7,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from inferd.scheduler.pool import PoolObserver
 from inferd.scheduler.queue import QueueObserver
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
@@ -50,6 +51,13 @@ class Metrics:
             "inferd_model_load_failures", "Loads of a model version that failed", mv, registry=registry,
         )
         self.workers = Gauge("inferd_workers", "Worker processes", mv, registry=registry)
+        self.cold_starts = Counter(
+            "inferd_cold_starts", "Workers started because a request arrived with none running", mv, registry=registry,
+        )
+        self.cold_start_seconds = Histogram(
+            "inferd_cold_start_seconds", "Cold starts: forking the worker (spawn), then loading and warming the model (load)",
+            mv + ["phase"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=registry,
+        )
         self.worker_exits = Counter(
             "inferd_worker_exits", "Worker processes that exited", mv + ["cause"], registry=registry,
         )
@@ -69,13 +77,14 @@ def _stat() -> dict:
     return {"count": 0, "ns": 0}
 
 
-class VersionObserver(QueueObserver):
+class VersionObserver(QueueObserver, PoolObserver):
     """Feeds one model version's Prometheus series and its Triton-style statistics."""
 
-    def __init__(self, metrics: Metrics, model: str, version: str):
+    def __init__(self, metrics: Metrics, model: str, version: str, on_workers=lambda: None):
         self.model = model
         self.version = version
         self._metrics = metrics
+        self.on_workers = on_workers  # the workers gauge sums every generation: the repository sets it
         # Label lookups resolved once: they are the costly part of an observation.
         self._queue_rows = metrics.queue_rows.labels(model, version)
         self._queue_duration = metrics.queue_duration.labels(model, version)
@@ -91,6 +100,18 @@ class VersionObserver(QueueObserver):
 
     def queue_rows(self, rows: int) -> None:
         self._queue_rows.set(rows)
+
+    def workers_changed(self, count: int) -> None:
+        self.on_workers()
+
+    def cold_start(self, spawn_s: float, load_s: float) -> None:
+        m, labels = self._metrics, (self.model, self.version)
+        m.cold_starts.labels(*labels).inc()
+        m.cold_start_seconds.labels(*labels, "spawn").observe(spawn_s)
+        m.cold_start_seconds.labels(*labels, "load").observe(load_s)
+
+    def worker_exited(self, cause: str) -> None:
+        self._metrics.worker_exits.labels(self.model, self.version, cause).inc()
 
     def dequeued(self, waited_s: float) -> None:
         self._queue_duration.observe(waited_s)

@@ -19,11 +19,12 @@ import structlog
 
 from inferd.backends import backend_path
 from inferd.config.errors import ConfigError, ErrorCode, InferdError
-from inferd.config.settings import ModelConfig, ModelSettings, load_model_config
+from inferd.config.settings import MemorySection, ModelConfig, ModelSettings, load_model_config
 from inferd.config.tensors import ModelMetadata, TensorSpec
 from inferd.daemon.metrics import MODEL_STATES, Metrics, VersionObserver
 from inferd.daemon.scan import Found, Key, Snapshot, diff, model_names, scan
-from inferd.scheduler.pool import WorkerPool
+from inferd.scheduler.memory import room_for_another
+from inferd.scheduler.pool import Scaling, WorkerPool
 from inferd.scheduler.queue import ModelQueue
 from inferd.scheduler.worker import LoadFailed, WorkerSpec
 
@@ -52,7 +53,8 @@ class ModelVersion:
     """One generation of a model version (one load of its files): its state, metadata, queue
     and workers. `on_state` hears of every state change."""
 
-    def __init__(self, found: Found, metrics: Metrics, on_state=lambda mv: None):
+    def __init__(self, found: Found, metrics: Metrics, on_state=lambda mv: None, on_workers=lambda mv: None,
+                 memory: MemorySection = MemorySection()):
         self.name = found.name
         self.version = found.version
         self.key = found.key
@@ -65,7 +67,8 @@ class ModelVersion:
         self.max_batch_size = 0
         self.pool: WorkerPool | None = None
         self.queue: ModelQueue | None = None
-        self.observer = VersionObserver(metrics, self.name, self.version)
+        self.observer = VersionObserver(metrics, self.name, self.version, on_workers=lambda: on_workers(self))
+        self._memory = memory
         self.input_specs: dict[str, TensorSpec] = {}
         self.output_names: frozenset[str] = frozenset()
         self._metrics = metrics
@@ -112,7 +115,11 @@ class ModelVersion:
         self.config = load_model_config(found.config_path, defaults)
         settings = self.config.settings
         spec = WorkerSpec(self.name, self.version, found.path, backend, dataclasses.asdict(settings))
-        self.pool = WorkerPool(spec, size=max(1, settings.min_workers), load_timeout=settings.cold_start_timeout_s)
+        memory = self._memory
+        self.pool = WorkerPool(
+            spec, Scaling.from_settings(settings), observer=self.observer, on_broken=self._broken,
+            can_afford=lambda pids: room_for_another(pids, memory.reserve_fraction, memory.reserve_bytes),
+        )
         file_meta = await self.pool.start()
         try:
             self.metadata = ModelMetadata(
@@ -132,6 +139,7 @@ class ModelVersion:
             max_batch_rows=self.max_batch_size,
             max_queue_rows=settings.queue_rows_limit,
             max_delay_s=settings.max_queue_delay_ms / 1000,
+            retry_crashed=settings.idempotent,
             observer=self.observer,
         )
         self.queue.start()
@@ -148,6 +156,11 @@ class ModelVersion:
                 "dynamic on every input and output, so it cannot batch; set max_batch_size = 0"
             )
         return 0
+
+    def _broken(self, reason: str) -> None:
+        """The workers crash-looped: FAILED until the file changes (or a load request)."""
+        if self.state == "READY":
+            self._set_state("FAILED", reason)
 
     def retire(self) -> None:
         """No longer served: drains, then stops (the repository drives both)."""
@@ -180,8 +193,9 @@ class ModelVersion:
 
 class ModelRepository:
     def __init__(self, root: Path, defaults: ModelSettings, metrics: Metrics, drain_timeout_s: float = 30.0,
-                 explicit: bool = False):
+                 explicit: bool = False, memory: MemorySection = MemorySection()):
         self.root = root
+        self.memory = memory
         self.defaults = defaults
         self.metrics = metrics
         self.drain_timeout_s = drain_timeout_s
@@ -229,7 +243,7 @@ class ModelRepository:
             await asyncio.wait(set(self._loads))
 
     def _load(self, found: Found) -> ModelVersion:
-        mv = ModelVersion(found, self.metrics, self._state_changed)
+        mv = ModelVersion(found, self.metrics, self._state_changed, lambda g: self._publish(g.key), self.memory)
         if (superseded := self.pending.pop(found.key, None)) is not None:
             self._retire(superseded)
         versions = self.models.setdefault(found.name, {})

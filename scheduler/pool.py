@@ -1,67 +1,217 @@
-"""The worker processes of one model version.
+"""The worker processes of one model version, from zero to max_workers.
 
-The queue takes an idle worker with `take()` and hands it back with `give_back()`. Here the
-pool keeps a fixed number of workers and replaces one that exits, busy or idle; scaling from
-zero, up under load and back down when idle belongs behind the same calls.
+The queue takes an idle worker with `take()` and hands it back with `give_back()`; it calls
+`demand()` when requests wait and no worker exists (the first one starts, exactly one however
+many requests arrived), and `note_wait()` with how long each batch's oldest request waited, so
+sustained waiting adds a worker (up to max_workers, while memory allows). A worker idle for
+idle_timeout_s stops, down to min_workers. A worker that exits is replaced; too many exits in a
+window is a crash loop: the pool is broken and says why instead of respawning forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
+from collections import deque
 from collections.abc import Callable
 
 import structlog
 
 from inferd.config.tensors import ModelMetadata
-from inferd.scheduler.worker import LoadFailed, WorkerHandle, WorkerSpec
+from inferd.scheduler.worker import LoadFailed, WorkerHandle, WorkerSpec, describe_exit
 
 log = structlog.get_logger("inferd.pool")
 
 
+class PoolObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def workers_changed(self, count: int) -> None: ...
+
+    def cold_start(self, spawn_s: float, load_s: float) -> None: ...
+
+    def worker_exited(self, cause: str) -> None: ...  # crash | idle | stopped | load_failed
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaling:
+    min_workers: int = 0
+    max_workers: int = 2
+    idle_timeout_s: float = 300.0  # 0: never scale down
+    start_timeout_s: float = 30.0  # a worker that has not loaded by then failed
+    scale_up_wait_s: float = 0.02  # a batch whose oldest request waited this long is pressure...
+    scale_up_window_s: float = 1.0  # ...and pressure sustained this long adds a worker
+    crash_loop_count: int = 5
+    crash_loop_window_s: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings) -> "Scaling":
+        return cls(settings.min_workers, settings.max_workers, settings.idle_timeout_s,
+                   settings.cold_start_timeout_s, settings.scale_up_wait_ms / 1000, settings.scale_up_window_s,
+                   settings.crash_loop_count, settings.crash_loop_window_s)
+
+
 class WorkerPool:
-    def __init__(self, spec: WorkerSpec, size: int, load_timeout: float, on_change: Callable[[], None] = lambda: None):
+    def __init__(self, spec: WorkerSpec, scaling: Scaling, observer: PoolObserver | None = None,
+                 can_afford: Callable[[list[int]], bool] = lambda pids: True,
+                 on_broken: Callable[[str], None] = lambda reason: None):
         self.spec = spec
-        self.size = size
-        self.load_timeout = load_timeout
-        self.on_change = on_change  # called when a worker becomes available or the pool breaks
+        self.scaling = scaling
+        self.observer = observer or PoolObserver()
+        self.can_afford = can_afford  # given the live workers' pids: is there memory for one more?
+        self.on_broken = on_broken
+        self.on_change: Callable[[], None] = lambda: None  # a worker became available, or none can
         self.metadata: ModelMetadata | None = None
-        self.broken_reason: str | None = None  # set when no worker is left and none can start
-        self.load_seconds = 0.0
+        self.broken_reason: str | None = None  # crash loop: no more starts
+        self.start_error: str | None = None  # why the last start failed
         self.exits = 0
         self._workers: set[WorkerHandle] = set()
-        self._idle: list[WorkerHandle] = []
+        self._idle: list[WorkerHandle] = []  # taken from the end: the others stay idle and go
+        self._starting = 0
+        self._crashes: deque[float] = deque()
+        self._pressure_since: float | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._leaving: set[WorkerHandle] = set()  # scaled down, stopping
         self._stopping = False
 
     @property
     def pids(self) -> list[int]:
         return sorted(w.pid for w in self._workers if w.pid)
 
-    def _handle(self) -> WorkerHandle:
-        return WorkerHandle(self.spec, on_exit=self._worker_exited)
+    @property
+    def has_idle(self) -> bool:
+        return bool(self._idle)
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why queued requests cannot be served now, or None."""
+        if self.broken_reason:
+            return self.broken_reason
+        if not self._workers and not self._starting and self.start_error:
+            return f"the model's worker could not start: {self.start_error}"
+        return None
 
     async def start(self) -> ModelMetadata:
-        """Start every worker; raise LoadFailed (and leave nothing running) if any cannot load."""
-        handles = [self._handle() for _ in range(self.size)]
-        results = await asyncio.gather(*(h.start(self.load_timeout) for h in handles), return_exceptions=True)
+        """Validate the model: start max(1, min_workers) workers, or raise LoadFailed with the
+        reason (leaving nothing running). With min_workers 0 the validating worker stays until
+        it has been idle for idle_timeout_s, like any other."""
+        handles = [self._handle() for _ in range(max(1, self.scaling.min_workers))]
+        results = await asyncio.gather(*(h.start(self.scaling.start_timeout_s) for h in handles), return_exceptions=True)
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
             await asyncio.gather(*(h.stop(timeout=5) for h in handles))
             if isinstance(failure, LoadFailed):
                 raise failure
             raise LoadFailed(f"{type(failure).__name__}: {failure}")
-        self._workers = set(handles)
-        self._idle = list(handles)
+        for h in handles:
+            self._add_ready(h)
         self.metadata = handles[0].metadata
-        self.load_seconds = max(h.load_seconds for h in handles)
+        if self.scaling.idle_timeout_s > 0:
+            self._own(self._reap_idle())
         return self.metadata
+
+    def _handle(self) -> WorkerHandle:
+        return WorkerHandle(self.spec, on_exit=self._worker_exited)
+
+    def _add_ready(self, worker: WorkerHandle) -> None:
+        self._workers.add(worker)
+        self._idle.append(worker)
+        self.observer.workers_changed(len(self._workers))
+
+    # -- the queue's side --------------------------------------------------------------------
 
     def take(self) -> WorkerHandle | None:
         return self._idle.pop() if self._idle else None
 
     def give_back(self, worker: WorkerHandle) -> None:
-        if not worker.dead:  # a dead one was already dealt with by _worker_exited
+        if not worker.dead and worker in self._workers:  # a dead one was dealt with by _worker_exited
             self._idle.append(worker)
+
+    def demand(self) -> None:
+        """Requests are waiting and no worker is idle: with none running or starting, start
+        one (a cold start; concurrent first requests start exactly one)."""
+        if not self._workers and not self._starting and not self.broken_reason and not self._stopping:
+            self._own(self._grow("cold start: a request arrived and no worker was running", cold=True))
+
+    def note_wait(self, waited_s: float, now: float) -> None:
+        """A batch started whose oldest request waited `waited_s` for a worker."""
+        if waited_s < self.scaling.scale_up_wait_s:
+            self._pressure_since = None
+            return
+        if self._pressure_since is None:
+            self._pressure_since = now
+            return
+        if now - self._pressure_since < self.scaling.scale_up_window_s:
+            return
+        self._pressure_since = None  # the next worker needs a window of its own
+        if len(self._workers) + self._starting >= self.scaling.max_workers or self.broken_reason:
+            return
+        if not self.can_afford(self.pids):
+            log.warning("not scaling up: not enough memory for another worker", model=self.spec.model,
+                        version=self.spec.version, workers=len(self._workers))
+            return
+        reason = (f"requests waited {waited_s * 1000:.0f} ms or more for a worker for "
+                  f"{self.scaling.scale_up_window_s:g} s")
+        self._own(self._grow(reason))
+
+    # -- growing and shrinking ---------------------------------------------------------------
+
+    async def _grow(self, reason: str, cold: bool = False, reserved: bool = False) -> None:
+        """Start one worker. `reserved`: the caller already counted it as starting."""
+        if not reserved:
+            self._starting += 1
+        self.start_error = None
+        worker = self._handle()
+        try:
+            await worker.start(self.scaling.start_timeout_s)
+        except asyncio.CancelledError:  # the pool is stopping
+            await worker.kill()
+            raise
+        except LoadFailed as e:
+            self.start_error = e.reason
+            self.observer.worker_exited("load_failed")
+            log.error("worker failed to start", model=self.spec.model, version=self.spec.version, reason=e.reason)
+            self._count_crash(f"a worker failed to start: {e.reason}")
+        else:
+            if self._stopping:
+                await worker.stop(timeout=5)
+                return
+            if cold:
+                self.observer.cold_start(worker.spawn_seconds, worker.load_seconds)
+            self._add_ready(worker)
+            log.info("scaled up", model=self.spec.model, version=self.spec.version, workers=len(self._workers),
+                     pid=worker.pid, reason=reason, spawn_s=round(worker.spawn_seconds, 4),
+                     load_s=round(worker.load_seconds, 4))
+        finally:
+            self._starting -= 1
+            self.on_change()
+
+    async def _reap_idle(self) -> None:
+        timeout = self.scaling.idle_timeout_s
+        tick = min(1.0, max(0.02, timeout / 4))
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for worker in sorted(self._idle, key=lambda w: w.idle_since):
+                if len(self._workers) <= self.scaling.min_workers:
+                    break
+                if now - worker.idle_since < timeout:
+                    break
+                self._idle.remove(worker)
+                self._workers.discard(worker)
+                self.observer.workers_changed(len(self._workers))
+                self.observer.worker_exited("idle")
+                log.info("scaled down", model=self.spec.model, version=self.spec.version, workers=len(self._workers),
+                         pid=worker.pid, reason=f"idle for {timeout:g} s")
+                self._leaving.add(worker)
+                self._own(self._retire(worker))
+
+    async def _retire(self, worker: WorkerHandle) -> None:
+        await worker.stop(timeout=10)
+        self._leaving.discard(worker)
+
+    # -- crashes -----------------------------------------------------------------------------
 
     def _worker_exited(self, worker: WorkerHandle) -> None:
         if self._stopping or worker not in self._workers:
@@ -70,40 +220,56 @@ class WorkerPool:
         if worker in self._idle:
             self._idle.remove(worker)
         self.exits += 1
+        self.observer.workers_changed(len(self._workers))
+        self._starting += 1  # counted now, so that a request arriving meanwhile starts no other
         self._own(self._replace(worker))
+
+    async def _replace(self, dead: WorkerHandle) -> None:
+        try:
+            code = await dead.exit_code()
+        except BaseException:
+            self._starting -= 1
+            raise
+        self.observer.worker_exited("crash")
+        how = describe_exit(code)
+        log.warning("worker exited", model=self.spec.model, version=self.spec.version, pid=dead.pid, exit=how)
+        if self._count_crash(f"a worker exited with {how}"):
+            self._starting -= 1
+            self.on_change()
+            return
+        await self._grow(f"replacing worker {dead.pid}, which exited with {how}", reserved=True)
+
+    def _count_crash(self, what: str) -> bool:
+        """Record a crash; True (and the pool broken) if that makes a crash loop."""
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and now - self._crashes[0] > self.scaling.crash_loop_window_s:
+            self._crashes.popleft()
+        if len(self._crashes) < self.scaling.crash_loop_count or self.broken_reason:
+            return bool(self.broken_reason)
+        self.broken_reason = (f"crash loop: {len(self._crashes)} worker failures within "
+                              f"{self.scaling.crash_loop_window_s:g} s; the last: {what}")
+        log.error("model failed", model=self.spec.model, version=self.spec.version, reason=self.broken_reason)
+        self.on_broken(self.broken_reason)
+        self.on_change()
+        return True
+
+    # -- the end -----------------------------------------------------------------------------
 
     def _own(self, coro) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _replace(self, dead: WorkerHandle) -> None:
-        code = await dead.exit_code()
-        log.warning("worker exited; starting a replacement", model=self.spec.model, version=self.spec.version,
-                    pid=dead.pid, exit_code=code)
-        worker = self._handle()
-        try:
-            await worker.start(self.load_timeout)
-        except asyncio.CancelledError:  # the pool is stopping
-            await worker.kill()
-            raise
-        except LoadFailed as e:
-            log.error("replacement worker failed to load", model=self.spec.model, version=self.spec.version, reason=e.reason)
-            if not self._workers and len(self._tasks) <= 1:
-                self.broken_reason = f"no worker is running: {e.reason}"
-        else:
-            if self._stopping:
-                await worker.stop(timeout=5)
-                return
-            self._workers.add(worker)
-            self._idle.append(worker)
-        self.on_change()
-
     async def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(w.stop(timeout) for w in self._workers))
+        await asyncio.gather(*(w.stop(timeout) for w in self._workers | self._leaving))
+        for _ in self._workers:
+            self.observer.worker_exited("stopped")
         self._workers.clear()
+        self._leaving.clear()
         self._idle.clear()
+        self.observer.workers_changed(0)

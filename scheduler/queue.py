@@ -23,6 +23,7 @@ from inferd.config.errors import ErrorCode, InferdError
 from inferd.scheduler.batching import Send, next_batch
 from inferd.scheduler.pool import WorkerPool
 from inferd.scheduler.request import InferRequest
+from inferd.scheduler.worker import WorkerLost
 
 log = structlog.get_logger("inferd.queue")
 
@@ -45,6 +46,7 @@ class _Pending:
     enqueued_at: float
     future: asyncio.Future
     queued: bool = True
+    retried: bool = False  # run again once after its worker died
 
 
 class ModelQueue:
@@ -56,6 +58,7 @@ class ModelQueue:
         max_batch_rows: int,
         max_queue_rows: int,
         max_delay_s: float,
+        retry_crashed: bool = True,
         observer: QueueObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -64,6 +67,7 @@ class ModelQueue:
         self.max_batch_rows = max_batch_rows  # 0: the model has no batch dimension
         self.max_queue_rows = max_queue_rows
         self.max_delay_s = max_delay_s
+        self.retry_crashed = retry_crashed  # the model is idempotent: a batch whose worker died runs again
         self.observer = observer or QueueObserver()
         self.clock = clock
         self._pending: deque[_Pending] = deque()
@@ -170,6 +174,9 @@ class ModelQueue:
             self._fail_expired(now)
             if not self._pending:
                 break
+            if not self.pool.has_idle:
+                self.pool.demand()  # starts a worker if there is none (a cold start)
+                break  # the batch that ends next (or the worker that starts) dispatches again
             # Draining: nothing more will arrive, so a held batch cannot get fuller.
             delay = 0.0 if self._closing else self.max_delay_s
             decision = next_batch(self._pending, now, self.max_batch_rows, delay)
@@ -177,9 +184,9 @@ class ModelQueue:
                 due = decision.seconds
                 break
             worker = self.pool.take()
-            if worker is None:
-                break  # the batch that ends next dispatches again
-            self._start_batch(worker, [self._pending.popleft() for _ in range(decision.count)], now)
+            batch = [self._pending.popleft() for _ in range(decision.count)]
+            self.pool.note_wait(now - batch[0].enqueued_at, now)
+            self._start_batch(worker, batch, now)
         if self._with_deadline:  # a queued request whose deadline passes is answered then, not later
             earliest = min(p.request.deadline for p in self._pending if p.request.deadline is not None)
             due = min(d for d in (due, earliest - self.clock()) if d is not None)
@@ -192,8 +199,8 @@ class ModelQueue:
             self._wakeup.clear()
             if self._closing and not self._pending and not self._running_batches:
                 return
-            if self.pool.broken_reason:
-                self._fail_all_queued(InferdError(ErrorCode.UNAVAILABLE, self.pool.broken_reason))
+            if self._pending and (reason := self.pool.unavailable):
+                self._fail_all_queued(InferdError(ErrorCode.UNAVAILABLE, reason, retry_after_s=1))
             timeout = self._dispatch()
             try:
                 async with asyncio.timeout(timeout):
@@ -220,16 +227,19 @@ class ModelQueue:
     def _finish_batch(self, worker, batch: list[_Pending], started: float, result) -> None:
         """The worker's answer (outputs or an InferdError), straight from its socket."""
         ok = not isinstance(result, InferdError)
-        try:
-            if ok:
-                self._split(batch, result)
-        except Exception as e:  # a bug here must not leave callers waiting forever
-            log.exception("splitting a batch failed", model=self.pool.spec.model)
-            ok, result = False, InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
-        if not ok:
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(result)
+        if isinstance(result, WorkerLost) and self.retry_crashed and not any(item.retried for item in batch):
+            self._retry(batch)
+        else:
+            try:
+                if ok:
+                    self._split(batch, result)
+            except Exception as e:  # a bug here must not leave callers waiting forever
+                log.exception("splitting a batch failed", model=self.pool.spec.model)
+                ok, result = False, InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
+            if not ok:
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(result)
         self._running_batches -= 1
         self._running_requests -= len(batch)
         self.pool.give_back(worker)
@@ -239,6 +249,21 @@ class ModelQueue:
         # arrived meanwhile, so under load they join this batch instead of waiting a whole turn.
         loop = asyncio.get_running_loop()
         loop.call_soon(loop.call_soon, self._dispatch_and_arm)
+
+    def _retry(self, batch: list[_Pending]) -> None:
+        """Back to the front of the queue, in order, to run once more on another worker."""
+        log.warning("a worker died running a batch; running it again", model=self.pool.spec.model,
+                    version=self.pool.spec.version, requests=len(batch))
+        for item in reversed(batch):
+            item.retried = True
+            if item.future.done():  # its caller went away
+                continue
+            item.queued = True
+            self._pending.appendleft(item)
+            self._rows += item.rows
+            if item.request.deadline is not None:
+                self._with_deadline += 1
+        self.observer.queue_rows(self._rows)
 
     def _end_of_arrivals(self) -> None:
         self._dispatch_scheduled = False

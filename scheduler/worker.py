@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
+import signal
 import socket
-import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +14,10 @@ import numpy as np
 import structlog
 
 from inferd.backends import ipc
+from inferd.backends.shm import Region
 from inferd.config.errors import ErrorCode, InferdError
 from inferd.config.tensors import ModelMetadata
+from inferd.scheduler.spawner import Forked
 
 log = structlog.get_logger("inferd.worker")
 
@@ -59,12 +61,11 @@ class _Connection(asyncio.Protocol):
         self.handle._on_lost()
 
 
-def _worker_env() -> dict[str, str]:
-    # Workers must not talk to systemd as if they were the service.
-    env = dict(os.environ)
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
-        env.pop(name, None)
-    return env
+class WorkerLost(InferdError):
+    """The worker process went away while running a batch: the batch may be retried elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__(ErrorCode.UNAVAILABLE, "the model's worker process exited while running this request")
 
 
 class WorkerHandle:
@@ -75,35 +76,47 @@ class WorkerHandle:
     def __init__(self, spec: WorkerSpec, on_exit: Callable[["WorkerHandle"], None] = lambda w: None):
         self.spec = spec
         self.on_exit = on_exit
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: Forked | None = None
         self.metadata: ModelMetadata | None = None
-        self.load_seconds = 0.0
+        self.spawn_seconds = 0.0  # fork to the worker running
+        self.load_seconds = 0.0  # model load and warm-up, in the worker
         self.dead = False
+        self.idle_since = 0.0  # monotonic; the pool's scale-down clock
         self._transport: asyncio.Transport | None = None
         self._load_reply: asyncio.Future | None = None
         self._batch: tuple[int, BatchDone] | None = None
         self._batches = 0
         self._started = False
         self._stopping = False
+        self._inputs: Region | None = None  # shared memory (None: tensors travel in the messages)
+        self._outputs: Region | None = None
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    @property
+    def busy(self) -> bool:
+        return self._batch is not None
+
     async def start(self, timeout: float) -> ModelMetadata:
-        """Spawn the process and load the model; raise LoadFailed with the reason."""
+        """Fork the process and load the model; raise LoadFailed with the reason."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        forked_at = time.monotonic()
         try:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "inferd.backends.worker", "--fd", str(child.fileno()),
-                pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=_worker_env(),
-            )
+            self.process = Forked(child)
         finally:
             child.close()
+        spec = self.spec
+        if spec.settings.get("shared_memory", True):
+            tag = f"inferd-{spec.model}-{spec.version}"
+            self._inputs, self._outputs = Region.create(tag + "-in"), Region.create(tag + "-out")
+            socket.send_fds(parent, [b"S"], [self._inputs.fd, self._outputs.fd])
+        else:
+            parent.sendall(b"N")
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_unix_connection(lambda: _Connection(self), sock=parent)
         self._load_reply = loop.create_future()
-        spec = self.spec
         self._transport.writelines(ipc.encode({
             "type": ipc.LOAD, "model": spec.model, "version": spec.version,
             "path": str(spec.path), "backend": spec.backend, "settings": spec.settings,
@@ -121,25 +134,30 @@ class WorkerHandle:
             self._load_reply = None
         if reply is None:
             code = await self.process.wait()
-            raise LoadFailed(f"the worker process exited with code {code} while loading")
+            raise LoadFailed(f"the worker process exited with {describe_exit(code)} while loading")
         if reply["type"] == ipc.LOAD_FAILED:
             await self.stop(timeout=5)
             raise LoadFailed(reply["reason"])
         self.metadata = ModelMetadata.from_dict(reply["metadata"])
+        self.spawn_seconds = max(0.0, reply.get("started_at", forked_at) - forked_at)
         self.load_seconds = reply["load_s"]
+        self.idle_since = time.monotonic()
         self._started = True
         return self.metadata
 
     def run_batch(self, request_ids: list[str], inputs: dict[str, np.ndarray], outputs: list[str], done: BatchDone) -> None:
         """Send one batch; `done` later gets the outputs or an InferdError (the backend's, or
-        UNAVAILABLE if the worker died). One batch at a time per worker."""
+        WorkerLost if the worker died). One batch at a time per worker."""
         assert self._batch is None, "a worker runs one batch at a time"
+        message = {"type": ipc.EXECUTE, "batch": self._batches + 1, "ids": request_ids, "outputs": outputs}
+        if self._inputs is not None:
+            message["inputs"] = self._inputs.write(inputs)
+            message["size"] = self._inputs.size
+        else:
+            message["inputs"] = ipc.pack_tensors(inputs)
         self._batches += 1
         self._batch = (self._batches, done)
-        self._transport.writelines(ipc.encode({
-            "type": ipc.EXECUTE, "batch": self._batches, "ids": request_ids,
-            "inputs": ipc.pack_tensors(inputs), "outputs": outputs,
-        }))
+        self._transport.writelines(ipc.encode(message))
 
     def _on_message(self, msg: dict) -> None:
         if self._load_reply is not None:
@@ -151,8 +169,14 @@ class WorkerHandle:
             return
         _, done = self._batch
         self._batch = None
+        self.idle_since = time.monotonic()
         if msg["type"] == ipc.FAILED:
             done(InferdError(ErrorCode(msg["code"]), msg["message"]))
+        elif self._outputs is not None:
+            self._outputs.follow(msg["size"])
+            # Copied out: the region is written again by this worker's next batch, while the
+            # callers may still be encoding these outputs.
+            done(self._outputs.read(msg["outputs"], copy=True))
         else:
             done(ipc.unpack_tensors(msg["outputs"]))
 
@@ -163,7 +187,7 @@ class WorkerHandle:
         if self._batch is not None:
             _, done = self._batch
             self._batch = None
-            done(InferdError(ErrorCode.UNAVAILABLE, "the model's worker process exited while running this request"))
+            done(WorkerLost())
         if self._started and not self._stopping:
             self.on_exit(self)
 
@@ -197,3 +221,19 @@ class WorkerHandle:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        for region in (self._inputs, self._outputs):
+            if region is not None:
+                region.close()
+        self._inputs = self._outputs = None
+
+
+def describe_exit(code: int | None) -> str:
+    """'exit code 3', 'signal SIGKILL', for logs and reasons."""
+    if code is None:
+        return "an unknown status"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"

@@ -48,9 +48,13 @@ async def eventually(condition, timeout: float = 60, what: str = "the condition"
         await asyncio.sleep(0.05)
 
 
-def children(pid: int) -> set[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return {int(p) for p in f.read().split()}
+def alive(pid: int) -> bool:
+    """Running (a reaped or zombie process is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def rows(client: Client, name: str) -> list[dict]:
@@ -115,7 +119,9 @@ async def test_replacing_a_model_ten_times_under_load_fails_no_request(tmp_path)
         loads = await loaded(d, "addsub", 11)
         warmed = {e["pid"] for e in d.events("warmed up") if e["model"] == "addsub"}
         assert {load["pids"][0] for load in loads} <= warmed  # every generation ran once before READY
-        await eventually(lambda: children(d.proc.pid) == set(loads[-1]["pids"]), 30, "old workers to exit")
+        old = {pid for load in loads[:-1] for pid in load["pids"]}
+        await eventually(lambda: not any(alive(pid) for pid in old), 30, "old workers to exit")
+        assert all(alive(pid) for pid in loads[-1]["pids"])
 
 
 async def test_a_file_copied_slowly_is_loaded_only_once_complete(tmp_path):
@@ -180,7 +186,7 @@ async def test_a_deleted_model_drains_then_404_and_its_worker_exits(tmp_path):
             (models / "slow.onnx").unlink()
             results = await asyncio.gather(*calls)  # accepted before the removal: all answered
             assert all(r["y"].shape == (64, 1024) for r in results)
-            await eventually(lambda: not os.path.exists(f"/proc/{pid}"), 30, "the worker to exit")
+            await eventually(lambda: not alive(pid), 30, "the worker to exit")
             with pytest.raises(InferdClientError) as e:
                 await client.infer("slow", {"x": batch[:1]})
             assert e.value.code == "not_found"
@@ -229,7 +235,7 @@ async def test_unload_and_load_through_the_api_and_the_cli(tmp_path):
     with DaemonProcess(models, env=FAST) as d, Client(url=d.url) as client:
         pid = (await loaded(d, "m"))[0]["pids"][0]
         client.unload("m")
-        assert not os.path.exists(f"/proc/{pid}")  # unload answers once the workers are gone
+        assert not alive(pid)  # unload answers once the workers are gone
         assert rows(client, "m") == [{"name": "m", "version": "", "state": "UNAVAILABLE", "reason": "unloaded on request"}]
         with pytest.raises(InferdClientError) as e:
             client.unload("m")

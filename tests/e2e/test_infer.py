@@ -174,9 +174,27 @@ def test_onnxruntime_lives_only_in_worker_processes(daemon):
 
     pid = daemon.proc.pid
     assert "onnxruntime" not in Path(f"/proc/{pid}/maps").read_text()
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    assert children, "every READY model has a worker process"
-    assert all("onnxruntime" in Path(f"/proc/{child}/maps").read_text() for child in children)
+    workers = [p for e in daemon.events("model loaded") for p in e["pids"]]
+    assert len(workers) >= 5, "every READY model has a worker process"
+    assert all("onnxruntime" in Path(f"/proc/{p}/maps").read_text() for p in workers)
+    assert set(workers) <= descendants(pid)  # forked by the daemon's forkserver
+
+
+def descendants(pid: int) -> set[int]:
+    from pathlib import Path
+
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
 
 
 async def test_metrics_exposes_the_design_names(daemon):

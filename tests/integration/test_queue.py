@@ -14,7 +14,7 @@ import pytest
 from inferd.backends import backend_path
 from inferd.config.errors import ErrorCode, InferdError
 from inferd.config.settings import ModelSettings
-from inferd.scheduler.pool import WorkerPool
+from inferd.scheduler.pool import Scaling, WorkerPool
 from inferd.scheduler.queue import ModelQueue, QueueObserver
 from inferd.scheduler.request import InferRequest
 from inferd.scheduler.worker import LoadFailed, WorkerSpec
@@ -32,13 +32,19 @@ class Recorder(QueueObserver):
         self.batches.append(rows)
 
 
-async def _queue(path, max_batch_rows=256, max_queue_rows=1024, delay_s=0.0):
-    spec = WorkerSpec(path.stem, "1", path, backend_path("onnx"), dataclasses.asdict(ModelSettings()))
-    pool = WorkerPool(spec, size=1, load_timeout=60)
+def _pool(path, **settings) -> WorkerPool:
+    settings = ModelSettings(**{"min_workers": 1, **settings})
+    spec = WorkerSpec(path.stem, "1", path, backend_path("onnx"), dataclasses.asdict(settings))
+    return WorkerPool(spec, Scaling.from_settings(settings))
+
+
+async def _queue(path, max_batch_rows=256, max_queue_rows=1024, delay_s=0.0, **settings):
+    pool = _pool(path, **settings)
     metadata = await pool.start()
     recorder = Recorder()
     queue = ModelQueue(pool, output_names=[t.name for t in metadata.outputs], max_batch_rows=max_batch_rows,
-                       max_queue_rows=max_queue_rows, max_delay_s=delay_s, observer=recorder)
+                       max_queue_rows=max_queue_rows, max_delay_s=delay_s,
+                       retry_crashed=pool.spec.settings["idempotent"], observer=recorder)
     queue.start()
     return queue, pool, recorder
 
@@ -112,7 +118,7 @@ async def test_queue_full_is_refused_at_once(add_sub):
 
 
 async def test_worker_killed_mid_batch_fails_that_batch_and_is_replaced(slow_model):
-    queue, pool, recorder = await _queue(slow_model)
+    queue, pool, recorder = await _queue(slow_model, idempotent=False)
     try:
         [old_pid] = pool.pids
         x = np.ones((256, 1024), np.float32)
@@ -124,6 +130,22 @@ async def test_worker_killed_mid_batch_fails_that_batch_and_is_replaced(slow_mod
         assert e.value.code is ErrorCode.UNAVAILABLE and "exited" in e.value.message
         out = await queue.submit(InferRequest({"x": x[:1]}), 1, ((1024,),))  # served by the replacement
         assert out["y"].shape == (1, 1024)
+        assert pool.pids and pool.pids != [old_pid] and pool.exits == 1
+    finally:
+        await queue.drain()
+        await pool.stop()
+
+
+async def test_an_idempotent_models_batch_runs_again_on_the_replacement(slow_model):
+    queue, pool, recorder = await _queue(slow_model)  # idempotent by default
+    try:
+        [old_pid] = pool.pids
+        x = np.ones((256, 1024), np.float32)
+        tasks = [asyncio.create_task(queue.submit(InferRequest({"x": x[i:i + 64]}), 64, ((1024,),))) for i in range(0, 256, 64)]
+        await recorder.started.wait()
+        os.kill(old_pid, signal.SIGKILL)
+        outs = await asyncio.gather(*tasks)
+        assert [o["y"].shape for o in outs] == [(64, 1024)] * 4
         assert pool.pids and pool.pids != [old_pid] and pool.exits == 1
     finally:
         await queue.drain()
@@ -150,8 +172,7 @@ async def test_drain_answers_queued_requests_before_returning(add_sub):
 async def test_unloadable_file_is_a_load_failure_with_the_reason(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00garbage")
-    spec = WorkerSpec("bad", "1", bad, backend_path("onnx"), dataclasses.asdict(ModelSettings()))
-    pool = WorkerPool(spec, size=1, load_timeout=60)
+    pool = _pool(bad)
     with pytest.raises(LoadFailed) as e:
         await pool.start()
     assert "Protobuf" in e.value.reason or "INVALID" in e.value.reason
