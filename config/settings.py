@@ -104,7 +104,8 @@ class ModelSettings:
     min_workers: int = _field(0, _between(0, 256))
     max_workers: int = _field(2, _between(1, 256))
     idle_timeout_s: float = _field(300.0, _at_least(0))  # idle workers stop (to min_workers); 0 = never
-    cold_start_timeout_s: float = _field(30.0, _between(0.001, 3600))
+    cold_start_timeout_s: float = _field(30.0, _between(0.001, 3600))  # a request waits this long for a cold start
+    load_timeout_s: float = _field(120.0, _between(0.001, 3600))  # a worker not loaded by then failed
     device: str = _field("auto", _device)
     intra_op_threads: int = _field(0, _between(0, 1024))  # 0 = the runtime's default
     shared_memory: bool = True  # batch tensors to and from workers through shared memory

@@ -140,6 +140,7 @@ class ModelVersion:
             max_queue_rows=settings.queue_rows_limit,
             max_delay_s=settings.max_queue_delay_ms / 1000,
             retry_crashed=settings.idempotent,
+            cold_start_timeout_s=settings.cold_start_timeout_s,
             observer=self.observer,
         )
         self.queue.start()

@@ -48,7 +48,7 @@ class Scaling:
     @classmethod
     def from_settings(cls, settings) -> "Scaling":
         return cls(settings.min_workers, settings.max_workers, settings.idle_timeout_s,
-                   settings.cold_start_timeout_s, settings.scale_up_wait_ms / 1000, settings.scale_up_window_s,
+                   settings.load_timeout_s, settings.scale_up_wait_ms / 1000, settings.scale_up_window_s,
                    settings.crash_loop_count, settings.crash_loop_window_s)
 
 
@@ -82,6 +82,11 @@ class WorkerPool:
     @property
     def has_idle(self) -> bool:
         return bool(self._idle)
+
+    @property
+    def cold(self) -> bool:
+        """No worker is running: whatever is queued waits for one to start."""
+        return not self._workers
 
     @property
     def unavailable(self) -> str | None:

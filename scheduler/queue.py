@@ -59,6 +59,7 @@ class ModelQueue:
         max_queue_rows: int,
         max_delay_s: float,
         retry_crashed: bool = True,
+        cold_start_timeout_s: float = 30.0,
         observer: QueueObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -68,6 +69,7 @@ class ModelQueue:
         self.max_queue_rows = max_queue_rows
         self.max_delay_s = max_delay_s
         self.retry_crashed = retry_crashed  # the model is idempotent: a batch whose worker died runs again
+        self.cold_start_timeout_s = cold_start_timeout_s  # how long a request waits for a worker to start
         self.observer = observer or QueueObserver()
         self.clock = clock
         self._pending: deque[_Pending] = deque()
@@ -158,6 +160,21 @@ class ModelQueue:
             self._remove(item)
             item.future.set_exception(InferdError(ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while it was queued"))
 
+    def _fail_cold_waits(self, now: float) -> float | None:
+        """With no worker running, a request waits at most cold_start_timeout_s (then 503 with
+        Retry-After; the worker goes on starting for the next ones). Returns the seconds until
+        the next one's wait is up."""
+        limit = self.cold_start_timeout_s
+        for item in [p for p in self._pending if now - p.enqueued_at >= limit]:
+            self._remove(item)
+            item.future.set_exception(InferdError(
+                ErrorCode.UNAVAILABLE, f"the model is starting (cold start took longer than {limit:g} s); retry",
+                retry_after_s=1,
+            ))
+        if not self._pending:
+            return None
+        return max(0.0, self._pending[0].enqueued_at + limit - now)
+
     def _fail_all_queued(self, error: InferdError) -> None:
         while self._pending:
             item = self._pending[0]
@@ -176,6 +193,8 @@ class ModelQueue:
                 break
             if not self.pool.has_idle:
                 self.pool.demand()  # starts a worker if there is none (a cold start)
+                if self.pool.cold:
+                    due = self._fail_cold_waits(now)
                 break  # the batch that ends next (or the worker that starts) dispatches again
             # Draining: nothing more will arrive, so a held batch cannot get fuller.
             delay = 0.0 if self._closing else self.max_delay_s
@@ -270,9 +289,10 @@ class ModelQueue:
         self._dispatch_and_arm()
 
     def _dispatch_and_arm(self) -> None:
-        """Dispatch; wake the loop if a held batch now needs its timer, or the drain may end."""
+        """Dispatch; wake the loop if a held batch (or a request waiting for a cold start) now
+        needs its timer, or the drain may end."""
         self._dispatch()
-        if self._closing or (self._pending and self.max_delay_s > 0):
+        if self._closing or (self._pending and (self.max_delay_s > 0 or self.pool.cold)):
             self._wakeup.set()
 
     @staticmethod

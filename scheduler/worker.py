@@ -190,6 +190,7 @@ class WorkerHandle:
             done(WorkerLost())
         if self._started and not self._stopping:
             self.on_exit(self)
+        self._close()  # its shared memory goes now, not when the handle is collected
 
     async def exit_code(self) -> int | None:
         return await self.process.wait() if self.process else None
