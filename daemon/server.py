@@ -97,6 +97,7 @@ class Daemon:
             loop.add_signal_handler(sig, stop.set)
         reloads: set[asyncio.Task] = set()
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn_reload(reloads))
+        systemd.install_hang_hook(loop)  # off unless a test asks for it
         started = time.monotonic()
         server = self.config.server
         runner = web.AppRunner(
@@ -137,7 +138,7 @@ class Daemon:
                 await self._grpc.wait_closed()
             await runner.cleanup()  # closes listeners, waits for handlers still writing responses
             await self.repository.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
                 loop.remove_signal_handler(sig)
             log.info("stopped", drained=drained)
 
@@ -190,33 +191,49 @@ class Daemon:
         systemd.notify("READY=1", self._status())
 
     async def _start_sites(self, runner: web.AppRunner) -> None:
+        """Bind each configured listener, or take the socket that systemd socket activation
+        handed over under the listener's name (http, grpc, socket, http_socket): an activated
+        socket wins over the config, which then only says what else to bind."""
         server = self.config.server
         auth = self.config.auth
-        if server.http:
-            sock = _bind_tcp(server.http)
+        activated = systemd.listen_sockets()
+        for name in set(activated) - {"http", "grpc", "socket", "http_socket"}:
+            log.warning("ignoring a socket passed by systemd with an unknown name", name=name)
+            activated.pop(name).close()
+
+        def listening(frontend: str, address: str) -> None:
+            self.addresses[frontend] = address
+            log.info("listening", frontend=frontend, address=address, activated=frontend in activated)
+
+        if server.http or "http" in activated:
+            sock = activated.get("http") or _bind_tcp(server.http)
             await web.SockSite(runner, sock, ssl_context=tls_context(auth.tls_cert, auth.tls_key)).start()
-            self.addresses["http"] = _address_of(sock)
-            log.info("listening", frontend="http", address=self.addresses["http"])
-        if server.grpc:
-            sock = _bind_tcp(server.grpc)
+            listening("http", _address_of(sock))
+        if server.grpc or "grpc" in activated:
+            sock = activated.get("grpc") or _bind_tcp(server.grpc)
             self._grpc = grpclib.server.Server([InferenceServicer(self.dataplane)])
             if self.access.required:
                 require_token(self._grpc, self.access)
             await self._grpc.start(sock=sock, ssl=tls_context(auth.tls_cert, auth.tls_key, alpn=["h2"]))
-            self.addresses["grpc"] = _address_of(sock)
-            log.info("listening", frontend="grpc", address=self.addresses["grpc"])
-        if server.socket:
-            path = socket_path(server.socket)
+            listening("grpc", _address_of(sock))
+        if server.socket or "socket" in activated:
             self._unix = UnixFrontEnd(self.dataplane, server.max_request_bytes)
-            await self._unix.start(path, server.socket_group)
-            self.addresses["socket"] = path
-            log.info("listening", frontend="socket", address=path)
-        if server.http_socket:
+            if "socket" in activated:  # systemd made it (SocketMode=, SocketGroup=) and keeps the file
+                await self._unix.start_on(activated["socket"])
+                path = activated["socket"].getsockname()
+            else:
+                path = socket_path(server.socket)
+                await self._unix.start(path, server.socket_group)
+            listening("socket", path)
+        if "http_socket" in activated:
+            sock = activated["http_socket"]
+            await web.SockSite(runner, sock).start()
+            listening("http_socket", sock.getsockname())
+        elif server.http_socket:
             Path(server.http_socket).unlink(missing_ok=True)
             await web.UnixSite(runner, server.http_socket).start()
             os.chmod(server.http_socket, 0o660)
-            self.addresses["http_socket"] = server.http_socket
-            log.info("listening", frontend="http_socket", address=server.http_socket)
+            listening("http_socket", server.http_socket)
 
     async def _drain(self, runner: web.AppRunner) -> bool:
         """Not ready, refuse new work, stop accepting HTTP connections, answer what was accepted

@@ -7,9 +7,14 @@ import asyncio
 import os
 import socket
 
+# Taken out of the environment as the daemon starts (only the daemon imports this module), so
+# that no process it starts later (workers, a forkserver, whatever spawns them) inherits them and
+# talks to systemd as if it were the service: kept here instead.
+_ENV = {name: os.environ.pop(name) for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID") if name in os.environ}
+
 
 def notify(*lines: str) -> bool:
-    address = os.environ.get("NOTIFY_SOCKET")
+    address = _ENV.get("NOTIFY_SOCKET")
     if not address:
         return False
     if address.startswith("@"):  # abstract namespace
@@ -25,8 +30,8 @@ def notify(*lines: str) -> bool:
 
 def watchdog_interval() -> float | None:
     """Half of WatchdogSec= when systemd asked this process for keep-alives, else None."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
+    usec = _ENV.get("WATCHDOG_USEC")
+    pid = _ENV.get("WATCHDOG_PID")
     if not usec or (pid and pid.isdigit() and int(pid) != os.getpid()):
         return None
     return int(usec) / 2e6
@@ -38,3 +43,42 @@ async def keep_watchdog_fed(interval: float) -> None:
     while True:
         notify("WATCHDOG=1")
         await asyncio.sleep(interval)
+
+
+LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+def listen_sockets() -> dict[str, socket.socket]:
+    """Sockets handed over by systemd socket activation (the sd_listen_fds protocol): fds 3, 4, ...
+    named by LISTEN_FDNAMES (the socket units' FileDescriptorName=). Empty unless LISTEN_PID is
+    this process. The variables are removed so that nothing started later takes them too."""
+    pid, count = os.environ.get("LISTEN_PID", ""), os.environ.get("LISTEN_FDS", "")
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    for name in LISTEN_VARS:
+        os.environ.pop(name, None)
+    if not (pid.isdigit() and int(pid) == os.getpid() and count.isdigit()):
+        return {}
+    sockets = {}
+    for i in range(int(count)):
+        sock = socket.socket(fileno=3 + i)  # family and type are read from the fd
+        sock.set_inheritable(False)  # worker processes must not hold the listeners open
+        name = names[i] if i < len(names) and names[i] else f"fd{3 + i}"
+        if name in sockets:
+            sockets[name].close()  # two sockets under one name: the last one counts
+        sockets[name] = sock
+    return sockets
+
+
+HANG_HOOK = "_INFERD_HANG_ON_SIGUSR2"
+
+
+def install_hang_hook(loop: asyncio.AbstractEventLoop) -> None:
+    """A test hook for the watchdog, off unless $_INFERD_HANG_ON_SIGUSR2 is "1": SIGUSR2 then
+    blocks the event loop for good (the process stays alive), so a test can show that the
+    keep-alives come from the loop and that systemd restarts a daemon whose loop hangs.
+    (Named outside INFERD_*, which the config loader reserves for settings.)"""
+    if os.environ.get(HANG_HOOK) == "1":
+        import signal
+        import threading
+
+        loop.add_signal_handler(signal.SIGUSR2, threading.Event().wait)

@@ -212,6 +212,11 @@ class UnixFrontEnd:
         except PermissionError:
             log.warning("cannot give the socket to its group (not allowed)", group=group, path=path)
 
+    async def start_on(self, sock: socket.socket) -> None:
+        """Serve on a socket that is already bound and listening (socket activation). Its file
+        belongs to whoever made it: close() leaves it in place."""
+        self._server = await asyncio.get_running_loop().create_unix_server(lambda: _Connection(self), sock=sock)
+
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
