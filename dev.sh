@@ -3,6 +3,7 @@
 #   ./dev.sh serve [inferd serve flags]   generate the example models and serve them
 #   ./dev.sh test  [pytest args]          run the test suite
 #   ./dev.sh bench [bench.py args]        run the benchmark (bench/README.md)
+#   ./dev.sh package                      build dist/*.deb and dist/*.rpm (root; packaging/build.sh)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
@@ -27,7 +28,9 @@ case "$command" in
   bench)
     setup test
     exec "$VENV/bin/python" bench/bench.py "$@" ;;
+  package)
+    exec packaging/build.sh "$@" ;;
   *)
-    echo "usage: ./dev.sh serve|test|bench [args]" >&2
+    echo "usage: ./dev.sh serve|test|bench|package [args]" >&2
     exit 2 ;;
 esac
