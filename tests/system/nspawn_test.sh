@@ -15,7 +15,7 @@ ROOTFS_TAR=$CACHE/bookworm-minbase.tar
 now() { echo "$EPOCHREALTIME"; }
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
-missing=$(for p in debootstrap systemd-container; do
+missing=$(for p in debootstrap systemd-container procps; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || echo "$p"; done)
 if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive
