@@ -114,7 +114,15 @@ class ModelVersion:
             raise LoadFailed(f"no backend for .{extension} model files in this version of inferd")
         self.config = load_model_config(found.config_path, defaults)
         settings = self.config.settings
-        spec = WorkerSpec(self.name, self.version, found.path, backend, dataclasses.asdict(settings))
+        # What the backend gets besides its file: the settings, the tensors config.toml declares
+        # (for files that do not carry them), the model's directory and its [parameters].
+        worker_settings = dataclasses.asdict(settings) | {
+            "inputs": [t.to_dict() for t in self.config.inputs],
+            "outputs": [t.to_dict() for t in self.config.outputs],
+            "model_dir": str(found.config_path.parent if found.config_path else found.path.parent),
+            "parameters": self.config.parameters,
+        }
+        spec = WorkerSpec(self.name, self.version, found.path, backend, worker_settings)
         memory = self._memory
         self.pool = WorkerPool(
             spec, Scaling.from_settings(settings), observer=self.observer, on_broken=self._broken,
