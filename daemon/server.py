@@ -34,6 +34,7 @@ from inferd.daemon.metrics import Metrics
 from inferd.daemon.unix import UnixFrontEnd
 from inferd.daemon.repository import ModelRepository
 from inferd.daemon.watcher import DirectoryWatcher
+from inferd.scheduler import spawner
 
 log = structlog.get_logger("inferd")
 
@@ -63,7 +64,8 @@ class Daemon:
         self.state = ServerState()
         models = config.models
         self.repository = ModelRepository(Path(models.dir), config.defaults, self.metrics,
-                                          config.server.drain_timeout_s, explicit=models.control == "explicit")
+                                          config.server.drain_timeout_s, explicit=models.control == "explicit",
+                                          memory=config.memory)
         self.watcher = self._make_watcher()
         self.dataplane = DataPlane(self.repository, self.state)
         self.access = Access(token, config.auth.open_health, self.metrics.unauthenticated)
@@ -116,6 +118,7 @@ class Daemon:
             except OSError as e:
                 log.error("cannot listen", error=str(e))
                 return 1
+            await spawner.warm_up()  # the forkserver imports the runtimes once; workers fork from it
             await self._follow_directory()
             await self.repository.wait_loaded()
             self.state.started = True
