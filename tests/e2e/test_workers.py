@@ -85,7 +85,7 @@ async def test_sustained_load_grows_the_pool_and_it_shrinks_after(tmp_path):
     make_models.build_slow(tmp_path / "slow" / "1" / "model.onnx")
     (tmp_path / "slow" / "config.toml").write_text(
         "min_workers = 1\nmax_workers = 2\nidle_timeout_s = 1\nscale_up_wait_ms = 10\nscale_up_window_s = 0.3\n"
-        "max_batch_size = 4\n"
+        "max_batch_size = 64\n"
     )
     with DaemonProcess(tmp_path) as d:
         stop = asyncio.Event()
@@ -93,7 +93,7 @@ async def test_sustained_load_grows_the_pool_and_it_shrinks_after(tmp_path):
         async def keep_asking():
             async with AsyncClient(socket=d.socket_path) as client:
                 while not stop.is_set():
-                    await client.infer("slow", {"x": np.ones((4, 1024), np.float32)})
+                    await client.infer("slow", {"x": np.ones((64, 1024), np.float32)})  # a full batch each
 
         clients = [asyncio.create_task(keep_asking()) for _ in range(6)]
         try:
