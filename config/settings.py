@@ -323,7 +323,6 @@ class ModelConfig:
     outputs: tuple[TensorSpec, ...] = ()
     explicit: frozenset[str] = frozenset()  # keys the model's own file set
     parameters: dict = dataclasses.field(default_factory=dict)  # [parameters]: free-form, for the model's code
-    pipeline: tuple[str, ...] = ()  # a pipeline: the models each request runs through, in order
 
 
 def _tensor_specs(items, file: str, key: str) -> tuple[TensorSpec, ...]:
@@ -357,11 +356,5 @@ def load_model_config(path: Path | None, defaults: ModelSettings) -> ModelConfig
     parameters = data.pop("parameters", {})
     if not isinstance(parameters, dict):
         raise ConfigError(file, "parameters", "expected a table of values for the model's code")
-    pipeline = data.pop("pipeline", None)
-    if pipeline is None:
-        pipeline = []
-    elif not isinstance(pipeline, list) or not pipeline or not all(isinstance(m, str) and m for m in pipeline):
-        raise ConfigError(file, "pipeline", "expected a list of model names, e.g. [\"tokenize\", \"encoder\"]")
     merged = dataclasses.asdict(defaults) | data
-    return ModelConfig(build(ModelSettings, merged, file), policy, inputs, outputs, frozenset(data),
-                       parameters, tuple(pipeline))
+    return ModelConfig(build(ModelSettings, merged, file), policy, inputs, outputs, frozenset(data), parameters)
