@@ -95,3 +95,14 @@ def test_cli_refuses_bad_config_at_start_and_prints_version(tmp_path):
     assert f"{path}: server.http: expected str" in run.stderr
     run = subprocess.run([sys.executable, "-m", "inferd.daemon", "--version"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.startswith("inferd ")
+
+
+def test_model_parameters_are_a_free_form_table_for_the_models_code(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('max_batch_size = 4\n[parameters]\nvocab = "words.txt"\nlower = true\n')
+    config = load_model_config(path, ModelSettings())
+    assert config.parameters == {"vocab": "words.txt", "lower": True} and config.settings.max_batch_size == 4
+    path.write_text('parameters = "x"\n')
+    with pytest.raises(ConfigError) as e:
+        load_model_config(path, ModelSettings())
+    assert e.value.key == "parameters"
