@@ -16,11 +16,11 @@ import os
 
 import numpy as np
 
-from inferd.config.tensors import DATATYPES
+from inferd.backends import ipc
+from inferd.config.tensors import DATATYPES, datatype_of
 
 INITIAL_SIZE = 1 << 20
 _ALIGN = 64  # each tensor starts on a cache line: runtimes may read it with aligned loads
-_NUMERIC = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
 
 
 def _aligned(n: int) -> int:
@@ -51,29 +51,33 @@ class Region:
             os.ftruncate(self.fd, size)
             self.follow(size)
 
-    def write(self, tensors: dict[str, np.ndarray]) -> list:
-        """Copy the numeric tensors in; returns their descriptors and BYTES ones inline, in the
-        form `read` takes."""
+    def write(self, tensors: dict[str, list[np.ndarray]]) -> list:
+        """Copy each tensor's parts (the requests of a batch, stacked along the first dimension)
+        straight into the region: the batch is never concatenated anywhere else. Returns the
+        descriptors (BYTES tensors inline, as ipc packs them), in the form `read` takes."""
         layout, offset = [], 0
-        for name, array in tensors.items():
-            if array.dtype == object:
-                layout.append((name, array, None))
+        for name, parts in tensors.items():
+            if parts[0].dtype == object or parts[0].dtype.kind in "US":
+                layout.append((name, parts, None))
                 continue
-            layout.append((name, array, offset))
-            offset = _aligned(offset + array.nbytes)
+            layout.append((name, parts, offset))
+            offset = _aligned(offset + sum(p.nbytes for p in parts))
         self._grow(offset)
         out = []
-        for name, array, start in layout:
+        for name, parts, start in layout:
             if start is None:
-                out.append([name, "BYTES", list(array.shape), [_as_bytes(x) for x in array.reshape(-1).tolist()]])
+                array = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                out.extend(ipc.pack_tensors({name: array}))
                 continue
-            dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
-            datatype = _NUMERIC.get(dtype)
-            if datatype is None:
-                raise ValueError(f"tensor {name!r} has dtype {array.dtype}, which has no V2 datatype")
-            view = np.frombuffer(self._map, dtype=dtype, count=array.size, offset=start).reshape(array.shape)
-            view[...] = array
-            out.append([name, datatype, list(array.shape), start, array.nbytes])
+            shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:]) if len(parts) > 1 else parts[0].shape
+            dtype = parts[0].dtype.newbyteorder("<")  # the wire is little-endian, like ipc's
+            count = sum(p.size for p in parts)
+            view = np.frombuffer(self._map, dtype=dtype, count=count, offset=start).reshape(shape)
+            if len(parts) == 1:
+                view[...] = parts[0]
+            else:
+                np.concatenate(parts, out=view)
+            out.append([name, datatype_of(view), list(shape), start, view.nbytes])
         return out
 
     def read(self, items: list, copy: bool) -> dict[str, np.ndarray]:
@@ -81,13 +85,10 @@ class Region:
         stay valid after the region is written again."""
         out = {}
         for item in items:
-            name, datatype, shape = item[0], item[1], item[2]
-            if datatype == "BYTES":
-                array = np.empty(len(item[3]), dtype=object)
-                array[:] = item[3]
-                out[name] = array.reshape(shape)
+            if len(item) == 4:  # inline (BYTES)
+                out.update(ipc.unpack_tensors([item]))
                 continue
-            offset, nbytes = item[3], item[4]
+            name, datatype, shape, offset, nbytes = item
             dtype = DATATYPES[datatype]
             view = np.frombuffer(self._map, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).reshape(shape)
             out[name] = view.copy() if copy else view
@@ -100,6 +101,3 @@ class Region:
             pass
         os.close(self.fd)
 
-
-def _as_bytes(x) -> bytes:
-    return x.encode() if isinstance(x, str) else bytes(x)

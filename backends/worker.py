@@ -106,7 +106,7 @@ def serve(sock: socket.socket) -> int:
                 inputs, outputs_region = regions
                 inputs.follow(msg["size"])
                 outputs = backend.execute(inputs.read(msg["inputs"], copy=False), msg["outputs"])
-                items = outputs_region.write(outputs)
+                items = outputs_region.write({name: [array] for name, array in outputs.items()})
                 reply = {"type": ipc.RESULT, "batch": msg["batch"], "outputs": items, "size": outputs_region.size}
         except Exception as e:
             code = _error_code(e)
@@ -119,9 +119,8 @@ def serve(sock: socket.socket) -> int:
 
 
 def _become_worker() -> None:
-    # Workers must not talk to systemd as if they were the service.
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
-        os.environ.pop(name, None)
+    # (No NOTIFY_SOCKET or LISTEN_* here: the daemon takes them out of its environment at start,
+    # before its forkserver exists; see inferd.daemon.systemd.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     structlog.configure(

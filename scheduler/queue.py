@@ -236,7 +236,7 @@ class ModelQueue:
         self._running_requests += len(batch)
         try:
             worker.run_batch(
-                [item.request.id for item in batch], self._stack(batch), self._wanted_outputs(batch),
+                [item.request.id for item in batch], self._parts(batch), self._wanted_outputs(batch),
                 lambda result: self._finish_batch(worker, batch, now, result),
             )
         except Exception as e:  # e.g. tensors that cannot be packed: this batch fails, not the queue
@@ -296,11 +296,10 @@ class ModelQueue:
             self._wakeup.set()
 
     @staticmethod
-    def _stack(batch: list[_Pending]) -> dict[str, np.ndarray]:
-        if len(batch) == 1:
-            return batch[0].request.inputs
-        names = batch[0].request.inputs.keys()
-        return {name: np.concatenate([item.request.inputs[name] for item in batch]) for name in names}
+    def _parts(batch: list[_Pending]) -> dict[str, list[np.ndarray]]:
+        """Per input, the requests' arrays in batch order; the worker handle stacks them where
+        they go (straight into shared memory), so the batch is copied once."""
+        return {name: [item.request.inputs[name] for item in batch] for name in batch[0].request.inputs}
 
     def _wanted_outputs(self, batch: list[_Pending]) -> list[str]:
         wanted: set[str] = set()

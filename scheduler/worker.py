@@ -145,16 +145,20 @@ class WorkerHandle:
         self._started = True
         return self.metadata
 
-    def run_batch(self, request_ids: list[str], inputs: dict[str, np.ndarray], outputs: list[str], done: BatchDone) -> None:
-        """Send one batch; `done` later gets the outputs or an InferdError (the backend's, or
-        WorkerLost if the worker died). One batch at a time per worker."""
+    def run_batch(self, request_ids: list[str], inputs: dict[str, list[np.ndarray]], outputs: list[str],
+                  done: BatchDone) -> None:
+        """Send one batch: per input, the requests' arrays in order, stacked along the first
+        dimension on the way (into shared memory, or one concatenation for the socket). `done`
+        later gets the outputs or an InferdError (the backend's, or WorkerLost if the worker
+        died). One batch at a time per worker."""
         assert self._batch is None, "a worker runs one batch at a time"
         message = {"type": ipc.EXECUTE, "batch": self._batches + 1, "ids": request_ids, "outputs": outputs}
         if self._inputs is not None:
             message["inputs"] = self._inputs.write(inputs)
             message["size"] = self._inputs.size
         else:
-            message["inputs"] = ipc.pack_tensors(inputs)
+            message["inputs"] = ipc.pack_tensors(
+                {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in inputs.items()})
         self._batches += 1
         self._batch = (self._batches, done)
         self._transport.writelines(ipc.encode(message))
