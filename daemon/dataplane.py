@@ -107,14 +107,18 @@ class DataPlane:
         index = self.repository.index()
         return [row for row in index if row["state"] == "READY"] if ready_only else index
 
-    async def load_model(self, name: str) -> None:
+    def _repository_call(self, name: str) -> None:
         if not self.state.ready:
             raise InferdError(ErrorCode.UNAVAILABLE, "the server is not ready (starting or shutting down)")
+        if not name:
+            raise _bad("a model name is required")
+
+    async def load_model(self, name: str) -> None:
+        self._repository_call(name)
         await self.repository.load_model(name)
 
     async def unload_model(self, name: str) -> None:
-        if not self.state.ready:
-            raise InferdError(ErrorCode.UNAVAILABLE, "the server is not ready (starting or shutting down)")
+        self._repository_call(name)
         await self.repository.unload_model(name)
 
     # -- inference ---------------------------------------------------------------------------

@@ -148,9 +148,7 @@ class _Connection(asyncio.Protocol):
                 response = await dp.infer(model, version, request, "unix")
                 self._reply({"id": request_id, "ok": True, **encode_infer(response)})
                 return
-            model = _field(msg, "model", str, "")
-            if not model:
-                raise _bad(f"op {op!r} needs a 'model'")
+            model = _field(msg, "model", str, "")  # required: the data plane says so, as for HTTP and gRPC
             await (dp.load_model(model) if op == "load" else dp.unload_model(model))
             self._reply({"id": request_id, "ok": True})
         except InferdError as e:

@@ -146,6 +146,9 @@ async def test_repository_index_and_refused_loads(grpc_address):
     with pytest.raises(GRPCError) as e:
         await _call(grpc_address, "RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name="nope"))
     assert e.value.status is Status.NOT_FOUND
+    with pytest.raises(GRPCError) as e:
+        await _call(grpc_address, "RepositoryModelLoad", pb.RepositoryModelLoadRequest())
+    assert e.value.status is Status.INVALID_ARGUMENT and "model name is required" in e.value.message
 
 
 def test_tritonclient_sees_errors_as_exceptions(grpc_address):
