@@ -19,6 +19,8 @@ from typing import Any
 from inferd.config.errors import ConfigError
 from inferd.config.tensors import DATATYPES, TensorSpec
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
 Check = Callable[[Any], "str | None"]
 
 
@@ -316,6 +318,16 @@ def _version_policy(value, file: str) -> VersionPolicy:
 
 
 @dataclasses.dataclass(frozen=True)
+class PipelineStep:
+    """One [[pipeline]] entry: a model, optionally a version, and where its inputs come from
+    (input name -> "<earlier step's model>.<output>" or "<pipeline input>")."""
+
+    model: str
+    version: str = ""
+    inputs: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     settings: ModelSettings
     version_policy: VersionPolicy = VersionPolicy()
@@ -323,6 +335,28 @@ class ModelConfig:
     outputs: tuple[TensorSpec, ...] = ()
     explicit: frozenset[str] = frozenset()  # keys the model's own file set
     parameters: dict = dataclasses.field(default_factory=dict)  # [parameters]: free-form, for the model's code
+    pipeline: tuple[PipelineStep, ...] = ()  # a model made of other models, step by step
+
+
+def _pipeline(items, file: str) -> tuple[PipelineStep, ...]:
+    if not isinstance(items, list) or not items:
+        raise ConfigError(file, "pipeline", "expected one or more [[pipeline]] tables (model, version, inputs)")
+    steps = []
+    for i, item in enumerate(items):
+        where = f"pipeline[{i}]"
+        if not isinstance(item, dict) or "model" not in item or set(item) - {"model", "version", "inputs"}:
+            raise ConfigError(file, where, "expected a table with model and optionally version and inputs")
+        model, version, inputs = item["model"], item.get("version", ""), item.get("inputs", {})
+        if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
+            raise ConfigError(file, f"{where}.model", f"expected a model name ([A-Za-z0-9_.-]+), got {model!r}")
+        if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
+            version = str(version)
+        if not isinstance(version, str) or version and not version.isdigit():
+            raise ConfigError(file, f"{where}.version", f"expected a version number, got {version!r}")
+        if not isinstance(inputs, dict) or not all(isinstance(v, str) and v for v in inputs.values()):
+            raise ConfigError(file, f"{where}.inputs", 'expected a table: input name = "<step model>.<output>" or "<pipeline input>"')
+        steps.append(PipelineStep(model, version, tuple(inputs.items())))
+    return tuple(steps)
 
 
 def _tensor_specs(items, file: str, key: str) -> tuple[TensorSpec, ...]:
@@ -350,6 +384,12 @@ def load_model_config(path: Path | None, defaults: ModelSettings) -> ModelConfig
         return ModelConfig(defaults)
     file = str(path)
     data = _read_toml(path)
+    if "pipeline" in data:
+        extra = sorted(set(data) - {"pipeline", "parameters"})
+        if extra:
+            raise ConfigError(file, extra[0], "a pipeline's config.toml holds only [[pipeline]] steps and [parameters]: "
+                              "batching, workers and tensors are its steps' own")
+        return ModelConfig(defaults, parameters=data.get("parameters", {}), pipeline=_pipeline(data["pipeline"], file))
     inputs = _tensor_specs(data.pop("inputs"), file, "inputs") if "inputs" in data else ()
     outputs = _tensor_specs(data.pop("outputs"), file, "outputs") if "outputs" in data else ()
     policy = _version_policy(data.pop("version_policy"), file) if "version_policy" in data else VersionPolicy()

@@ -124,15 +124,21 @@ class DataPlane:
     # -- inference ---------------------------------------------------------------------------
 
     async def infer(self, name: str, version: str, request: InferRequest, protocol: str) -> InferResponse:
-        started = time.perf_counter()
         if not self.state.ready:
             raise InferdError(ErrorCode.UNAVAILABLE, "the server is not ready (starting or shutting down)")
         mv = self.repository.get_ready(name, version)
+        outputs = await self._run(mv, request, protocol)
+        return InferResponse(mv.name, mv.version, outputs, request.id)
+
+    async def _run(self, mv: ModelVersion, request: InferRequest, protocol: str) -> dict:
+        """Validate and run one request on a version (through its queue, or its pipeline's steps)."""
+        started = time.perf_counter()
         code = "OK"
         try:
             rows, shape_key = self._validate(mv, request)
-            outputs = await mv.queue.submit(request, rows, shape_key)
-            return InferResponse(mv.name, mv.version, outputs, request.id)
+            if mv.pipeline is not None:
+                return await mv.pipeline.run(request, self._run_step)
+            return await mv.queue.submit(request, rows, shape_key)
         except InferdError as e:
             code = e.code.name
             if e.code is ErrorCode.RESOURCE_EXHAUSTED:
@@ -145,6 +151,10 @@ class DataPlane:
             raise
         finally:
             mv.observer.request_done(protocol, code, time.perf_counter() - started)
+
+    async def _run_step(self, step, request: InferRequest) -> dict:
+        """A pipeline's step: a request to the step's model, counted under protocol "pipeline"."""
+        return await self._run(self.repository.get_ready(step.model, step.version), request, "pipeline")
 
     @staticmethod
     def _validate(mv: ModelVersion, request: InferRequest) -> tuple[int, tuple]:

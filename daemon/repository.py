@@ -22,6 +22,7 @@ from inferd.config.errors import ConfigError, ErrorCode, InferdError
 from inferd.config.settings import MemorySection, ModelConfig, ModelSettings, load_model_config
 from inferd.config.tensors import ModelMetadata, TensorSpec
 from inferd.daemon.metrics import MODEL_STATES, Metrics, VersionObserver
+from inferd.daemon.pipeline import Pipeline, PipelineError
 from inferd.daemon.scan import Found, Key, Snapshot, diff, model_names, scan
 from inferd.scheduler.memory import room_for_another
 from inferd.scheduler.pool import Scaling, WorkerPool
@@ -54,7 +55,7 @@ class ModelVersion:
     and workers. `on_state` hears of every state change."""
 
     def __init__(self, found: Found, metrics: Metrics, on_state=lambda mv: None, on_workers=lambda mv: None,
-                 memory: MemorySection = MemorySection()):
+                 memory: MemorySection = MemorySection(), steps=None):
         self.name = found.name
         self.version = found.version
         self.key = found.key
@@ -67,6 +68,8 @@ class ModelVersion:
         self.max_batch_size = 0
         self.pool: WorkerPool | None = None
         self.queue: ModelQueue | None = None
+        self.pipeline: Pipeline | None = None  # a pipeline has steps instead of a queue and workers
+        self._steps = steps  # the repository, for a pipeline's steps
         self.observer = VersionObserver(metrics, self.name, self.version, on_workers=lambda: on_workers(self))
         self._memory = memory
         self.input_specs: dict[str, TensorSpec] = {}
@@ -101,13 +104,15 @@ class ModelVersion:
         if self.state == "LOADING":  # not retired meanwhile
             self._metrics.model_load_seconds.labels(self.name, self.version).set(seconds)
             log.info("model loaded", model=self.name, version=self.version, seconds=round(seconds, 3),
-                     pids=self.pool.pids)
+                     pids=self.pool.pids if self.pool is not None else [])
             self._set_state("READY")
 
     async def _load(self, defaults: ModelSettings) -> None:
         found = self.found
         if found.problem:
             raise LoadFailed(found.problem)
+        if found.pipeline:
+            return await self._load_pipeline(defaults)
         extension = found.path.suffix[1:]
         backend = backend_path(extension)
         if backend is None:
@@ -156,6 +161,21 @@ class ModelVersion:
         self._metrics.queue_limit_rows.labels(*labels).set(settings.queue_rows_limit)
         self._metrics.batch_limit.labels(*labels).set(self.max_batch_size)
 
+    async def _load_pipeline(self, defaults: ModelSettings) -> None:
+        self.config = load_model_config(self.found.config_path, defaults)
+        if not self.config.pipeline:
+            raise LoadFailed(f"{self.found.config_path} declares no [[pipeline]] steps and there are no version directories")
+        await self._steps.wait_for_steps(self.config.pipeline, self.config.settings.load_timeout_s)
+        try:
+            self.pipeline = Pipeline(self.name, self.config.pipeline, self._steps.step_metadata)
+        except PipelineError as e:
+            raise LoadFailed(str(e)) from None
+        self.metadata = self.pipeline.metadata
+        self.max_batch_size = self.pipeline.max_batch_size
+        self.input_specs = {t.name: t for t in self.metadata.inputs}
+        self.output_names = frozenset(t.name for t in self.metadata.outputs)
+        self._metrics.batch_limit.labels(self.name, self.version).set(self.max_batch_size)
+
     def _batch_limit(self, settings: ModelSettings) -> int:
         if self.metadata.batchable:
             return settings.max_batch_size
@@ -181,11 +201,12 @@ class ModelVersion:
 
     async def drain(self, timeout: float) -> bool:
         """Answer what was accepted (True), or fail what is left after `timeout` s (False)."""
-        if self.queue is None:
+        waits = [w.drain() for w in (self.queue, self.pipeline) if w is not None]
+        if not waits:
             return True
         try:
             async with asyncio.timeout(timeout):
-                await self.queue.drain()
+                await asyncio.gather(*waits)
             return True
         except TimeoutError:
             self.abort()
@@ -216,6 +237,7 @@ class ModelRepository:
         self.unloaded: set[str] = set()  # unloaded on request: directory changes leave them alone
         self._tasks: set[asyncio.Task] = set()
         self._loads: set[asyncio.Task] = set()
+        self._changed = asyncio.Event()  # set (and replaced) at every state change
 
     # -- following snapshots -----------------------------------------------------------------
 
@@ -252,7 +274,7 @@ class ModelRepository:
             await asyncio.wait(set(self._loads))
 
     def _load(self, found: Found) -> ModelVersion:
-        mv = ModelVersion(found, self.metrics, self._state_changed, lambda g: self._publish(g.key), self.memory)
+        mv = ModelVersion(found, self.metrics, self._state_changed, lambda g: self._publish(g.key), self.memory, self)
         if (superseded := self.pending.pop(found.key, None)) is not None:
             self._retire(superseded)
         versions = self.models.setdefault(found.name, {})
@@ -277,6 +299,57 @@ class ModelRepository:
                 self._retire(old)
         self._publish(mv.key)
         self._settle(name)
+        if mv.state == "READY" and mv.pipeline is None:
+            self._reload_pipelines_using(name)
+
+    def _reload_pipelines_using(self, name: str) -> None:
+        """A step model's new generation may have other tensors or limits: a pipeline that
+        uses it loads again (beside what serves) when what it resolved against changed."""
+        for mv in self.serving_versions():
+            if mv.pipeline is None or mv.state != "READY" or name not in mv.pipeline.models:
+                continue
+            try:
+                now = Pipeline(mv.name, mv.config.pipeline, self.step_metadata)
+                changed = (now.metadata, now.max_batch_size) != (mv.metadata, mv.max_batch_size)
+            except PipelineError:
+                changed = True
+            if changed:
+                log.info("a pipeline step changed; reloading the pipeline", model=mv.name, step=name)
+                self._load(mv.found)
+
+    # -- pipelines' steps --------------------------------------------------------------------
+
+    async def wait_for_steps(self, steps, timeout: float) -> None:
+        """Until every step's model serves; raises LoadFailed at once for a step that is not
+        in the directory or failed, and after `timeout` s for one still loading."""
+        try:
+            async with asyncio.timeout(timeout):
+                while waiting := [s for s in steps if not self._step_ready(s)]:
+                    await self._changed.wait()
+        except TimeoutError:
+            raise LoadFailed(f"step model {waiting[0].model!r} did not become READY within {timeout:g} s") from None
+
+    def _step_ready(self, step) -> bool:
+        try:
+            self.get_ready(step.model, step.version)
+            return True
+        except InferdError as e:
+            versions = self.models.get(step.model, {}).values()
+            if any(v.state == "LOADING" for v in versions) or any(k[0] == step.model for k in self.pending):
+                return False
+            if step.model in model_names(self.applied) and not versions:
+                return False  # in the directory, its load not started yet
+            raise LoadFailed(f"step model {step.model!r}: {e.message}") from None
+
+    def step_metadata(self, step):
+        """A step model's metadata and batch limit, for Pipeline (raises PipelineError)."""
+        try:
+            mv = self.get_ready(step.model, step.version)
+        except InferdError as e:
+            raise PipelineError(f"step model {step.model!r}: {e.message}") from None
+        if mv.pipeline is not None:
+            raise PipelineError(f"step model {step.model!r} is a pipeline; a step must be a model")
+        return mv.metadata, mv.max_batch_size
 
     def _settle(self, name: str) -> None:
         """Retire versions the policy no longer selects, once a selected one is READY."""
@@ -327,6 +400,8 @@ class ModelRepository:
     # -- metrics -----------------------------------------------------------------------------
 
     def _state_changed(self, mv: ModelVersion) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
         if mv.state == "FAILED":
             self.metrics.load_failures.labels(mv.name, mv.version).inc()
         self._publish(mv.key)
@@ -445,6 +520,8 @@ class ModelRepository:
         """Answer every accepted request (True), or give up after `timeout` seconds (False)."""
         try:
             async with asyncio.timeout(timeout):
+                # Pipelines first: their requests still have steps to run on the models' queues.
+                await asyncio.gather(*(v.pipeline.drain() for v in self.all_versions() if v.pipeline is not None))
                 await asyncio.gather(*(v.queue.drain() for v in self.all_versions() if v.queue is not None))
             return True
         except TimeoutError:

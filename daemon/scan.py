@@ -3,6 +3,7 @@
 Layouts (DESIGN.md):
     models/<name>.<ext>                        version 1 of <name>
     models/<name>/<version>/model.<ext>        full form, with optional models/<name>/config.toml
+    models/<name>/config.toml                  a pipeline: [[pipeline]] steps, no version directories
 
 `scan()` reads the directory into a Snapshot: the versions to serve, chosen by each model's
 version policy, keyed by (name, version), with a stamp (size, mtime, inode) of every file so a
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,11 +25,10 @@ import structlog
 
 from inferd.backends import MODEL_EXTENSIONS
 from inferd.config.errors import ConfigError
-from inferd.config.settings import ModelSettings, VersionPolicy, load_model_config
+from inferd.config.settings import MODEL_NAME, ModelSettings, VersionPolicy, load_model_config
 
 log = structlog.get_logger("inferd.repository")
 
-MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 Key = tuple[str, str]  # (model name, version)
 Complete = Callable[[Path], bool]
@@ -60,6 +60,7 @@ class Found:
     problem: str = ""
     file_stamp: tuple = ()
     config_stamp: tuple = ()
+    pipeline: bool = False  # defined by config.toml alone (path is None)
 
     @property
     def key(self) -> Key:
@@ -133,8 +134,14 @@ def _scan_model_dir(directory: Path, complete: Complete) -> list[Found]:
                  if f.stem == "model" and f.suffix[1:] in MODEL_EXTENSIONS and not ignored(f.name) and f.is_file()]
         if files and all(complete(f) for f in files):
             versions[int(vdir.name)] = files
+    pipeline = _declares_pipeline(config_path) if config_path is not None else False
+    if versions and pipeline is True:
+        problem = f"{directory} has version directories and a [[pipeline]] in config.toml: it must be one or the other"
+        return [Found(directory.name, "1", None, config_path, problem, config_stamp=config_stamp, pipeline=True)]
     if not versions:
-        return []  # empty, or still being copied: not a model yet
+        if pipeline is False:
+            return []  # empty, or still being copied: not a model yet
+        return [Found(directory.name, "1", None, config_path, config_stamp=config_stamp, pipeline=True)]
     try:
         policy = load_model_config(config_path, ModelSettings()).version_policy
     except ConfigError:
@@ -151,6 +158,19 @@ def _scan_model_dir(directory: Path, complete: Complete) -> list[Found]:
             out.append(Found(directory.name, str(number), files[0], config_path,
                              file_stamp=_stamp(files[0]), config_stamp=config_stamp))
     return out
+
+
+def _declares_pipeline(config: Path) -> bool | None:
+    """Whether config.toml has [[pipeline]] steps; None when it does not parse. A directory with
+    no versions and such a config loads as a pipeline that reports the error, and a pipeline
+    that serves keeps serving meanwhile."""
+    try:
+        with config.open("rb") as f:
+            return "pipeline" in tomllib.load(f)
+    except tomllib.TOMLDecodeError:
+        return None
+    except OSError:
+        return False
 
 
 def settled(previous: Snapshot, current: Snapshot, complete: Complete) -> Snapshot:

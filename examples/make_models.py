@@ -1,8 +1,12 @@
 """Generate the small example ONNX models that `inferd serve` runs out of the box.
 
-Nothing is downloaded: every model is built here with the onnx helper API and seeded weights,
-so the same files (and the same outputs) come out on every machine. The tests and the
-benchmark build their models with these functions too.
+Nothing is downloaded: every model is built here with the onnx helper API (or torch) and
+seeded or constructed weights, so the same files (and the same outputs) come out on every
+machine. The tests and the benchmark build their models with these functions too.
+
+With torch installed it also writes the text pipeline: `tokenize` (Python, BYTES in),
+`bag_classifier` (TorchScript), `label` (Python, BYTES out) and `text_classifier`, the pipeline
+of the three (a config.toml alone).
 
     python examples/make_models.py DIR      # writes DIR/mlp.onnx, DIR/add_sub/..., ...
 """
@@ -10,7 +14,11 @@ benchmark build their models with these functions too.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import pathlib
+import shutil
+import sys
+import warnings
 
 import numpy as np
 import onnx
@@ -142,8 +150,126 @@ max_queue_delay_ms = 0
 """
 
 
-def make_examples(root: pathlib.Path) -> list[pathlib.Path]:
-    """The bundled example repository: both layouts of the model directory."""
+PYTHON_MODELS = pathlib.Path(__file__).resolve().parent / "python_models"
+
+# The classifier's classes and the words that vote for each (its embedding table is built from
+# them, not trained: the example shows the plumbing, and answers predictably).
+TOPICS = {
+    "sports": "match team goal score player league coach win won season football tennis",
+    "weather": "rain sun snow wind storm forecast cloudy sunny temperature cold hot weather",
+    "finance": "market stock stocks price bank shares profit inflation rates investors trading money",
+    "tech": "software computer code server gpu chip model network data cloud linux python",
+}
+
+BAG_CLASSIFIER_CONFIG = """\
+# TorchScript files do not carry their tensors' types: config.toml declares them, in the order
+# forward() takes and returns them.
+max_batch_size = 64
+[[inputs]]
+name = "tokens"
+datatype = "INT64"
+shape = [-1, 16]
+[[outputs]]
+name = "probabilities"
+datatype = "FP32"
+shape = [-1, 4]
+"""
+
+LABEL_CONFIG = f"""\
+# Narrows the class's declared input to the classifier's 4 classes; [parameters] reach load().
+[[inputs]]
+name = "probabilities"
+datatype = "FP32"
+shape = [-1, 4]
+[parameters]
+labels = [{", ".join(f'"{t}"' for t in TOPICS)}]
+min_score = 0.4
+"""
+
+TEXT_CLASSIFIER_CONFIG = """\
+# A pipeline: one request in, each step run by its own model's queue (batched with that model's
+# other traffic), tensors handed from step to step inside the daemon. An input a step does not
+# map comes from the latest earlier step's output of that name, else from the request.
+[[pipeline]]
+model = "tokenize"            # text (BYTES) -> tokens
+[[pipeline]]
+model = "bag_classifier"      # tokens -> probabilities
+inputs = { tokens = "tokenize.tokens" }
+[[pipeline]]
+model = "label"               # probabilities -> label (BYTES), score
+"""
+
+
+def _tokenizer():
+    """The tokenize example's own token_ids(), so the classifier matches it exactly."""
+    spec = importlib.util.spec_from_file_location("inferd_example_tokenize", PYTHON_MODELS / "tokenize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bag_classifier_module():
+    """tokens INT64 [-1, 16] -> probabilities FP32 [-1, 4]: the mean embedding of the non-padding
+    tokens (one score per topic), scaled, softmaxed."""
+    import torch
+
+    tokenize = _tokenizer()
+    table = torch.zeros(tokenize.VOCAB, len(TOPICS))
+    for topic, (_, words) in enumerate(TOPICS.items()):
+        for word in words.split():
+            table[tokenize.token_ids(word)[0], topic] = 1.0
+
+    class BagClassifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding.from_pretrained(table)
+            self.scale = 8.0
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            mask = (tokens != 0).unsqueeze(-1).to(torch.float32)
+            summed = (self.embedding(tokens) * mask).sum(dim=1)
+            mean = summed / mask.sum(dim=1).clamp(min=1.0)
+            return torch.softmax(mean * self.scale, dim=1)
+
+    return BagClassifier().eval()
+
+
+def save_torchscript(module, path: pathlib.Path) -> pathlib.Path:
+    """torch.jit.script + save, without their deprecation warnings: TorchScript files are what
+    many users still have, so inferd serves them (and the example shows one)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(module), str(path))
+    return path
+
+
+def build_bag_classifier(path: pathlib.Path) -> pathlib.Path:
+    """The classifier as TorchScript (needs torch)."""
+    return save_torchscript(bag_classifier_module(), path)
+
+
+def make_text_examples(root: pathlib.Path) -> list[pathlib.Path]:
+    """The text pipeline: two Python models around a TorchScript one, and the pipeline."""
+    written = []
+    for name in ("tokenize", "label"):
+        target = root / name / "1" / "model.py"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written.append(pathlib.Path(shutil.copyfile(PYTHON_MODELS / f"{name}.py", target)))
+    (root / "label" / "config.toml").write_text(LABEL_CONFIG)
+    written.append(build_bag_classifier(root / "bag_classifier" / "1" / "model.pt"))
+    (root / "bag_classifier" / "config.toml").write_text(BAG_CLASSIFIER_CONFIG)
+    (root / "text_classifier").mkdir(exist_ok=True)
+    written.append(root / "text_classifier" / "config.toml")
+    written[-1].write_text(TEXT_CLASSIFIER_CONFIG)
+    return written
+
+
+def make_examples(root: pathlib.Path, text: bool | None = None) -> list[pathlib.Path]:
+    """The bundled example repository: both layouts of the model directory, and (with torch, or
+    when `text` is True) the text pipeline."""
     root.mkdir(parents=True, exist_ok=True)
     written = [
         build_mlp(root / "mlp.onnx"),  # bare file: version 1, metadata from the file
@@ -151,6 +277,12 @@ def make_examples(root: pathlib.Path) -> list[pathlib.Path]:
         build_identity_all(root / "identity_all.onnx"),
     ]
     (root / "add_sub" / "config.toml").write_text(ADD_SUB_CONFIG)
+    if text is None:
+        text = importlib.util.find_spec("torch") is not None
+        if not text:
+            print("torch is not installed: the text pipeline examples are left out", file=sys.stderr)
+    if text:
+        written += make_text_examples(root)
     return written
 
 

@@ -106,3 +106,26 @@ def test_model_parameters_are_a_free_form_table_for_the_models_code(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_model_config(path, ModelSettings())
     assert e.value.key == "parameters"
+
+
+def test_pipeline_config_reads_steps(tmp_path):
+    path = _write(tmp_path, '[[pipeline]]\nmodel = "tok"\n[[pipeline]]\nmodel = "enc"\nversion = 2\n'
+                            'inputs = { ids = "tok.tokens" }\n', "config.toml")
+    config = load_model_config(path, ModelSettings())
+    assert [(s.model, s.version, s.inputs) for s in config.pipeline] == [("tok", "", ()), ("enc", "2", (("ids", "tok.tokens"),))]
+
+
+@pytest.mark.parametrize("text,key", [
+    ("pipeline = []\n", "pipeline"),
+    ('[[pipeline]]\nversion = 1\n', "pipeline[0]"),
+    ('[[pipeline]]\nmodel = "a/b"\n', "pipeline[0].model"),
+    ('[[pipeline]]\nmodel = "a"\nversion = "latest"\n', "pipeline[0].version"),
+    ('[[pipeline]]\nmodel = "a"\ninputs = { x = 3 }\n', "pipeline[0].inputs"),
+    ('[[pipeline]]\nmodel = "a"\nbatch = 2\n', "pipeline[0]"),
+    ('max_batch_size = 4\n[[pipeline]]\nmodel = "a"\n', "max_batch_size"),
+])
+def test_bad_pipeline_config_is_refused(tmp_path, text, key):
+    path = _write(tmp_path, text, "config.toml")
+    with pytest.raises(ConfigError) as e:
+        load_model_config(path, ModelSettings())
+    assert e.value.key == key

@@ -1,0 +1,133 @@
+"""Custom Python models: a `model.py` (or `<name>.py`) defining a class `Model`. Imported only
+inside the model's own worker process, like every backend. docs/python-models.md is the guide.
+
+    class Model:
+        inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]     # or config.toml
+        outputs = [{"name": "tokens", "datatype": "INT64", "shape": [-1, 16]}]
+
+        def load(self, model_dir: pathlib.Path, config: dict) -> None: ...   # optional, once
+        def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+        def unload(self) -> None: ...                                          # optional
+
+`infer` gets one batch (requests stacked along the first dimension when the model batches;
+BYTES tensors as numpy object arrays of `bytes`) and returns every declared output, with as
+many rows as it was given. Raising `InvalidInput` refuses the batch as the caller's fault (HTTP
+400); any other exception is the model's (HTTP 500) and its message reaches the caller. The
+worker goes on serving either way.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import stat
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from inferd.backends.base import BackendInputError
+from inferd.config.tensors import DATATYPES, ModelMetadata, TensorSpec
+
+InvalidInput = BackendInputError  # for model code: `from inferd.backends.python import InvalidInput`
+
+
+class ModelCodeError(Exception):
+    """An exception raised in the model's own code, with its type and message."""
+
+
+def _check_not_writable_by_others(path: Path) -> None:
+    """Code that any local user could change must not run as the daemon's user."""
+    for p in (path, path.parent):
+        if p.stat().st_mode & stat.S_IWOTH:
+            raise RuntimeError(f"{p} is writable by other users; refusing to run code from it (chmod o-w)")
+
+
+def _specs(declared, kind: str) -> tuple[TensorSpec, ...]:
+    try:
+        specs = tuple(TensorSpec.from_dict(t) for t in declared)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise RuntimeError(f"Model.{kind} must be a list of {{name, datatype, shape}} tables") from None
+    for spec in specs:
+        if spec.datatype not in DATATYPES:
+            raise RuntimeError(f"Model.{kind}: {spec.name!r} has unknown datatype {spec.datatype!r}")
+    return specs
+
+
+class PythonBackend:
+    platform = "python"
+
+    def __init__(self, path: Path, settings: dict) -> None:
+        self.path = path
+        self.settings = settings
+        self.model = None
+        self.outputs: dict[str, TensorSpec] = {}
+        self.batching = False  # requests stacked along the first dimension: outputs keep the rows
+
+    def load(self) -> ModelMetadata:
+        _check_not_writable_by_others(self.path)
+        sys.path.insert(0, str(self.path.parent))  # modules beside model.py import as usual
+        spec = importlib.util.spec_from_file_location(f"inferd_model_{self.path.parent.name}", self.path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        cls = getattr(module, "Model", None)
+        if not isinstance(cls, type) or not callable(getattr(cls, "infer", None)):
+            raise RuntimeError(f"{self.path.name} must define a class Model with an infer(self, inputs) method")
+        self.model = cls()
+        if hasattr(self.model, "load"):
+            self.model.load(Path(self.settings.get("model_dir", self.path.parent)), dict(self.settings))
+        # config.toml's tensors win over the class's (the repository checks they agree).
+        inputs = _specs(self.settings.get("inputs") or getattr(self.model, "inputs", ()), "inputs")
+        outputs = _specs(self.settings.get("outputs") or getattr(self.model, "outputs", ()), "outputs")
+        if not inputs or not outputs:
+            raise RuntimeError(
+                "declare the model's tensors: Model.inputs and Model.outputs, or [[inputs]] and [[outputs]] "
+                "(name, datatype, shape; -1 for a dynamic dimension) in its config.toml"
+            )
+        self.outputs = {t.name: t for t in outputs}
+        metadata = ModelMetadata(self.platform, inputs, outputs)
+        self.batching = self.settings.get("max_batch_size", 0) > 0 and metadata.batchable
+        return metadata
+
+    def execute(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        rows = next(iter(inputs.values())).shape[0] if inputs else 0
+        try:
+            result = self.model.infer(inputs)
+        except BackendInputError:
+            raise
+        except Exception as e:
+            raise ModelCodeError(f"{self.path.name} raised {type(e).__name__}: {e}") from e
+        if not isinstance(result, dict):
+            raise ModelCodeError(f"{self.path.name}: infer() must return a dict of outputs, got {type(result).__name__}")
+        return {name: self._output(name, result, rows) for name in outputs}
+
+    def _output(self, name: str, result: dict, rows: int) -> np.ndarray:
+        spec = self.outputs[name]
+        if name not in result:
+            raise ModelCodeError(f"{self.path.name}: infer() did not return output {name!r}")
+        try:
+            array = _as_bytes(result[name]) if spec.datatype == "BYTES" else np.asarray(result[name], DATATYPES[spec.datatype])
+        except (TypeError, ValueError) as e:
+            raise ModelCodeError(f"{self.path.name}: output {name!r} is not {spec.datatype}: {e}") from None
+        if not spec.accepts_shape(array.shape):
+            raise ModelCodeError(f"{self.path.name}: output {name!r} has shape {list(array.shape)}, declared {list(spec.shape)}")
+        if self.batching and array.shape[0] != rows:
+            raise ModelCodeError(f"{self.path.name}: output {name!r} has {array.shape[0]} rows for a batch of {rows}")
+        return array
+
+    def unload(self) -> None:
+        if self.model is not None and hasattr(self.model, "unload"):
+            self.model.unload()
+        self.model = None
+
+
+def _as_bytes(value) -> np.ndarray:
+    """BYTES elements are bytes; str elements are encoded as UTF-8."""
+    array = np.asarray(value, dtype=object)
+    flat = []
+    for x in array.reshape(-1):
+        if not isinstance(x, (bytes, bytearray, str)):
+            raise TypeError(f"a BYTES element must be bytes or str, got {type(x).__name__}")
+        flat.append(x.encode() if isinstance(x, str) else bytes(x))
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return out.reshape(array.shape)
