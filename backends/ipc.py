@@ -5,8 +5,9 @@ Frames: a 4-byte big-endian length, then one msgpack map with a protocol version
 bytes for numeric types (no per-element encoding) and a list of bytes for BYTES. Errors travel
 as data (a code name and a message), never as pickled exceptions.
 
-    daemon -> worker: LOAD, EXECUTE, STOP
-    worker -> daemon: LOADED | LOAD_FAILED (answer to LOAD), RESULT | FAILED (answer to EXECUTE)
+    daemon -> worker: LOAD, EXECUTE, PROFILE, STOP
+    worker -> daemon: LOADED | LOAD_FAILED (answer to LOAD), RESULT | FAILED (answer to EXECUTE),
+                      PROFILED (answer to PROFILE: one run on synthetic inputs of `rows` rows)
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ HEADER = struct.Struct(">I")
 LOAD = "load"
 EXECUTE = "execute"
 STOP = "stop"
+PROFILE = "profile"
+PROFILED = "profiled"
 LOADED = "loaded"
 LOAD_FAILED = "load_failed"
 RESULT = "result"

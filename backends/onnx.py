@@ -28,7 +28,8 @@ _ORT_TYPES = {
 }
 
 
-def _providers(device: str) -> list:
+def _providers(device: str, gpu: int | None = None) -> list:
+    """Execution providers for `device`; with "auto", `gpu` is the GPU the daemon placed it on."""
     available = ort.get_available_providers()
     if device == "cpu":
         return ["CPUExecutionProvider"]
@@ -40,7 +41,7 @@ def _providers(device: str) -> list:
             )
         return [("CUDAExecutionProvider", {"device_id": int(device[5:])}), "CPUExecutionProvider"]
     if "CUDAExecutionProvider" in available:  # auto
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", {"device_id": gpu or 0}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
@@ -59,6 +60,7 @@ class OnnxBackend:
         self.path = path
         self.settings = settings
         self.session: ort.InferenceSession | None = None
+        self.device_name = "cpu"  # where it runs, once loaded: "cpu" or "cuda:N"
         self._string_inputs: set[str] = set()
         self._string_outputs: set[str] = set()
 
@@ -67,8 +69,11 @@ class OnnxBackend:
         if self.settings.get("intra_op_threads"):
             options.intra_op_num_threads = self.settings["intra_op_threads"]
         self.session = ort.InferenceSession(
-            str(self.path), options, providers=_providers(self.settings.get("device", "auto"))
+            str(self.path), options, providers=_providers(self.settings.get("device", "auto"), self.settings.get("gpu"))
         )
+        if self.session.get_providers()[0] == "CUDAExecutionProvider":
+            options = self.session.get_provider_options()["CUDAExecutionProvider"]
+            self.device_name = f"cuda:{options.get('device_id', 0)}"
         inputs = tuple(_spec(n) for n in self.session.get_inputs())
         outputs = tuple(_spec(n) for n in self.session.get_outputs())
         self._string_inputs = {t.name for t in inputs if t.datatype == "BYTES"}

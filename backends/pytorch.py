@@ -35,12 +35,13 @@ def _v2_type(dtype) -> str:
     raise RuntimeError(f"torch dtype {dtype} has no V2 datatype this backend carries")
 
 
-def _device(setting: str):
+def _device(setting: str, gpu: int | None):
+    """The torch device for `setting`; with "auto", `gpu` is the GPU the daemon placed it on."""
     if setting == "cpu" or setting == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError(f"device {setting} requested but this torch has no CUDA (install a CUDA build of torch)")
-    return torch.device("cuda" if setting == "auto" else setting)
+    return torch.device(f"cuda:{gpu or 0}" if setting == "auto" else setting)
 
 
 def _declared(settings: dict, kind: str) -> tuple[TensorSpec, ...]:
@@ -61,7 +62,8 @@ class TorchBackend:
             raise RuntimeError("PyTorch models need torch in the daemon's environment: pip install 'inferd[torch]'")
         if self.settings.get("intra_op_threads"):
             torch.set_num_threads(self.settings["intra_op_threads"])
-        self.device = _device(self.settings.get("device", "auto"))
+        self.device = _device(self.settings.get("device", "auto"), self.settings.get("gpu"))
+        self.device_name = str(self.device)  # "cpu" or "cuda:N"
         if self.path.suffix == ".pt2":
             platform, inputs, outputs = "pytorch_export", *self._load_exported()
         else:

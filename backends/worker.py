@@ -38,11 +38,41 @@ def _make_backend(target: str, path: Path, settings: dict):
     return getattr(importlib.import_module(module), cls)(path, settings)
 
 
+# How runtimes say an allocation failed: numpy/Python MemoryError, torch's OutOfMemoryError
+# (CUDA), onnxruntime's RuntimeException/Fail with one of these messages (host or CUDA arena).
+_OOM_MESSAGES = ("failed to allocate memory", "out of memory", "bad_alloc", "cudaerrormemoryallocation")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    cause = exc.__cause__  # the Python backend wraps the model code's exception
+    if cause is not None and cause is not exc and is_out_of_memory(cause):
+        return True
+    text = str(exc).lower()
+    return any(m in text for m in _OOM_MESSAGES)
+
+
 def _error_code(exc: Exception) -> ErrorCode:
     # onnxruntime raises InvalidArgument for inputs it refuses (e.g. an index out of range).
     if isinstance(exc, BackendInputError) or type(exc).__name__ == "InvalidArgument":
         return ErrorCode.INVALID_ARGUMENT
+    if is_out_of_memory(exc):
+        return ErrorCode.RESOURCE_EXHAUSTED
     return ErrorCode.INTERNAL
+
+
+def synthetic_inputs(metadata, rows: int, dim: int) -> dict[str, np.ndarray]:
+    """Zeros shaped like the model's inputs: `rows` in a dynamic first dimension (when the
+    model batches), `dim` in every other dynamic dimension; BYTES elements of `dim` bytes."""
+    inputs = {}
+    for t in metadata.inputs:
+        shape = tuple(d if d >= 0 else (rows if i == 0 and metadata.batchable else dim) for i, d in enumerate(t.shape))
+        if t.datatype == "BYTES":
+            inputs[t.name] = np.full(shape, b"\0" * dim, dtype=object)
+        else:
+            inputs[t.name] = np.zeros(shape, dtype=DATATYPES[t.datatype])
+    return inputs
 
 
 def warm_up(backend, metadata) -> None:
@@ -51,15 +81,21 @@ def warm_up(backend, metadata) -> None:
     model that cannot run on such inputs still loads (and says so in the log)."""
     started = time.monotonic()
     try:
-        inputs = {
-            t.name: np.zeros(tuple(d if d >= 0 else 1 for d in t.shape), dtype=DATATYPES[t.datatype])
-            if t.datatype != "BYTES" else np.full(tuple(d if d >= 0 else 1 for d in t.shape), b"", dtype=object)
-            for t in metadata.inputs
-        }
-        backend.execute(inputs, [t.name for t in metadata.outputs])
+        backend.execute(synthetic_inputs(metadata, 1, 1), [t.name for t in metadata.outputs])
         log.info("warmed up", seconds=round(time.monotonic() - started, 4))
     except Exception as e:
         log.info("warm-up skipped: the model does not run on zeros", reason=f"{type(e).__name__}: {e}")
+
+
+def profile(backend, metadata, msg: dict) -> dict:
+    """One run at `rows` rows on synthetic inputs, for the daemon to measure this process's
+    memory around it (inferd.scheduler.memory)."""
+    started = time.monotonic()
+    try:
+        backend.execute(synthetic_inputs(metadata, msg["rows"], msg["dim"]), [t.name for t in metadata.outputs])
+    except Exception as e:
+        return {"type": ipc.PROFILED, "ok": False, "error": f"{type(e).__name__}: {e}"}
+    return {"type": ipc.PROFILED, "ok": True, "seconds": time.monotonic() - started}
 
 
 def _regions(sock: socket.socket) -> tuple[Region, Region] | None:
@@ -90,11 +126,15 @@ def serve(sock: socket.socket) -> int:
         return 1
     warm_up(backend, metadata)
     ipc.send(sock, {"type": ipc.LOADED, "metadata": metadata.to_dict(), "load_s": time.monotonic() - started,
-                    "started_at": started})  # CLOCK_MONOTONIC is one clock for every process
+                    "started_at": started,  # CLOCK_MONOTONIC is one clock for every process
+                    "device": getattr(backend, "device_name", "cpu")})  # where it runs: "cpu" or "cuda:N"
 
     while (msg := receiver.recv()) is not None:
         if msg["type"] == ipc.STOP:
             break
+        if msg["type"] == ipc.PROFILE:
+            ipc.send(sock, profile(backend, metadata, msg))
+            continue
         if msg["type"] != ipc.EXECUTE:
             log.error("unexpected message", type=msg["type"])
             continue
@@ -112,6 +152,8 @@ def serve(sock: socket.socket) -> int:
             code = _error_code(e)
             if code is ErrorCode.INTERNAL:
                 log.error("batch failed", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}")
+            if code is ErrorCode.RESOURCE_EXHAUSTED:
+                log.warning("batch ran out of memory", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}")
             reply = {"type": ipc.FAILED, "batch": msg["batch"], "code": code.value, "message": str(e)}
         ipc.send(sock, reply)
     backend.unload()

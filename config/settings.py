@@ -102,7 +102,8 @@ class ModelSettings:
 
     max_batch_size: int = _field(64, _between(0, 1 << 20))
     max_queue_delay_ms: float = _field(0.0, _between(0, 60_000))
-    max_queue_rows: int = _field(0, _at_least(0))  # 0 = derived (see queue_rows_limit)
+    max_queue_rows: int = _field(0, _at_least(0))  # 0 = derived from memory (inferd.scheduler.limits)
+    max_queue_bytes: int = _field(0, _at_least(0))  # 0 = derived: a share of the queues' memory budget
     min_workers: int = _field(0, _between(0, 256))
     max_workers: int = _field(2, _between(1, 256))
     idle_timeout_s: float = _field(300.0, _at_least(0))  # idle workers stop (to min_workers); 0 = never
@@ -116,22 +117,25 @@ class ModelSettings:
     scale_up_window_s: float = _field(1.0, _between(0, 3600))  # ...for this long add a worker
     crash_loop_count: int = _field(5, _between(1, 1000))  # this many worker failures...
     crash_loop_window_s: float = _field(60.0, _between(0.001, 86400))  # ...within this window: FAILED
+    typical_dim_size: int = _field(16, _between(1, 1 << 20))  # dynamic non-batch dimensions, when memory is measured
 
     def cross_check(self) -> tuple[str, str] | None:
         if self.min_workers > self.max_workers:
             return "min_workers", f"min_workers ({self.min_workers}) exceeds max_workers ({self.max_workers})"
         return None
 
-    @property
-    def queue_rows_limit(self) -> int:
-        """Rows a queue may hold. Until memory-derived limits exist, 0 means 16 full batches."""
-        return self.max_queue_rows or max(16 * self.max_batch_size, 256)
 
 
 @dataclasses.dataclass(frozen=True)
 class MemorySection:
-    reserve_fraction: float = _field(0.1, _between(0.0, 0.9))
-    reserve_bytes: int = _field(0, _at_least(0))
+    """How much of each device (the host, every GPU) the models may use; see scheduler/limits.py."""
+
+    reserve_fraction: float = _field(0.1, _between(0.0, 0.9))  # of each device's total, left free
+    reserve_bytes: int = _field(0, _at_least(0))  # and this much more
+    budget_bytes: int = _field(0, _at_least(0))  # most inferd's workers may hold on each device; 0 = no cap
+    queue_budget_bytes: int = _field(0, _at_least(0))  # host memory for all queues; 0 = a tenth of the headroom
+    check_interval_s: float = _field(5.0, _between(0.05, 3600))  # limits are re-derived this often (and on changes)
+    evict_idle: bool = False  # a cold model that does not fit may scale idle ones on its device to zero
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from inferd.scheduler.limits import LimitsObserver
 from inferd.scheduler.pool import PoolObserver
 from inferd.scheduler.queue import QueueObserver
 
@@ -15,7 +16,7 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 MODEL_STATES = ("LOADING", "READY", "UNLOADING", "FAILED")
 
 
-class Metrics:
+class Metrics(LimitsObserver):
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
         mv = ["model", "version"]
@@ -41,6 +42,21 @@ class Metrics:
         self.queue_rows = Gauge("inferd_queue_rows", "Rows waiting in the queue", mv, registry=registry)
         self.queue_limit_rows = Gauge("inferd_queue_limit_rows", "Rows the queue may hold", mv, registry=registry)
         self.batch_limit = Gauge("inferd_model_batch_limit", "Largest batch the scheduler forms", mv, registry=registry)
+        self.queue_limit_bytes = Gauge("inferd_queue_limit_bytes", "Input bytes the queue may hold", mv, registry=registry)
+        self.bytes_per_row = Gauge(
+            "inferd_model_bytes_per_row", "Measured memory a row of a batch costs a worker", mv, registry=registry,
+        )
+        self.worker_memory = Gauge(
+            "inferd_worker_memory_bytes", "Memory the version's workers hold on their device", mv, registry=registry,
+        )
+        self.device_free = Gauge("inferd_device_memory_free_bytes", "Free memory per device", ["device"], registry=registry)
+        self.device_total = Gauge("inferd_device_memory_total_bytes", "Memory per device", ["device"], registry=registry)
+        self.workers_refused = Counter(
+            "inferd_workers_refused", "Workers not started for want of memory", mv + ["reason"], registry=registry,
+        )
+        self.out_of_memory = Counter(
+            "inferd_oom", "Batches whose runtime could not allocate memory", mv, registry=registry,
+        )
         self.model_state = Gauge(
             "inferd_model_state", "1 for the model version's current state", mv + ["state"], registry=registry,
         )
@@ -67,6 +83,10 @@ class Metrics:
         self.unauthenticated = Counter(
             "inferd_unauthenticated", "Calls refused for a missing or wrong token", ["protocol"], registry=registry,
         )
+
+    def device_memory(self, device: str, free: int, total: int) -> None:
+        self.device_free.labels(device).set(free)
+        self.device_total.labels(device).set(total)
 
     def set_state(self, model: str, version: str, state: str) -> None:
         for s in MODEL_STATES:
@@ -112,6 +132,20 @@ class VersionObserver(QueueObserver, PoolObserver):
 
     def worker_exited(self, cause: str) -> None:
         self._metrics.worker_exits.labels(self.model, self.version, cause).inc()
+
+    def worker_refused(self, reason: str) -> None:
+        self._metrics.workers_refused.labels(self.model, self.version, "memory").inc()
+
+    def out_of_memory(self, rows: int) -> None:
+        self._metrics.out_of_memory.labels(self.model, self.version).inc()
+
+    def memory_limits(self, batch_rows: int, queue_rows: int, queue_bytes: int, bytes_per_row: int, used: int) -> None:
+        m, labels = self._metrics, (self.model, self.version)
+        m.batch_limit.labels(*labels).set(batch_rows)
+        m.queue_limit_rows.labels(*labels).set(queue_rows)
+        m.queue_limit_bytes.labels(*labels).set(queue_bytes)
+        m.bytes_per_row.labels(*labels).set(bytes_per_row)
+        m.worker_memory.labels(*labels).set(used)
 
     def dequeued(self, waited_s: float) -> None:
         self._queue_duration.observe(waited_s)

@@ -19,12 +19,13 @@ import structlog
 
 from inferd.backends import backend_path
 from inferd.config.errors import ConfigError, ErrorCode, InferdError
-from inferd.config.settings import MemorySection, ModelConfig, ModelSettings, load_model_config
-from inferd.config.tensors import ModelMetadata, TensorSpec
+from inferd.config.settings import ModelConfig, ModelSettings, load_model_config
+from inferd.config.tensors import DATATYPES, ModelMetadata, TensorSpec
 from inferd.daemon.metrics import MODEL_STATES, Metrics, VersionObserver
 from inferd.daemon.pipeline import Pipeline, PipelineError
 from inferd.daemon.scan import Found, Key, Snapshot, diff, model_names, scan
-from inferd.scheduler.memory import room_for_another
+from inferd.scheduler.limits import MemoryManager, Tenant, measure
+from inferd.scheduler.memory import CPU
 from inferd.scheduler.pool import Scaling, WorkerPool
 from inferd.scheduler.queue import ModelQueue
 from inferd.scheduler.worker import LoadFailed, WorkerSpec
@@ -54,8 +55,8 @@ class ModelVersion:
     """One generation of a model version (one load of its files): its state, metadata, queue
     and workers. `on_state` hears of every state change."""
 
-    def __init__(self, found: Found, metrics: Metrics, on_state=lambda mv: None, on_workers=lambda mv: None,
-                 memory: MemorySection = MemorySection(), steps=None):
+    def __init__(self, found: Found, metrics: Metrics, memory: MemoryManager, on_state=lambda mv: None,
+                 on_workers=lambda mv: None, steps=None, base_estimate: int = 0):
         self.name = found.name
         self.version = found.version
         self.key = found.key
@@ -69,9 +70,12 @@ class ModelVersion:
         self.pool: WorkerPool | None = None
         self.queue: ModelQueue | None = None
         self.pipeline: Pipeline | None = None  # a pipeline has steps instead of a queue and workers
+        self.tenant: Tenant | None = None  # its claim on memory (limits, placement)
         self._steps = steps  # the repository, for a pipeline's steps
         self.observer = VersionObserver(metrics, self.name, self.version, on_workers=lambda: on_workers(self))
         self._memory = memory
+        self._base_estimate = base_estimate  # a worker's memory before it is measured
+        self._device = CPU  # where its workers are expected to run, until one has loaded
         self.input_specs: dict[str, TensorSpec] = {}
         self.output_names: frozenset[str] = frozenset()
         self._metrics = metrics
@@ -121,18 +125,19 @@ class ModelVersion:
         settings = self.config.settings
         # What the backend gets besides its file: the settings, the tensors config.toml declares
         # (for files that do not carry them), the model's directory and its [parameters].
+        # With device "auto", the daemon places the model on the GPU with the most free memory.
+        gpu = self._memory.choose_gpu() if settings.device == "auto" else None
+        self._device = f"cuda:{gpu}" if gpu is not None else settings.device.replace("auto", CPU)
         worker_settings = dataclasses.asdict(settings) | {
             "inputs": [t.to_dict() for t in self.config.inputs],
             "outputs": [t.to_dict() for t in self.config.outputs],
             "model_dir": str(found.config_path.parent if found.config_path else found.path.parent),
             "parameters": self.config.parameters,
+            "gpu": gpu,
         }
         spec = WorkerSpec(self.name, self.version, found.path, backend, worker_settings)
-        memory = self._memory
-        self.pool = WorkerPool(
-            spec, Scaling.from_settings(settings), observer=self.observer, on_broken=self._broken,
-            can_afford=lambda pids: room_for_another(pids, memory.reserve_fraction, memory.reserve_bytes),
-        )
+        self.pool = WorkerPool(spec, Scaling.from_settings(settings), observer=self.observer, on_broken=self._broken,
+                               admit=self._admit)
         file_meta = await self.pool.start()
         try:
             self.metadata = ModelMetadata(
@@ -146,20 +151,37 @@ class ModelVersion:
             raise
         self.input_specs = {t.name: t for t in self.metadata.inputs}
         self.output_names = frozenset(t.name for t in self.metadata.outputs)
+        self._device = self.pool.device
+        fit = await measure(self.pool, self._memory.probe, self.max_batch_size, settings.typical_dim_size)
+        if fit is not None:
+            log.info("memory fit", model=self.name, version=self.version, device=fit.device, base_bytes=fit.base,
+                     bytes_per_row=fit.per_row, points=[list(p) for p in fit.points],
+                     typical_dim_size=settings.typical_dim_size)
         self.queue = ModelQueue(
             self.pool,
             output_names=[t.name for t in self.metadata.outputs],
             max_batch_rows=self.max_batch_size,
-            max_queue_rows=settings.queue_rows_limit,
+            max_queue_rows=settings.max_queue_rows or max(16 * self.max_batch_size, 256),  # until the limits apply
             max_delay_s=settings.max_queue_delay_ms / 1000,
             retry_crashed=settings.idempotent,
             cold_start_timeout_s=settings.cold_start_timeout_s,
             observer=self.observer,
         )
+        self.tenant = Tenant(
+            self.name, self.version, self.pool, self.queue, max_batch_size=self.max_batch_size,
+            max_queue_rows=settings.max_queue_rows, max_queue_bytes=settings.max_queue_bytes,
+            row_bytes=_row_bytes(self.metadata, settings.typical_dim_size), min_workers=settings.min_workers,
+            device=self._device, fit=fit, observer=self.observer,
+        )
+        self.queue.on_out_of_memory = self.tenant.out_of_memory
+        self._memory.add(self.tenant)  # sets the queue's limits
         self.queue.start()
-        labels = (self.name, self.version)
-        self._metrics.queue_limit_rows.labels(*labels).set(settings.queue_rows_limit)
-        self._metrics.batch_limit.labels(*labels).set(self.max_batch_size)
+
+    async def _admit(self) -> str | None:
+        """Before a worker of this version starts: None, or why memory does not allow it."""
+        fit = self.tenant.fit if self.tenant else None
+        needed = fit.base if fit else self._base_estimate
+        return await self._memory.admit(self._device, needed, f"{self.name} version {self.version}", exclude=self.pool)
 
     async def _load_pipeline(self, defaults: ModelSettings) -> None:
         self.config = load_model_config(self.found.config_path, defaults)
@@ -217,13 +239,27 @@ class ModelVersion:
             self.queue.abort(InferdError(ErrorCode.UNAVAILABLE, "the model version is shutting down"))
 
     async def stop(self) -> None:
+        if self.tenant is not None:
+            self._memory.remove(self.tenant)
         if self.pool is not None:
             await self.pool.stop()
 
 
+def _row_bytes(metadata: ModelMetadata, dim: int) -> int:
+    """Input bytes of one row, with `dim` for dynamic non-batch dimensions (BYTES: `dim` bytes
+    an element)."""
+    total = 0
+    for t in metadata.inputs:
+        elements = 1
+        for d in t.shape[1:] if metadata.batchable else t.shape:
+            elements *= d if d >= 0 else dim
+        total += elements * (dim if t.datatype == "BYTES" else DATATYPES[t.datatype].itemsize)
+    return total
+
+
 class ModelRepository:
-    def __init__(self, root: Path, defaults: ModelSettings, metrics: Metrics, drain_timeout_s: float = 30.0,
-                 explicit: bool = False, memory: MemorySection = MemorySection()):
+    def __init__(self, root: Path, defaults: ModelSettings, metrics: Metrics, memory: MemoryManager,
+                 drain_timeout_s: float = 30.0, explicit: bool = False):
         self.root = root
         self.memory = memory
         self.defaults = defaults
@@ -274,7 +310,8 @@ class ModelRepository:
             await asyncio.wait(set(self._loads))
 
     def _load(self, found: Found) -> ModelVersion:
-        mv = ModelVersion(found, self.metrics, self._state_changed, lambda g: self._publish(g.key), self.memory, self)
+        mv = ModelVersion(found, self.metrics, self.memory, self._state_changed, self._workers_changed, self,
+                          base_estimate=self._base_estimate(found))
         if (superseded := self.pending.pop(found.key, None)) is not None:
             self._retire(superseded)
         versions = self.models.setdefault(found.name, {})
@@ -405,6 +442,21 @@ class ModelRepository:
         if mv.state == "FAILED":
             self.metrics.load_failures.labels(mv.name, mv.version).inc()
         self._publish(mv.key)
+
+    def _workers_changed(self, mv: ModelVersion) -> None:
+        self._publish(mv.key)
+        self.memory.changed()  # shares of the device change with the number of workers
+
+    def _base_estimate(self, found: Found) -> int:
+        """A worker's memory before its version is measured: the serving generation's measured
+        base, else the model file's size."""
+        serving = self.models.get(found.name, {}).get(found.version)
+        if serving is not None and serving.tenant is not None and serving.tenant.fit is not None:
+            return serving.tenant.fit.base
+        try:
+            return found.path.stat().st_size if found.path else 0
+        except OSError:
+            return 0
 
     def _publish(self, key: Key) -> None:
         """The state and worker gauges of (model, version): the serving generation's state (or a

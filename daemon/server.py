@@ -35,6 +35,8 @@ from inferd.daemon.unix import UnixFrontEnd
 from inferd.daemon.repository import ModelRepository
 from inferd.daemon.watcher import DirectoryWatcher
 from inferd.scheduler import spawner
+from inferd.scheduler.limits import MemoryManager
+from inferd.scheduler.memory import pick_probe
 
 log = structlog.get_logger("inferd")
 
@@ -63,9 +65,9 @@ class Daemon:
         self.metrics = Metrics(self.registry)
         self.state = ServerState()
         models = config.models
-        self.repository = ModelRepository(Path(models.dir), config.defaults, self.metrics,
-                                          config.server.drain_timeout_s, explicit=models.control == "explicit",
-                                          memory=config.memory)
+        self.memory = MemoryManager(pick_probe(), config.memory, observer=self.metrics)
+        self.repository = ModelRepository(Path(models.dir), config.defaults, self.metrics, self.memory,
+                                          config.server.drain_timeout_s, explicit=models.control == "explicit")
         self.watcher = self._make_watcher()
         self.dataplane = DataPlane(self.repository, self.state)
         self.access = Access(token, config.auth.open_health, self.metrics.unauthenticated)
@@ -119,6 +121,9 @@ class Daemon:
                 log.error("cannot listen", error=str(e))
                 return 1
             await spawner.warm_up()  # the forkserver imports the runtimes once; workers fork from it
+            log.info("memory probe", probe=self.memory.probe.kind,
+                     devices={d.device: {"free": d.free, "total": d.total} for d in self.memory.probe.devices()})
+            self.memory.start()
             await self._follow_directory()
             await self.repository.wait_loaded()
             self.state.started = True
@@ -141,6 +146,7 @@ class Daemon:
                 await self._grpc.wait_closed()
             await runner.cleanup()  # closes listeners, waits for handlers still writing responses
             await self.repository.stop()
+            await self.memory.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
                 loop.remove_signal_handler(sig)
             log.info("stopped", drained=drained)
@@ -170,9 +176,11 @@ class Daemon:
             except ConfigError as e:
                 log.error("reload refused: invalid configuration; keeping the running one", error=str(e))
         old, self.config = self.config, new
-        for section in ("server", "auth", "memory"):
+        for section in ("server", "auth"):
             if getattr(old, section) != getattr(new, section):
                 log.warning("config changes need a restart to apply", section=section)
+        if old.memory != new.memory:
+            self.memory.configure(new.memory)
         if old.log != new.log:
             from inferd.daemon import logs
 

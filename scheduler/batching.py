@@ -2,7 +2,8 @@
 
 Rules, in order:
 - take queued requests from the head while they have the same non-batch shapes and their rows
-  fit in the batch limit; the head always fits (the data plane refuses larger requests);
+  fit in the batch limit; the head always goes (the data plane refuses requests over the
+  configured max_batch_size; one over a lower, memory-derived limit runs alone);
 - if something could not join (different shapes, or no room), or the batch is full, send now:
   waiting cannot make this batch any fuller;
 - otherwise send now unless a queue delay is configured and the oldest request has waited less
@@ -41,11 +42,11 @@ def next_batch(queued: Sequence[Queued], now: float, max_rows: int, max_delay_s:
     head = queued[0]
     rows = count = 0
     for item in queued:
-        if item.shape_key != head.shape_key or rows + item.rows > max_rows:
+        if count and (item.shape_key != head.shape_key or rows + item.rows > max_rows):
             return Send(count)
         rows += item.rows
         count += 1
-        if rows == max_rows:
+        if rows >= max_rows:
             return Send(count)
     waited = now - head.enqueued_at
     if max_delay_s <= 0 or waited >= max_delay_s:

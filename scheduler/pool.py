@@ -3,9 +3,10 @@
 The queue takes an idle worker with `take()` and hands it back with `give_back()`; it calls
 `demand()` when requests wait and no worker exists (the first one starts, exactly one however
 many requests arrived), and `note_wait()` with how long each batch's oldest request waited, so
-sustained waiting adds a worker (up to max_workers, while memory allows). A worker idle for
-idle_timeout_s stops, down to min_workers. A worker that exits is replaced; too many exits in a
-window is a crash loop: the pool is broken and says why instead of respawning forever.
+sustained waiting adds a worker (up to max_workers). Every start is first `admit`ted: memory
+for it must be there (inferd.scheduler.limits). A worker idle for idle_timeout_s stops, down to
+min_workers. A worker that exits is replaced; too many exits in a window is a crash loop: the
+pool is broken and says why instead of respawning forever.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -31,7 +32,9 @@ class PoolObserver:
 
     def cold_start(self, spawn_s: float, load_s: float) -> None: ...
 
-    def worker_exited(self, cause: str) -> None: ...  # crash | idle | stopped | load_failed
+    def worker_exited(self, cause: str) -> None: ...  # crash | idle | stopped | load_failed | evicted
+
+    def worker_refused(self, reason: str) -> None: ...  # a worker was not started: no memory for it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,15 +57,16 @@ class Scaling:
 
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, scaling: Scaling, observer: PoolObserver | None = None,
-                 can_afford: Callable[[list[int]], bool] = lambda pids: True,
+                 admit: Callable[[], Awaitable[str | None]] | None = None,
                  on_broken: Callable[[str], None] = lambda reason: None):
         self.spec = spec
         self.scaling = scaling
         self.observer = observer or PoolObserver()
-        self.can_afford = can_afford  # given the live workers' pids: is there memory for one more?
+        self.admit = admit or _always  # before a worker starts: None, or why there is no memory for it
         self.on_broken = on_broken
         self.on_change: Callable[[], None] = lambda: None  # a worker became available, or none can
         self.metadata: ModelMetadata | None = None
+        self.metadata_worker: WorkerHandle | None = None  # the worker that validated the model
         self.broken_reason: str | None = None  # crash loop: no more starts
         self.start_error: str | None = None  # why the last start failed
         self.exits = 0
@@ -84,6 +88,16 @@ class WorkerPool:
         return bool(self._idle)
 
     @property
+    def all_idle(self) -> bool:
+        """No worker is running a batch (or starting)."""
+        return len(self._idle) == len(self._workers) and not self._starting
+
+    @property
+    def device(self) -> str | None:
+        """Where the workers run ("cpu", "cuda:N"), once one has loaded."""
+        return self.metadata_worker.device if self.metadata_worker else None
+
+    @property
     def cold(self) -> bool:
         """No worker is running: whatever is queued waits for one to start."""
         return not self._workers
@@ -101,6 +115,9 @@ class WorkerPool:
         """Validate the model: start max(1, min_workers) workers, or raise LoadFailed with the
         reason (leaving nothing running). With min_workers 0 the validating worker stays until
         it has been idle for idle_timeout_s, like any other."""
+        if reason := await self.admit():
+            self.observer.worker_refused(reason)
+            raise LoadFailed(reason)
         handles = [self._handle() for _ in range(max(1, self.scaling.min_workers))]
         results = await asyncio.gather(*(h.start(self.scaling.start_timeout_s) for h in handles), return_exceptions=True)
         failure = next((r for r in results if isinstance(r, BaseException)), None)
@@ -112,6 +129,7 @@ class WorkerPool:
         for h in handles:
             self._add_ready(h)
         self.metadata = handles[0].metadata
+        self.metadata_worker = handles[0]
         if self.scaling.idle_timeout_s > 0:
             self._own(self._reap_idle())
         return self.metadata
@@ -152,10 +170,6 @@ class WorkerPool:
         self._pressure_since = None  # the next worker needs a window of its own
         if len(self._workers) + self._starting >= self.scaling.max_workers or self.broken_reason:
             return
-        if not self.can_afford(self.pids):
-            log.warning("not scaling up: not enough memory for another worker", model=self.spec.model,
-                        version=self.spec.version, workers=len(self._workers))
-            return
         reason = (f"requests waited {waited_s * 1000:.0f} ms or more for a worker for "
                   f"{self.scaling.scale_up_window_s:g} s")
         self._own(self._grow(reason))
@@ -169,6 +183,15 @@ class WorkerPool:
         self.start_error = None
         worker = self._handle()
         try:
+            if refusal := await self.admit():
+                self.observer.worker_refused(refusal)
+                if self._workers:
+                    log.warning("not scaling up", model=self.spec.model, version=self.spec.version,
+                                workers=len(self._workers), reason=refusal)
+                else:  # what waits for this worker is answered with the reason
+                    self.start_error = refusal
+                    log.warning("worker not started", model=self.spec.model, version=self.spec.version, reason=refusal)
+                return
             await worker.start(self.scaling.start_timeout_s)
         except asyncio.CancelledError:  # the pool is stopping
             await worker.kill()
@@ -211,6 +234,22 @@ class WorkerPool:
                          pid=worker.pid, reason=f"idle for {timeout:g} s")
                 self._leaving.add(worker)
                 self._own(self._retire(worker))
+
+    async def scale_to_zero(self, reason: str) -> bool:
+        """Stop every worker now, if none is busy (to free memory for another model); True
+        once they are gone. The next request starts one again."""
+        if not self.all_idle or not self._workers:
+            return False
+        leaving = list(self._workers)
+        self._workers.clear()
+        self._idle.clear()
+        self.observer.workers_changed(0)
+        for worker in leaving:
+            self.observer.worker_exited("evicted")
+            log.info("scaled down", model=self.spec.model, version=self.spec.version, workers=0,
+                     pid=worker.pid, reason=reason)
+        await asyncio.gather(*(w.stop(timeout=10) for w in leaving))
+        return True
 
     async def _retire(self, worker: WorkerHandle) -> None:
         await worker.stop(timeout=10)
@@ -278,3 +317,7 @@ class WorkerPool:
         self._leaving.clear()
         self._idle.clear()
         self.observer.workers_changed(0)
+
+
+async def _always() -> None:
+    return None

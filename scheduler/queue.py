@@ -23,7 +23,7 @@ from inferd.config.errors import ErrorCode, InferdError
 from inferd.scheduler.batching import Send, next_batch
 from inferd.scheduler.pool import WorkerPool
 from inferd.scheduler.request import InferRequest
-from inferd.scheduler.worker import WorkerLost
+from inferd.scheduler.worker import OutOfMemory, WorkerLost
 
 log = structlog.get_logger("inferd.queue")
 
@@ -37,6 +37,8 @@ class QueueObserver:
 
     def batch_done(self, requests: int, rows: int, compute_s: float, ok: bool) -> None: ...
 
+    def out_of_memory(self, rows: int) -> None: ...  # a batch of `rows` could not allocate memory
+
 
 @dataclasses.dataclass(slots=True, eq=False)
 class _Pending:
@@ -45,6 +47,7 @@ class _Pending:
     shape_key: Hashable
     enqueued_at: float
     future: asyncio.Future
+    nbytes: int = 0
     queued: bool = True
     retried: bool = False  # run again once after its worker died
 
@@ -58,6 +61,7 @@ class ModelQueue:
         max_batch_rows: int,
         max_queue_rows: int,
         max_delay_s: float,
+        max_queue_bytes: int = 0,
         retry_crashed: bool = True,
         cold_start_timeout_s: float = 30.0,
         observer: QueueObserver | None = None,
@@ -67,13 +71,18 @@ class ModelQueue:
         self.output_names = output_names
         self.max_batch_rows = max_batch_rows  # 0: the model has no batch dimension
         self.max_queue_rows = max_queue_rows
+        self.max_queue_bytes = max_queue_bytes  # 0: no bound in bytes
         self.max_delay_s = max_delay_s
+        self.on_out_of_memory: Callable[[int], int] = lambda rows: max(1, rows // 2)  # -> the new batch limit
+        self.last_used = clock()  # when a batch last started (placement evicts the least recently used)
+        self._drain_rows_per_s = 0.0  # one worker's throughput, averaged over recent batches
         self.retry_crashed = retry_crashed  # the model is idempotent: a batch whose worker died runs again
         self.cold_start_timeout_s = cold_start_timeout_s  # how long a request waits for a worker to start
         self.observer = observer or QueueObserver()
         self.clock = clock
         self._pending: deque[_Pending] = deque()
         self._rows = 0
+        self._bytes = 0
         self._wakeup = asyncio.Event()
         self._running_batches = 0
         self._running_requests = 0
@@ -106,10 +115,20 @@ class ModelQueue:
             raise InferdError(
                 ErrorCode.RESOURCE_EXHAUSTED,
                 f"queue full: {self._rows} rows queued, limit {self.max_queue_rows}; retry later",
+                retry_after_s=self._time_to_drain(self._rows + rows - self.max_queue_rows),
             )
-        item = _Pending(request, rows, shape_key, self.clock(), asyncio.get_running_loop().create_future())
+        nbytes = _nbytes(request)
+        if self._bytes and self.max_queue_bytes and self._bytes + nbytes > self.max_queue_bytes:
+            over = (self._bytes + nbytes - self.max_queue_bytes) / self._bytes * self._rows
+            raise InferdError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"queue full: {self._bytes} bytes queued, limit {self.max_queue_bytes}; retry later",
+                retry_after_s=self._time_to_drain(over),
+            )
+        item = _Pending(request, rows, shape_key, self.clock(), asyncio.get_running_loop().create_future(), nbytes)
         self._pending.append(item)
         self._rows += rows
+        self._bytes += nbytes
         if request.deadline is not None:
             self._with_deadline += 1
             self._wakeup.set()  # the timer loop re-arms for this deadline
@@ -149,9 +168,15 @@ class ModelQueue:
         self._leave(item)
         self.observer.queue_rows(self._rows)
 
+    def _time_to_drain(self, rows: float) -> float:
+        """Seconds until `rows` queued rows have run, at the measured rate (Retry-After)."""
+        rate = self._drain_rows_per_s * max(1, len(self.pool.pids))
+        return min(60.0, rows / rate) if rate > 0 else 1.0
+
     def _leave(self, item: _Pending) -> None:
         item.queued = False
         self._rows -= item.rows
+        self._bytes -= item.nbytes
         if item.request.deadline is not None:
             self._with_deadline -= 1
 
@@ -203,6 +228,7 @@ class ModelQueue:
                 due = decision.seconds
                 break
             worker = self.pool.take()
+            self.last_used = now
             batch = [self._pending.popleft() for _ in range(decision.count)]
             self.pool.note_wait(now - batch[0].enqueued_at, now)
             self._start_batch(worker, batch, now)
@@ -246,9 +272,25 @@ class ModelQueue:
     def _finish_batch(self, worker, batch: list[_Pending], started: float, result) -> None:
         """The worker's answer (outputs or an InferdError), straight from its socket."""
         ok = not isinstance(result, InferdError)
+        rows = sum(item.rows for item in batch)
+        elapsed = self.clock() - started
+        if ok and elapsed > 0:
+            self._drain_rows_per_s = 0.7 * self._drain_rows_per_s + 0.3 * rows / elapsed if self._drain_rows_per_s else rows / elapsed
+        if isinstance(result, OutOfMemory):
+            self.max_batch_rows = min(self.max_batch_rows, self.on_out_of_memory(rows))
+            self.observer.out_of_memory(rows)
         if isinstance(result, WorkerLost) and self.retry_crashed and not any(item.retried for item in batch):
             self._retry(batch)
+        elif isinstance(result, OutOfMemory) and len(batch) > 1:
+            # Split: the limit is now at most half of this batch, and its requests run again
+            # in smaller batches. A lone request that runs out of memory fails (below).
+            log.warning("a batch ran out of memory; running it again in smaller batches", model=self.pool.spec.model,
+                        version=self.pool.spec.version, rows=rows, batch_limit=self.max_batch_rows, error=result.message)
+            self._requeue(batch, retried=False)
         else:
+            if isinstance(result, OutOfMemory):
+                result = OutOfMemory(f"{rows} rows did not fit ({result.message.removeprefix('out of memory: ')}); "
+                                     f"the model's batch limit is now {self.max_batch_rows} rows")
             try:
                 if ok:
                     self._split(batch, result)
@@ -262,7 +304,7 @@ class ModelQueue:
         self._running_batches -= 1
         self._running_requests -= len(batch)
         self.pool.give_back(worker)
-        self.observer.batch_done(len(batch), sum(item.rows for item in batch), self.clock() - started, ok)
+        self.observer.batch_done(len(batch), rows, elapsed, ok)
         # Form the next batch two loop turns from now: the callers just answered get to send
         # their responses, and one more round of socket reads gets to queue the requests that
         # arrived meanwhile, so under load they join this batch instead of waiting a whole turn.
@@ -273,13 +315,17 @@ class ModelQueue:
         """Back to the front of the queue, in order, to run once more on another worker."""
         log.warning("a worker died running a batch; running it again", model=self.pool.spec.model,
                     version=self.pool.spec.version, requests=len(batch))
+        self._requeue(batch, retried=True)
+
+    def _requeue(self, batch: list[_Pending], retried: bool) -> None:
         for item in reversed(batch):
-            item.retried = True
+            item.retried = item.retried or retried
             if item.future.done():  # its caller went away
                 continue
             item.queued = True
             self._pending.appendleft(item)
             self._rows += item.rows
+            self._bytes += item.nbytes
             if item.request.deadline is not None:
                 self._with_deadline += 1
         self.observer.queue_rows(self._rows)
@@ -321,3 +367,13 @@ class ModelQueue:
             if not item.future.done():  # the caller may have gone away meanwhile
                 item.future.set_result(mine)
 
+
+def _nbytes(request: InferRequest) -> int:
+    """What a request's inputs hold (BYTES: their elements' lengths)."""
+    total = 0
+    for array in request.inputs.values():
+        if array.dtype == object:
+            total += sum(len(x) for x in array.reshape(-1))
+        else:
+            total += array.nbytes
+    return total

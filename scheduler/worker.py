@@ -68,6 +68,13 @@ class WorkerLost(InferdError):
         super().__init__(ErrorCode.UNAVAILABLE, "the model's worker process exited while running this request")
 
 
+class OutOfMemory(InferdError):
+    """The runtime could not allocate memory for a batch: the queue splits it and lowers the limit."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.UNAVAILABLE, f"out of memory: {message}", retry_after_s=1)
+
+
 class WorkerHandle:
     """One worker process. Batches are sent with `run_batch` and answered through a callback
     straight from the socket's data callback: no task sits between a worker's reply and the
@@ -81,9 +88,11 @@ class WorkerHandle:
         self.spawn_seconds = 0.0  # fork to the worker running
         self.load_seconds = 0.0  # model load and warm-up, in the worker
         self.dead = False
+        self.device = "cpu"  # where the model runs, as the worker reported when it loaded
         self.idle_since = 0.0  # monotonic; the pool's scale-down clock
         self._transport: asyncio.Transport | None = None
         self._load_reply: asyncio.Future | None = None
+        self._profile_reply: asyncio.Future | None = None
         self._batch: tuple[int, BatchDone] | None = None
         self._batches = 0
         self._started = False
@@ -139,6 +148,7 @@ class WorkerHandle:
             await self.stop(timeout=5)
             raise LoadFailed(reply["reason"])
         self.metadata = ModelMetadata.from_dict(reply["metadata"])
+        self.device = reply.get("device", "cpu")
         self.spawn_seconds = max(0.0, reply.get("started_at", forked_at) - forked_at)
         self.load_seconds = reply["load_s"]
         self.idle_since = time.monotonic()
@@ -163,11 +173,26 @@ class WorkerHandle:
         self._batch = (self._batches, done)
         self._transport.writelines(ipc.encode(message))
 
+    async def profile(self, rows: int, dim: int) -> dict:
+        """One run on synthetic inputs of `rows` rows (`dim` for other dynamic dimensions), on
+        an idle worker; the reply says whether it ran. Raises WorkerLost if the worker dies."""
+        assert self._batch is None and self._profile_reply is None
+        self._profile_reply = asyncio.get_running_loop().create_future()
+        self._transport.writelines(ipc.encode({"type": ipc.PROFILE, "rows": rows, "dim": dim}))
+        try:
+            reply = await self._profile_reply
+        finally:
+            self._profile_reply = None
+        if reply is None:
+            raise WorkerLost()
+        return reply
+
     def _on_message(self, msg: dict) -> None:
-        if self._load_reply is not None:
-            if not self._load_reply.done():
-                self._load_reply.set_result(msg)
-            return
+        for waiting in (self._load_reply, self._profile_reply):
+            if waiting is not None:
+                if not waiting.done():
+                    waiting.set_result(msg)
+                return
         if self._batch is None or msg.get("batch") != self._batch[0]:
             log.error("unexpected message from worker", model=self.spec.model, pid=self.pid, type=msg.get("type"))
             return
@@ -175,7 +200,8 @@ class WorkerHandle:
         self._batch = None
         self.idle_since = time.monotonic()
         if msg["type"] == ipc.FAILED:
-            done(InferdError(ErrorCode(msg["code"]), msg["message"]))
+            code = ErrorCode(msg["code"])
+            done(OutOfMemory(msg["message"]) if code is ErrorCode.RESOURCE_EXHAUSTED else InferdError(code, msg["message"]))
         elif self._outputs is not None:
             self._outputs.follow(msg["size"])
             # Copied out: the region is written again by this worker's next batch, while the
@@ -186,8 +212,9 @@ class WorkerHandle:
 
     def _on_lost(self) -> None:
         self.dead = True
-        if self._load_reply is not None and not self._load_reply.done():
-            self._load_reply.set_result(None)
+        for waiting in (self._load_reply, self._profile_reply):
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
         if self._batch is not None:
             _, done = self._batch
             self._batch = None
