@@ -143,6 +143,21 @@ def build_slow(path: pathlib.Path, width: int = 1024, layers: int = 24) -> pathl
     return _save(graph, path)
 
 
+def build_wide(path: pathlib.Path, width: int = 256, repeats: int = 1024) -> pathlib.Path:
+    """x FP32 [-1, width] -> the sum of x tiled `repeats` times, [-1, 1]: every row costs a
+    width x repeats x 4 byte intermediate (1 MiB by default). Memory-limit tests and the GPU
+    memory script use it: its per-row cost is large and known."""
+    graph = helper.make_graph(
+        [helper.make_node("Tile", ["x", "repeats"], ["wide"]), helper.make_node("ReduceSum", ["wide", "axes"], ["y"])],
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(np.array([1, repeats], np.int64), "repeats"),
+         numpy_helper.from_array(np.array([1], np.int64), "axes")],
+    )
+    return _save(graph, path)
+
+
 ADD_SUB_CONFIG = """\
 # Per-model settings; every key is optional (see README: model configuration).
 max_batch_size = 32

@@ -66,6 +66,7 @@ class Tenant:
         self.oom_ceiling: int | None = None  # set by an out-of-memory batch, for this generation
         self.observer = observer
         self.limits: Limits | None = None
+        self.changed = lambda: None  # the manager's: recompute soon
 
     @property
     def label(self) -> str:
@@ -74,6 +75,7 @@ class Tenant:
     def out_of_memory(self, rows: int) -> int:
         """A batch of `rows` ran out of memory: the limit is at most half of it from now on."""
         self.oom_ceiling = max(1, min(rows // 2, self.oom_ceiling or rows))
+        self.changed()
         return self.oom_ceiling
 
     def apply(self, limits: Limits, used: int) -> None:
@@ -135,6 +137,7 @@ class MemoryManager:
         self.recompute()
 
     def add(self, tenant: Tenant) -> None:
+        tenant.changed = self.changed
         self.tenants.add(tenant)
         self.recompute()
 

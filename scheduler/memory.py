@@ -135,7 +135,11 @@ class NvmlProbe(HostProbe):
 
     def peak(self, pid: int, device: str) -> int:
         # CUDA allocators (onnxruntime's arena, torch's caching allocator) keep what they took.
-        return super().peak(pid, device) if device == CPU else self.usage(pid, device)
+        if device == CPU:
+            return super().peak(pid, device)
+        # In a container NVML may not list the processes of its PID namespace: the device's
+        # used memory then stands in (its growth is still the process's, the base is not).
+        return self.usage(pid, device) or next(d.total - d.free for d in self.devices() if d.device == device)
 
     def close(self) -> None:
         try:
