@@ -284,7 +284,7 @@ class Server:
 
     def __init__(self, cmd: list[str], tmp: pathlib.Path, name: str, frontends=("http",),
                  timeout: float = 60.0):
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=2000)
         self.addresses: dict = {}
         self._wanted = set(frontends)
         self._listening = threading.Event()
@@ -329,11 +329,23 @@ class Server:
             except socket.timeout:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"server exited with {self.proc.returncode}:\n"
-                                       + "\n".join(self.stderr_tail)) from None
+                                       + "\n".join(list(self.stderr_tail)[-40:])) from None
                 continue
             if "READY=1" in msg.decode(errors="replace").splitlines():
                 return
-        raise RuntimeError(f"no READY=1 within {timeout} s:\n" + "\n".join(self.stderr_tail))
+        raise RuntimeError(f"no READY=1 within {timeout} s:\n" + "\n".join(list(self.stderr_tail)[-40:]))
+
+    def events(self, name: str) -> list[dict]:
+        """The server's JSON log events named `name`, among its last 2,000 lines."""
+        out = []
+        for line in list(self.stderr_tail):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == name:
+                out.append(event)
+        return out
 
     def cpu_s(self) -> float:
         """utime+stime of the server and its descendants (e.g. backend worker processes)."""

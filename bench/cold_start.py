@@ -10,7 +10,6 @@ raw onnxruntime's own InferenceSession creation on the same file for scale.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 import sys
@@ -29,17 +28,6 @@ from inferd.client import Client  # noqa: E402
 
 IDLE_S = 0.3
 
-
-def _events(server: Server, name: str) -> list[dict]:
-    out = []
-    for line in list(server.stderr_tail):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("event") == name:
-            out.append(event)
-    return out
 
 
 def _ms(values: list[float]) -> str:
@@ -76,7 +64,7 @@ def main() -> None:
                     started = time.monotonic()
                     client.infer("mlp", {"input": x})
                     first_answer.append(time.monotonic() - started)
-            cold = [e for e in _events(server, "scaled up") if e["reason"].startswith("cold start")]
+            cold = [e for e in server.events("scaled up") if e["reason"].startswith("cold start")]
         finally:
             server.stop()
     print(f"MLP ({size_mb:.1f} MB), {len(cold)} cold starts")

@@ -53,17 +53,6 @@ def metrics(url: str) -> dict[str, float]:
     return out
 
 
-def events(server: Server, name: str) -> list[dict]:
-    out = []
-    for line in list(server.stderr_tail):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("event") == name:
-            out.append(event)
-    return out
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,9 +81,9 @@ def main() -> int:
         try:
             host, port = server.addresses["http"]
             url = f"http://{host}:{port}"
-            [probe] = events(server, "memory probe")
+            [probe] = server.events("memory probe")
             print("probe:", probe["probe"], json.dumps(probe["devices"]))
-            fits = events(server, "memory fit")
+            fits = server.events("memory fit")
             if not fits:
                 print("no memory fit was logged:", *list(server.stderr_tail)[-10:], sep="\n  ")
                 return 1

@@ -8,7 +8,6 @@ import os
 import types
 
 import numpy as np
-import pytest
 
 from inferd.config.settings import MemorySection
 from inferd.scheduler.limits import MemoryManager, Tenant
