@@ -94,7 +94,10 @@ def configure(fmt: str = "auto", level: str = "info") -> str:
     else:
         json_renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
         processors.append(structlog.dev.ConsoleRenderer() if used == "console" else json_renderer)
-        factory = structlog.PrintLoggerFactory(sys.stderr)
+        # One write() per line (print() makes two: the line, then its newline, and with an
+        # unbuffered stderr, as under the unit's PYTHONUNBUFFERED=1, a worker's line could land
+        # between them). Workers share this stderr.
+        factory = structlog.WriteLoggerFactory(sys.stderr)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),

@@ -102,6 +102,7 @@ async def measure(pool, probe: HostProbe, max_batch_size: int, dim: int) -> Memo
     does not run on synthetic inputs (its limits are then the configured ones)."""
     worker = pool.take()
     if worker is None:
+        log.warning("memory not measured: no idle worker", model=pool.spec.model, version=pool.spec.version)
         return None
     points: list[tuple[int, int]] = []
     try:
@@ -114,6 +115,7 @@ async def measure(pool, probe: HostProbe, max_batch_size: int, dim: int) -> Memo
                 break
             points.append((rows, probe.peak(worker.pid, worker.device)))
     except WorkerLost:
+        log.warning("memory not measured: the worker exited", model=pool.spec.model, version=pool.spec.version)
         return None
     finally:
         pool.give_back(worker)

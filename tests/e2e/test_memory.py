@@ -27,9 +27,15 @@ def reload(d: DaemonProcess, config: Path, text: str) -> None:
     assert d.wait_for("READY=1", 60)
 
 
-def fit_of(d: DaemonProcess, model: str) -> dict:
-    [fit] = [e for e in d.events("memory fit") if e["model"] == model]
-    return fit
+async def fit_of(d: DaemonProcess, model: str) -> dict:
+    """The model's measured fit, once logged: a model whose files were written less than
+    settle_ms before the daemon started loads just after READY=1."""
+    try:
+        fits = await eventually(lambda: [e for e in d.events("memory fit") if e["model"] == model], 30, f"{model}'s fit")
+    except AssertionError:
+        raise AssertionError("\n".join(line for line in d.lines if f'"{model}"' in line)) from None
+    assert len(fits) == 1
+    return fits[0]
 
 
 async def test_batch_limit_follows_the_measured_fit_and_the_budget(tmp_path):
@@ -38,7 +44,7 @@ async def test_batch_limit_follows_the_measured_fit_and_the_budget(tmp_path):
     config = tmp_path / "inferd.toml"
     config.write_text("")
     with DaemonProcess(tmp_path / "models", config=config) as d:
-        fit = fit_of(d, "wide")
+        fit = await fit_of(d, "wide")
         assert [p[0] for p in fit["points"]] == [1, 16, 64]
         per_row, base = fit["bytes_per_row"], fit["base_bytes"]
         assert 1 * MiB <= per_row <= 3 * MiB  # the 1 MiB tile, and what onnxruntime adds around it
@@ -157,9 +163,10 @@ async def test_a_worker_starts_only_if_it_fits_and_idle_models_can_make_room(tmp
     config.write_text("")
     one = {"INPUT0": np.ones((1, 16), np.int32), "INPUT1": np.ones((1, 16), np.int32)}
     with DaemonProcess(models, config=config) as d, Client(socket=d.socket_path) as c:
+        needed_by_b = (await fit_of(d, "b"))["base_bytes"]
+        await fit_of(d, "a")
         await eventually(lambda: metric(d, "inferd_workers", model="b") == 0, 30, "b to scale to zero")
         held_by_a = metric(d, "inferd_worker_memory_bytes", model="a")
-        needed_by_b = fit_of(d, "b")["base_bytes"]
         assert held_by_a > 0 and needed_by_b > 0
         reload(d, config, f"[memory]\nbudget_bytes = {int(held_by_a + needed_by_b / 2)}\n")
         with pytest.raises(InferdClientError) as e:
