@@ -65,9 +65,11 @@ class PythonBackend:
 
     def load(self) -> ModelMetadata:
         _check_not_writable_by_others(self.path)
-        sys.path.insert(0, str(self.path.parent))  # modules beside model.py import as usual
-        spec = importlib.util.spec_from_file_location(f"inferd_model_{self.path.parent.name}", self.path)
+        if self.path.name == "model.py":  # models/<name>/<version>/: modules beside it import as usual
+            sys.path.insert(0, str(self.path.parent))  # (not the models directory of a bare <name>.py)
+        spec = importlib.util.spec_from_file_location("inferd_user_model", self.path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # what dataclasses and pickle look up
         spec.loader.exec_module(module)
         cls = getattr(module, "Model", None)
         if not isinstance(cls, type) or not callable(getattr(cls, "infer", None)):

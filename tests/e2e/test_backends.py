@@ -130,6 +130,9 @@ def repo(tmp_path_factory, affine) -> Path:
     _write(root / "shout" / "config.toml", 'max_queue_delay_ms = 20\n[parameters]\nsuffix = "!"\n')
     _write(root / "fragile" / "1" / "model.py", FRAGILE)
     _write(root / "fragile" / "config.toml", "max_batch_size = 8\nidempotent = false\n")
+    _write(root / "helped" / "1" / "words.py", "def double(x):\n    return x * 2\n")
+    _write(root / "helped" / "1" / "model.py", FRAGILE.replace("import os\n", "import os\nimport words\n")
+           .replace("x * 2", "words.double(x)"))
     _write(root / "noclass.py", "x = 1\n")
     _write(root / "noshapes.py", "class Model:\n    def infer(self, inputs):\n        return {}\n")
     _write(root / "syntax.py", "class Model(:\n")
@@ -309,6 +312,11 @@ async def test_model_code_that_exits_is_a_worker_crash(served):
         assert c.ready("fragile")
     exits = [e for e in served.events("worker exited") if e["model"] == "fragile"]
     assert exits and "3" in str(exits[-1])
+
+
+def test_a_python_model_imports_the_modules_beside_it(served):
+    with Client(socket=served.socket_path) as c:
+        assert c.infer("helped", {"x": np.array([4])})["y"].tolist() == [8]
 
 
 def test_bad_python_models_fail_with_a_reason(served):
