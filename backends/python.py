@@ -53,6 +53,26 @@ def _specs(declared, kind: str) -> tuple[TensorSpec, ...]:
     return specs
 
 
+def _declared(configured, in_class, kind: str) -> tuple[TensorSpec, ...]:
+    """The class's tensors, or config.toml's where it declares them: those may only narrow the
+    class's (fix a dynamic dimension), never contradict them."""
+    mine = _specs(in_class, kind)
+    if not configured:
+        return mine
+    theirs = tuple(TensorSpec.from_dict(t) for t in configured)
+    if mine:
+        by_name = {t.name: t for t in mine}
+        if set(by_name) != {t.name for t in theirs}:
+            raise RuntimeError(f"config.toml's {kind} ({', '.join(t.name for t in theirs)}) are not the model's "
+                               f"({', '.join(by_name)})")
+        for t in theirs:
+            if not by_name[t.name].narrowed_by(t):
+                have = by_name[t.name]
+                raise RuntimeError(f"config.toml {kind} {t.name!r} ({t.datatype} {list(t.shape)}) contradicts "
+                                   f"Model.{kind} ({have.datatype} {list(have.shape)})")
+    return theirs
+
+
 class PythonBackend:
     platform = "python"
 
@@ -77,9 +97,8 @@ class PythonBackend:
         self.model = cls()
         if hasattr(self.model, "load"):
             self.model.load(Path(self.settings.get("model_dir", self.path.parent)), dict(self.settings))
-        # config.toml's tensors win over the class's (the repository checks they agree).
-        inputs = _specs(self.settings.get("inputs") or getattr(self.model, "inputs", ()), "inputs")
-        outputs = _specs(self.settings.get("outputs") or getattr(self.model, "outputs", ()), "outputs")
+        inputs = _declared(self.settings.get("inputs"), getattr(self.model, "inputs", ()), "inputs")
+        outputs = _declared(self.settings.get("outputs"), getattr(self.model, "outputs", ()), "outputs")
         if not inputs or not outputs:
             raise RuntimeError(
                 "declare the model's tensors: Model.inputs and Model.outputs, or [[inputs]] and [[outputs]] "

@@ -10,6 +10,7 @@ them, in that order, for either format.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -138,8 +139,7 @@ def _named(found: tuple[TensorSpec, ...], declared: tuple[TensorSpec, ...], kind
     if len(declared) != len(found):
         raise RuntimeError(f"config.toml declares {len(declared)} {kind}; the file has {len(found)}")
     for have, want in zip(found, declared):
-        narrows = len(have.shape) == len(want.shape) and all(h in (-1, w) for h, w in zip(have.shape, want.shape))
-        if have.datatype != want.datatype or not narrows:
+        if not have.narrowed_by(dataclasses.replace(want, name=have.name)):
             raise RuntimeError(
                 f"config.toml {kind} {want.name!r} ({want.datatype} {list(want.shape)}) does not match "
                 f"the file's {have.name!r} ({have.datatype} {list(have.shape)})"

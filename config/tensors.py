@@ -57,6 +57,13 @@ class TensorSpec:
     def from_dict(cls, data: dict) -> "TensorSpec":
         return cls(str(data["name"]), str(data["datatype"]), tuple(int(d) for d in data["shape"]))
 
+    def narrowed_by(self, other: "TensorSpec") -> bool:
+        """`other` is this tensor with the same datatype and rank, and at most some of its
+        dynamic dimensions fixed (what config.toml may say of a model file's tensor)."""
+        return other.datatype == self.datatype and len(other.shape) == len(self.shape) and all(
+            mine in (-1, theirs) for mine, theirs in zip(self.shape, other.shape)
+        )
+
     def accepts_shape(self, shape: tuple[int, ...]) -> bool:
         return len(shape) == len(self.shape) and all(
             want == -1 or want == got for want, got in zip(self.shape, shape)

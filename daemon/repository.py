@@ -39,8 +39,7 @@ def _apply_config_tensors(file_specs: tuple[TensorSpec, ...], overrides: tuple[T
     out = []
     for spec in file_specs:
         conf = by_name.pop(spec.name, spec)
-        narrows = len(conf.shape) == len(spec.shape) and all(f in (-1, c) for f, c in zip(spec.shape, conf.shape))
-        if conf.datatype != spec.datatype or not narrows:
+        if not spec.narrowed_by(conf):
             raise LoadFailed(
                 f"config.toml {kind} {conf.name!r} ({conf.datatype} {list(conf.shape)}) contradicts "
                 f"the model file ({spec.datatype} {list(spec.shape)})"
@@ -161,7 +160,7 @@ class ModelVersion:
             self.pool,
             output_names=[t.name for t in self.metadata.outputs],
             max_batch_rows=self.max_batch_size,
-            max_queue_rows=settings.max_queue_rows or max(16 * self.max_batch_size, 256),  # until the limits apply
+            max_queue_rows=0,  # the memory manager sets the queue's limits (self._memory.add below)
             max_delay_s=settings.max_queue_delay_ms / 1000,
             retry_crashed=settings.idempotent,
             cold_start_timeout_s=settings.cold_start_timeout_s,

@@ -133,6 +133,8 @@ def repo(tmp_path_factory, affine) -> Path:
     _write(root / "helped" / "1" / "words.py", "def double(x):\n    return x * 2\n")
     _write(root / "helped" / "1" / "model.py", FRAGILE.replace("import os\n", "import os\nimport words\n")
            .replace("x * 2", "words.double(x)"))
+    _write(root / "contradicted" / "1" / "model.py", SHOUT)  # config.toml says FP32 where the class says BYTES
+    _write(root / "contradicted" / "config.toml", '[[inputs]]\nname = "text"\ndatatype = "FP32"\nshape = [-1, 4]\n')
     _write(root / "noclass.py", "x = 1\n")
     _write(root / "noshapes.py", "class Model:\n    def infer(self, inputs):\n        return {}\n")
     _write(root / "syntax.py", "class Model(:\n")
@@ -325,6 +327,8 @@ def test_bad_python_models_fail_with_a_reason(served):
     assert index["noclass"]["state"] == "FAILED" and "must define a class Model" in index["noclass"]["reason"]
     assert index["noshapes"]["state"] == "FAILED" and "Model.inputs and Model.outputs" in index["noshapes"]["reason"]
     assert index["syntax"]["state"] == "FAILED" and "SyntaxError" in index["syntax"]["reason"]
+    assert index["contradicted"]["state"] == "FAILED"
+    assert "config.toml inputs 'text' (FP32 [-1, 4]) contradicts Model.inputs (BYTES [-1, -1])" in index["contradicted"]["reason"]
 
 
 def test_python_model_writable_by_others_is_refused(tmp_path):
