@@ -111,8 +111,11 @@ class TorchBackend:
     def execute(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         args = []
         for name in self.input_names:
-            # Shares the batch's memory (a read-only view of the shared-memory region): no copy.
-            args.append(torch.from_numpy(inputs[name]).to(self.device))
+            # Shares the batch's memory (a view of the shared-memory region): no copy. A tensor
+            # that came in the message itself (small, or shared_memory off) is read-only bytes,
+            # which torch cannot wrap: that one is copied.
+            array = inputs[name]
+            args.append(torch.from_numpy(array if array.flags.writeable else array.copy()).to(self.device))
         with torch.inference_mode():
             result = self.module(*args)
         if isinstance(result, dict):

@@ -6,7 +6,8 @@ worker writes, the daemon reads). The messages then carry only [name, datatype, 
 nbytes] per tensor. A region grows by ftruncate on the writer's side; the message says the new
 size and the reader maps it again. A memfd has no name in /dev/shm: its memory goes back to the
 system when the last process holding it closes it or dies, so nothing can be left behind.
-BYTES tensors (lists of variable-length blobs) still travel in the message.
+BYTES tensors (lists of variable-length blobs) and small tensors (up to INLINE_BYTES) still
+travel in the message: for those, the views and copies here cost more than the bytes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from inferd.backends import ipc
 from inferd.config.tensors import DATATYPES, datatype_of
 
 INITIAL_SIZE = 1 << 20
+INLINE_BYTES = 4096  # a batch tensor this small travels in the message itself
 _ALIGN = 64  # each tensor starts on a cache line: runtimes may read it with aligned loads
 
 
@@ -54,14 +56,15 @@ class Region:
     def write(self, tensors: dict[str, list[np.ndarray]]) -> list:
         """Copy each tensor's parts (the requests of a batch, stacked along the first dimension)
         straight into the region: the batch is never concatenated anywhere else. Returns the
-        descriptors (BYTES tensors inline, as ipc packs them), in the form `read` takes."""
+        descriptors (BYTES and small tensors inline, as ipc packs them), in the form `read` takes."""
         layout, offset = [], 0
         for name, parts in tensors.items():
-            if parts[0].dtype == object or parts[0].dtype.kind in "US":
+            nbytes = parts[0].nbytes if len(parts) == 1 else sum(p.nbytes for p in parts)
+            if nbytes <= INLINE_BYTES or parts[0].dtype == object or parts[0].dtype.kind in "US":
                 layout.append((name, parts, None))
                 continue
             layout.append((name, parts, offset))
-            offset = _aligned(offset + sum(p.nbytes for p in parts))
+            offset = _aligned(offset + nbytes)
         self._grow(offset)
         out = []
         for name, parts, start in layout:

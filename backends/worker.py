@@ -156,6 +156,7 @@ def serve(sock: socket.socket) -> int:
                 log.warning("batch ran out of memory", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}")
             reply = {"type": ipc.FAILED, "batch": msg["batch"], "code": code.value, "message": str(e)}
         ipc.send(sock, reply)
+        receiver.poll_s = msg.get("poll_s", 0.0)  # light load: the next batch comes soon
     backend.unload()
     return 0
 
@@ -165,6 +166,11 @@ def _become_worker() -> None:
     # before its forkserver exists; see inferd.daemon.systemd.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # SCHED_BATCH: a woken worker does not preempt what runs on its CPU. The daemon's writes
+    # to it are sync wake-ups that place the worker on the daemon's CPU, where it would run
+    # its batch before the daemon's write even returned (measured: the write took 330 us at
+    # p50 under gRPC load, and gRPC c=64 served 2,300 req/s instead of 2,800).
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

@@ -264,6 +264,7 @@ class ModelQueue:
             worker.run_batch(
                 [item.request.id for item in batch], self._parts(batch), self._wanted_outputs(batch),
                 lambda result: self._finish_batch(worker, batch, now, result),
+                light=len(batch) == 1 and not self._pending and self._running_batches == 1,
             )
         except Exception as e:  # e.g. tensors that cannot be packed: this batch fails, not the queue
             log.exception("batch dispatch failed", model=self.pool.spec.model)

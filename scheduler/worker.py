@@ -17,6 +17,7 @@ from inferd.backends import ipc
 from inferd.backends.shm import Region
 from inferd.config.errors import ErrorCode, InferdError
 from inferd.config.tensors import ModelMetadata
+from inferd.scheduler.busypoll import keep_polling
 from inferd.scheduler.spawner import Forked
 
 log = structlog.get_logger("inferd.worker")
@@ -93,12 +94,13 @@ class WorkerHandle:
         self._transport: asyncio.Transport | None = None
         self._load_reply: asyncio.Future | None = None
         self._profile_reply: asyncio.Future | None = None
-        self._batch: tuple[int, BatchDone] | None = None
+        self._batch: tuple[int, BatchDone, float] | None = None  # (number, callback, busy-poll seconds)
         self._batches = 0
         self._started = False
         self._stopping = False
         self._inputs: Region | None = None  # shared memory (None: tensors travel in the messages)
         self._outputs: Region | None = None
+        self._poll_s = spec.settings.get("busy_poll_us", 0) / 1e6
 
     @property
     def pid(self) -> int | None:
@@ -156,13 +158,17 @@ class WorkerHandle:
         return self.metadata
 
     def run_batch(self, request_ids: list[str], inputs: dict[str, list[np.ndarray]], outputs: list[str],
-                  done: BatchDone) -> None:
+                  done: BatchDone, light: bool = False) -> None:
         """Send one batch: per input, the requests' arrays in order, stacked along the first
         dimension on the way (into shared memory, or one concatenation for the socket). `done`
         later gets the outputs or an InferdError (the backend's, or WorkerLost if the worker
-        died). One batch at a time per worker."""
+        died). One batch at a time per worker. `light`: the load is light (a lone request), so
+        this loop and the worker busy-poll around the batch (inferd.scheduler.busypoll); under
+        load they would only take CPU from each other."""
         assert self._batch is None, "a worker runs one batch at a time"
-        message = {"type": ipc.EXECUTE, "batch": self._batches + 1, "ids": request_ids, "outputs": outputs}
+        poll_s = self._poll_s if light else 0.0
+        message = {"type": ipc.EXECUTE, "batch": self._batches + 1, "ids": request_ids, "outputs": outputs,
+                   "poll_s": poll_s}
         if self._inputs is not None:
             message["inputs"] = self._inputs.write(inputs)
             message["size"] = self._inputs.size
@@ -170,8 +176,9 @@ class WorkerHandle:
             message["inputs"] = ipc.pack_tensors(
                 {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in inputs.items()})
         self._batches += 1
-        self._batch = (self._batches, done)
+        self._batch = (self._batches, done, poll_s)
         self._transport.writelines(ipc.encode(message))
+        keep_polling(poll_s)  # the reply is read as it lands
 
     async def profile(self, rows: int, dim: int) -> dict:
         """One run on synthetic inputs of `rows` rows (`dim` for other dynamic dimensions), on
@@ -196,7 +203,7 @@ class WorkerHandle:
         if self._batch is None or msg.get("batch") != self._batch[0]:
             log.error("unexpected message from worker", model=self.spec.model, pid=self.pid, type=msg.get("type"))
             return
-        _, done = self._batch
+        _, done, poll_s = self._batch
         self._batch = None
         self.idle_since = time.monotonic()
         if msg["type"] == ipc.FAILED:
@@ -209,6 +216,7 @@ class WorkerHandle:
             done(self._outputs.read(msg["outputs"], copy=True))
         else:
             done(ipc.unpack_tensors(msg["outputs"]))
+        keep_polling(poll_s)  # the callers' next requests, and the next batch's reply
 
     def _on_lost(self) -> None:
         self.dead = True
@@ -216,7 +224,7 @@ class WorkerHandle:
             if waiting is not None and not waiting.done():
                 waiting.set_result(None)
         if self._batch is not None:
-            _, done = self._batch
+            done = self._batch[1]
             self._batch = None
             done(WorkerLost())
         if self._started and not self._stopping:

@@ -1,0 +1,45 @@
+"""Busy polling on the daemon's event loop, for a short while after a worker's activity.
+
+A request at low load crosses four sleeps: client -> daemon -> worker -> daemon -> client. Each
+wake-up of a sleeping process costs tens of microseconds on a virtual machine whose idle vCPUs
+halt (the host must schedule them again), far more than the work itself on a small model. While
+a batch runs and for `busy_poll_us` after it ends, the loop keeps one callback ready, so uvloop
+polls its sockets with a zero timeout instead of sleeping: the worker's reply and the client's
+next request are read as they land. The worker process does the same on its side
+(inferd.backends.ipc.Receiver). Idle, nothing polls; `busy_poll_us = 0` turns it off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+
+_pollers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poller]" = weakref.WeakKeyDictionary()
+
+
+class _Poller:
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.until = 0.0
+        self.polling = False
+
+    def tick(self) -> None:
+        if time.monotonic() < self.until:
+            self.loop.call_soon(self.tick)
+        else:
+            self.polling = False
+
+
+def keep_polling(seconds: float) -> None:
+    """Keep the running loop from sleeping for the next `seconds` (at least)."""
+    if seconds <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    poller = _pollers.get(loop)
+    if poller is None:
+        poller = _pollers[loop] = _Poller(loop)
+    poller.until = max(poller.until, time.monotonic() + seconds)
+    if not poller.polling:
+        poller.polling = True
+        loop.call_soon(poller.tick)
