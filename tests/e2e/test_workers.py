@@ -11,6 +11,7 @@ from pathlib import Path
 
 import make_models
 import numpy as np
+import pytest
 from daemon_process import DaemonProcess
 from test_hot_directory import A, B, alive, eventually, offset_of
 
@@ -67,6 +68,21 @@ async def test_idle_workers_stop_and_the_next_request_starts_one(tmp_path):
         assert metric(d, "inferd_cold_starts_total", model="m") == 1
         assert metric(d, "inferd_cold_start_seconds_count", model="m", phase="spawn") == 1
         assert metric(d, "inferd_worker_exits_total", model="m", cause="idle") >= 1
+
+
+@pytest.mark.parametrize("busy_poll_us", [0, 200])
+async def test_workers_run_sched_batch_and_serve_with_busy_polling_on_or_off(tmp_path, busy_poll_us):
+    # SCHED_BATCH: a worker woken by the daemon's write must not preempt the daemon (see
+    # inferd.backends.worker). The daemon itself stays SCHED_OTHER.
+    add_sub_model(tmp_path, "m", f"min_workers = 1\nbusy_poll_us = {busy_poll_us}\n")
+    with DaemonProcess(tmp_path) as d, Client(socket=d.socket_path) as client:
+        for i in range(20):  # lone requests: the light-load path, where the two ends poll
+            out = client.infer("m", {"INPUT0": A + i, "INPUT1": B})
+            np.testing.assert_array_equal(out["OUTPUT0"], A + i + B + 1)  # add_sub_model's offset is 1
+            np.testing.assert_array_equal(out["OUTPUT1"], A + i - B)
+        [pid] = worker_pids(d, "m")
+        assert os.sched_getscheduler(pid) == os.SCHED_BATCH
+        assert os.sched_getscheduler(d.proc.pid) == os.SCHED_OTHER
 
 
 async def test_sixteen_first_requests_start_one_worker(tmp_path):

@@ -81,3 +81,30 @@ def test_ipc_refuses_another_protocol_version():
 
     with pytest.raises(ValueError, match="version"):
         ipc.decode(msgpack.packb({"v": 99, "type": ipc.STOP}))
+
+
+@pytest.mark.parametrize("poll_s", [0.0, 0.05])
+def test_ipc_receiver_gets_frames_sent_while_it_polls_and_after_it_sleeps(poll_s):
+    import socket
+    import threading
+    import time
+
+    daemon_end, worker_end = socket.socketpair()
+    with daemon_end, worker_end:
+        receiver = ipc.Receiver(worker_end, poll_s)
+        big = {"type": ipc.EXECUTE, "blob": bytes(300_000)}  # larger than one recv: several reads
+        sender = threading.Thread(target=lambda: [ipc.send(daemon_end, m) for m in ({"type": ipc.EXECUTE, "batch": 1}, big)])
+        sender.start()  # the big frame fills the socket's buffer: it is sent while the receiver reads
+        assert receiver.recv()["batch"] == 1
+        assert receiver.recv()["blob"] == big["blob"]
+        sender.join()
+        # Sent during the poll window, then well after it (the receiver is asleep in recv by then).
+        for delay in (0.01, 0.2):
+            timer = threading.Timer(delay, ipc.send, (daemon_end, {"type": ipc.STOP, "delay": delay}))
+            timer.start()
+            started = time.monotonic()
+            assert receiver.recv()["delay"] == delay
+            assert time.monotonic() - started >= delay * 0.9
+            timer.join()
+        daemon_end.close()
+        assert receiver.recv() is None  # the daemon's end closed
