@@ -441,7 +441,27 @@ def add_ratios(runs: list[dict], raw: dict):
         r["tput_vs_raw_b1"] = r["rps"] / raw["1"]["calls_s"]
 
 
-def check_targets(runs: list[dict], bare_runs: list[dict], tiny_runs: list[dict]) -> list[dict]:
+def run_grpc_pairs(args, pool, tmp: pathlib.Path, daemon_addr, wl: Workload) -> list[dict]:
+    """gRPC at c=64 against the daemon and the bare grpclib echo in turn, `--pairs` times, both
+    servers up (the idle one costs nothing): on a machine whose speed drifts by a quarter within
+    minutes, pairs run seconds apart compare like with like."""
+    here = pathlib.Path(__file__).parent
+    bare = Server([sys.executable, str(here / "bare_grpc.py")], tmp, "bare-grpc-pairs", ("grpc",))
+    pairs = []
+    try:
+        request = hot_request("grpc", daemon_addr, wl)
+        for i in range(args.pairs):
+            a = run_one(args, pool, "grpc", daemon_addr, request, 64)
+            b = run_one(args, pool, "grpc", bare.addresses["grpc"], request, 64)
+            pairs.append({"inferd_rps": a["rps"], "bare_rps": b["rps"], "ratio": a["rps"] / b["rps"] if b["rps"] else None})
+            print(f"  pair {i + 1}: inferd grpc c=64 {a['rps']:.1f} req/s, bare grpc {b['rps']:.1f} req/s, "
+                  f"ratio {fmt(pairs[-1]['ratio'], 3)}", flush=True)
+    finally:
+        bare.stop()
+    return pairs
+
+
+def check_targets(runs: list[dict], bare_runs: list[dict], tiny_runs: list[dict], pairs: list[dict] = ()) -> list[dict]:
     """Each check names the row it marks: (table, mode, concurrency)."""
     def find(rows, mode, conc):
         return next((r for r in rows if r["mode"] == mode and r["concurrency"] == conc), None)
@@ -464,7 +484,12 @@ def check_targets(runs: list[dict], bare_runs: list[dict], tiny_runs: list[dict]
         check("mlp", "unix", 64, f"req/s >= {UNIX_VS_BINARY} x binary c=64 ({ratio:.2f}x)", ratio,
               ratio >= UNIX_VS_BINARY)
     grpc, bare = find(runs, "grpc", 64), find(bare_runs, "grpc", 64)
-    if grpc and bare:
+    ratios = [p["ratio"] for p in pairs if p["ratio"] is not None]
+    if grpc and ratios:
+        ratio = float(np.median(ratios))
+        check("mlp", "grpc", 64, f"req/s >= {GRPC_VS_BARE} x bare grpc c=64 (median of {len(ratios)} "
+              f"interleaved pairs: {ratio:.2f}x)", ratio, ratio >= GRPC_VS_BARE)
+    elif grpc and bare:
         ratio = grpc["rps"] / bare["rps"] if bare["rps"] else float("inf")
         check("mlp", "grpc", 64, f"req/s >= {GRPC_VS_BARE} x bare grpc c=64 ({ratio:.2f}x)", ratio,
               ratio >= GRPC_VS_BARE)
@@ -512,6 +537,9 @@ def print_report(res: dict):
     print(f"\nclosed loop, mlp, {cfg['duration_s']} s per run, {cfg['procs']} generator "
           f"process(es), {cfg['grpc_channels']} gRPC channel(s) per process")
     print_runs(res["runs"] + res["bare_runs"], res["targets"], "mlp")
+    for i, pair in enumerate(res["grpc_pairs"]):
+        print(f"  gRPC c=64 pair {i + 1}: inferd {pair['inferd_rps']:.1f} req/s, bare {pair['bare_rps']:.1f} req/s, "
+              f"ratio {fmt(pair['ratio'], 3)}")
     print("  latencies in ms; '+p50 ms' = p50 - raw batch-1 p50; 'x raw' = req/s / raw batch-1 "
           "calls/s;\n  batch = mean inferd_batch_size; gen/srv us = CPU us per request of the "
           "generator / server process tree")
@@ -592,6 +620,9 @@ def main():
     ap.add_argument("--tiny", action="store_true",
                     help="also run unix and binary at c=1 on the tiny add_sub model")
     ap.add_argument("--json", type=pathlib.Path, help="write the results here")
+    ap.add_argument("--pairs", type=int, default=0,
+                    help="with --bare: also alternate gRPC c=64 runs on the daemon and the bare echo N "
+                         "times; the gRPC target then takes the median ratio of those pairs")
     args = ap.parse_args()
     if (set(args.modes) - set(MODES) or args.procs < 1 or args.grpc_channels < 1
             or min(args.concurrency) < 1):
@@ -621,7 +652,7 @@ def main():
         print("raw onnxruntime (before)...", flush=True)
         raw_before = raw_all()
         servers: list[Server] = []
-        tiny_runs, bare_runs = [], []
+        tiny_runs, bare_runs, grpc_pairs = [], [], []
         try:
             if args.url:
                 u = urllib.parse.urlsplit(args.url)
@@ -638,6 +669,8 @@ def main():
             runs = run_target(args, pool, "inferd", addrs, daemon, args.modes, mlp, args.concurrency)
             if tiny:
                 tiny_runs = run_target(args, pool, "inferd", addrs, daemon, tiny_modes, tiny, [1])
+            if args.bare and args.pairs and "grpc" in args.modes and "grpc" in addrs:
+                grpc_pairs = run_grpc_pairs(args, pool, tmp, addrs["grpc"], mlp)
             if args.bare:
                 if daemon:  # don't leave an idle daemon sharing the cores
                     daemon.stop()
@@ -671,7 +704,8 @@ def main():
         "runs": runs,
         "bare_runs": bare_runs,
         "tiny": tiny_res,
-        "targets": check_targets(runs, bare_runs, tiny_runs),
+        "grpc_pairs": grpc_pairs,
+        "targets": check_targets(runs, bare_runs, tiny_runs, grpc_pairs),
     }
     print_report(res)
     if args.json:
