@@ -64,7 +64,8 @@ async def test_idle_workers_stop_and_the_next_request_starts_one(tmp_path):
         assert metric(d, "inferd_workers", model="m") == 0
         assert memfds(d.proc.pid) == set()  # its shared memory went with it
         assert offset_of(client.infer("m", {"INPUT0": A, "INPUT1": B})) == 1  # a cold start
-        assert len(worker_pids(d, "m")) == 1
+        # One worker started for it (it may already be idle for 0.3 s and gone on a loaded machine).
+        assert len({e["pid"] for e in d.events("scaled up") if e["model"] == "m"}) == 1
         assert metric(d, "inferd_cold_starts_total", model="m") == 1
         assert metric(d, "inferd_cold_start_seconds_count", model="m", phase="spawn") == 1
         assert metric(d, "inferd_worker_exits_total", model="m", cause="idle") >= 1
