@@ -108,8 +108,11 @@ def split_frames(buf: bytearray) -> list[dict]:
 def send(sock: socket.socket, msg: dict) -> None:
     header, payload = encode(msg)
     sent = sock.sendmsg((header, payload))  # one system call (and one read on the daemon's side)
+    if sent < len(header):  # only a signal cuts a blocking send short
+        sock.sendall(header[sent:])
+        sent = len(header)
     if sent < len(header) + len(payload):
-        sock.sendall((header + payload)[sent:])
+        sock.sendall(memoryview(payload)[sent - len(header):])  # the rest, without a copy
 
 
 class Receiver:

@@ -55,8 +55,9 @@ class Region:
 
     def write(self, tensors: dict[str, list[np.ndarray]]) -> list:
         """Copy each tensor's parts (the requests of a batch, stacked along the first dimension)
-        straight into the region: the batch is never concatenated anywhere else. Returns the
-        descriptors (BYTES and small tensors inline, as ipc packs them), in the form `read` takes."""
+        straight into the region: a large batch is never concatenated anywhere else (BYTES and
+        small tensors are, into the message, as ipc packs them). Returns the descriptors, in
+        the form `read` takes."""
         layout, offset = [], 0
         for name, parts in tensors.items():
             nbytes = parts[0].nbytes if len(parts) == 1 else sum(p.nbytes for p in parts)

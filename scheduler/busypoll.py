@@ -19,14 +19,15 @@ _pollers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poller]" = weak
 
 
 class _Poller:
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+    # No reference to its loop: the loop is the key of a weak dictionary, which a value that
+    # held it would keep alive for ever.
+    def __init__(self):
         self.until = 0.0
         self.polling = False
 
     def tick(self) -> None:
         if time.monotonic() < self.until:
-            self.loop.call_soon(self.tick)
+            asyncio.get_running_loop().call_soon(self.tick)
         else:
             self.polling = False
 
@@ -38,7 +39,7 @@ def keep_polling(seconds: float) -> None:
     loop = asyncio.get_running_loop()
     poller = _pollers.get(loop)
     if poller is None:
-        poller = _pollers[loop] = _Poller(loop)
+        poller = _pollers[loop] = _Poller()
     poller.until = max(poller.until, time.monotonic() + seconds)
     if not poller.polling:
         poller.polling = True
