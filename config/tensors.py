@@ -157,13 +157,13 @@ def _split_bytes(name: str, data, count: int) -> np.ndarray:
 
 def to_raw(array: np.ndarray) -> bytes:
     """Raw bytes of a tensor: little-endian values, or 4-byte-length-prefixed BYTES elements."""
-    if array.dtype == object:
+    if array.dtype.kind == "O":
         parts = []
         for x in array.reshape(-1):
             b = x if isinstance(x, bytes) else str(x).encode()
             parts.append(_LENGTH.pack(len(b)))
             parts.append(b)
         return b"".join(parts)
-    return np.ascontiguousarray(array).tobytes()
+    return array.tobytes()  # C order, whatever the array's layout
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -124,33 +126,91 @@ class DataPlane:
     # -- inference ---------------------------------------------------------------------------
 
     async def infer(self, name: str, version: str, request: InferRequest, protocol: str) -> InferResponse:
-        if not self.state.ready:
-            raise InferdError(ErrorCode.UNAVAILABLE, "the server is not ready (starting or shutting down)")
-        mv = self.repository.get_ready(name, version)
+        mv = self._serving(name, version)
         outputs = await self._run(mv, request, protocol)
         return InferResponse(mv.name, mv.version, outputs, request.id)
+
+    def infer_then(self, name: str, version: str, request: InferRequest, protocol: str,
+                   done: Callable[[InferResponse | BaseException], None]) -> Callable[[], None]:
+        """`infer` for a caller without a task of its own (the Unix socket): `done` gets the
+        response or the exception, in a later callback. A request refused at once raises
+        InferdError here instead. Returns the function that withdraws the request (its caller
+        went away); `done` is then not called."""
+        mv = self._serving(name, version)
+        if mv.pipeline is not None:  # steps await one another: that takes a task
+            task = asyncio.ensure_future(self._run(mv, request, protocol))
+
+            def step_done(task: asyncio.Task) -> None:
+                if not task.cancelled():
+                    done(task.exception() or InferResponse(mv.name, mv.version, task.result(), request.id))
+
+            task.add_done_callback(step_done)
+            return task.cancel
+        started = time.perf_counter()
+        try:
+            ticket = self._enqueue(mv, request)
+        except InferdError as e:
+            self._count(mv, request, e, protocol, started)
+            raise
+
+        def finished(future: asyncio.Future) -> None:
+            if future.cancelled():
+                return mv.observer.request_done(protocol, "CANCELLED", time.perf_counter() - started)
+            error = future.exception()
+            self._count(mv, request, error, protocol, started)
+            done(error or InferResponse(mv.name, mv.version, future.result(), request.id))
+
+        ticket.future.add_done_callback(finished)
+
+        def withdraw() -> None:
+            mv.queue.withdraw(ticket)
+            ticket.future.cancel()
+
+        return withdraw
+
+    def _serving(self, name: str, version: str) -> ModelVersion:
+        if not self.state.ready:
+            raise InferdError(ErrorCode.UNAVAILABLE, "the server is not ready (starting or shutting down)")
+        return self.repository.get_ready(name, version)
+
+    def _enqueue(self, mv: ModelVersion, request: InferRequest):
+        rows, shape_key = self._validate(mv, request)
+        return mv.queue.enqueue(request, rows, shape_key)
 
     async def _run(self, mv: ModelVersion, request: InferRequest, protocol: str) -> dict:
         """Validate and run one request on a version (through its queue, or its pipeline's steps)."""
         started = time.perf_counter()
-        code = "OK"
         try:
-            rows, shape_key = self._validate(mv, request)
             if mv.pipeline is not None:
-                return await mv.pipeline.run(request, self._run_step)
-            return await mv.queue.submit(request, rows, shape_key)
+                self._validate(mv, request)
+                outputs = await mv.pipeline.run(request, self._run_step)
+            else:
+                ticket = self._enqueue(mv, request)
+                try:
+                    outputs = await ticket.future
+                except asyncio.CancelledError:
+                    mv.queue.withdraw(ticket)  # the caller went away
+                    raise
         except InferdError as e:
-            code = e.code.name
-            if e.code is ErrorCode.RESOURCE_EXHAUSTED:
-                self.repository.metrics.rejected.labels(mv.name, mv.version, "queue_full").inc()
-            elif e.code is ErrorCode.INTERNAL:
-                log.error("inference failed", model=mv.name, version=mv.version, request_id=request.id, error=e.message)
+            self._count(mv, request, e, protocol, started)
             raise
         except BaseException:  # cancelled (client went away) or a bug: still counted
-            code = "CANCELLED"
+            mv.observer.request_done(protocol, "CANCELLED", time.perf_counter() - started)
             raise
-        finally:
-            mv.observer.request_done(protocol, code, time.perf_counter() - started)
+        self._count(mv, request, None, protocol, started)
+        return outputs
+
+    def _count(self, mv: ModelVersion, request: InferRequest, error: BaseException | None, protocol: str,
+               started: float) -> None:
+        """A finished request in the metrics (and an internal failure in the log)."""
+        if error is None:
+            return mv.observer.request_done(protocol, "OK", time.perf_counter() - started)
+        if isinstance(error, InferdError) and error.code is ErrorCode.RESOURCE_EXHAUSTED:
+            self.repository.metrics.rejected.labels(mv.name, mv.version, "queue_full").inc()
+        code = error.code if isinstance(error, InferdError) else ErrorCode.INTERNAL
+        if code is ErrorCode.INTERNAL:
+            log.error("inference failed", model=mv.name, version=mv.version, request_id=request.id, error=str(error))
+        mv.observer.request_done(protocol, code.name, time.perf_counter() - started)
 
     async def _run_step(self, step, request: InferRequest) -> dict:
         """A pipeline's step: a request to the step's model, counted under protocol "pipeline"."""

@@ -94,8 +94,10 @@ def decode_infer_request(message: pb.ModelInferRequest, deadline: float | None) 
                     raise _bad(f"input {name!r}: FP16 data must be sent in raw_input_contents")
                 check_datatype_and_shape(name, tensor.datatype, shape)  # names what is wrong
             tensors[name] = from_values(name, tensor.datatype, shape, getattr(tensor.contents, field))
-    outputs = tuple(o.name for o in message.outputs) or None
-    return InferRequest(tensors, outputs, message.id, _parameters(message.parameters), deadline)
+    # (Empty repeated fields and maps are the common case: skip building anything from them.)
+    outputs = tuple(o.name for o in message.outputs) if message.outputs else None
+    parameters = _parameters(message.parameters) if message.parameters else {}
+    return InferRequest(tensors, outputs, message.id, parameters, deadline)
 
 
 def encode_infer_response(response) -> pb.ModelInferResponse:

@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -82,7 +83,10 @@ class _Connection(asyncio.Protocol):
         self.front = front
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()  # loads and unloads
+        self._inflight: dict[int, Callable[[], None]] = {}  # inferences: serial -> withdraw
+        self._serial = 0
+        self._idle: asyncio.Future | None = None  # set by finish(): resolved when nothing is in flight
         self._paused = False
 
     def connection_made(self, transport) -> None:
@@ -93,6 +97,10 @@ class _Connection(asyncio.Protocol):
         self.front.connections.discard(self)
         for task in self._tasks:  # the caller went away: queued requests leave their queues
             task.cancel()
+        for withdraw in list(self._inflight.values()):
+            withdraw()
+        self._inflight.clear()
+        self._maybe_idle()
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -121,33 +129,70 @@ class _Connection(asyncio.Protocol):
         if type(request_id) is not int or request_id < 0:
             return self._error(0, _bad("every request needs an unsigned integer 'id'"))
         op = msg.get("op")
-        if op in ("infer", "load", "unload"):  # these wait (on the queue or a load): own task
+        if op == "infer":
+            return self._infer(request_id, msg)
+        if op in ("load", "unload"):  # these wait on a load: own task
             task = asyncio.get_running_loop().create_task(self._call(request_id, op, msg))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
-            if len(self._tasks) >= MAX_INFLIGHT and not self._paused:
-                self._paused = True
-                self.transport.pause_reading()
+            self._count_inflight()
             return
         try:
             self._reply({"id": request_id, "ok": True, **self.front.answer(op, msg)})
         except InferdError as e:
             self._error(request_id, e)
 
-    def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if self._paused and len(self._tasks) < MAX_INFLIGHT // 2:
+    def _infer(self, request_id: int, msg: dict) -> None:
+        """No task per request: the data plane calls back with the outputs (the reply goes out
+        in the loop turn they arrive, and a lone request is sent to a worker in this one)."""
+        self._serial += 1
+        serial = self._serial
+        try:
+            model, version, request = decode_infer(msg)
+            withdraw = self.front.dataplane.infer_then(
+                model, version, request, "unix", lambda result: self._infer_done(serial, request_id, result))
+        except InferdError as e:
+            return self._error(request_id, e)
+        except Exception as e:  # a bug must still answer the caller
+            log.exception("unix-socket request failed", request=request_id)
+            return self._error(request_id, InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+        self._inflight[serial] = withdraw
+        self._count_inflight()
+
+    def _infer_done(self, serial: int, request_id: int, result) -> None:
+        if self._inflight.pop(serial, None) is None:
+            return  # withdrawn: the connection is gone
+        if isinstance(result, InferdError):
+            self._error(request_id, result)
+        elif isinstance(result, BaseException):  # a bug must still answer the caller
+            log.error("unix-socket request failed", request=request_id, error=f"{type(result).__name__}: {result}")
+            self._error(request_id, InferdError(ErrorCode.INTERNAL, f"{type(result).__name__}: {result}"))
+        else:
+            self._reply({"id": request_id, "ok": True, **encode_infer(result)})
+        self._uncount_inflight()
+
+    def _count_inflight(self) -> None:
+        if len(self._tasks) + len(self._inflight) >= MAX_INFLIGHT and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _uncount_inflight(self) -> None:
+        if self._paused and len(self._tasks) + len(self._inflight) < MAX_INFLIGHT // 2:
             self._paused = False
             self.transport.resume_reading()
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if self._idle is not None and not self._inflight and not self._idle.done():
+            self._idle.set_result(None)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._uncount_inflight()
 
     async def _call(self, request_id: int, op: str, msg: dict) -> None:
         dp = self.front.dataplane
         try:
-            if op == "infer":
-                model, version, request = decode_infer(msg)
-                response = await dp.infer(model, version, request, "unix")
-                self._reply({"id": request_id, "ok": True, **encode_infer(response)})
-                return
             model = _field(msg, "model", str, "")  # required: the data plane says so, as for HTTP and gRPC
             await (dp.load_model(model) if op == "load" else dp.unload_model(model))
             self._reply({"id": request_id, "ok": True})
@@ -168,6 +213,9 @@ class _Connection(asyncio.Protocol):
 
     async def finish(self) -> None:
         """Wait for this connection's requests to be answered, then close it."""
+        if self._inflight:
+            self._idle = asyncio.get_running_loop().create_future()
+            await self._idle
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.transport is not None:

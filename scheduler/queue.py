@@ -1,9 +1,10 @@
 """The per-version queue and its dispatch.
 
-Callers `submit()` and await their own rows. Batches are formed in one place, `_dispatch`,
-which runs at the end of the loop turn in which requests arrived and shortly after a batch
-ends: whenever a worker is idle it asks `next_batch` what to send, stacks those requests along
-the batch dimension and sends them; the worker's reply splits the outputs back per request.
+Callers `submit()` and await their own rows (or `enqueue()` and watch the ticket's future).
+Batches are formed in one place, `_dispatch`, which runs at the end of the loop turn in which
+requests arrived (at once, at light load: see `enqueue`) and shortly after a batch ends:
+whenever a worker is idle it asks `next_batch` what to send, stacks those requests along the
+batch dimension and sends them; the worker's reply splits the outputs back per request.
 A small loop task only handles what has no caller to act on it (queue-delay timers, replaced
 workers, the end of a drain). The queue is bounded in rows and refuses at once when full.
 """
@@ -41,7 +42,9 @@ class QueueObserver:
 
 
 @dataclasses.dataclass(slots=True, eq=False)
-class _Pending:
+class Ticket:
+    """One queued (or running) request and the future its caller waits on."""
+
     request: InferRequest
     rows: int
     shape_key: Hashable
@@ -80,7 +83,7 @@ class ModelQueue:
         self.cold_start_timeout_s = cold_start_timeout_s  # how long a request waits for a worker to start
         self.observer = observer or QueueObserver()
         self.clock = clock
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[Ticket] = deque()
         self._rows = 0
         self._bytes = 0
         self._wakeup = asyncio.Event()
@@ -90,6 +93,7 @@ class ModelQueue:
         self._with_deadline = 0  # queued requests that carry a deadline
         self._loop_task: asyncio.Task | None = None
         self._closing = False
+        self._light = True  # the last batch was a lone request
         pool.on_change = self._wakeup.set
 
     # -- the caller's side -------------------------------------------------------------------
@@ -107,6 +111,16 @@ class ModelQueue:
 
     async def submit(self, request: InferRequest, rows: int, shape_key: Hashable) -> dict[str, np.ndarray]:
         """Queue one request and wait for its own outputs. Raises InferdError."""
+        ticket = self.enqueue(request, rows, shape_key)
+        try:
+            return await ticket.future
+        except asyncio.CancelledError:
+            self.withdraw(ticket)
+            raise
+
+    def enqueue(self, request: InferRequest, rows: int, shape_key: Hashable) -> "Ticket":
+        """Queue one request; its ticket's future resolves to the request's own outputs (or an
+        InferdError). Raises InferdError at once when the request cannot be queued."""
         if self._closing:
             raise InferdError(ErrorCode.UNAVAILABLE, "the model is shutting down")
         if self.pool.broken_reason:
@@ -125,27 +139,32 @@ class ModelQueue:
                 f"queue full: {self._bytes} bytes queued, limit {self.max_queue_bytes}; retry later",
                 retry_after_s=self._time_to_drain(over),
             )
-        item = _Pending(request, rows, shape_key, self.clock(), asyncio.get_running_loop().create_future(), nbytes)
-        self._pending.append(item)
+        loop = asyncio.get_running_loop()
+        alone = not self._pending
+        ticket = Ticket(request, rows, shape_key, self.clock(), loop.create_future(), nbytes)
+        self._pending.append(ticket)
         self._rows += rows
         self._bytes += nbytes
         if request.deadline is not None:
             self._with_deadline += 1
             self._wakeup.set()  # the timer loop re-arms for this deadline
         self.observer.queue_rows(self._rows)
-        # Dispatch at the end of this loop turn, not now: requests read from the sockets in the
-        # same turn join the batch (one request alone still runs on the next turn, no waiting).
-        if not self._dispatch_scheduled:
+        if alone and self._light and not self._running_batches and self.pool.has_idle and self.max_delay_s <= 0:
+            # Light load (the last batch was a lone request, nothing runs, a worker waits): no
+            # batch is forming, so this one goes now rather than at the end of the loop turn.
+            self._dispatch()
+        elif not self._dispatch_scheduled:
+            # Dispatch at the end of this loop turn, not now: requests read from the sockets in
+            # the same turn join the batch (one request alone still runs on the next turn).
             self._dispatch_scheduled = True
-            asyncio.get_running_loop().call_soon(self._end_of_arrivals)
-        try:
-            return await item.future
-        except asyncio.CancelledError:
-            # The caller went away (client disconnected): a queued request leaves the queue;
-            # one already in a batch runs and its rows are dropped.
-            if item.queued:
-                self._remove(item)
-            raise
+            loop.call_soon(self._end_of_arrivals)
+        return ticket
+
+    def withdraw(self, ticket: "Ticket") -> None:
+        """The caller went away: a queued request leaves the queue; one already in a batch
+        runs and its rows are dropped."""
+        if ticket.queued:
+            self._remove(ticket)
 
     async def drain(self) -> None:
         """Refuse new requests, answer every accepted one, then stop the loop."""
@@ -163,7 +182,7 @@ class ModelQueue:
 
     # -- the dispatch loop -------------------------------------------------------------------
 
-    def _remove(self, item: _Pending) -> None:
+    def _remove(self, item: Ticket) -> None:
         self._pending.remove(item)
         self._leave(item)
         self.observer.queue_rows(self._rows)
@@ -173,7 +192,7 @@ class ModelQueue:
         rate = self._drain_rows_per_s * max(1, len(self.pool.pids))
         return min(60.0, rows / rate) if rate > 0 else 1.0
 
-    def _leave(self, item: _Pending) -> None:
+    def _leave(self, item: Ticket) -> None:
         item.queued = False
         self._rows -= item.rows
         self._bytes -= item.nbytes
@@ -253,12 +272,13 @@ class ModelQueue:
             except TimeoutError:
                 pass
 
-    def _start_batch(self, worker, batch: list[_Pending], now: float) -> None:
+    def _start_batch(self, worker, batch: list[Ticket], now: float) -> None:
         for item in batch:
             self._leave(item)
             self.observer.dequeued(now - item.enqueued_at)
         self.observer.queue_rows(self._rows)
         self._running_batches += 1
+        self._light = len(batch) == 1
         self._running_requests += len(batch)
         try:
             worker.run_batch(
@@ -270,7 +290,7 @@ class ModelQueue:
             log.exception("batch dispatch failed", model=self.pool.spec.model)
             self._finish_batch(worker, batch, now, InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
 
-    def _finish_batch(self, worker, batch: list[_Pending], started: float, result) -> None:
+    def _finish_batch(self, worker, batch: list[Ticket], started: float, result) -> None:
         """The worker's answer (outputs or an InferdError), straight from its socket."""
         ok = not isinstance(result, InferdError)
         rows = sum(item.rows for item in batch)
@@ -312,13 +332,13 @@ class ModelQueue:
         loop = asyncio.get_running_loop()
         loop.call_soon(loop.call_soon, self._dispatch_and_arm)
 
-    def _retry(self, batch: list[_Pending]) -> None:
+    def _retry(self, batch: list[Ticket]) -> None:
         """Back to the front of the queue, in order, to run once more on another worker."""
         log.warning("a worker died running a batch; running it again", model=self.pool.spec.model,
                     version=self.pool.spec.version, requests=len(batch))
         self._requeue(batch, retried=True)
 
-    def _requeue(self, batch: list[_Pending], retried: bool) -> None:
+    def _requeue(self, batch: list[Ticket], retried: bool) -> None:
         for item in reversed(batch):
             item.retried = item.retried or retried
             if item.future.done():  # its caller went away
@@ -343,12 +363,12 @@ class ModelQueue:
             self._wakeup.set()
 
     @staticmethod
-    def _parts(batch: list[_Pending]) -> dict[str, list[np.ndarray]]:
+    def _parts(batch: list[Ticket]) -> dict[str, list[np.ndarray]]:
         """Per input, the requests' arrays in batch order; the worker handle stacks them where
         they go (straight into shared memory), so the batch is copied once."""
         return {name: [item.request.inputs[name] for item in batch] for name in batch[0].request.inputs}
 
-    def _wanted_outputs(self, batch: list[_Pending]) -> list[str]:
+    def _wanted_outputs(self, batch: list[Ticket]) -> list[str]:
         wanted: set[str] = set()
         for item in batch:
             if item.request.outputs is None:
@@ -356,7 +376,7 @@ class ModelQueue:
             wanted.update(item.request.outputs)
         return [name for name in self.output_names if name in wanted]
 
-    def _split(self, batch: list[_Pending], outputs: dict[str, np.ndarray]) -> None:
+    def _split(self, batch: list[Ticket], outputs: dict[str, np.ndarray]) -> None:
         offset = 0
         for item in batch:
             names = item.request.outputs or outputs.keys()

@@ -6,6 +6,7 @@ import asyncio
 import re
 
 import aiohttp
+import msgpack
 import numpy as np
 import orjson
 import pytest
@@ -162,16 +163,28 @@ async def test_sigterm_during_load_answers_every_accepted_request_and_exits_0(dr
         d.stop()
 
 
-async def test_a_client_that_disconnects_leaves_the_queue(overflow_repo):
-    """Its request is removed at once, long before the batcher's 3 s delay would have sent it."""
-    with DaemonProcess(overflow_repo) as d:
-        a = np.ones((1, 16), np.int32)
+async def _send_held_request(d: DaemonProcess, protocol: str) -> asyncio.StreamWriter:
+    """One add_sub request to the "held" model over HTTP or the Unix socket; the reply is never read."""
+    a = np.ones((1, 16), np.int32)
+    if protocol == "unix":
+        _, writer = await asyncio.open_unix_connection(d.socket_path)
+        tensors = [{"name": n, "datatype": "INT32", "shape": [1, 16], "data": a.tobytes()} for n in ("INPUT0", "INPUT1")]
+        payload = msgpack.packb({"id": 1, "op": "infer", "model": "held", "inputs": tensors})
+        writer.write(len(payload).to_bytes(4, "big") + payload)
+    else:
         body, headers = _binary_add_sub(a, a, "gone")
-        host, port = d.address
-        reader, writer = await asyncio.open_connection(host, port)
+        _, writer = await asyncio.open_connection(*d.address)
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         writer.write(f"POST /v2/models/held/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body)
-        await writer.drain()
+    await writer.drain()
+    return writer
+
+
+@pytest.mark.parametrize("protocol", ["http", "unix"])
+async def test_a_client_that_disconnects_leaves_the_queue(overflow_repo, protocol):
+    """Its request is removed at once, long before the batcher's 3 s delay would have sent it."""
+    with DaemonProcess(overflow_repo) as d:
+        writer = await _send_held_request(d, protocol)
         async with aiohttp.ClientSession(d.url) as s:
             async def queued_rows() -> str:
                 text = await (await s.get("/metrics")).text()
@@ -184,7 +197,7 @@ async def test_a_client_that_disconnects_leaves_the_queue(overflow_repo):
                 while await queued_rows() != "0.0":
                     await asyncio.sleep(0.01)
             text = await (await s.get("/metrics")).text()
-            assert 'inferd_requests_total{code="CANCELLED",model="held",protocol="http",version="1"} 1.0' in text
+            assert f'inferd_requests_total{{code="CANCELLED",model="held",protocol="{protocol}",version="1"}} 1.0' in text
             assert 'inferd_batch_size_count{model="held",version="1"} 0.0' in text  # it never ran
 
 

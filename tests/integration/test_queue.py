@@ -193,3 +193,28 @@ async def test_worker_that_dies_while_idle_is_replaced_before_anyone_needs_it(ad
     finally:
         await queue.drain()
         await pool.stop()
+
+
+async def test_a_lone_request_at_light_load_is_sent_at_once_and_bursts_still_batch(add_sub):
+    """At light load (the last batch was one request, nothing runs, a worker waits) `enqueue`
+    sends the request before it returns. Requests that arrive behind a running batch go
+    together after it; and once batches hold more than one request, a request waits for the
+    end of the loop turn, so that the others arriving in the same turn join it."""
+    queue, pool, recorder = await _queue(add_sub)
+    try:
+        first = queue.enqueue(_add_sub_request(1), 1, ((16,),))
+        assert queue.queued_rows == 0 and queue.inflight_count() == 1  # on its way to the worker
+        burst = [queue.enqueue(_add_sub_request(i), 1, ((16,),)) for i in range(2, 6)]
+        assert queue.queued_rows == 4  # the worker is busy: they wait for it
+        await asyncio.gather(first.future, *(t.future for t in burst))
+        assert recorder.batches == [1, 4]
+        later = [queue.enqueue(_add_sub_request(i), 1, ((16,),)) for i in range(6, 9)]
+        assert queue.queued_rows == 3  # not sent one by one as they come
+        outs = await asyncio.gather(*(t.future for t in later))
+        assert recorder.batches == [1, 4, 3]
+        for i, out in zip(range(6, 9), outs):
+            np.testing.assert_array_equal(out["OUTPUT0"], np.full((1, 16), 2 * i, np.int32))
+        np.testing.assert_array_equal(first.future.result()["OUTPUT1"], np.zeros((1, 16), np.int32))
+    finally:
+        await queue.drain()
+        await pool.stop()
