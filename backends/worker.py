@@ -27,6 +27,7 @@ import structlog
 from inferd.backends import ipc
 from inferd.backends.base import BackendInputError
 from inferd.backends.shm import Region
+from inferd.config import gc_policy
 from inferd.config.errors import ErrorCode
 from inferd.config.tensors import DATATYPES
 
@@ -125,6 +126,7 @@ def serve(sock: socket.socket) -> int:
         ipc.send(sock, {"type": ipc.LOAD_FAILED, "reason": reason})
         return 1
     warm_up(backend, metadata)
+    log.info("gc settled", frozen=gc_policy.settle(collect=False))
     ipc.send(sock, {"type": ipc.LOADED, "metadata": metadata.to_dict(), "load_s": time.monotonic() - started,
                     "started_at": started,  # CLOCK_MONOTONIC is one clock for every process
                     "device": getattr(backend, "device_name", "cpu")})  # where it runs: "cpu" or "cuda:N"

@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from inferd.config import gc_policy
 from inferd.config.errors import ConfigError
 from inferd.config.settings import DaemonConfig, parse_address, socket_path
 from inferd.daemon import systemd
@@ -127,7 +128,8 @@ class Daemon:
             await self._follow_directory()
             await self.repository.wait_loaded()
             self.state.started = True
-            log.info("ready", seconds=round(time.monotonic() - started, 3), models=self.repository.counts(), pid=os.getpid())
+            log.info("ready", seconds=round(time.monotonic() - started, 3), models=self.repository.counts(), pid=os.getpid(),
+                     gc_frozen=gc_policy.settle())
             systemd.notify("READY=1", self._status())
             interval = systemd.watchdog_interval()
             if interval:

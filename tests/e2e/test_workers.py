@@ -84,6 +84,9 @@ async def test_workers_run_sched_batch_and_serve_with_busy_polling_on_or_off(tmp
         [pid] = worker_pids(d, "m")
         assert os.sched_getscheduler(pid) == os.SCHED_BATCH
         assert os.sched_getscheduler(d.proc.pid) == os.SCHED_OTHER
+        # Both froze what their start-up left (inferd.config.gc_policy): modules, runtime, model.
+        assert d.events("ready")[0]["gc_frozen"] > 10_000
+        assert [e["frozen"] for e in d.events("gc settled") if e["pid"] == pid][0] > 10_000
 
 
 async def test_sixteen_first_requests_start_one_worker(tmp_path):
