@@ -65,9 +65,12 @@ class TensorSpec:
         )
 
     def accepts_shape(self, shape: tuple[int, ...]) -> bool:
-        return len(shape) == len(self.shape) and all(
-            want == -1 or want == got for want, got in zip(self.shape, shape)
-        )
+        if len(shape) != len(self.shape):
+            return False
+        for want, got in zip(self.shape, shape):  # a plain loop: checked on every request
+            if want != got and want != -1:
+                return False
+        return True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from inferd.daemon.series import LoopCounter, LoopHistogram
 from inferd.scheduler.limits import LimitsObserver
 from inferd.scheduler.pool import PoolObserver
 from inferd.scheduler.queue import QueueObserver
@@ -20,25 +21,23 @@ class Metrics(LimitsObserver):
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
         mv = ["model", "version"]
-        self.requests = Counter(
-            "inferd_requests", "Inference requests by outcome code",
-            mv + ["protocol", "code"], registry=registry,
+        # Updated on every request or batch: lock-free series (inferd.daemon.series).
+        self.requests = LoopCounter(
+            "inferd_requests", "Inference requests by outcome code", mv + ["protocol", "code"], registry,
         )
-        self.request_duration = Histogram(
+        self.request_duration = LoopHistogram(
             "inferd_request_duration_seconds", "Time from a request's arrival in the data plane to its answer",
-            mv, buckets=_LATENCY_BUCKETS, registry=registry,
+            mv, _LATENCY_BUCKETS, registry,
         )
-        self.queue_duration = Histogram(
+        self.queue_duration = LoopHistogram(
             "inferd_queue_duration_seconds", "Time requests wait in the queue before their batch starts",
-            mv, buckets=_LATENCY_BUCKETS, registry=registry,
+            mv, _LATENCY_BUCKETS, registry,
         )
-        self.compute_duration = Histogram(
+        self.compute_duration = LoopHistogram(
             "inferd_compute_duration_seconds", "Time a batch spends in its worker (including IPC)",
-            mv, buckets=_LATENCY_BUCKETS, registry=registry,
+            mv, _LATENCY_BUCKETS, registry,
         )
-        self.batch_size = Histogram(
-            "inferd_batch_size", "Rows per executed batch", mv, buckets=_BATCH_BUCKETS, registry=registry,
-        )
+        self.batch_size = LoopHistogram("inferd_batch_size", "Rows per executed batch", mv, _BATCH_BUCKETS, registry)
         self.queue_rows = Gauge("inferd_queue_rows", "Rows waiting in the queue", mv, registry=registry)
         self.queue_limit_rows = Gauge("inferd_queue_limit_rows", "Rows the queue may hold", mv, registry=registry)
         self.batch_limit = Gauge("inferd_model_batch_limit", "Largest batch the scheduler forms", mv, registry=registry)

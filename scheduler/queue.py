@@ -393,7 +393,7 @@ def _nbytes(request: InferRequest) -> int:
     """What a request's inputs hold (BYTES: their elements' lengths)."""
     total = 0
     for array in request.inputs.values():
-        if array.dtype == object:
+        if array.dtype.kind == "O":
             total += sum(len(x) for x in array.reshape(-1))
         else:
             total += array.nbytes
