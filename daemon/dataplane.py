@@ -23,6 +23,11 @@ def _bad(message: str) -> InferdError:
     return InferdError(ErrorCode.INVALID_ARGUMENT, message)
 
 
+def _as_inferd_error(error: BaseException) -> InferdError:
+    """A failure as every front-end reports it: a bug is INTERNAL, with its type and message."""
+    return error if isinstance(error, InferdError) else InferdError(ErrorCode.INTERNAL, f"{type(error).__name__}: {error}")
+
+
 class ServerState:
     """The single source of truth for liveness and readiness."""
 
@@ -131,9 +136,9 @@ class DataPlane:
         return InferResponse(mv.name, mv.version, outputs, request.id)
 
     def infer_then(self, name: str, version: str, request: InferRequest, protocol: str,
-                   done: Callable[[InferResponse | BaseException], None]) -> Callable[[], None]:
+                   done: Callable[[InferResponse | InferdError], None]) -> Callable[[], None]:
         """`infer` for a caller without a task of its own (the Unix socket): `done` gets the
-        response or the exception, in a later callback. A request refused at once raises
+        response or the InferdError (any other failure arrives as INTERNAL), in a later callback. A request refused at once raises
         InferdError here instead. Returns the function that withdraws the request (its caller
         went away); `done` is then not called."""
         mv = self._serving(name, version)
@@ -142,7 +147,8 @@ class DataPlane:
 
             def step_done(task: asyncio.Task) -> None:
                 if not task.cancelled():
-                    done(task.exception() or InferResponse(mv.name, mv.version, task.result(), request.id))
+                    error = task.exception()
+                    done(_as_inferd_error(error) if error else InferResponse(mv.name, mv.version, task.result(), request.id))
 
             task.add_done_callback(step_done)
             return task.cancel
@@ -157,6 +163,7 @@ class DataPlane:
             if future.cancelled():
                 return mv.observer.request_done(protocol, "CANCELLED", time.perf_counter() - started)
             error = future.exception()
+            error = error and _as_inferd_error(error)
             self._count(mv, request, error, protocol, started)
             done(error or InferResponse(mv.name, mv.version, future.result(), request.id))
 
@@ -200,17 +207,16 @@ class DataPlane:
         self._count(mv, request, None, protocol, started)
         return outputs
 
-    def _count(self, mv: ModelVersion, request: InferRequest, error: BaseException | None, protocol: str,
+    def _count(self, mv: ModelVersion, request: InferRequest, error: InferdError | None, protocol: str,
                started: float) -> None:
         """A finished request in the metrics (and an internal failure in the log)."""
         if error is None:
             return mv.observer.request_done(protocol, "OK", time.perf_counter() - started)
-        if isinstance(error, InferdError) and error.code is ErrorCode.RESOURCE_EXHAUSTED:
+        if error.code is ErrorCode.RESOURCE_EXHAUSTED:
             self.repository.metrics.rejected.labels(mv.name, mv.version, "queue_full").inc()
-        code = error.code if isinstance(error, InferdError) else ErrorCode.INTERNAL
-        if code is ErrorCode.INTERNAL:
-            log.error("inference failed", model=mv.name, version=mv.version, request_id=request.id, error=str(error))
-        mv.observer.request_done(protocol, code.name, time.perf_counter() - started)
+        elif error.code is ErrorCode.INTERNAL:
+            log.error("inference failed", model=mv.name, version=mv.version, request_id=request.id, error=error.message)
+        mv.observer.request_done(protocol, error.code.name, time.perf_counter() - started)
 
     async def _run_step(self, step, request: InferRequest) -> dict:
         """A pipeline's step: a request to the step's model, counted under protocol "pipeline"."""

@@ -164,9 +164,6 @@ class _Connection(asyncio.Protocol):
             return  # withdrawn: the connection is gone
         if isinstance(result, InferdError):
             self._error(request_id, result)
-        elif isinstance(result, BaseException):  # a bug must still answer the caller
-            log.error("unix-socket request failed", request=request_id, error=f"{type(result).__name__}: {result}")
-            self._error(request_id, InferdError(ErrorCode.INTERNAL, f"{type(result).__name__}: {result}"))
         else:
             self._reply({"id": request_id, "ok": True, **encode_infer(result)})
         self._uncount_inflight()
