@@ -138,9 +138,10 @@ class DataPlane:
     def infer_then(self, name: str, version: str, request: InferRequest, protocol: str,
                    done: Callable[[InferResponse | InferdError], None]) -> Callable[[], None]:
         """`infer` for a caller without a task of its own (the Unix socket): `done` gets the
-        response or the InferdError (any other failure arrives as INTERNAL), in a later callback. A request refused at once raises
-        InferdError here instead. Returns the function that withdraws the request (its caller
-        went away); `done` is then not called."""
+        response or the InferdError (any other failure arrives as INTERNAL), straight from the
+        queue's callbacks, possibly before this returns (a deadline already passed). A request
+        refused at once raises InferdError here instead. Returns the function that withdraws
+        the request (its caller went away); `done` is then not called."""
         mv = self._serving(name, version)
         if mv.pipeline is not None:  # steps await one another: that takes a task
             task = asyncio.ensure_future(self._run(mv, request, protocol))
@@ -153,25 +154,24 @@ class DataPlane:
             task.add_done_callback(step_done)
             return task.cancel
         started = time.perf_counter()
+
+        def finished(outcome) -> None:
+            if isinstance(outcome, InferdError):
+                self._count(mv, request, outcome, protocol, started)
+                return done(outcome)
+            self._count(mv, request, None, protocol, started)
+            done(InferResponse(mv.name, mv.version, outcome, request.id))
+
         try:
-            ticket = self._enqueue(mv, request)
+            ticket = self._enqueue(mv, request, finished)
         except InferdError as e:
             self._count(mv, request, e, protocol, started)
             raise
 
-        def finished(future: asyncio.Future) -> None:
-            if future.cancelled():
-                return mv.observer.request_done(protocol, "CANCELLED", time.perf_counter() - started)
-            error = future.exception()
-            error = error and _as_inferd_error(error)
-            self._count(mv, request, error, protocol, started)
-            done(error or InferResponse(mv.name, mv.version, future.result(), request.id))
-
-        ticket.future.add_done_callback(finished)
-
         def withdraw() -> None:
-            mv.queue.withdraw(ticket)
-            ticket.future.cancel()
+            if not ticket.answered:
+                mv.queue.withdraw(ticket)
+                mv.observer.request_done(protocol, "CANCELLED", time.perf_counter() - started)
 
         return withdraw
 
@@ -180,9 +180,9 @@ class DataPlane:
             raise InferdError(ErrorCode.UNAVAILABLE, "the server is not ready (starting or shutting down)")
         return self.repository.get_ready(name, version)
 
-    def _enqueue(self, mv: ModelVersion, request: InferRequest):
+    def _enqueue(self, mv: ModelVersion, request: InferRequest, then=None):
         rows, shape_key = self._validate(mv, request)
-        return mv.queue.enqueue(request, rows, shape_key)
+        return mv.queue.enqueue(request, rows, shape_key, then)
 
     async def _run(self, mv: ModelVersion, request: InferRequest, protocol: str) -> dict:
         """Validate and run one request on a version (through its queue, or its pipeline's steps)."""

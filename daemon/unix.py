@@ -78,6 +78,10 @@ def encode_infer(response: InferResponse) -> dict:
     return reply
 
 
+def _nothing() -> None:
+    pass
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, front: "UnixFrontEnd"):
         self.front = front
@@ -147,25 +151,33 @@ class _Connection(asyncio.Protocol):
         in the loop turn they arrive, and a lone request is sent to a worker in this one)."""
         self._serial += 1
         serial = self._serial
+        self._inflight[serial] = _nothing  # in flight before infer_then: it may answer at once
         try:
             model, version, request = decode_infer(msg)
             withdraw = self.front.dataplane.infer_then(
                 model, version, request, "unix", lambda result: self._infer_done(serial, request_id, result))
         except InferdError as e:
+            del self._inflight[serial]
             return self._error(request_id, e)
         except Exception as e:  # a bug must still answer the caller
+            del self._inflight[serial]
             log.exception("unix-socket request failed", request=request_id)
             return self._error(request_id, InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
-        self._inflight[serial] = withdraw
-        self._count_inflight()
+        if serial in self._inflight:  # not answered yet
+            self._inflight[serial] = withdraw
+            self._count_inflight()
 
     def _infer_done(self, serial: int, request_id: int, result) -> None:
         if self._inflight.pop(serial, None) is None:
             return  # withdrawn: the connection is gone
-        if isinstance(result, InferdError):
-            self._error(request_id, result)
-        else:
-            self._reply({"id": request_id, "ok": True, **encode_infer(result)})
+        try:
+            if isinstance(result, InferdError):
+                self._error(request_id, result)
+            else:
+                self._reply({"id": request_id, "ok": True, **encode_infer(result)})
+        except Exception as e:  # a bug must still answer this caller, and not fail its batch's others
+            log.exception("unix-socket reply failed", request=request_id)
+            self._error(request_id, InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
         self._uncount_inflight()
 
     def _count_inflight(self) -> None:

@@ -1,6 +1,6 @@
 """The per-version queue and its dispatch.
 
-Callers `submit()` and await their own rows (or `enqueue()` and watch the ticket's future).
+Callers `submit()` and await their own rows, or `enqueue()` with a callback that gets them.
 Batches are formed in one place, `_dispatch`, which runs at the end of the loop turn in which
 requests arrived (at once, at light load: see `enqueue`) and shortly after a batch ends:
 whenever a worker is idle it asks `next_batch` what to send, stacks those requests along the
@@ -41,18 +41,40 @@ class QueueObserver:
     def out_of_memory(self, rows: int) -> None: ...  # a batch of `rows` could not allocate memory
 
 
+Outcome = Callable[["dict[str, np.ndarray] | InferdError"], None]
+
+
 @dataclasses.dataclass(slots=True, eq=False)
 class Ticket:
-    """One queued (or running) request and the future its caller waits on."""
+    """One queued (or running) request. Its outcome, the request's own outputs or an
+    InferdError, goes to `then` once, straight from the queue's callbacks (no loop turn between
+    a worker's reply and the caller's answer); `future` holds it instead for a caller that awaits."""
 
     request: InferRequest
     rows: int
     shape_key: Hashable
     enqueued_at: float
-    future: asyncio.Future
+    then: Outcome
+    future: asyncio.Future | None = None
     nbytes: int = 0
     queued: bool = True
     retried: bool = False  # run again once after its worker died
+    answered: bool = False  # settled, or withdrawn by its caller
+
+    def settle(self, outcome: "dict[str, np.ndarray] | InferdError") -> None:
+        if not self.answered:
+            self.answered = True
+            self.then(outcome)
+
+
+def _resolving(future: asyncio.Future) -> Outcome:
+    def then(outcome) -> None:
+        if not future.done():  # its awaiting task may have been cancelled
+            if isinstance(outcome, InferdError):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+    return then
 
 
 class ModelQueue:
@@ -118,9 +140,11 @@ class ModelQueue:
             self.withdraw(ticket)
             raise
 
-    def enqueue(self, request: InferRequest, rows: int, shape_key: Hashable) -> "Ticket":
-        """Queue one request; its ticket's future resolves to the request's own outputs (or an
-        InferdError). Raises InferdError at once when the request cannot be queued."""
+    def enqueue(self, request: InferRequest, rows: int, shape_key: Hashable, then: Outcome | None = None) -> Ticket:
+        """Queue one request. Its outcome goes to `then`, which may be called before enqueue
+        returns (a deadline already passed) and must not queue requests itself; without
+        `then`, the ticket's future resolves to it. Raises InferdError at once when the request
+        cannot be queued."""
         if self._closing:
             raise InferdError(ErrorCode.UNAVAILABLE, "the model is shutting down")
         if self.pool.broken_reason:
@@ -141,7 +165,11 @@ class ModelQueue:
             )
         loop = asyncio.get_running_loop()
         alone = not self._pending
-        ticket = Ticket(request, rows, shape_key, self.clock(), loop.create_future(), nbytes)
+        if then is None:
+            future = loop.create_future()
+            ticket = Ticket(request, rows, shape_key, self.clock(), _resolving(future), future, nbytes)
+        else:
+            ticket = Ticket(request, rows, shape_key, self.clock(), then, None, nbytes)
         self._pending.append(ticket)
         self._rows += rows
         self._bytes += nbytes
@@ -160,9 +188,10 @@ class ModelQueue:
             loop.call_soon(self._end_of_arrivals)
         return ticket
 
-    def withdraw(self, ticket: "Ticket") -> None:
+    def withdraw(self, ticket: Ticket) -> None:
         """The caller went away: a queued request leaves the queue; one already in a batch
-        runs and its rows are dropped."""
+        runs and its rows are dropped. Its outcome goes nowhere."""
+        ticket.answered = True
         if ticket.queued:
             self._remove(ticket)
 
@@ -202,7 +231,7 @@ class ModelQueue:
     def _fail_expired(self, now: float) -> None:
         for item in [p for p in self._pending if p.request.deadline is not None and p.request.deadline <= now]:
             self._remove(item)
-            item.future.set_exception(InferdError(ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while it was queued"))
+            item.settle(InferdError(ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while it was queued"))
 
     def _fail_cold_waits(self, now: float) -> float | None:
         """With no worker running, a request waits at most cold_start_timeout_s (then 503 with
@@ -211,7 +240,7 @@ class ModelQueue:
         limit = self.cold_start_timeout_s
         for item in [p for p in self._pending if now - p.enqueued_at >= limit]:
             self._remove(item)
-            item.future.set_exception(InferdError(
+            item.settle(InferdError(
                 ErrorCode.UNAVAILABLE, f"the model is starting (cold start took longer than {limit:g} s); retry",
                 retry_after_s=1,
             ))
@@ -223,7 +252,7 @@ class ModelQueue:
         while self._pending:
             item = self._pending[0]
             self._remove(item)
-            item.future.set_exception(error)
+            item.settle(error)
 
     def _dispatch(self) -> float | None:
         """Start every batch that can start now. Runs where things change (requests arrived, a
@@ -320,8 +349,7 @@ class ModelQueue:
                 ok, result = False, InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
             if not ok:
                 for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(result)
+                    item.settle(result)
         self._running_batches -= 1
         self._running_requests -= len(batch)
         self.pool.give_back(worker)
@@ -341,7 +369,7 @@ class ModelQueue:
     def _requeue(self, batch: list[Ticket], retried: bool) -> None:
         for item in reversed(batch):
             item.retried = item.retried or retried
-            if item.future.done():  # its caller went away
+            if item.answered:  # its caller went away
                 continue
             item.queued = True
             self._pending.appendleft(item)
@@ -385,8 +413,7 @@ class ModelQueue:
             else:
                 mine = {name: outputs[name][offset : offset + item.rows] for name in names}
             offset += item.rows
-            if not item.future.done():  # the caller may have gone away meanwhile
-                item.future.set_result(mine)
+            item.settle(mine)  # (nothing, if its caller went away meanwhile)
 
 
 def _nbytes(request: InferRequest) -> int:
