@@ -71,7 +71,7 @@ def unpack_tensors(items: list) -> dict[str, np.ndarray]:
             array[:] = data
             out[name] = array.reshape(shape)
         else:
-            out[name] = np.frombuffer(data, dtype=DATATYPES[datatype]).reshape(shape)
+            out[name] = np.ndarray(shape, DATATYPES[datatype], data)  # a view of the bytes
     return out
 
 

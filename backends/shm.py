@@ -75,8 +75,7 @@ class Region:
                 continue
             shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:]) if len(parts) > 1 else parts[0].shape
             dtype = parts[0].dtype.newbyteorder("<")  # the wire is little-endian, like ipc's
-            count = sum(p.size for p in parts)
-            view = np.frombuffer(self._map, dtype=dtype, count=count, offset=start).reshape(shape)
+            view = np.ndarray(shape, dtype, self._map, start)
             if len(parts) == 1:
                 view[...] = parts[0]
             else:
@@ -89,12 +88,12 @@ class Region:
         stay valid after the region is written again."""
         out = {}
         for item in items:
-            if len(item) == 4:  # inline (BYTES)
+            if len(item) == 4:  # inline (BYTES, or small)
                 out.update(ipc.unpack_tensors([item]))
                 continue
-            name, datatype, shape, offset, nbytes = item
+            name, datatype, shape, offset, _ = item
             dtype = DATATYPES[datatype]
-            view = np.frombuffer(self._map, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).reshape(shape)
+            view = np.ndarray(shape, dtype, self._map, offset)
             out[name] = view.copy() if copy else view
         return out
 

@@ -118,24 +118,29 @@ def _bad(message: str) -> InferdError:
 
 
 def check_datatype_and_shape(name: str, datatype, shape) -> tuple[np.dtype, tuple[int, ...]]:
-    if datatype not in DATATYPES:
+    dtype = DATATYPES.get(datatype) if type(datatype) is str else None
+    if dtype is None:
         raise _bad(f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise _bad(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
-    return DATATYPES[datatype], tuple(shape)
+    if type(shape) is list:
+        for d in shape:  # a plain loop: checked for every tensor of every request
+            if type(d) is not int or d < 0:
+                break
+        else:
+            return dtype, tuple(shape)
+    raise _bad(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
 
 
 def from_raw(name: str, datatype: str, shape, data) -> np.ndarray:
     """A tensor from its raw bytes: little-endian values, or length-prefixed elements for BYTES."""
     dtype, shape = check_datatype_and_shape(name, datatype, shape)
-    count = element_count(shape)
+    count = math.prod(shape)
     if datatype == "BYTES":
         return _split_bytes(name, data, count).reshape(shape)
     if len(data) != count * dtype.itemsize:
         raise _bad(
             f"input {name!r}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, got {len(data)}"
         )
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    return np.ndarray(shape, dtype, data)  # a view of the bytes, shaped in one call
 
 
 def _split_bytes(name: str, data, count: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from inferd.daemon.series import LoopCounter, LoopHistogram
+from inferd.daemon.series import LoopCounter, LoopGauge, LoopHistogram
 from inferd.scheduler.limits import LimitsObserver
 from inferd.scheduler.pool import PoolObserver
 from inferd.scheduler.queue import QueueObserver
@@ -38,7 +38,7 @@ class Metrics(LimitsObserver):
             mv, _LATENCY_BUCKETS, registry,
         )
         self.batch_size = LoopHistogram("inferd_batch_size", "Rows per executed batch", mv, _BATCH_BUCKETS, registry)
-        self.queue_rows = Gauge("inferd_queue_rows", "Rows waiting in the queue", mv, registry=registry)
+        self.queue_rows = LoopGauge("inferd_queue_rows", "Rows waiting in the queue", mv, registry)
         self.queue_limit_rows = Gauge("inferd_queue_limit_rows", "Rows the queue may hold", mv, registry=registry)
         self.batch_limit = Gauge("inferd_model_batch_limit", "Largest batch the scheduler forms", mv, registry=registry)
         self.queue_limit_bytes = Gauge("inferd_queue_limit_bytes", "Input bytes the queue may hold", mv, registry=registry)
@@ -165,7 +165,10 @@ class VersionObserver(QueueObserver, PoolObserver):
         infer["ns"] += ns * requests
         for key in ("compute_input", "compute_output"):  # not measured apart: inside compute_infer
             self.stats[key]["count"] += requests
-        per_size = self.batch_stats.setdefault(rows, {"compute_infer": _stat()})["compute_infer"]
+        per_size = self.batch_stats.get(rows)
+        if per_size is None:
+            per_size = self.batch_stats[rows] = {"compute_infer": _stat()}
+        per_size = per_size["compute_infer"]
         per_size["count"] += 1
         per_size["ns"] += ns
 

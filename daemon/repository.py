@@ -539,6 +539,8 @@ class ModelRepository:
             if mv is None:
                 raise InferdError(ErrorCode.NOT_FOUND, f"model {name!r} has no version {version!r}")
             return mv
+        if len(versions) == 1:  # the common case, on every request: nothing to choose
+            return next(iter(versions.values()))
         ready = [v for v in versions.values() if v.state == "READY"]
         if ready:
             return max(ready, key=lambda v: int(v.version))

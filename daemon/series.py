@@ -1,10 +1,10 @@
 """The Prometheus series that change on every request, kept as plain numbers.
 
-prometheus_client's Counter and Histogram take a lock on every update (a histogram takes two),
-which cost the data plane ~3 µs per request. These series are only ever written from the
+prometheus_client's Counter, Gauge and Histogram take a lock on every update (a histogram takes
+two), which cost the data plane ~3 µs per request. These series are only ever written from the
 daemon's event loop, so they need no lock: each is a collector that keeps its counts per
 label set and renders them when /metrics is scraped, in the text format prometheus_client's
-own Counter and Histogram produce (without their `_created` samples).
+own Counter, Gauge and Histogram produce (without their `_created` samples).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import bisect
 import math
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 
@@ -25,6 +25,16 @@ class CounterChild:
 
     def inc(self, amount: float = 1.0) -> None:
         self.value += amount
+
+
+class GaugeChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def set(self, value: float) -> None:
+        self.value = value
 
 
 class HistogramChild:
@@ -71,6 +81,18 @@ class LoopCounter(_Series):
 
     def collect(self):
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            family.add_metric(values, child.value)
+        yield family
+
+
+class LoopGauge(_Series):
+    """A labelled gauge written from one thread only."""
+
+    _child = GaugeChild
+
+    def collect(self):
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for values, child in list(self._children.items()):
             family.add_metric(values, child.value)
         yield family

@@ -1,9 +1,9 @@
-"""The lock-free series render exactly what prometheus_client's Counter and Histogram render
-for the same updates (less their `_created` samples)."""
+"""The lock-free series render exactly what prometheus_client's Counter, Gauge and Histogram
+render for the same updates (less their `_created` samples)."""
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from inferd.daemon.series import LoopCounter, LoopHistogram
+from inferd.daemon.series import LoopCounter, LoopGauge, LoopHistogram
 
 BUCKETS = (0.001, 0.01, 0.1, 1, 10)
 VALUES = [0.0005, 0.001, 0.002, 0.01, 0.5, 1, 7, 10, 11, 1e9]  # on, under and over the bounds
@@ -40,3 +40,17 @@ def test_counter_renders_like_prometheus_client_and_removes_label_sets():
     reference.remove("m", "GONE")
     assert _text(ours) == _text(theirs)
     assert 't_requests_total{code="OK",model="m"} 5.5' in _text(ours)
+
+
+def test_gauge_renders_like_prometheus_client():
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    mine = LoopGauge("t_rows", "a test gauge", ["model", "version"], ours)
+    reference = Gauge("t_rows", "a test gauge", ["model", "version"], registry=theirs)
+    for version, values in (("1", (3, 0, 7)), ("2", (1,)), ("3", (2.5,))):
+        for v in values:  # the last value set is what shows
+            mine.labels("m", version).set(v)
+            reference.labels("m", version).set(v)
+    mine.labels("m", "4")
+    reference.labels("m", "4")
+    assert _text(ours) == _text(theirs)
+    assert 't_rows{model="m",version="1"} 7.0' in _text(ours)
