@@ -43,6 +43,7 @@ CASES = [
     ("duplicate input", "/v2/models/add_sub/infer", _json(_tensor("INPUT0"), _tensor("INPUT0")), 400, "twice"),
     ("wrong datatype", "/v2/models/add_sub/infer", _json(_tensor("INPUT0", datatype="FP32"), _tensor("INPUT1")), 400, "expects INT32"),
     ("unknown datatype", "/v2/models/add_sub/infer", _json(_tensor("INPUT0", datatype="FLOAT"), _tensor("INPUT1")), 400, "unknown datatype"),
+    ("datatype not a string", "/v2/models/add_sub/infer", _json(_tensor("INPUT0", datatype=["INT32"]), _tensor("INPUT1")), 400, "unknown datatype"),
     ("wrong shape", "/v2/models/add_sub/infer", _json(_tensor("INPUT0", shape=(4, 8)), _tensor("INPUT1")), 400, "expects [-1, 16]"),
     ("wrong rank", "/v2/models/add_sub/infer", _json(_tensor("INPUT0", shape=(32,)), _tensor("INPUT1")), 400, "shape"),
     ("element count", "/v2/models/add_sub/infer", _json(_tensor("INPUT0", data=[1, 2, 3]), _tensor("INPUT1")), 400, "needs 32 elements, got 3"),
