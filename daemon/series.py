@@ -74,28 +74,30 @@ class _Series:
         raise NotImplementedError
 
 
-class LoopCounter(_Series):
+class _ValueSeries(_Series):
+    """A series of one number per label set."""
+
+    _family = CounterMetricFamily
+
+    def collect(self):
+        family = self._family(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            family.add_metric(values, child.value)
+        yield family
+
+
+class LoopCounter(_ValueSeries):
     """A labelled counter written from one thread only."""
 
     _child = CounterChild
-
-    def collect(self):
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for values, child in list(self._children.items()):
-            family.add_metric(values, child.value)
-        yield family
+    _family = CounterMetricFamily
 
 
-class LoopGauge(_Series):
+class LoopGauge(_ValueSeries):
     """A labelled gauge written from one thread only."""
 
     _child = GaugeChild
-
-    def collect(self):
-        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for values, child in list(self._children.items()):
-            family.add_metric(values, child.value)
-        yield family
+    _family = GaugeMetricFamily
 
 
 class LoopHistogram(_Series):
