@@ -441,28 +441,39 @@ def add_ratios(runs: list[dict], raw: dict):
         r["tput_vs_raw_b1"] = r["rps"] / raw["1"]["calls_s"]
 
 
-def run_grpc_pairs(args, pool, tmp: pathlib.Path, daemon_addr, wl: Workload) -> list[dict]:
-    """gRPC at c=64 against the daemon and the bare grpclib echo in turn, `--pairs` times, both
-    servers up (the idle one costs nothing): on a machine whose speed drifts by a quarter within
-    minutes, pairs run seconds apart compare like with like."""
-    here = pathlib.Path(__file__).parent
-    bare = Server([sys.executable, str(here / "bare_grpc.py")], tmp, "bare-grpc-pairs", ("grpc",))
-    pairs = []
-    try:
-        request = hot_request("grpc", daemon_addr, wl)
+def run_pairs(args, pool, tmp: pathlib.Path, addrs: dict, wl: Workload) -> dict[str, list[dict]]:
+    """The two c=64 ratio targets measured in alternation, `--pairs` times each: gRPC on the
+    daemon against the bare grpclib echo (both servers up; the idle one costs nothing), and the
+    daemon's Unix socket against its own HTTP binary. On a machine whose speed drifts by a
+    quarter within minutes, pairs run seconds apart compare like with like."""
+    def alternate(label: str, a: tuple, b: tuple) -> list[dict]:
+        out = []
         for i in range(args.pairs):
-            a = run_one(args, pool, "grpc", daemon_addr, request, 64)
-            b = run_one(args, pool, "grpc", bare.addresses["grpc"], request, 64)
-            pairs.append({"inferd_rps": a["rps"], "bare_rps": b["rps"], "ratio": a["rps"] / b["rps"] if b["rps"] else None})
-            print(f"  pair {i + 1}: inferd grpc c=64 {a['rps']:.1f} req/s, bare grpc {b['rps']:.1f} req/s, "
-                  f"ratio {fmt(pairs[-1]['ratio'], 3)}", flush=True)
-    finally:
-        bare.stop()
+            ra, rb = (run_one(args, pool, KIND[mode], addr, request, 64) for mode, addr, request in (a, b))
+            out.append({"a_rps": ra["rps"], "b_rps": rb["rps"], "ratio": ra["rps"] / rb["rps"] if rb["rps"] else None})
+            print(f"  {label} pair {i + 1}: {ra['rps']:.1f} vs {rb['rps']:.1f} req/s, ratio {fmt(out[-1]['ratio'], 3)}",
+                  flush=True)
+        return out
+
+    pairs = {}
+    if "unix" in args.modes and "binary" in args.modes:
+        unix, http = addrs[FRONTEND["unix"]], addrs[FRONTEND["binary"]]
+        pairs["unix"] = alternate("unix/binary c=64", ("unix", unix, hot_request("unix", unix, wl)),
+                                  ("binary", http, hot_request("binary", http, wl)))
+    if args.bare and "grpc" in args.modes:
+        here = pathlib.Path(__file__).parent
+        bare = Server([sys.executable, str(here / "bare_grpc.py")], tmp, "bare-grpc-pairs", ("grpc",))
+        try:
+            request = hot_request("grpc", addrs["grpc"], wl)
+            pairs["grpc"] = alternate("inferd/bare grpc c=64", ("grpc", addrs["grpc"], request),
+                                      ("grpc", bare.addresses["grpc"], request))
+        finally:
+            bare.stop()
     return pairs
 
 
-def check_targets(runs: list[dict], bare_runs: list[dict], tiny_runs: list[dict], pairs: list[dict] = ()) -> list[dict]:
-    """Each check names the row it marks: (table, mode, concurrency)."""
+def check_targets(runs: list[dict], bare_runs: list[dict], tiny_runs: list[dict], pairs: dict | None = None) -> list[dict]:
+    """A ratio target takes the median of its interleaved pairs where the run has them."""
     def find(rows, mode, conc):
         return next((r for r in rows if r["mode"] == mode and r["concurrency"] == conc), None)
 
@@ -478,21 +489,22 @@ def check_targets(runs: list[dict], bare_runs: list[dict], tiny_runs: list[dict]
         if r["concurrency"] == 64 and r["mode"] == "binary":
             check("mlp", "binary", 64, f"req/s >= {TPUT_TARGET} x raw b1 calls/s", r["tput_vs_raw_b1"],
                   r["tput_vs_raw_b1"] >= TPUT_TARGET)
-    unix, binary = find(runs, "unix", 64), find(runs, "binary", 64)
-    if unix and binary:
-        ratio = unix["rps"] / binary["rps"] if binary["rps"] else float("inf")
-        check("mlp", "unix", 64, f"req/s >= {UNIX_VS_BINARY} x binary c=64 ({ratio:.2f}x)", ratio,
-              ratio >= UNIX_VS_BINARY)
-    grpc, bare = find(runs, "grpc", 64), find(bare_runs, "grpc", 64)
-    ratios = [p["ratio"] for p in pairs if p["ratio"] is not None]
-    if grpc and ratios:
-        ratio = float(np.median(ratios))
-        check("mlp", "grpc", 64, f"req/s >= {GRPC_VS_BARE} x bare grpc c=64 (median of {len(ratios)} "
-              f"interleaved pairs: {ratio:.2f}x)", ratio, ratio >= GRPC_VS_BARE)
-    elif grpc and bare:
-        ratio = grpc["rps"] / bare["rps"] if bare["rps"] else float("inf")
-        check("mlp", "grpc", 64, f"req/s >= {GRPC_VS_BARE} x bare grpc c=64 ({ratio:.2f}x)", ratio,
-              ratio >= GRPC_VS_BARE)
+
+    def ratio_check(mode, a, b, floor, versus):
+        """a's req/s against b's at c=64: the target's row a must be in the run."""
+        ratios = [p["ratio"] for p in (pairs or {}).get(mode, ()) if p["ratio"] is not None]
+        if not a:
+            return
+        if ratios:
+            ratio, how = float(np.median(ratios)), f"median of {len(ratios)} interleaved pairs: "
+        elif b:
+            ratio, how = a["rps"] / b["rps"] if b["rps"] else float("inf"), ""
+        else:
+            return
+        check("mlp", mode, 64, f"req/s >= {floor} x {versus} c=64 ({how}{ratio:.2f}x)", ratio, ratio >= floor)
+
+    ratio_check("unix", find(runs, "unix", 64), find(runs, "binary", 64), UNIX_VS_BINARY, "binary")
+    ratio_check("grpc", find(runs, "grpc", 64), find(bare_runs, "grpc", 64), GRPC_VS_BARE, "bare grpc")
     tiny = find(tiny_runs, "unix", 1)
     if tiny and tiny["added_p50_ms"] is not None:
         check("tiny", "unix", 1, f"p50 <= raw b1 p50 + {UNIX_TINY_P50_MS:.3f} ms", tiny["added_p50_ms"],
@@ -537,9 +549,10 @@ def print_report(res: dict):
     print(f"\nclosed loop, mlp, {cfg['duration_s']} s per run, {cfg['procs']} generator "
           f"process(es), {cfg['grpc_channels']} gRPC channel(s) per process")
     print_runs(res["runs"] + res["bare_runs"], res["targets"], "mlp")
-    for i, pair in enumerate(res["grpc_pairs"]):
-        print(f"  gRPC c=64 pair {i + 1}: inferd {pair['inferd_rps']:.1f} req/s, bare {pair['bare_rps']:.1f} req/s, "
-              f"ratio {fmt(pair['ratio'], 3)}")
+    for mode, versus in (("unix", "inferd binary"), ("grpc", "bare grpc")):
+        for i, pair in enumerate(res["pairs"].get(mode, ())):
+            print(f"  {mode} c=64 pair {i + 1}: inferd {mode} {pair['a_rps']:.1f} req/s, {versus} "
+                  f"{pair['b_rps']:.1f} req/s, ratio {fmt(pair['ratio'], 3)}")
     print("  latencies in ms; '+p50 ms' = p50 - raw batch-1 p50; 'x raw' = req/s / raw batch-1 "
           "calls/s;\n  batch = mean inferd_batch_size; gen/srv us = CPU us per request of the "
           "generator / server process tree")
@@ -621,8 +634,8 @@ def main():
                     help="also run unix and binary at c=1 on the tiny add_sub model")
     ap.add_argument("--json", type=pathlib.Path, help="write the results here")
     ap.add_argument("--pairs", type=int, default=0,
-                    help="with --bare: also alternate gRPC c=64 runs on the daemon and the bare echo N "
-                         "times; the gRPC target then takes the median ratio of those pairs")
+                    help="also alternate c=64 runs N times: the daemon's unix and binary, and (with "
+                         "--bare) its gRPC and the bare echo; those targets then take the median ratio")
     args = ap.parse_args()
     if (set(args.modes) - set(MODES) or args.procs < 1 or args.grpc_channels < 1
             or min(args.concurrency) < 1):
@@ -652,7 +665,7 @@ def main():
         print("raw onnxruntime (before)...", flush=True)
         raw_before = raw_all()
         servers: list[Server] = []
-        tiny_runs, bare_runs, grpc_pairs = [], [], []
+        tiny_runs, bare_runs, pairs = [], [], {}
         try:
             if args.url:
                 u = urllib.parse.urlsplit(args.url)
@@ -669,8 +682,8 @@ def main():
             runs = run_target(args, pool, "inferd", addrs, daemon, args.modes, mlp, args.concurrency)
             if tiny:
                 tiny_runs = run_target(args, pool, "inferd", addrs, daemon, tiny_modes, tiny, [1])
-            if args.bare and args.pairs and "grpc" in args.modes and "grpc" in addrs:
-                grpc_pairs = run_grpc_pairs(args, pool, tmp, addrs["grpc"], mlp)
+            if args.pairs:
+                pairs = run_pairs(args, pool, tmp, addrs, mlp)
             if args.bare:
                 if daemon:  # don't leave an idle daemon sharing the cores
                     daemon.stop()
@@ -704,8 +717,8 @@ def main():
         "runs": runs,
         "bare_runs": bare_runs,
         "tiny": tiny_res,
-        "grpc_pairs": grpc_pairs,
-        "targets": check_targets(runs, bare_runs, tiny_runs, grpc_pairs),
+        "pairs": pairs,
+        "targets": check_targets(runs, bare_runs, tiny_runs, pairs),
     }
     print_report(res)
     if args.json:
