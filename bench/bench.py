@@ -492,9 +492,9 @@ def check_targets(runs: list[dict], bare_runs: list[dict], tiny_runs: list[dict]
 
     def ratio_check(mode, a, b, floor, versus):
         """a's req/s against b's at c=64: the target's row a must be in the run."""
-        ratios = [p["ratio"] for p in (pairs or {}).get(mode, ()) if p["ratio"] is not None]
         if not a:
             return
+        ratios = [p["ratio"] for p in (pairs or {}).get(mode, ()) if p["ratio"] is not None]
         if ratios:
             ratio, how = float(np.median(ratios)), f"median of {len(ratios)} interleaved pairs: "
         elif b:
@@ -682,7 +682,7 @@ def main():
             runs = run_target(args, pool, "inferd", addrs, daemon, args.modes, mlp, args.concurrency)
             if tiny:
                 tiny_runs = run_target(args, pool, "inferd", addrs, daemon, tiny_modes, tiny, [1])
-            if args.pairs:
+            if args.pairs and 64 in args.concurrency:  # the targets they serve are at c=64
                 pairs = run_pairs(args, pool, tmp, addrs, mlp)
             if args.bare:
                 if daemon:  # don't leave an idle daemon sharing the cores
