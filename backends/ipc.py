@@ -8,6 +8,10 @@ as data (a code name and a message), never as pickled exceptions.
     daemon -> worker: LOAD, EXECUTE, PROFILE, STOP
     worker -> daemon: LOADED | LOAD_FAILED (answer to LOAD), RESULT | FAILED (answer to EXECUTE),
                       PROFILED (answer to PROFILE: one run on synthetic inputs of `rows` rows)
+    either way:       WAKE (an EXECUTE, RESULT or FAILED waits in the mailbox)
+
+At light load an EXECUTE and its answer may instead be posted in a shared-memory mailbox
+(inferd.backends.mailbox), the same payload without the length header.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 import msgpack
 import numpy as np
 
+from inferd.backends.mailbox import Mailbox
 from inferd.config.tensors import DATATYPES
 
 VERSION = 1
@@ -34,12 +39,18 @@ LOADED = "loaded"
 LOAD_FAILED = "load_failed"
 RESULT = "result"
 FAILED = "failed"
+WAKE = "wake"  # either way: a message waits in the mailbox (inferd.backends.mailbox)
+
+
+def pack(msg: dict) -> bytes:
+    """A message's payload: what a frame carries after its header, or a mailbox holds."""
+    return msgpack.packb({"v": VERSION, **msg}, use_bin_type=True)
 
 
 def encode(msg: dict) -> tuple[bytes, bytes]:
     """One frame as (header, payload), written one after the other: joining them would copy
     every tensor byte once more."""
-    payload = msgpack.packb({"v": VERSION, **msg}, use_bin_type=True)
+    payload = pack(msg)
     return HEADER.pack(len(payload)), payload
 
 
@@ -106,7 +117,11 @@ def split_frames(buf: bytearray) -> list[dict]:
 # Blocking side, used by the worker process.
 
 def send(sock: socket.socket, msg: dict) -> None:
-    header, payload = encode(msg)
+    send_payload(sock, pack(msg))
+
+
+def send_payload(sock: socket.socket, payload: bytes) -> None:
+    header = HEADER.pack(len(payload))
     sent = sock.sendmsg((header, payload))  # one system call (and one read on the daemon's side)
     if sent < len(header):  # only a signal cuts a blocking send short
         sock.sendall(header[sent:])
@@ -116,39 +131,74 @@ def send(sock: socket.socket, msg: dict) -> None:
 
 
 class Receiver:
-    """Reads frames from a blocking socket, taking whatever the socket has in one call. With
-    `poll_s`, each wait first polls the socket for that long (yielding the CPU to anything else
-    runnable between tries) before it sleeps: see inferd.scheduler.busypoll."""
+    """Reads messages from a blocking socket, taking whatever the socket has in one call, and
+    from the daemon's mailbox (inferd.backends.mailbox) when there is one: a message posted
+    there, or announced by a WAKE frame. Until `poll_until` (monotonic), a wait polls both
+    (yielding the CPU to anything else runnable between tries) before it sleeps on the socket:
+    see inferd.scheduler.busypoll. `posted` says whether the last message came by the mailbox."""
 
-    def __init__(self, sock: socket.socket, poll_s: float = 0.0):
+    def __init__(self, sock: socket.socket, mailbox: Mailbox | None = None):
         self.sock = sock
-        self.poll_s = poll_s
+        self.mailbox = mailbox
+        self.poll_until = 0.0
+        self.posted = False
         self.buf = bytearray()
         self.ready: list[dict] = []
+        self.closed = False
 
     def recv(self) -> dict | None:
         """The next message, or None when the daemon closed its end."""
-        while not self.ready:
-            missing = HEADER.size
-            if len(self.buf) >= HEADER.size:
-                missing = HEADER.size + HEADER.unpack_from(self.buf)[0] - len(self.buf)
-            chunk = self._poll(max(1 << 16, missing)) if self.poll_s else None
-            if chunk is None:
-                chunk = self.sock.recv(max(1 << 16, missing))
-            if not chunk:
-                return None
-            self.buf += chunk
-            self.ready = split_frames(self.buf)
-        return self.ready.pop(0)
-
-    def _poll(self, size: int) -> bytes | None:
-        """What the socket has within poll_s, or None."""
-        until = time.monotonic() + self.poll_s
         while True:
+            while not self.ready:
+                if self.closed:
+                    return None
+                if self.poll_until:
+                    payload = self._poll()
+                    if payload is not None:
+                        return self._posted(payload)
+                else:
+                    self._read(self.sock.recv(self._wanted()))
+            msg = self.ready.pop(0)
+            if msg["type"] != WAKE:
+                self.posted = False
+                return msg
+            payload = self.mailbox.take() if self.mailbox is not None else None
+            if payload is not None:  # else it was taken while polling: the WAKE came after all
+                return self._posted(payload)
+
+    def _posted(self, payload: bytes) -> dict:
+        self.posted = True
+        return decode(payload)
+
+    def _wanted(self) -> int:
+        missing = HEADER.size
+        if len(self.buf) >= HEADER.size:
+            missing = HEADER.size + HEADER.unpack_from(self.buf)[0] - len(self.buf)
+        return max(1 << 16, missing)
+
+    def _read(self, chunk: bytes) -> None:
+        if not chunk:
+            self.closed = True
+            return
+        self.buf += chunk
+        self.ready = split_frames(self.buf)
+
+    def _poll(self) -> bytes | None:
+        """Until poll_until: a payload from the mailbox (returned), or what the socket has
+        (read into `ready`); then None, and the window is over."""
+        mailbox = self.mailbox
+        while True:
+            if mailbox is not None and (payload := mailbox.take()) is not None:
+                return payload
             try:
-                return self.sock.recv(size, socket.MSG_DONTWAIT)
+                self._read(self.sock.recv(self._wanted(), socket.MSG_DONTWAIT))
+                if self.ready or self.closed:
+                    return None
             except BlockingIOError:
                 pass
-            if time.monotonic() >= until:
-                return None
+            if time.monotonic() >= self.poll_until:
+                self.poll_until = 0.0
+                # A last look after the window: what was posted before it ended is seen here,
+                # and the daemon rings (WAKE) for whatever it posts later.
+                return mailbox.take() if mailbox is not None else None
             os.sched_yield()

@@ -4,7 +4,8 @@ sends it, one at a time.
 The daemon forks it from its forkserver (`child_main`, see inferd.scheduler.spawner); it can
 also be started by hand as `python -m inferd.backends.worker --fd N` (N: this end of a
 socketpair, inherited). The first byte on the socket says whether the batch tensors travel in
-shared memory: b"S" carries the two region fds (inferd.backends.shm), b"N" none.
+shared memory: b"S" carries the two region fds (inferd.backends.shm) and, on x86-64, the
+mailbox's (inferd.backends.mailbox); b"N" none.
 
 It ignores SIGINT/SIGTERM (the daemon stops it with STOP, after draining) and exits when the
 daemon's end of the socket closes, so it never outlives the daemon.
@@ -26,6 +27,7 @@ import structlog
 
 from inferd.backends import ipc
 from inferd.backends.base import BackendInputError
+from inferd.backends.mailbox import Mailbox, must_ring
 from inferd.backends.shm import Region
 from inferd.config import gc_policy
 from inferd.config.errors import ErrorCode
@@ -99,18 +101,31 @@ def profile(backend, metadata, msg: dict) -> dict:
     return {"type": ipc.PROFILED, "ok": True, "seconds": time.monotonic() - started}
 
 
-def _regions(sock: socket.socket) -> tuple[Region, Region] | None:
-    marker, fds, _, _ = socket.recv_fds(sock, 1, 2)
-    if marker != b"S" or len(fds) != 2:
+def _shared_memory(sock: socket.socket) -> tuple[tuple[Region, Region] | None, Mailbox | None]:
+    """The regions for batch tensors and the mailbox, as the daemon handed them over (either
+    may be absent)."""
+    marker, fds, _, _ = socket.recv_fds(sock, 1, 3)
+    if marker != b"S" or len(fds) not in (2, 3):
         for fd in fds:
             os.close(fd)
-        return None
-    return Region(fds[0], os.fstat(fds[0]).st_size), Region(fds[1], os.fstat(fds[1]).st_size)
+        return None, None
+    regions = Region(fds[0], os.fstat(fds[0]).st_size), Region(fds[1], os.fstat(fds[1]).st_size)
+    return regions, Mailbox(fds[2], 1) if len(fds) == 3 else None
+
+
+def _reply(sock: socket.socket, mailbox: Mailbox | None, reply: dict, daemon_polls_until: float | None) -> None:
+    """An answer to EXECUTE: in the mailbox when the batch came by it (ringing the daemon
+    if its poll window may be over), else on the socket."""
+    payload = ipc.pack(reply)
+    if daemon_polls_until is None or mailbox is None or not mailbox.post(payload):
+        ipc.send_payload(sock, payload)
+    elif must_ring(daemon_polls_until):
+        ipc.send(sock, {"type": ipc.WAKE})
 
 
 def serve(sock: socket.socket) -> int:
-    regions = _regions(sock)
-    receiver = ipc.Receiver(sock)
+    regions, mailbox = _shared_memory(sock)
+    receiver = ipc.Receiver(sock, mailbox)
     msg = receiver.recv()
     if msg is None or msg["type"] != ipc.LOAD:
         return 2
@@ -157,8 +172,11 @@ def serve(sock: socket.socket) -> int:
             if code is ErrorCode.RESOURCE_EXHAUSTED:
                 log.warning("batch ran out of memory", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}")
             reply = {"type": ipc.FAILED, "batch": msg["batch"], "code": code.value, "message": str(e)}
-        ipc.send(sock, reply)
-        receiver.poll_s = msg.get("poll_s", 0.0)  # light load: the next batch comes soon
+        # Light load (poll_s): the next batch comes soon, so poll for it; the daemon posts it
+        # in the mailbox without ringing while it knows this window is open.
+        poll_s = msg.get("poll_s", 0.0)
+        reply["polls_until"] = receiver.poll_until = time.monotonic() + poll_s if poll_s else 0.0
+        _reply(sock, mailbox, reply, msg.get("mailbox_until") if receiver.posted else None)
     backend.unload()
     return 0
 

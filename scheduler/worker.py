@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from inferd.backends import ipc
+from inferd.backends import ipc, mailbox
 from inferd.backends.shm import Region
 from inferd.config.errors import ErrorCode, InferdError
 from inferd.config.tensors import ModelMetadata
+from inferd.scheduler import busypoll
 from inferd.scheduler.busypoll import keep_polling
 from inferd.scheduler.spawner import Forked
 
@@ -100,7 +101,11 @@ class WorkerHandle:
         self._stopping = False
         self._inputs: Region | None = None  # shared memory (None: tensors travel in the messages)
         self._outputs: Region | None = None
+        self._mailbox: mailbox.Mailbox | None = None  # light-load batches and answers (x86-64 only)
+        self._worker_polls_until = 0.0  # monotonic: the worker said it polls for the next batch till then
         self._poll_s = spec.settings.get("busy_poll_us", 0) / 1e6
+        self.posted_batches = 0  # batches sent through the mailbox...
+        self.rung_batches = 0  # ...of which the worker had to be woken on the socket
 
     @property
     def pid(self) -> int | None:
@@ -122,7 +127,11 @@ class WorkerHandle:
         if spec.settings.get("shared_memory", True):
             tag = f"inferd-{spec.model}-{spec.version}"
             self._inputs, self._outputs = Region.create(tag + "-in"), Region.create(tag + "-out")
-            socket.send_fds(parent, [b"S"], [self._inputs.fd, self._outputs.fd])
+            fds = [self._inputs.fd, self._outputs.fd]
+            if mailbox.supported():
+                self._mailbox = mailbox.Mailbox.create(tag + "-mailbox")
+                fds.append(self._mailbox.fd)
+            socket.send_fds(parent, [b"S"], fds)
         else:
             parent.sendall(b"N")
         loop = asyncio.get_running_loop()
@@ -163,12 +172,16 @@ class WorkerHandle:
         dimension on the way (into shared memory, or one concatenation for the socket). `done`
         later gets the outputs or an InferdError (the backend's, or WorkerLost if the worker
         died). One batch at a time per worker. `light`: the load is light (a lone request), so
-        this loop and the worker busy-poll around the batch (inferd.scheduler.busypoll); under
-        load they would only take CPU from each other."""
+        this loop and the worker busy-poll around the batch (inferd.scheduler.busypoll), and
+        the batch and its answer go through the mailbox; under load they would only take CPU
+        from each other."""
         assert self._batch is None, "a worker runs one batch at a time"
         poll_s = self._poll_s if light else 0.0
         message = {"type": ipc.EXECUTE, "batch": self._batches + 1, "ids": request_ids, "outputs": outputs,
                    "poll_s": poll_s}
+        by_mailbox = poll_s > 0 and self._mailbox is not None
+        if by_mailbox:
+            message["mailbox_until"] = time.monotonic() + poll_s  # this loop polls till then (keep_polling below)
         if self._inputs is not None:
             message["inputs"] = self._inputs.write(inputs)
             message["size"] = self._inputs.size
@@ -177,7 +190,16 @@ class WorkerHandle:
                 {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in inputs.items()})
         self._batches += 1
         self._batch = (self._batches, done, poll_s)
-        self._transport.writelines(ipc.encode(message))
+        payload = ipc.pack(message)
+        if by_mailbox:
+            busypoll.watch(self._take_posted)  # the answer comes there, whichever way the batch went
+        if by_mailbox and self._mailbox.post(payload):
+            self.posted_batches += 1
+            if mailbox.must_ring(self._worker_polls_until):
+                self.rung_batches += 1
+                self._transport.writelines(ipc.encode({"type": ipc.WAKE}))
+        else:
+            self._transport.writelines((ipc.HEADER.pack(len(payload)), payload))
         keep_polling(poll_s)  # the reply is read as it lands
 
     async def profile(self, rows: int, dim: int) -> dict:
@@ -194,7 +216,14 @@ class WorkerHandle:
             raise WorkerLost()
         return reply
 
+    def _take_posted(self) -> None:
+        """The worker's answer, if it is waiting in the mailbox."""
+        if self._mailbox is not None and (payload := self._mailbox.take()) is not None:
+            self._on_message(ipc.decode(payload))
+
     def _on_message(self, msg: dict) -> None:
+        if msg["type"] == ipc.WAKE:
+            return self._take_posted()  # (or the answer was taken while polling)
         for waiting in (self._load_reply, self._profile_reply):
             if waiting is not None:
                 if not waiting.done():
@@ -205,6 +234,8 @@ class WorkerHandle:
             return
         _, done, poll_s = self._batch
         self._batch = None
+        busypoll.unwatch(self._take_posted)
+        self._worker_polls_until = msg.get("polls_until", 0.0)
         self.idle_since = time.monotonic()
         if msg["type"] == ipc.FAILED:
             code = ErrorCode(msg["code"])
@@ -219,6 +250,7 @@ class WorkerHandle:
         keep_polling(poll_s)  # the callers' next requests, and the next batch's reply
 
     def _on_lost(self) -> None:
+        self._take_posted()  # an answer posted just before the worker went is still an answer
         self.dead = True
         for waiting in (self._load_reply, self._profile_reply):
             if waiting is not None and not waiting.done():
@@ -265,6 +297,10 @@ class WorkerHandle:
             if region is not None:
                 region.close()
         self._inputs = self._outputs = None
+        if self._mailbox is not None:
+            busypoll.unwatch(self._take_posted)
+            self._mailbox.close()
+            self._mailbox = None
 
 
 def describe_exit(code: int | None) -> str:

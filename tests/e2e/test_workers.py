@@ -15,6 +15,7 @@ import pytest
 from daemon_process import DaemonProcess
 from test_hot_directory import A, B, alive, eventually, offset_of
 
+from inferd.backends import mailbox
 from inferd.client import AsyncClient, Client, InferdClientError
 
 
@@ -158,7 +159,7 @@ async def test_sigkill_under_load_loses_nothing_on_an_idempotent_model(tmp_path)
         assert failures == []  # the killed worker's batch ran again on the replacement
         assert metric(d, "inferd_worker_exits_total", model="slow", cause="crash") == 1
         assert any("running it again" in line for line in d.lines)
-        assert len(memfds(d.proc.pid)) == 2  # only the replacement's two regions remain
+        assert len(memfds(d.proc.pid)) == 2 + mailbox.supported()  # only the replacement's regions (and mailbox) remain
 
 
 async def test_a_non_idempotent_model_fails_only_the_killed_batch(tmp_path):

@@ -11,7 +11,7 @@ import signal
 import numpy as np
 import pytest
 
-from inferd.backends import backend_path
+from inferd.backends import backend_path, mailbox
 from inferd.config.errors import ErrorCode, InferdError
 from inferd.config.settings import ModelSettings
 from inferd.scheduler.pool import Scaling, WorkerPool
@@ -218,3 +218,46 @@ async def test_a_lone_request_at_light_load_is_sent_at_once_and_bursts_still_bat
     finally:
         await queue.drain()
         await pool.stop()
+
+
+async def _close(queue: ModelQueue, pool: WorkerPool) -> None:
+    """Drain, bounded: an answer that never comes fails the test instead of hanging it."""
+    try:
+        async with asyncio.timeout(30):
+            await queue.drain()
+    finally:
+        await pool.stop()
+
+
+@pytest.mark.skipif(not mailbox.supported(), reason="the mailbox is made on x86-64 only")
+@pytest.mark.parametrize("busy_poll_us", [200_000, 1])
+async def test_light_load_batches_and_answers_go_through_the_mailbox(add_sub, busy_poll_us):
+    """At light load each batch and its answer are posted in shared memory. While the other
+    side is known to poll, nothing rings its socket (a long window: only the first batch, sent
+    to a worker that was not polling yet, rings); with a window too short to matter, every post
+    is announced with a WAKE frame, both ways. The answers are right either way."""
+    queue, pool, _ = await _queue(add_sub, busy_poll_us=busy_poll_us)
+    try:
+        async with asyncio.timeout(30):  # a post nobody looks at would hang here
+            for i in range(20):
+                out = await queue.submit(_add_sub_request(i), 1, ((16,),))
+                np.testing.assert_array_equal(out["OUTPUT0"], np.full((1, 16), 2 * i, np.int32))
+                if busy_poll_us == 1:
+                    await asyncio.sleep(0.002)  # the worker's window is long over
+        worker = pool.metadata_worker
+        assert worker.posted_batches == 20
+        assert worker.rung_batches == (1 if busy_poll_us == 200_000 else 20)
+    finally:
+        await _close(queue, pool)
+
+
+async def test_a_lone_batch_longer_than_the_poll_window_is_answered(slow_model):
+    """The daemon stops polling 200 us after sending; the worker, still running the batch then,
+    rings when it posts the answer."""
+    queue, pool, _ = await _queue(slow_model)
+    try:
+        async with asyncio.timeout(30):
+            out = await queue.submit(InferRequest({"x": np.ones((64, 1024), np.float32)}), 64, ((1024,),))
+        assert out["y"].shape == (64, 1024)
+    finally:
+        await _close(queue, pool)

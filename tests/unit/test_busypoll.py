@@ -48,3 +48,28 @@ def test_a_closed_loop_is_not_kept_alive_by_its_poller():
     del loop
     gc.collect()
     assert len([key for key in busypoll._pollers if key.is_closed()]) == 0
+
+
+async def test_watchers_run_on_each_turn_while_polling_and_once_after_the_window():
+    calls: list[float] = []
+
+    def check() -> None:
+        calls.append(time.monotonic())
+
+    busypoll.watch(check)
+    try:
+        busypoll.keep_polling(0.02)
+        poller = busypoll._pollers[asyncio.get_running_loop()]
+        until = poller.until
+        while poller.polling:
+            await asyncio.sleep(0)
+        assert len(calls) > 10  # many turns in 20 ms
+        assert calls[-1] >= until  # the last look comes after the window: a post before it is seen
+        seen = len(calls)
+        await asyncio.sleep(0.02)
+        assert len(calls) == seen  # the loop sleeps: nothing is called
+    finally:
+        busypoll.unwatch(check)
+    busypoll.keep_polling(0.005)
+    await asyncio.sleep(0.01)
+    assert len(calls) == seen  # unwatched

@@ -91,7 +91,8 @@ def test_ipc_receiver_gets_frames_sent_while_it_polls_and_after_it_sleeps(poll_s
 
     daemon_end, worker_end = socket.socketpair()
     with daemon_end, worker_end:
-        receiver = ipc.Receiver(worker_end, poll_s)
+        receiver = ipc.Receiver(worker_end)
+        receiver.poll_until = time.monotonic() + poll_s if poll_s else 0.0
         big = {"type": ipc.EXECUTE, "blob": bytes(300_000)}  # larger than one recv: several reads
         sender = threading.Thread(target=lambda: [ipc.send(daemon_end, m) for m in ({"type": ipc.EXECUTE, "batch": 1}, big)])
         sender.start()  # the big frame fills the socket's buffer: it is sent while the receiver reads
@@ -100,6 +101,7 @@ def test_ipc_receiver_gets_frames_sent_while_it_polls_and_after_it_sleeps(poll_s
         sender.join()
         # Sent during the poll window, then well after it (the receiver is asleep in recv by then).
         for delay in (0.01, 0.2):
+            receiver.poll_until = time.monotonic() + poll_s if poll_s else 0.0
             timer = threading.Timer(delay, ipc.send, (daemon_end, {"type": ipc.STOP, "delay": delay}))
             timer.start()
             started = time.monotonic()
