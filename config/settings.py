@@ -112,7 +112,7 @@ class ModelSettings:
     device: str = _field("auto", _device)
     intra_op_threads: int = _field(0, _between(0, 1024))  # 0 = the runtime's default
     intra_op_spinning: bool = False  # onnxruntime's idle threads spin for work (burns the event loop's CPU)
-    busy_poll_us: int = _field(200, _between(0, 1_000_000))  # at light load, daemon and worker poll this long after a batch
+    busy_poll_us: int = _field(500, _between(0, 1_000_000))  # at light load, daemon and worker poll this long after a batch
     shared_memory: bool = True  # batch tensors to and from workers through shared memory
     idempotent: bool = True  # a batch whose worker died runs once more on another worker
     scale_up_wait_ms: float = _field(20.0, _between(0, 3_600_000))  # batches waiting this long...
