@@ -261,3 +261,23 @@ async def test_a_lone_batch_longer_than_the_poll_window_is_answered(slow_model):
         assert out["y"].shape == (64, 1024)
     finally:
         await _close(queue, pool)
+
+
+@pytest.mark.skipif(not mailbox.supported(), reason="the mailbox is made on x86-64 only")
+async def test_a_light_batch_too_large_for_the_mailbox_travels_on_the_socket(model_repo):
+    """BYTES tensors travel inside the message: one larger than the mailbox's slot goes on the
+    socket, and so does its answer, at light load as under load."""
+    from samples import EVERY_DATATYPE
+
+    queue, pool, _ = await _queue(model_repo / "identity_all.onnx")
+    try:
+        async with asyncio.timeout(30):
+            for text in (b"x" * (mailbox.CAPACITY + 1), b"small"):
+                inputs = {f"IN_{t}": v for t, v in EVERY_DATATYPE.items()}
+                inputs["IN_BYTES"] = np.array([[text, b"a", b""]], dtype=object)
+                out = await queue.submit(InferRequest(inputs), 1, tuple((3,) for _ in inputs))
+                assert out["OUT_BYTES"][0, 0] == text
+                np.testing.assert_array_equal(out["OUT_FP64"], EVERY_DATATYPE["FP64"])
+        assert pool.metadata_worker.posted_batches == 1  # only the small one went through the mailbox
+    finally:
+        await _close(queue, pool)
