@@ -156,11 +156,12 @@ class DataPlane:
         started = time.perf_counter()
 
         def finished(outcome) -> None:
-            if isinstance(outcome, InferdError):
-                self._count(mv, request, outcome, protocol, started)
-                return done(outcome)
-            self._count(mv, request, None, protocol, started)
-            done(InferResponse(mv.name, mv.version, outcome, request.id))
+            # Counted after the reply is written: the metrics are off the caller's critical path.
+            error = outcome if isinstance(outcome, InferdError) else None
+            try:
+                done(error or InferResponse(mv.name, mv.version, outcome, request.id))
+            finally:
+                self._count(mv, request, error, protocol, started)
 
         try:
             ticket = self._enqueue(mv, request, finished)
