@@ -21,8 +21,8 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
-from bench import Server  # noqa: E402
 from make_models import build_mlp  # noqa: E402
+from server import Server  # noqa: E402
 
 from inferd.client import Client  # noqa: E402
 

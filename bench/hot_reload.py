@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
-from bench import Server  # noqa: E402
 from make_models import build_add_sub  # noqa: E402
+from server import Server  # noqa: E402
 
 from inferd.client import AsyncClient, InferdClientError  # noqa: E402
 

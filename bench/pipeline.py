@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
 import make_models  # noqa: E402
-from bench import Server  # noqa: E402
+from server import Server  # noqa: E402
 
 from inferd.client import AsyncClient  # noqa: E402
 
