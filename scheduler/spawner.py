@@ -11,11 +11,25 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import multiprocessing.forkserver
+import os
 import socket
+import sys
 import threading
 
 # Imported by the forkserver before its first fork; a missing runtime is skipped (ImportError).
-PRELOAD = ["inferd.backends.worker", "inferd.backends.onnx"]
+# This module first: in the forkserver it takes back the PYTHONSAFEPATH that started it (below).
+PRELOAD = ["inferd.scheduler.spawner", "inferd.backends.worker", "inferd.backends.onnx"]
+
+# Workers never import from the daemon's working directory (the checkout's own inferd/ folder
+# shadowing the installed package, a stray numpy.py there): the forkserver is `python -c ...`,
+# which puts '' (the working directory) first on its sys.path while it imports PRELOAD (3.11
+# ignores the sys_path it is sent), and its workers inherit those modules. ensure_running()
+# starts it with PYTHONSAFEPATH (python -P), set to a value of ours so that the forkserver drops
+# it from its environment again, and so from its workers'. (The workers get the daemon's own
+# sys.path, which never holds the working directory: see inferd.daemon.__main__.)
+_SAFE_PATH = "inferd-forkserver"
+if os.environ.get("PYTHONSAFEPATH") == _SAFE_PATH:  # in the forkserver (sys.flags.safe_path stays)
+    del os.environ["PYTHONSAFEPATH"]
 
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(PRELOAD)
@@ -26,7 +40,14 @@ def ensure_running() -> None:
     """Start the forkserver (and its imports) if it is not running; blocking, so run it in a
     thread while the daemon does other things."""
     with _start_lock:
-        multiprocessing.forkserver.ensure_running()
+        if sys.flags.safe_path:  # the daemon runs with -P: so will the forkserver
+            multiprocessing.forkserver.ensure_running()
+            return
+        os.environ["PYTHONSAFEPATH"] = _SAFE_PATH
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            del os.environ["PYTHONSAFEPATH"]
 
 
 async def warm_up() -> None:

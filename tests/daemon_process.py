@@ -17,11 +17,16 @@ from pathlib import Path
 
 
 class DaemonProcess:
-    def __init__(self, models: Path, *args: str, env: dict | None = None, config: Path | None = None):
+    def __init__(self, models: Path, *args: str, env: dict | None = None, config: Path | None = None,
+                 program: list[str] | None = None, cwd: Path | None = None):
         self.models = models
         self.args = list(args)
         self.env = env or {}
         self.config = config
+        # The daemon's command before "serve" (default: this interpreter's `-m inferd.daemon`), and
+        # its working directory (default: the tests' own).
+        self.program = program or [sys.executable, "-m", "inferd.daemon"]
+        self.cwd = cwd
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
         self.url = ""
@@ -35,7 +40,7 @@ class DaemonProcess:
         self._ready_logged = threading.Event()
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "inferd.daemon", "serve", "--models", str(self.models),
+        cmd = [*self.program, "serve", "--models", str(self.models),
                "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--socket", self.socket_path,
                "--http-socket", self.http_socket_path, "--log-format", "json"]
         if self.config:
@@ -45,7 +50,8 @@ class DaemonProcess:
     def start(self, timeout: float = 60) -> "DaemonProcess":
         env = {k: v for k, v in os.environ.items() if not k.startswith("INFERD_")}
         env.update(self.env, NOTIFY_SOCKET=self.notify_path)
-        self.proc = subprocess.Popen(self.command(), env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(self.command(), env=env, cwd=self.cwd, stderr=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, text=True)
         self._collector = threading.Thread(target=self._collect, daemon=True)
         self._collector.start()
         try:
