@@ -8,11 +8,12 @@ from typing import Protocol
 
 import numpy as np
 
-from inferd.config.tensors import ModelMetadata
+from inferd.backends.settings import BackendSettings
+from inferd.common.tensors import ModelMetadata
 
 
 class Backend(Protocol):
-    def __init__(self, path: Path, settings: dict) -> None: ...
+    def __init__(self, path: Path, settings: BackendSettings) -> None: ...
 
     def load(self) -> ModelMetadata:
         """Load the model file once; report its inputs and outputs. Raise to fail the load."""

@@ -3,7 +3,7 @@
 Frames: a 4-byte big-endian length, then one msgpack map with a protocol version `v` and a
 `type`. Tensors travel as [name, datatype, shape, data] where data is the raw little-endian
 bytes for numeric types (no per-element encoding) and a list of bytes for BYTES. Errors travel
-as data (a code name and a message), never as pickled exceptions.
+as data (a wire code from ERROR_CODES and a message), never as pickled exceptions.
 
     daemon -> worker: LOAD, EXECUTE, PROFILE, STOP
     worker -> daemon: LOADED | LOAD_FAILED (answer to LOAD), RESULT | FAILED (answer to EXECUTE),
@@ -25,7 +25,8 @@ import msgpack
 import numpy as np
 
 from inferd.backends.mailbox import Mailbox
-from inferd.config.tensors import DATATYPES
+from inferd.common.errors import ErrorCode
+from inferd.common.tensors import DATATYPES, bytes_elements, object_tensor
 
 VERSION = 1
 HEADER = struct.Struct(">I")
@@ -40,6 +41,19 @@ LOAD_FAILED = "load_failed"
 RESULT = "result"
 FAILED = "failed"
 WAKE = "wake"  # either way: a message waits in the mailbox (inferd.backends.mailbox)
+
+# FAILED's `code`: what a batch's failure means to its callers. A wire format of its own, not
+# the enum's values; a code this table does not know arrives as INTERNAL.
+ERROR_CODES = {
+    ErrorCode.INVALID_ARGUMENT: "invalid_argument",  # the batch's content (the callers' fault)
+    ErrorCode.RESOURCE_EXHAUSTED: "out_of_memory",  # the runtime could not allocate memory
+    ErrorCode.INTERNAL: "internal",  # the model failed
+}
+_CODES_BY_NAME = {name: code for code, name in ERROR_CODES.items()}
+
+
+def error_code(wire: str) -> ErrorCode:
+    return _CODES_BY_NAME.get(wire, ErrorCode.INTERNAL)
 
 
 def pack(msg: dict) -> bytes:
@@ -64,9 +78,8 @@ def decode(payload: bytes) -> dict:
 def pack_tensors(tensors: dict[str, np.ndarray]) -> list:
     out = []
     for name, array in tensors.items():
-        if array.dtype == object or array.dtype.kind in "US":
-            data = [_as_bytes(x) for x in array.reshape(-1).tolist()]
-            out.append([name, "BYTES", list(array.shape), data])
+        if array.dtype.kind in "OUS":
+            out.append([name, "BYTES", list(array.shape), bytes_elements(array)])
         else:
             array = np.ascontiguousarray(array)
             dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
@@ -78,16 +91,10 @@ def unpack_tensors(items: list) -> dict[str, np.ndarray]:
     out = {}
     for name, datatype, shape, data in items:
         if datatype == "BYTES":
-            array = np.empty(len(data), dtype=object)
-            array[:] = data
-            out[name] = array.reshape(shape)
+            out[name] = object_tensor(data, shape)
         else:
             out[name] = np.ndarray(shape, DATATYPES[datatype], data)  # a view of the bytes
     return out
-
-
-def _as_bytes(x) -> bytes:
-    return x.encode() if isinstance(x, str) else bytes(x)
 
 
 _NUMERIC = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}

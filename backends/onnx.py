@@ -8,7 +8,8 @@ import numpy as np
 import onnxruntime as ort
 
 from inferd.backends.base import BackendInputError
-from inferd.config.tensors import ModelMetadata, TensorSpec
+from inferd.backends.settings import BackendSettings
+from inferd.common.tensors import ModelMetadata, TensorSpec, bytes_elements, object_tensor, texts
 
 # onnxruntime's type strings -> V2 datatype names.
 _ORT_TYPES = {
@@ -56,7 +57,7 @@ def _spec(node) -> TensorSpec:
 class OnnxBackend:
     platform = "onnxruntime_onnx"
 
-    def __init__(self, path: Path, settings: dict) -> None:
+    def __init__(self, path: Path, settings: BackendSettings) -> None:
         self.path = path
         self.settings = settings
         self.session: ort.InferenceSession | None = None
@@ -66,13 +67,13 @@ class OnnxBackend:
 
     def load(self) -> ModelMetadata:
         options = ort.SessionOptions()
-        if self.settings.get("intra_op_threads"):
-            options.intra_op_num_threads = self.settings["intra_op_threads"]
+        if self.settings.intra_op_threads:
+            options.intra_op_num_threads = self.settings.intra_op_threads
         # Spinning threads would hold a core between runs that the daemon's loop needs (a
         # 2-core machine served gRPC at c=64 at half the rate with them on).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.settings.get("intra_op_spinning") else "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.settings.intra_op_spinning else "0")
         self.session = ort.InferenceSession(
-            str(self.path), options, providers=_providers(self.settings.get("device", "auto"), self.settings.get("gpu"))
+            str(self.path), options, providers=_providers(self.settings.device, self.settings.gpu)
         )
         if self.session.get_providers()[0] == "CUDAExecutionProvider":
             options = self.session.get_provider_options()["CUDAExecutionProvider"]
@@ -97,10 +98,10 @@ class OnnxBackend:
     def _to_strings(name: str, array: np.ndarray) -> np.ndarray:
         # onnxruntime string tensors hold text; a bytes element would be stored as its repr.
         try:
-            return np.array([x.decode() for x in array.reshape(-1)], dtype=object).reshape(array.shape)
+            return object_tensor(texts(array), array.shape)
         except UnicodeDecodeError:
             raise BackendInputError(f"input {name!r} is a string tensor: its BYTES elements must be UTF-8") from None
 
 
 def _to_bytes(array: np.ndarray) -> np.ndarray:
-    return np.array([x.encode() if isinstance(x, str) else x for x in array.reshape(-1)], dtype=object).reshape(array.shape)
+    return object_tensor(bytes_elements(array), array.shape)

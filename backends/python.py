@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from inferd.backends.base import BackendInputError
-from inferd.config.tensors import DATATYPES, ModelMetadata, TensorSpec
+from inferd.backends.settings import BackendSettings
+from inferd.common.tensors import DATATYPES, ModelMetadata, TensorSpec, as_bytes, object_tensor
 
 InvalidInput = BackendInputError  # for model code: `from inferd.backends.python import InvalidInput`
 
@@ -53,13 +54,12 @@ def _specs(declared, kind: str) -> tuple[TensorSpec, ...]:
     return specs
 
 
-def _declared(configured, in_class, kind: str) -> tuple[TensorSpec, ...]:
+def _declared(theirs: tuple[TensorSpec, ...], in_class, kind: str) -> tuple[TensorSpec, ...]:
     """The class's tensors, or config.toml's where it declares them: those may only narrow the
     class's (fix a dynamic dimension), never contradict them."""
     mine = _specs(in_class, kind)
-    if not configured:
+    if not theirs:
         return mine
-    theirs = tuple(TensorSpec.from_dict(t) for t in configured)
     if mine:
         by_name = {t.name: t for t in mine}
         if set(by_name) != {t.name for t in theirs}:
@@ -76,7 +76,7 @@ def _declared(configured, in_class, kind: str) -> tuple[TensorSpec, ...]:
 class PythonBackend:
     platform = "python"
 
-    def __init__(self, path: Path, settings: dict) -> None:
+    def __init__(self, path: Path, settings: BackendSettings) -> None:
         self.path = path
         self.settings = settings
         self.model = None
@@ -96,9 +96,9 @@ class PythonBackend:
             raise RuntimeError(f"{self.path.name} must define a class Model with an infer(self, inputs) method")
         self.model = cls()
         if hasattr(self.model, "load"):
-            self.model.load(Path(self.settings.get("model_dir", self.path.parent)), dict(self.settings))
-        inputs = _declared(self.settings.get("inputs"), getattr(self.model, "inputs", ()), "inputs")
-        outputs = _declared(self.settings.get("outputs"), getattr(self.model, "outputs", ()), "outputs")
+            self.model.load(Path(self.settings.model_dir), self.settings.for_model_code())
+        inputs = _declared(self.settings.inputs, getattr(self.model, "inputs", ()), "inputs")
+        outputs = _declared(self.settings.outputs, getattr(self.model, "outputs", ()), "outputs")
         if not inputs or not outputs:
             raise RuntimeError(
                 "declare the model's tensors: Model.inputs and Model.outputs, or [[inputs]] and [[outputs]] "
@@ -106,7 +106,7 @@ class PythonBackend:
             )
         self.outputs = {t.name: t for t in outputs}
         metadata = ModelMetadata(self.platform, inputs, outputs)
-        self.batching = self.settings.get("max_batch_size", 0) > 0 and metadata.batchable
+        self.batching = self.settings.max_batch_size > 0 and metadata.batchable
         return metadata
 
     def execute(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
@@ -144,11 +144,4 @@ class PythonBackend:
 def _as_bytes(value) -> np.ndarray:
     """BYTES elements are bytes; str elements are encoded as UTF-8."""
     array = np.asarray(value, dtype=object)
-    flat = []
-    for x in array.reshape(-1):
-        if not isinstance(x, (bytes, bytearray, str)):
-            raise TypeError(f"a BYTES element must be bytes or str, got {type(x).__name__}")
-        flat.append(x.encode() if isinstance(x, str) else bytes(x))
-    out = np.empty(len(flat), dtype=object)
-    out[:] = flat
-    return out.reshape(array.shape)
+    return object_tensor([as_bytes(x) for x in array.reshape(-1).tolist()], array.shape)

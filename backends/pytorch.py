@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inferd.config.tensors import ModelMetadata, TensorSpec
+from inferd.backends.settings import BackendSettings
+from inferd.common.tensors import ModelMetadata, TensorSpec
 
 try:
     import torch
@@ -45,12 +46,8 @@ def _device(setting: str, gpu: int | None):
     return torch.device(f"cuda:{gpu or 0}" if setting == "auto" else setting)
 
 
-def _declared(settings: dict, kind: str) -> tuple[TensorSpec, ...]:
-    return tuple(TensorSpec.from_dict(t) for t in settings.get(kind) or ())
-
-
 class TorchBackend:
-    def __init__(self, path: Path, settings: dict) -> None:
+    def __init__(self, path: Path, settings: BackendSettings) -> None:
         self.path = path
         self.settings = settings
         self.module = None
@@ -64,9 +61,9 @@ class TorchBackend:
         # Inputs are read-only views of shared memory; the model only reads them, so torch's
         # warning about tensors over non-writable arrays says nothing here.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
-        if self.settings.get("intra_op_threads"):
-            torch.set_num_threads(self.settings["intra_op_threads"])
-        self.device = _device(self.settings.get("device", "auto"), self.settings.get("gpu"))
+        if self.settings.intra_op_threads:
+            torch.set_num_threads(self.settings.intra_op_threads)
+        self.device = _device(self.settings.device, self.settings.gpu)
         self.device_name = str(self.device)  # "cpu" or "cuda:N"
         if self.path.suffix == ".pt2":
             platform, inputs, outputs = "pytorch_export", *self._load_exported()
@@ -83,7 +80,7 @@ class TorchBackend:
         with warnings.catch_warnings():  # deprecated in torch, but the files people have
             warnings.simplefilter("ignore", DeprecationWarning)
             self.module = torch.jit.load(str(self.path), map_location=self.device).eval()
-        inputs, outputs = _declared(self.settings, "inputs"), _declared(self.settings, "outputs")
+        inputs, outputs = self.settings.inputs, self.settings.outputs
         if not inputs or not outputs:
             raise RuntimeError(
                 "a TorchScript file does not carry its tensors' types: declare [[inputs]] and [[outputs]] "
@@ -105,8 +102,7 @@ class TorchBackend:
             for i, node in enumerate(output_node.args[0])
         )
         self.module = program.module().to(self.device)
-        return _named(found_in, _declared(self.settings, "inputs"), "inputs"), \
-            _named(found_out, _declared(self.settings, "outputs"), "outputs")
+        return _named(found_in, self.settings.inputs, "inputs"), _named(found_out, self.settings.outputs, "outputs")
 
     def execute(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         args = []

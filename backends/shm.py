@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from inferd.backends import ipc
-from inferd.config.tensors import DATATYPES, datatype_of
+from inferd.common.tensors import DATATYPES, datatype_of
 
 INITIAL_SIZE = 1 << 20
 INLINE_BYTES = 4096  # a batch tensor this small travels in the message itself

@@ -28,15 +28,16 @@ import structlog
 from inferd.backends import ipc
 from inferd.backends.base import BackendInputError
 from inferd.backends.mailbox import Mailbox, must_ring
+from inferd.backends.settings import BackendSettings
 from inferd.backends.shm import Region
-from inferd.config import gc_policy
-from inferd.config.errors import ErrorCode
-from inferd.config.tensors import DATATYPES
+from inferd.common import gc_policy
+from inferd.common.errors import ErrorCode
+from inferd.common.tensors import DATATYPES
 
 log = structlog.get_logger("inferd.worker")
 
 
-def _make_backend(target: str, path: Path, settings: dict):
+def _make_backend(target: str, path: Path, settings: BackendSettings):
     module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)(path, settings)
 
@@ -133,7 +134,7 @@ def serve(sock: socket.socket) -> int:
     log = log.bind(model=msg["model"], version=msg["version"], pid=os.getpid())
     started = time.monotonic()
     try:
-        backend = _make_backend(msg["backend"], Path(msg["path"]), msg["settings"])
+        backend = _make_backend(msg["backend"], Path(msg["path"]), BackendSettings.from_wire(msg["settings"]))
         metadata = backend.load()
     except Exception as e:  # any failure to load is reported as data, with its reason
         reason = f"{type(e).__name__}: {e}".strip()
@@ -171,7 +172,7 @@ def serve(sock: socket.socket) -> int:
                 log.error("batch failed", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}")
             if code is ErrorCode.RESOURCE_EXHAUSTED:
                 log.warning("batch ran out of memory", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}")
-            reply = {"type": ipc.FAILED, "batch": msg["batch"], "code": code.value, "message": str(e)}
+            reply = {"type": ipc.FAILED, "batch": msg["batch"], "code": ipc.ERROR_CODES[code], "message": str(e)}
         # Light load (poll_s): the next batch comes soon, so poll for it; the daemon posts it
         # in the mailbox without ringing while it knows this window is open.
         poll_s = msg.get("poll_s", 0.0)
@@ -183,7 +184,7 @@ def serve(sock: socket.socket) -> int:
 
 def _become_worker() -> None:
     # (No NOTIFY_SOCKET or LISTEN_* here: the daemon takes them out of its environment at start,
-    # before its forkserver exists; see inferd.daemon.systemd.)
+    # before its forkserver exists; see inferd.daemon.operations.systemd.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # SCHED_BATCH: a woken worker does not preempt what runs on its CPU. The daemon's writes

@@ -14,7 +14,7 @@ import uvloop
 
 from announce import serve_until_sigterm
 
-from inferd.daemon.grpc_gen import inference_pb2 as pb
+from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
 
 # What the daemon answers for one MLP row: same fields, same 40 bytes of FP32 output.
 REPLY = pb.ModelInferResponse(model_name="mlp", model_version="1")

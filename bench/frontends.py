@@ -47,7 +47,7 @@ def unix_message(wl: Workload, request_id: int = 1) -> dict:
 
 
 def grpc_message(wl: Workload):
-    from inferd.daemon.grpc_gen import inference_pb2 as pb
+    from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
     msg = pb.ModelInferRequest(model_name=wl.model)
     for n, a in wl.inputs.items():
         msg.inputs.add(name=n, datatype=DATATYPE[a.dtype], shape=a.shape)
@@ -129,7 +129,7 @@ def _infer_unix(path: str, wl: Workload) -> dict[str, np.ndarray]:
 
 async def _infer_grpc(addr, wl: Workload) -> dict[str, np.ndarray]:
     from grpclib.client import Channel, UnaryUnaryMethod
-    from inferd.daemon.grpc_gen import inference_pb2 as pb
+    from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
     channel = Channel(*addr)
     try:
         method = UnaryUnaryMethod(channel, loadgen.GRPC_METHOD, pb.ModelInferRequest,

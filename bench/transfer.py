@@ -10,7 +10,6 @@ and off, beside raw in-process onnxruntime on the same model and input.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import pathlib
 import statistics
 import sys
@@ -23,10 +22,10 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from inferd.backends import backend_path
-from inferd.config.settings import ModelSettings
+from inferd.config.model import ModelSettings
 from inferd.scheduler.pool import Scaling, WorkerPool
-from inferd.scheduler.queue import ModelQueue
-from inferd.scheduler.request import InferRequest
+from inferd.scheduler.queue import FixedLimits, ModelQueue
+from inferd.daemon.requests import InferRequest
 from inferd.scheduler.worker import WorkerSpec
 
 SIZES = [16 << 10, 1 << 20, 16 << 20]  # bytes per request, in and out
@@ -52,10 +51,11 @@ def timed(fn, seconds: float) -> list[float]:
 
 async def through_scheduler(path: pathlib.Path, shared_memory: bool, x: np.ndarray, seconds: float) -> list[float]:
     settings = ModelSettings(min_workers=1, max_workers=1, shared_memory=shared_memory, max_batch_size=0)
-    pool = WorkerPool(WorkerSpec("identity", "1", path, backend_path("onnx"), dataclasses.asdict(settings)),
-                      Scaling.from_settings(settings))
+    wakeup = asyncio.Event()
+    pool = WorkerPool(WorkerSpec.of("identity", "1", path, backend_path("onnx"), settings), Scaling.from_settings(settings),
+                      on_change=wakeup.set)
     await pool.start()
-    queue = ModelQueue(pool, output_names=["y"], max_batch_rows=0, max_queue_rows=16, max_delay_s=0)
+    queue = ModelQueue(pool, FixedLimits(0, 16), output_names=["y"], max_delay_s=0, wakeup=wakeup)
     queue.start()
     try:
         for _ in range(3):

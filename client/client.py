@@ -12,8 +12,9 @@ from inferd.client.errors import InferdClientError
 from inferd.client.http import AsyncHttpTransport, HttpTransport
 from inferd.client.paths import default_socket_path
 from inferd.client.unix import AsyncUnixTransport, UnixTransport
-from inferd.config.errors import InferdError
-from inferd.config.tensors import datatype_of, from_raw, to_raw
+from inferd.common.errors import InferdError
+from inferd.common.codec import from_raw, to_raw
+from inferd.common.tensors import datatype_of
 
 
 def _transport(socket, url, token, cafile, timeout, unix, http):

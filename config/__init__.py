@@ -1,1 +1,1 @@
-"""Typed configuration and the vocabulary every layer shares (errors, tensors)."""
+"""Typed configuration: the daemon's config file, environment and flags, and per-model config.toml."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import inferd
-from inferd.config.errors import ConfigError
+from inferd.common.errors import ConfigError
 from inferd.config.settings import load_daemon_config, read_token
 
 
@@ -51,14 +52,14 @@ def _models_command(args: argparse.Namespace) -> int:
         print(f"inferd models {args.action}: name the model", file=sys.stderr)
         return 2
     try:
-        token = open(args.token_file).read().strip() if args.token_file else None
+        token = Path(args.token_file).read_text().strip() if args.token_file else None
         with Client(socket=args.socket, url=args.url, token=token, cafile=args.cafile, timeout=600) as client:
             if args.action == "list":
                 print(format_models(client.models()))
             else:
                 getattr(client, args.action)(args.name)
                 print(f"{args.name}: {args.action}ed")
-    except (InferdClientError, OSError, ValueError) as e:
+    except (InferdClientError, OSError, ValueError) as e:  # (ValueError: UnicodeDecodeError too)
         print(f"inferd models: {e}", file=sys.stderr)
         return 1
     return 0
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that `inferd --version` and config errors stay instant.
     import uvloop
 
-    from inferd.daemon import logs
+    from inferd.daemon.operations import logs
     from inferd.daemon.server import Daemon
 
     logs.configure(config.log.format, config.log.level)

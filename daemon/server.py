@@ -13,48 +13,29 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import grpclib.server
 import structlog
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from inferd.config import gc_policy
-from inferd.config.errors import ConfigError
-from inferd.config.settings import DaemonConfig, parse_address, socket_path
-from inferd.daemon import systemd
+from inferd.common import gc_policy
+from inferd.common.errors import ConfigError
+from inferd.common.tasks import TaskSet
+from inferd.config.settings import DaemonConfig
 from inferd.daemon.dataplane import DataPlane, ServerState
-from inferd.daemon.auth import Access, tls_context
-from inferd.daemon.grpc import InferenceServicer, require_token
-from inferd.daemon.http import build_app
-from inferd.daemon.metrics import Metrics
-from inferd.daemon.unix import UnixFrontEnd
-from inferd.daemon.repository import ModelRepository
-from inferd.daemon.watcher import DirectoryWatcher
+from inferd.daemon.frontends.auth import Access
+from inferd.daemon.listeners import Listeners
+from inferd.daemon.models.repository import ModelRepository
+from inferd.daemon.models.watcher import DirectoryWatcher
+from inferd.daemon.operations import logs, systemd
+from inferd.daemon.operations.metrics import Metrics
 from inferd.scheduler import spawner
 from inferd.scheduler.limits import MemoryManager
 from inferd.scheduler.memory import pick_probe
 
 log = structlog.get_logger("inferd")
-
-
-def _bind_tcp(address: str) -> socket.socket:
-    host, port = parse_address(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(False)
-    return sock
-
-
-def _address_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Daemon:
@@ -71,11 +52,14 @@ class Daemon:
                                           config.server.drain_timeout_s, explicit=models.control == "explicit")
         self.watcher = self._make_watcher()
         self.dataplane = DataPlane(self.repository, self.state)
-        self.access = Access(token, config.auth.open_health, self.metrics.unauthenticated)
-        self.addresses: dict[str, str] = {}
-        self._grpc: grpclib.server.Server | None = None
-        self._unix: UnixFrontEnd | None = None
+        access = Access(token, config.auth.open_health, self.metrics.unauthenticated)
+        self.listeners = Listeners(config.server, config.auth, self.dataplane, self.registry, access)
+        self._tasks = TaskSet("daemon")  # the watchdog, the reloads
         self._watching: asyncio.Task | None = None
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return self.listeners.addresses
 
     def _make_watcher(self) -> DirectoryWatcher:
         models = self.config.models
@@ -88,7 +72,7 @@ class Daemon:
         if self.config.models.control == "explicit":
             self.watcher.rescan()
             return
-        self._watching = asyncio.create_task(self.watcher.run())
+        self._watching = self._tasks.spawn(self.watcher.run())
         started = asyncio.create_task(self.watcher.started.wait())
         await asyncio.wait([self._watching, started], return_when=asyncio.FIRST_COMPLETED)
         started.cancel()
@@ -100,83 +84,82 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        reloads: set[asyncio.Task] = set()
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn_reload(reloads))
-        systemd.install_hang_hook(loop)  # off unless a test asks for it
-        started = time.monotonic()
-        server = self.config.server
-        runner = web.AppRunner(
-            build_app(self.dataplane, self.registry, server.max_request_bytes, self.access),
-            handle_signals=False, access_log=None, handler_cancellation=True,
-            shutdown_timeout=5.0,  # after the drain, handlers only have their responses to write
-        )
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         drained = False
-        watchdog = None
         try:
-            # Listen first: liveness answers while models load, readiness (and inference) says
-            # 503 until the initial load is done.
-            await runner.setup()
-            try:
-                await self._start_sites(runner)
-            except OSError as e:
-                log.error("cannot listen", error=str(e))
+            if not await self._start():
                 return 1
-            await spawner.warm_up()  # the forkserver imports the runtimes once; workers fork from it
-            log.info("memory probe", probe=self.memory.probe.kind,
-                     devices={d.device: {"free": d.free, "total": d.total} for d in self.memory.probe.devices()})
-            self.memory.start()
-            await self._follow_directory()
-            await self.repository.wait_loaded()
-            self.state.started = True
-            log.info("ready", seconds=round(time.monotonic() - started, 3), models=self.repository.counts(), pid=os.getpid(),
-                     gc_frozen=gc_policy.settle())
-            systemd.notify("READY=1", self._status())
-            interval = systemd.watchdog_interval()
-            if interval:
-                watchdog = asyncio.create_task(systemd.keep_watchdog_fed(interval))
             await stop.wait()
-            drained = await self._drain(runner)
+            drained = await self._drain()
             return 0
         finally:
-            for task in (watchdog, self._watching, *reloads):
-                if task is not None:
-                    task.cancel()
-            if self._unix is not None:
-                await self._unix.close()
-            if self._grpc is not None:  # drained above: closing cancels no accepted request
-                self._grpc.close()
-                await self._grpc.wait_closed()
-            await runner.cleanup()  # closes listeners, waits for handlers still writing responses
+            await self._tasks.cancel()
+            await self.listeners.close()
             await self.repository.stop()
             await self.memory.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             log.info("stopped", drained=drained)
+
+    async def _start(self) -> bool:
+        """Listen first (liveness answers while models load; readiness and inference say 503
+        until the initial load is done), load the models directory, READY=1. False: a
+        listener could not be bound."""
+        started = time.monotonic()
+        try:
+            await self.listeners.start()
+        except OSError as e:
+            log.error("cannot listen", error=str(e))
+            return False
+        await spawner.warm_up()  # the forkserver imports the runtimes once; workers fork from it
+        log.info("memory probe", probe=self.memory.probe.kind,
+                 devices={d.device: {"free": d.free, "total": d.total} for d in self.memory.probe.devices()})
+        self.memory.start()
+        await self._follow_directory()
+        await self.repository.wait_loaded()
+        self.state.started = True
+        log.info("ready", seconds=round(time.monotonic() - started, 3), models=self.repository.counts(), pid=os.getpid(),
+                 gc_frozen=gc_policy.settle())
+        systemd.notify("READY=1", self._status())
+        if interval := systemd.watchdog_interval():
+            self._tasks.spawn(systemd.keep_watchdog_fed(interval))
+        return True
 
     def _status(self) -> str:
         counts = self.repository.counts()
         return "STATUS=models: " + (", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())) or "none")
 
-    def _spawn_reload(self, reloads: set[asyncio.Task]) -> None:
+    def _on_sighup(self) -> None:
         if not self.state.ready:
             log.warning("SIGHUP ignored: the daemon is starting or stopping")
             return
-        task = asyncio.create_task(self.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        self._tasks.spawn(self.reload())
 
     async def reload(self) -> None:
         """SIGHUP: re-read the config, apply what can change while running, rescan the models
         directory, wait for the loads that started, READY=1. Listener, auth and TLS changes
-        need a restart (logged); an invalid config is refused and the old one kept."""
+        need a restart (logged); an invalid config is refused and the old one kept. READY=1
+        comes whatever happens in between: systemd must not wait on a reload for ever."""
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         log.info("reloading")
-        new = self.config
-        if self.reread_config is not None:
-            try:
-                new = self.reread_config()
-            except ConfigError as e:
-                log.error("reload refused: invalid configuration; keeping the running one", error=str(e))
+        try:
+            await self._apply(self._reread())
+            log.info("reloaded", models=self.repository.counts())
+        except Exception:
+            log.exception("reload failed; serving on with what was loaded")
+        finally:
+            systemd.notify("READY=1", self._status())
+
+    def _reread(self) -> DaemonConfig:
+        if self.reread_config is None:
+            return self.config
+        try:
+            return self.reread_config()
+        except ConfigError as e:
+            log.error("reload refused: invalid configuration; keeping the running one", error=str(e))
+            return self.config
+
+    async def _apply(self, new: DaemonConfig) -> None:
         old, self.config = self.config, new
         for section in ("server", "auth"):
             if getattr(old, section) != getattr(new, section):
@@ -184,15 +167,12 @@ class Daemon:
         if old.memory != new.memory:
             self.memory.configure(new.memory)
         if old.log != new.log:
-            from inferd.daemon import logs
-
             logs.configure(new.log.format, new.log.level)
         if old.models != new.models:
             if self._watching is not None:
                 self._watching.cancel()
                 self._watching = None
-            self.repository.root = Path(new.models.dir)
-            self.repository.explicit = new.models.control == "explicit"
+            self.repository.reconfigure(Path(new.models.dir), new.models.control == "explicit")
             self.watcher = self._make_watcher()
             await self._follow_directory()
         if old.defaults != new.defaults:
@@ -200,65 +180,14 @@ class Daemon:
         if new.models.control != "explicit":
             self.watcher.rescan()
         await self.repository.wait_loaded()
-        log.info("reloaded", models=self.repository.counts())
-        systemd.notify("READY=1", self._status())
 
-    async def _start_sites(self, runner: web.AppRunner) -> None:
-        """Bind each configured listener, or take the socket that systemd socket activation
-        handed over under the listener's name (http, grpc, socket, http_socket): an activated
-        socket wins over the config, which then only says what else to bind."""
-        server = self.config.server
-        auth = self.config.auth
-        activated = systemd.listen_sockets()
-        for name in set(activated) - {"http", "grpc", "socket", "http_socket"}:
-            log.warning("ignoring a socket passed by systemd with an unknown name", name=name)
-            activated.pop(name).close()
-
-        def listening(frontend: str, address: str) -> None:
-            self.addresses[frontend] = address
-            log.info("listening", frontend=frontend, address=address, activated=frontend in activated)
-
-        if server.http or "http" in activated:
-            sock = activated.get("http") or _bind_tcp(server.http)
-            await web.SockSite(runner, sock, ssl_context=tls_context(auth.tls_cert, auth.tls_key)).start()
-            listening("http", _address_of(sock))
-        if server.grpc or "grpc" in activated:
-            sock = activated.get("grpc") or _bind_tcp(server.grpc)
-            self._grpc = grpclib.server.Server([InferenceServicer(self.dataplane)])
-            if self.access.required:
-                require_token(self._grpc, self.access)
-            await self._grpc.start(sock=sock, ssl=tls_context(auth.tls_cert, auth.tls_key, alpn=["h2"]))
-            listening("grpc", _address_of(sock))
-        if server.socket or "socket" in activated:
-            self._unix = UnixFrontEnd(self.dataplane, server.max_request_bytes)
-            if "socket" in activated:  # systemd made it (SocketMode=, SocketGroup=) and keeps the file
-                await self._unix.start_on(activated["socket"])
-                path = activated["socket"].getsockname()
-            else:
-                path = socket_path(server.socket)
-                await self._unix.start(path, server.socket_group)
-            listening("socket", path)
-        if "http_socket" in activated:
-            sock = activated["http_socket"]
-            await web.SockSite(runner, sock).start()
-            listening("http_socket", sock.getsockname())
-        elif server.http_socket:
-            Path(server.http_socket).unlink(missing_ok=True)
-            await web.UnixSite(runner, server.http_socket).start()
-            os.chmod(server.http_socket, 0o660)
-            listening("http_socket", server.http_socket)
-
-    async def _drain(self, runner: web.AppRunner) -> bool:
-        """Not ready, refuse new work, stop accepting HTTP connections, answer what was accepted
-        within the budget. (gRPC keeps accepting and answers UNAVAILABLE, which its clients
-        retry: grpclib cannot stop listening without cancelling running calls.)"""
+    async def _drain(self) -> bool:
+        """Not ready, refuse new work, stop accepting connections, answer what was accepted
+        within the budget."""
         budget = self.config.server.drain_timeout_s
         systemd.notify("STOPPING=1")
         self.state.draining = True
-        for site in list(runner.sites):
-            await site.stop()  # the listening socket only; open connections finish their requests
-        if self._unix is not None:
-            self._unix.stop_accepting()
+        await self.listeners.stop_accepting()
         log.info("draining", inflight=self.repository.inflight_count(), budget_s=budget)
         drained = await self.repository.drain(budget)
         if not drained:

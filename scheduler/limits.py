@@ -1,7 +1,8 @@
 """Batch and queue limits from measured free memory, and where (and whether) a worker may start.
 
-Every model version that serves is a `Tenant`: its pool and queue, the device its workers run
-on, and the fit of what a batch costs there (base + rows x per_row, measured when it loaded).
+Every model version that serves is a `Tenant`: its pool, the device its workers run on, the fit
+of what a batch costs there (base + rows x per_row, measured when it loaded), and the one owner
+of its queue's limits (the queue reads them; an out-of-memory batch asks for a recompute).
 `MemoryManager.recompute()` re-derives every tenant's limits, periodically and whenever a
 tenant comes, goes or scales:
 
@@ -16,7 +17,7 @@ and, through the bytes a row of input takes, in rows.
 
 `admit()` is asked before a worker starts: its base must fit in free memory above the reserve
 (and in the budget). If it does not, and `evict_idle` is on, idle tenants on that device are
-scaled to zero, least recently used first, until it does.
+scaled to zero, least recently used first, until it does; otherwise it answers a Refusal.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ import asyncio
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 
 import structlog
 
 from inferd.config.settings import MemorySection
 from inferd.scheduler.memory import CPU, HostProbe, MemoryFit, batch_limit, fit_line, profile_sizes, reserve_of
+from inferd.scheduler.pool import Refusal
 from inferd.scheduler.worker import WorkerLost
 
 log = structlog.get_logger("inferd.memory")
@@ -49,13 +52,14 @@ class Limits:
 
 
 class Tenant:
-    """One model version's claim on memory."""
+    """One model version's claim on memory, and its queue's limits (inferd.scheduler.queue's
+    QueueLimits): `batch_rows`, `queue_rows` and `queue_bytes` are set by `apply` only."""
 
-    def __init__(self, name: str, version: str, pool, queue, *, max_batch_size: int, max_queue_rows: int,
+    def __init__(self, name: str, version: str, pool, *, max_batch_size: int, max_queue_rows: int,
                  max_queue_bytes: int, row_bytes: int, min_workers: int, device: str, fit: MemoryFit | None,
-                 observer=None):
+                 recompute: Callable[[], None], observer=None):
         self.name, self.version = name, version
-        self.pool, self.queue = pool, queue
+        self.pool = pool
         self.max_batch_size = max_batch_size  # configured
         self.max_queue_rows = max_queue_rows  # configured; 0: derived
         self.max_queue_bytes = max_queue_bytes  # configured; 0: derived
@@ -65,25 +69,26 @@ class Tenant:
         self.fit = fit
         self.oom_ceiling: int | None = None  # set by an out-of-memory batch, for this generation
         self.observer = observer
+        self._recompute = recompute  # the manager's: every tenant's limits, now
         self.limits: Limits | None = None
-        self.changed = lambda: None  # the manager's: recompute soon
+        # The queue's limits until the manager's first recompute (when the tenant is added).
+        self.batch_rows, self.queue_rows, self.queue_bytes = max_batch_size, max_queue_rows, max_queue_bytes
 
     @property
     def label(self) -> str:
         return f"{self.name} version {self.version}"
 
-    def out_of_memory(self, rows: int) -> int:
-        """A batch of `rows` ran out of memory: the limit is at most half of it from now on."""
+    def out_of_memory(self, rows: int) -> None:
+        """A batch of `rows` ran out of memory: the limit is at most half of it from now on,
+        in force before this returns (the queue splits the batch next)."""
         self.oom_ceiling = max(1, min(rows // 2, self.oom_ceiling or rows))
-        self.changed()
-        return self.oom_ceiling
+        self._recompute()
 
     def apply(self, limits: Limits, used: int) -> None:
         # Logged when the batch or row limits move; the byte budget follows free memory all the time.
         changed = self.limits is None or (limits.batch_rows, limits.queue_rows) != (self.limits.batch_rows, self.limits.queue_rows)
         self.limits = limits
-        q = self.queue
-        q.max_batch_rows, q.max_queue_rows, q.max_queue_bytes = limits.batch_rows, limits.queue_rows, limits.queue_bytes
+        self.batch_rows, self.queue_rows, self.queue_bytes = limits.batch_rows, limits.queue_rows, limits.queue_bytes
         if self.observer is not None:
             self.observer.memory_limits(limits.batch_rows, limits.queue_rows, limits.queue_bytes,
                                         self.fit.per_row if self.fit else 0, used)
@@ -139,7 +144,6 @@ class MemoryManager:
         self.recompute()
 
     def add(self, tenant: Tenant) -> None:
-        tenant.changed = self.changed
         self.tenants.add(tenant)
         self.recompute()
 
@@ -180,6 +184,7 @@ class MemoryManager:
         return reserve_of(total, self.section.reserve_fraction, self.section.reserve_bytes)
 
     def recompute(self) -> None:
+        """Every tenant's limits from the memory free now (each tenant's `apply`)."""
         devices = {d.device: d for d in self.probe.devices()}
         for d in devices.values():
             self.observer.device_memory(d.device, d.free, d.total)
@@ -187,26 +192,31 @@ class MemoryManager:
         used_by: dict[Tenant, int] = {}
         for device in {t.device for t in self.tenants}:
             tenants = [t for t in self.tenants if t.device == device]
-            memory = devices.get(device)
             usage = {t: [self.probe.usage(pid, device) for pid in t.pool.pids] for t in tenants}
+            used_by.update((t, sum(usage[t])) for t in tenants)
+            share = self._share(devices.get(device), usage)
             for t in tenants:
-                used_by[t] = sum(usage[t])
-            if memory is None:  # a device the probe cannot see: configured limits
-                batch_rows.update((t, t.max_batch_size) for t in tenants)
-                continue
-            held = sum(max(0, u - t.fit.base) for t in tenants if t.fit for u in usage[t])
-            bases = sum(t.fit.base if t.fit else u for t in tenants for u in usage[t])
-            headroom = memory.free + held - self._reserve(memory.total)
-            if self.section.budget_bytes:
-                headroom = min(headroom, self.section.budget_bytes - bases)
-            workers = sum(max(1, len(usage[t])) for t in tenants)
-            share = max(0.0, headroom / workers)
-            for t in tenants:
-                limit = batch_limit(t.max_batch_size, t.fit.per_row if t.fit else 0, share)
+                # A device the probe cannot see (share None): the configured limit.
+                limit = t.max_batch_size if share is None else batch_limit(t.max_batch_size, t.fit.per_row if t.fit else 0, share)
                 if t.oom_ceiling is not None and limit > 0:
                     limit = min(limit, t.oom_ceiling)
                 batch_rows[t] = limit
-        host = devices[CPU]
+        self._apply(devices[CPU], batch_rows, used_by)
+
+    def _share(self, memory, usage: dict[Tenant, list[int]]) -> float | None:
+        """The memory each worker on a device may use for its batches (None: unknown)."""
+        if memory is None:
+            return None
+        held = sum(max(0, u - t.fit.base) for t, used in usage.items() if t.fit for u in used)
+        bases = sum(t.fit.base if t.fit else u for t, used in usage.items() for u in used)
+        headroom = memory.free + held - self._reserve(memory.total)
+        if self.section.budget_bytes:
+            headroom = min(headroom, self.section.budget_bytes - bases)
+        workers = sum(max(1, len(used)) for used in usage.values())
+        return max(0.0, headroom / workers)
+
+    def _apply(self, host, batch_rows: dict[Tenant, int], used_by: dict[Tenant, int]) -> None:
+        """Queue limits (host memory, shared equally) beside each batch limit, applied."""
         queue_budget = self.section.queue_budget_bytes or max(0, host.free - self._reserve(host.total)) // 10
         per_tenant = queue_budget // max(1, len(self.tenants))
         for t in self.tenants:
@@ -229,36 +239,37 @@ class MemoryManager:
             return None
         return int(max(gpus, key=lambda d: d.free).device.partition(":")[2])
 
-    def _refusal(self, device: str, needed: int) -> str | None:
+    def _refusal(self, device: str, needed: int) -> Refusal | None:
         memory = self.probe.device(device)
         if memory is None:
             return None  # nothing to check against
         reserve = self._reserve(memory.total)
         if memory.free - needed < reserve:
-            return (f"not enough memory on {device} for another worker: it needs about {_mb(needed)}, "
-                    f"{_mb(memory.free)} is free and {_mb(reserve)} is kept in reserve")
+            return Refusal("memory", f"not enough memory on {device} for another worker: it needs about {_mb(needed)}, "
+                                     f"{_mb(memory.free)} is free and {_mb(reserve)} is kept in reserve")
         if self.section.budget_bytes:
             ours = sum(self.probe.usage(pid, device) for t in self.tenants if t.device == device for pid in t.pool.pids)
             if ours + needed > self.section.budget_bytes:
-                return (f"memory budget of {_mb(self.section.budget_bytes)} on {device} reached: the workers hold "
-                        f"{_mb(ours)} and another needs about {_mb(needed)}")
+                return Refusal("budget", f"memory budget of {_mb(self.section.budget_bytes)} on {device} reached: "
+                                         f"the workers hold {_mb(ours)} and another needs about {_mb(needed)}")
         return None
 
-    async def admit(self, device: str, needed: int, requester: str, exclude=None) -> str | None:
-        """None when a worker of about `needed` bytes may start on `device`; else the reason.
-        With evict_idle, idle tenants on the device are scaled to zero (least recently used
-        first) to make room."""
+    async def admit(self, device: str, needed: int, requester: str,
+                    exclude: tuple[str, str] | None = None) -> Refusal | None:
+        """None when a worker of about `needed` bytes may start on `device`; else why not.
+        With evict_idle, idle tenants on the device (other than the version `exclude`, the
+        requester's own) are scaled to zero (least recently used first) to make room."""
         reason = self._refusal(device, needed)
         if reason is None or not self.section.evict_idle:
             return reason
-        candidates = sorted((t for t in self.tenants if t.device == device and t.pool is not exclude
+        candidates = sorted((t for t in self.tenants if t.device == device and (t.name, t.version) != exclude
                              and t.min_workers == 0 and t.pool.pids and t.pool.all_idle),
-                            key=lambda t: t.queue.last_used)
+                            key=lambda t: t.pool.last_used)
         for victim in candidates:
             if not victim.pool.all_idle:
                 continue
             log.info("scaling an idle model to zero to make room", model=victim.name, version=victim.version,
-                     device=device, for_model=requester, idle_s=round(time.monotonic() - victim.queue.last_used, 1))
+                     device=device, for_model=requester, idle_s=round(time.monotonic() - victim.pool.last_used, 1))
             await victim.pool.scale_to_zero(f"evicted: {requester} needed memory on {device}")
             reason = self._refusal(device, needed)
             if reason is None:

@@ -19,13 +19,14 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from inferd.config.tensors import ModelMetadata
-from inferd.scheduler.worker import LoadFailed, WorkerHandle, WorkerSpec, describe_exit
+from inferd.common.tasks import TaskSet
+from inferd.common.tensors import ModelMetadata
+from inferd.scheduler.worker import LoadFailed, WorkerHandle, WorkerObserver, WorkerSpec, describe_exit
 
 log = structlog.get_logger("inferd.pool")
 
 
-class PoolObserver:
+class PoolObserver(WorkerObserver):
     """Hooks for metrics; the default does nothing."""
 
     def workers_changed(self, count: int) -> None: ...
@@ -34,7 +35,16 @@ class PoolObserver:
 
     def worker_exited(self, cause: str) -> None: ...  # crash | idle | stopped | load_failed | evicted
 
-    def worker_refused(self, reason: str) -> None: ...  # a worker was not started: no memory for it
+    def worker_refused(self, kind: str) -> None: ...  # a worker was not started: Refusal.kind
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why a worker may not start now: `kind` is a short label ("memory", "budget"), `message`
+    the reason a caller or the log reads."""
+
+    kind: str
+    message: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,14 +67,16 @@ class Scaling:
 
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, scaling: Scaling, observer: PoolObserver | None = None,
-                 admit: Callable[[], Awaitable[str | None]] | None = None,
-                 on_broken: Callable[[str], None] = lambda reason: None):
+                 admit: Callable[[], Awaitable[Refusal | None]] | None = None,
+                 on_broken: Callable[[str], None] = lambda reason: None,
+                 on_change: Callable[[], None] = lambda: None):
         self.spec = spec
         self.scaling = scaling
         self.observer = observer or PoolObserver()
         self.admit = admit or _always  # before a worker starts: None, or why there is no memory for it
-        self.on_broken = on_broken
-        self.on_change: Callable[[], None] = lambda: None  # a worker became available, or none can
+        self.on_broken = on_broken  # the crash loop's reason: no more starts
+        self.on_change = on_change  # a worker became available, or none can
+        self.last_used = time.monotonic()  # when a batch last started (eviction takes the least recent)
         self.metadata: ModelMetadata | None = None
         self.metadata_worker: WorkerHandle | None = None  # the worker that validated the model
         self.broken_reason: str | None = None  # crash loop: no more starts
@@ -75,7 +87,7 @@ class WorkerPool:
         self._starting = 0
         self._crashes: deque[float] = deque()
         self._pressure_since: float | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet(f"worker pool of {spec.model} version {spec.version}")
         self._leaving: set[WorkerHandle] = set()  # scaled down, stopping
         self._stopping = False
 
@@ -115,9 +127,9 @@ class WorkerPool:
         """Validate the model: start max(1, min_workers) workers, or raise LoadFailed with the
         reason (leaving nothing running). With min_workers 0 the validating worker stays until
         it has been idle for idle_timeout_s, like any other."""
-        if reason := await self.admit():
-            self.observer.worker_refused(reason)
-            raise LoadFailed(reason)
+        if refusal := await self.admit():
+            self.observer.worker_refused(refusal.kind)
+            raise LoadFailed(refusal.message)
         handles = [self._handle() for _ in range(max(1, self.scaling.min_workers))]
         results = await asyncio.gather(*(h.start(self.scaling.start_timeout_s) for h in handles), return_exceptions=True)
         failure = next((r for r in results if isinstance(r, BaseException)), None)
@@ -135,7 +147,7 @@ class WorkerPool:
         return self.metadata
 
     def _handle(self) -> WorkerHandle:
-        return WorkerHandle(self.spec, on_exit=self._worker_exited)
+        return WorkerHandle(self.spec, on_exit=self._worker_exited, observer=self.observer)
 
     def _add_ready(self, worker: WorkerHandle) -> None:
         self._workers.add(worker)
@@ -145,7 +157,10 @@ class WorkerPool:
     # -- the queue's side --------------------------------------------------------------------
 
     def take(self) -> WorkerHandle | None:
-        return self._idle.pop() if self._idle else None
+        if not self._idle:
+            return None
+        self.last_used = time.monotonic()
+        return self._idle.pop()
 
     def give_back(self, worker: WorkerHandle) -> None:
         if not worker.dead and worker in self._workers:  # a dead one was dealt with by _worker_exited
@@ -184,13 +199,14 @@ class WorkerPool:
         worker = self._handle()
         try:
             if refusal := await self.admit():
-                self.observer.worker_refused(refusal)
+                self.observer.worker_refused(refusal.kind)
                 if self._workers:
                     log.warning("not scaling up", model=self.spec.model, version=self.spec.version,
-                                workers=len(self._workers), reason=refusal)
+                                workers=len(self._workers), reason=refusal.message)
                 else:  # what waits for this worker is answered with the reason
-                    self.start_error = refusal
-                    log.warning("worker not started", model=self.spec.model, version=self.spec.version, reason=refusal)
+                    self.start_error = refusal.message
+                    log.warning("worker not started", model=self.spec.model, version=self.spec.version,
+                                reason=refusal.message)
                 return
             await worker.start(self.scaling.start_timeout_s)
         except asyncio.CancelledError:  # the pool is stopping
@@ -301,15 +317,11 @@ class WorkerPool:
     # -- the end -----------------------------------------------------------------------------
 
     def _own(self, coro) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
         await asyncio.gather(*(w.stop(timeout) for w in self._workers | self._leaving))
         for _ in self._workers:
             self.observer.worker_exited("stopped")

@@ -6,7 +6,9 @@ requests arrived (at once, at light load: see `enqueue`) and shortly after a bat
 whenever a worker is idle it asks `next_batch` what to send, stacks those requests along the
 batch dimension and sends them; the worker's reply splits the outputs back per request.
 A small loop task only handles what has no caller to act on it (queue-delay timers, replaced
-workers, the end of a drain). The queue is bounded in rows and refuses at once when full.
+workers, the end of a drain). The queue is bounded in rows and bytes and refuses at once when
+full. Its limits belong to a `QueueLimits` owner (the memory manager's Tenant in the daemon):
+the queue reads them and reports an out-of-memory batch to it, never sets them itself.
 """
 
 from __future__ import annotations
@@ -16,17 +18,48 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
+from typing import Protocol
 
 import numpy as np
 import structlog
 
-from inferd.config.errors import ErrorCode, InferdError
+from inferd.common.errors import ErrorCode, InferdError, unexpected
+from inferd.common.tensors import payload_bytes
 from inferd.scheduler.batching import Send, next_batch
 from inferd.scheduler.pool import WorkerPool
-from inferd.scheduler.request import InferRequest
 from inferd.scheduler.worker import OutOfMemory, WorkerLost
 
 log = structlog.get_logger("inferd.queue")
+
+
+class Request(Protocol):
+    """What the queue reads of a caller's request (the data plane's InferRequest is one)."""
+
+    inputs: dict[str, np.ndarray]  # batch dimension first, when the model batches
+    outputs: tuple[str, ...] | None  # requested output names; None = all
+    id: str
+    deadline: float | None  # time.monotonic() after which the request must not run
+
+
+class QueueLimits(Protocol):
+    """The queue's limits, owned elsewhere: read on every request and batch."""
+
+    batch_rows: int  # the most rows a batch takes (0: the model has no batch dimension)
+    queue_rows: int  # the most rows queued
+    queue_bytes: int  # the most input bytes queued (0: no bound in bytes)
+
+    def out_of_memory(self, rows: int) -> None:
+        """A batch of `rows` could not allocate memory: lower batch_rows (at once)."""
+
+
+class FixedLimits:
+    """Limits that change only when a batch runs out of memory (then: half of it, for good)."""
+
+    def __init__(self, batch_rows: int, queue_rows: int, queue_bytes: int = 0):
+        self.batch_rows, self.queue_rows, self.queue_bytes = batch_rows, queue_rows, queue_bytes
+
+    def out_of_memory(self, rows: int) -> None:
+        self.batch_rows = max(1, min(self.batch_rows, rows // 2))
 
 
 class QueueObserver:
@@ -50,7 +83,7 @@ class Ticket:
     InferdError, goes to `then` once, straight from the queue's callbacks (no loop turn between
     a worker's reply and the caller's answer); `future` holds it instead for a caller that awaits."""
 
-    request: InferRequest
+    request: Request
     rows: int
     shape_key: Hashable
     enqueued_at: float
@@ -81,25 +114,21 @@ class ModelQueue:
     def __init__(
         self,
         pool: WorkerPool,
+        limits: QueueLimits,
         *,
         output_names: list[str],
-        max_batch_rows: int,
-        max_queue_rows: int,
         max_delay_s: float,
-        max_queue_bytes: int = 0,
+        wakeup: asyncio.Event,
         retry_crashed: bool = True,
         cold_start_timeout_s: float = 30.0,
         observer: QueueObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
+        """`wakeup` is set whenever the pool's workers change (the pool's on_change)."""
         self.pool = pool
+        self.limits = limits
         self.output_names = output_names
-        self.max_batch_rows = max_batch_rows  # 0: the model has no batch dimension
-        self.max_queue_rows = max_queue_rows
-        self.max_queue_bytes = max_queue_bytes  # 0: no bound in bytes
         self.max_delay_s = max_delay_s
-        self.on_out_of_memory: Callable[[int], int] = lambda rows: max(1, rows // 2)  # -> the new batch limit
-        self.last_used = clock()  # when a batch last started (placement evicts the least recently used)
         self._drain_rows_per_s = 0.0  # one worker's throughput, averaged over recent batches
         self.retry_crashed = retry_crashed  # the model is idempotent: a batch whose worker died runs again
         self.cold_start_timeout_s = cold_start_timeout_s  # how long a request waits for a worker to start
@@ -108,7 +137,7 @@ class ModelQueue:
         self._pending: deque[Ticket] = deque()
         self._rows = 0
         self._bytes = 0
-        self._wakeup = asyncio.Event()
+        self._wakeup = wakeup
         self._running_batches = 0
         self._running_requests = 0
         self._dispatch_scheduled = False
@@ -116,7 +145,6 @@ class ModelQueue:
         self._loop_task: asyncio.Task | None = None
         self._closing = False
         self._light = True  # the last batch was a lone request
-        pool.on_change = self._wakeup.set
 
     # -- the caller's side -------------------------------------------------------------------
 
@@ -131,7 +159,7 @@ class ModelQueue:
         """Requests accepted and not yet answered (queued or running)."""
         return len(self._pending) + self._running_requests
 
-    async def submit(self, request: InferRequest, rows: int, shape_key: Hashable) -> dict[str, np.ndarray]:
+    async def submit(self, request: Request, rows: int, shape_key: Hashable) -> dict[str, np.ndarray]:
         """Queue one request and wait for its own outputs. Raises InferdError."""
         ticket = self.enqueue(request, rows, shape_key)
         try:
@@ -140,7 +168,7 @@ class ModelQueue:
             self.withdraw(ticket)
             raise
 
-    def enqueue(self, request: InferRequest, rows: int, shape_key: Hashable, then: Outcome | None = None) -> Ticket:
+    def enqueue(self, request: Request, rows: int, shape_key: Hashable, then: Outcome | None = None) -> Ticket:
         """Queue one request. Its outcome goes to `then`, which may be called before enqueue
         returns (a deadline already passed) and must not queue requests itself; without
         `then`, the ticket's future resolves to it. Raises InferdError at once when the request
@@ -149,18 +177,19 @@ class ModelQueue:
             raise InferdError(ErrorCode.UNAVAILABLE, "the model is shutting down")
         if self.pool.broken_reason:
             raise InferdError(ErrorCode.UNAVAILABLE, self.pool.broken_reason)
-        if self._rows + rows > self.max_queue_rows:
+        limits = self.limits
+        if self._rows + rows > limits.queue_rows:
             raise InferdError(
                 ErrorCode.RESOURCE_EXHAUSTED,
-                f"queue full: {self._rows} rows queued, limit {self.max_queue_rows}; retry later",
-                retry_after_s=self._time_to_drain(self._rows + rows - self.max_queue_rows),
+                f"queue full: {self._rows} rows queued, limit {limits.queue_rows}; retry later",
+                retry_after_s=self._time_to_drain(self._rows + rows - limits.queue_rows),
             )
         nbytes = _nbytes(request)
-        if self._bytes and self.max_queue_bytes and self._bytes + nbytes > self.max_queue_bytes:
-            over = (self._bytes + nbytes - self.max_queue_bytes) / self._bytes * self._rows
+        if self._bytes and limits.queue_bytes and self._bytes + nbytes > limits.queue_bytes:
+            over = (self._bytes + nbytes - limits.queue_bytes) / self._bytes * self._rows
             raise InferdError(
                 ErrorCode.RESOURCE_EXHAUSTED,
-                f"queue full: {self._bytes} bytes queued, limit {self.max_queue_bytes}; retry later",
+                f"queue full: {self._bytes} bytes queued, limit {limits.queue_bytes}; retry later",
                 retry_after_s=self._time_to_drain(over),
             )
         loop = asyncio.get_running_loop()
@@ -271,12 +300,11 @@ class ModelQueue:
                 break  # the batch that ends next (or the worker that starts) dispatches again
             # Draining: nothing more will arrive, so a held batch cannot get fuller.
             delay = 0.0 if self._closing else self.max_delay_s
-            decision = next_batch(self._pending, now, self.max_batch_rows, delay)
+            decision = next_batch(self._pending, now, self.limits.batch_rows, delay)
             if not isinstance(decision, Send):
                 due = decision.seconds
                 break
             worker = self.pool.take()
-            self.last_used = now
             batch = [self._pending.popleft() for _ in range(decision.count)]
             self.pool.note_wait(now - batch[0].enqueued_at, now)
             self._start_batch(worker, batch, now)
@@ -316,8 +344,7 @@ class ModelQueue:
                 light=len(batch) == 1 and not self._pending and self._running_batches == 1,
             )
         except Exception as e:  # e.g. tensors that cannot be packed: this batch fails, not the queue
-            log.exception("batch dispatch failed", model=self.pool.spec.model)
-            self._finish_batch(worker, batch, now, InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+            self._finish_batch(worker, batch, now, unexpected(e, "batch dispatch failed", model=self.pool.spec.model))
 
     def _finish_batch(self, worker, batch: list[Ticket], started: float, result) -> None:
         """The worker's answer (outputs or an InferdError), straight from its socket."""
@@ -327,7 +354,7 @@ class ModelQueue:
         if ok and elapsed > 0:
             self._drain_rows_per_s = 0.7 * self._drain_rows_per_s + 0.3 * rows / elapsed if self._drain_rows_per_s else rows / elapsed
         if isinstance(result, OutOfMemory):
-            self.max_batch_rows = min(self.max_batch_rows, self.on_out_of_memory(rows))
+            self.limits.out_of_memory(rows)
             self.observer.out_of_memory(rows)
         if isinstance(result, WorkerLost) and self.retry_crashed and not any(item.retried for item in batch):
             self._retry(batch)
@@ -335,18 +362,17 @@ class ModelQueue:
             # Split: the limit is now at most half of this batch, and its requests run again
             # in smaller batches. A lone request that runs out of memory fails (below).
             log.warning("a batch ran out of memory; running it again in smaller batches", model=self.pool.spec.model,
-                        version=self.pool.spec.version, rows=rows, batch_limit=self.max_batch_rows, error=result.message)
+                        version=self.pool.spec.version, rows=rows, batch_limit=self.limits.batch_rows, error=result.message)
             self._requeue(batch, retried=False)
         else:
             if isinstance(result, OutOfMemory):
                 result = OutOfMemory(f"{rows} rows did not fit ({result.message.removeprefix('out of memory: ')}); "
-                                     f"the model's batch limit is now {self.max_batch_rows} rows")
+                                     f"the model's batch limit is now {self.limits.batch_rows} rows")
             try:
                 if ok:
                     self._split(batch, result)
             except Exception as e:  # a bug here must not leave callers waiting forever
-                log.exception("splitting a batch failed", model=self.pool.spec.model)
-                ok, result = False, InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
+                ok, result = False, unexpected(e, "splitting a batch failed", model=self.pool.spec.model)
             if not ok:
                 for item in batch:
                     item.settle(result)
@@ -416,12 +442,6 @@ class ModelQueue:
             item.settle(mine)  # (nothing, if its caller went away meanwhile)
 
 
-def _nbytes(request: InferRequest) -> int:
+def _nbytes(request: Request) -> int:
     """What a request's inputs hold (BYTES: their elements' lengths)."""
-    total = 0
-    for array in request.inputs.values():
-        if array.dtype.kind == "O":
-            total += sum(len(x) for x in array.reshape(-1))
-        else:
-            total += array.nbytes
-    return total
+    return sum(payload_bytes(array) for array in request.inputs.values())

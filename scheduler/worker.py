@@ -14,9 +14,11 @@ import numpy as np
 import structlog
 
 from inferd.backends import ipc, mailbox
+from inferd.backends.settings import BackendSettings
 from inferd.backends.shm import Region
-from inferd.config.errors import ErrorCode, InferdError
-from inferd.config.tensors import ModelMetadata
+from inferd.common.errors import ErrorCode, InferdError
+from inferd.common.tensors import ModelMetadata, TensorSpec
+from inferd.config.model import ModelSettings
 from inferd.scheduler import busypoll
 from inferd.scheduler.busypoll import keep_polling
 from inferd.scheduler.spawner import Forked
@@ -32,7 +34,22 @@ class WorkerSpec:
     version: str
     path: Path
     backend: str  # "module:Class"
-    settings: dict  # ModelSettings as a plain dict
+    settings: BackendSettings  # what the backend is told
+    shared_memory: bool  # batch tensors travel through shared memory (else in the messages)
+    busy_poll_us: int  # at light load, this loop and the worker poll this long around a batch
+
+    @classmethod
+    def of(cls, model: str, version: str, path: Path, backend: str, settings: ModelSettings, *,
+           model_dir: Path | None = None, gpu: int | None = None, inputs: tuple[TensorSpec, ...] = (),
+           outputs: tuple[TensorSpec, ...] = (), parameters: dict | None = None) -> WorkerSpec:
+        """The spec of a model's workers from its settings; `gpu`: where "auto" placed it;
+        `inputs`/`outputs`/`parameters`: what its config.toml declares."""
+        backend_settings = BackendSettings(
+            model_dir=str(model_dir or path.parent), max_batch_size=settings.max_batch_size, device=settings.device,
+            gpu=gpu, intra_op_threads=settings.intra_op_threads, intra_op_spinning=settings.intra_op_spinning,
+            inputs=inputs, outputs=outputs, parameters=parameters or {},
+        )
+        return cls(model, version, path, backend, backend_settings, settings.shared_memory, settings.busy_poll_us)
 
 
 class LoadFailed(Exception):
@@ -77,14 +94,22 @@ class OutOfMemory(InferdError):
         super().__init__(ErrorCode.UNAVAILABLE, f"out of memory: {message}", retry_after_s=1)
 
 
+class WorkerObserver:
+    """Hooks for what a worker handle does; the default does nothing."""
+
+    def batch_sent(self, posted: bool, rung: bool) -> None: ...  # through the mailbox? had to ring the worker?
+
+
 class WorkerHandle:
     """One worker process. Batches are sent with `run_batch` and answered through a callback
     straight from the socket's data callback: no task sits between a worker's reply and the
     callers' futures. `on_exit` is called once if the process goes away, busy or idle."""
 
-    def __init__(self, spec: WorkerSpec, on_exit: Callable[["WorkerHandle"], None] = lambda w: None):
+    def __init__(self, spec: WorkerSpec, on_exit: Callable[[WorkerHandle], None] = lambda w: None,
+                 observer: WorkerObserver | None = None):
         self.spec = spec
         self.on_exit = on_exit
+        self.observer = observer or WorkerObserver()
         self.process: Forked | None = None
         self.metadata: ModelMetadata | None = None
         self.spawn_seconds = 0.0  # fork to the worker running
@@ -103,9 +128,7 @@ class WorkerHandle:
         self._outputs: Region | None = None
         self._mailbox: mailbox.Mailbox | None = None  # light-load batches and answers (x86-64 only)
         self._worker_polls_until = 0.0  # monotonic: the worker said it polls for the next batch till then
-        self._poll_s = spec.settings.get("busy_poll_us", 0) / 1e6
-        self.posted_batches = 0  # batches sent through the mailbox...
-        self.rung_batches = 0  # ...of which the worker had to be woken on the socket
+        self._poll_s = spec.busy_poll_us / 1e6
 
     @property
     def pid(self) -> int | None:
@@ -124,7 +147,7 @@ class WorkerHandle:
         finally:
             child.close()
         spec = self.spec
-        if spec.settings.get("shared_memory", True):
+        if spec.shared_memory:
             tag = f"inferd-{spec.model}-{spec.version}"
             self._inputs, self._outputs = Region.create(tag + "-in"), Region.create(tag + "-out")
             fds = [self._inputs.fd, self._outputs.fd]
@@ -139,7 +162,7 @@ class WorkerHandle:
         self._load_reply = loop.create_future()
         self._transport.writelines(ipc.encode({
             "type": ipc.LOAD, "model": spec.model, "version": spec.version,
-            "path": str(spec.path), "backend": spec.backend, "settings": spec.settings,
+            "path": str(spec.path), "backend": spec.backend, "settings": spec.settings.to_wire(),
         }))
         try:
             async with asyncio.timeout(timeout):
@@ -175,7 +198,8 @@ class WorkerHandle:
         this loop and the worker busy-poll around the batch (inferd.scheduler.busypoll), and
         the batch and its answer go through the mailbox; under load they would only take CPU
         from each other."""
-        assert self._batch is None, "a worker runs one batch at a time"
+        if self._batch is not None or self._profile_reply is not None:
+            raise RuntimeError(f"worker {self.pid} is busy: a worker runs one batch at a time")
         poll_s = self._poll_s if light else 0.0
         message = {"type": ipc.EXECUTE, "batch": self._batches + 1, "ids": request_ids, "outputs": outputs,
                    "poll_s": poll_s}
@@ -194,18 +218,20 @@ class WorkerHandle:
         if by_mailbox:
             busypoll.watch(self._take_posted)  # the answer comes there, whichever way the batch went
         if by_mailbox and self._mailbox.post(payload):
-            self.posted_batches += 1
-            if mailbox.must_ring(self._worker_polls_until):
-                self.rung_batches += 1
+            rung = mailbox.must_ring(self._worker_polls_until)
+            if rung:
                 self._transport.writelines(ipc.encode({"type": ipc.WAKE}))
+            self.observer.batch_sent(posted=True, rung=rung)
         else:
             self._transport.writelines((ipc.HEADER.pack(len(payload)), payload))
+            self.observer.batch_sent(posted=False, rung=False)
         keep_polling(poll_s)  # the reply is read as it lands
 
     async def profile(self, rows: int, dim: int) -> dict:
         """One run on synthetic inputs of `rows` rows (`dim` for other dynamic dimensions), on
         an idle worker; the reply says whether it ran. Raises WorkerLost if the worker dies."""
-        assert self._batch is None and self._profile_reply is None
+        if self._batch is not None or self._profile_reply is not None:
+            raise RuntimeError(f"worker {self.pid} is busy: profile it while it is idle")
         self._profile_reply = asyncio.get_running_loop().create_future()
         self._transport.writelines(ipc.encode({"type": ipc.PROFILE, "rows": rows, "dim": dim}))
         try:
@@ -238,7 +264,7 @@ class WorkerHandle:
         self._worker_polls_until = msg.get("polls_until", 0.0)
         self.idle_since = time.monotonic()
         if msg["type"] == ipc.FAILED:
-            code = ErrorCode(msg["code"])
+            code = ipc.error_code(msg["code"])
             done(OutOfMemory(msg["message"]) if code is ErrorCode.RESOURCE_EXHAUSTED else InferdError(code, msg["message"]))
         elif self._outputs is not None:
             self._outputs.follow(msg["size"])

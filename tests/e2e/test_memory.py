@@ -172,7 +172,7 @@ async def test_a_worker_starts_only_if_it_fits_and_idle_models_can_make_room(tmp
         with pytest.raises(InferdClientError) as e:
             c.infer("b", one)
         assert e.value.code == "unavailable" and "memory budget" in e.value.message and "cpu" in e.value.message
-        assert metric(d, "inferd_workers_refused_total", model="b", reason="memory") >= 1
+        assert metric(d, "inferd_workers_refused_total", model="b", reason="budget") >= 1  # the refusal's kind
         assert c.infer("a", one)["OUTPUT0"][0, 0] == 2  # what runs is untouched
 
         reload(d, config, f"[memory]\nbudget_bytes = {int(held_by_a + needed_by_b / 2)}\nevict_idle = true\n")

@@ -111,11 +111,13 @@ def test_ready_watchdog_reload_and_stop_with_requests_in_flight(repo):
         assert [m for m in d.messages[d.messages.index("STOPPING=1"):] if m != "WATCHDOG=1"] == ["STOPPING=1"]
 
 
+HANG_ON_SIGUSR2 = Path(__file__).resolve().parents[1] / "hang_on_sigusr2.py"  # blocks the loop on SIGUSR2
+
+
 def test_keep_alives_come_from_the_event_loop(repo):
-    """With the loop blocked (the test hook), WATCHDOG=1 stops although the process lives on:
-    that is what lets systemd restart a hung daemon."""
-    env = {"WATCHDOG_USEC": "200000", "_INFERD_HANG_ON_SIGUSR2": "1"}
-    with DaemonProcess(repo, env=env) as d:
+    """With the loop blocked, WATCHDOG=1 stops although the process lives on: that is what
+    lets systemd restart a hung daemon."""
+    with DaemonProcess(repo, env={"WATCHDOG_USEC": "200000"}, program=[sys.executable, str(HANG_ON_SIGUSR2)]) as d:
         try:
             next_message(d, 5, skip_watchdog=False)
             d.proc.send_signal(signal.SIGUSR2)

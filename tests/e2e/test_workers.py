@@ -65,7 +65,9 @@ async def test_idle_workers_stop_and_the_next_request_starts_one(tmp_path):
         assert metric(d, "inferd_workers", model="m") == 0
         assert memfds(d.proc.pid) == set()  # its shared memory went with it
         assert offset_of(client.infer("m", {"INPUT0": A, "INPUT1": B})) == 1  # a cold start
-        # One worker started for it (it may already be idle for 0.3 s and gone on a loaded machine).
+        # One worker started for it (it may already be idle for 0.3 s and gone on a loaded machine;
+        # its log line may reach the test's reader thread after the answer).
+        await eventually(lambda: any(e["model"] == "m" for e in d.events("scaled up")), 30, "the scaled up event")
         assert len({e["pid"] for e in d.events("scaled up") if e["model"] == "m"}) == 1
         assert metric(d, "inferd_cold_starts_total", model="m") == 1
         assert metric(d, "inferd_cold_start_seconds_count", model="m", phase="spawn") == 1
@@ -85,7 +87,7 @@ async def test_workers_run_sched_batch_and_serve_with_busy_polling_on_or_off(tmp
         [pid] = worker_pids(d, "m")
         assert os.sched_getscheduler(pid) == os.SCHED_BATCH
         assert os.sched_getscheduler(d.proc.pid) == os.SCHED_OTHER
-        # Both froze what their start-up left (inferd.config.gc_policy): modules, runtime, model.
+        # Both froze what their start-up left (inferd.common.gc_policy): modules, runtime, model.
         assert d.events("ready")[0]["gc_frozen"] > 10_000
         assert [e["frozen"] for e in d.events("gc settled") if e["pid"] == pid][0] > 10_000
 

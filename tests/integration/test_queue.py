@@ -4,7 +4,6 @@ away, a worker that dies mid-batch."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 
@@ -12,18 +11,23 @@ import numpy as np
 import pytest
 
 from inferd.backends import backend_path, mailbox
-from inferd.config.errors import ErrorCode, InferdError
-from inferd.config.settings import ModelSettings
-from inferd.scheduler.pool import Scaling, WorkerPool
-from inferd.scheduler.queue import ModelQueue, QueueObserver
-from inferd.scheduler.request import InferRequest
+from inferd.common.errors import ErrorCode, InferdError
+from inferd.config.model import ModelSettings
+from inferd.daemon.requests import InferRequest
+from inferd.scheduler.pool import PoolObserver, Scaling, WorkerPool
+from inferd.scheduler.queue import FixedLimits, ModelQueue, QueueObserver
 from inferd.scheduler.worker import LoadFailed, WorkerSpec
 
 
-class Recorder(QueueObserver):
+class Recorder(QueueObserver, PoolObserver):
     def __init__(self):
         self.batches: list[int] = []
         self.started = asyncio.Event()
+        self.posted = self.rung = 0  # batches sent through the mailbox, and of those, rung
+
+    def batch_sent(self, posted: bool, rung: bool) -> None:
+        self.posted += posted
+        self.rung += rung
 
     def dequeued(self, waited_s: float) -> None:
         self.started.set()
@@ -32,19 +36,21 @@ class Recorder(QueueObserver):
         self.batches.append(rows)
 
 
-def _pool(path, **settings) -> WorkerPool:
+def _pool(path, wakeup: asyncio.Event | None = None, observer=None, **settings) -> WorkerPool:
     settings = ModelSettings(**{"min_workers": 1, **settings})
-    spec = WorkerSpec(path.stem, "1", path, backend_path("onnx"), dataclasses.asdict(settings))
-    return WorkerPool(spec, Scaling.from_settings(settings))
+    spec = WorkerSpec.of(path.stem, "1", path, backend_path("onnx"), settings)
+    return WorkerPool(spec, Scaling.from_settings(settings), observer=observer,
+                      on_change=wakeup.set if wakeup else lambda: None)
 
 
 async def _queue(path, max_batch_rows=256, max_queue_rows=1024, delay_s=0.0, **settings):
-    pool = _pool(path, **settings)
-    metadata = await pool.start()
+    wakeup = asyncio.Event()
     recorder = Recorder()
-    queue = ModelQueue(pool, output_names=[t.name for t in metadata.outputs], max_batch_rows=max_batch_rows,
-                       max_queue_rows=max_queue_rows, max_delay_s=delay_s,
-                       retry_crashed=pool.spec.settings["idempotent"], observer=recorder)
+    pool = _pool(path, wakeup, recorder, **settings)
+    metadata = await pool.start()
+    queue = ModelQueue(pool, FixedLimits(max_batch_rows, max_queue_rows), output_names=[t.name for t in metadata.outputs],
+                       max_delay_s=delay_s, wakeup=wakeup, retry_crashed=settings.get("idempotent", True),
+                       observer=recorder)
     queue.start()
     return queue, pool, recorder
 
@@ -236,7 +242,7 @@ async def test_light_load_batches_and_answers_go_through_the_mailbox(add_sub, bu
     side is known to poll, nothing rings its socket (a long window: only the first batch, sent
     to a worker that was not polling yet, rings); with a window too short to matter, every post
     is announced with a WAKE frame, both ways. The answers are right either way."""
-    queue, pool, _ = await _queue(add_sub, busy_poll_us=busy_poll_us)
+    queue, pool, recorder = await _queue(add_sub, busy_poll_us=busy_poll_us)
     try:
         async with asyncio.timeout(30):  # a post nobody looks at would hang here
             for i in range(20):
@@ -244,9 +250,8 @@ async def test_light_load_batches_and_answers_go_through_the_mailbox(add_sub, bu
                 np.testing.assert_array_equal(out["OUTPUT0"], np.full((1, 16), 2 * i, np.int32))
                 if busy_poll_us == 1:
                     await asyncio.sleep(0.002)  # the worker's window is long over
-        worker = pool.metadata_worker
-        assert worker.posted_batches == 20
-        assert worker.rung_batches == (1 if busy_poll_us == 200_000 else 20)
+        assert recorder.posted == 20
+        assert recorder.rung == (1 if busy_poll_us == 200_000 else 20)
     finally:
         await _close(queue, pool)
 
@@ -269,7 +274,7 @@ async def test_a_light_batch_too_large_for_the_mailbox_travels_on_the_socket(mod
     socket, and so does its answer, at light load as under load."""
     from samples import EVERY_DATATYPE
 
-    queue, pool, _ = await _queue(model_repo / "identity_all.onnx")
+    queue, pool, recorder = await _queue(model_repo / "identity_all.onnx")
     try:
         async with asyncio.timeout(30):
             for text in (b"x" * (mailbox.CAPACITY + 1), b"small"):
@@ -278,6 +283,6 @@ async def test_a_light_batch_too_large_for_the_mailbox_travels_on_the_socket(mod
                 out = await queue.submit(InferRequest(inputs), 1, tuple((3,) for _ in inputs))
                 assert out["OUT_BYTES"][0, 0] == text
                 np.testing.assert_array_equal(out["OUT_FP64"], EVERY_DATATYPE["FP64"])
-        assert pool.metadata_worker.posted_batches == 1  # only the small one went through the mailbox
+        assert recorder.posted == 1  # only the small one went through the mailbox
     finally:
         await _close(queue, pool)

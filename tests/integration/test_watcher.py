@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from inferd.daemon import watcher as watcher_module
-from inferd.daemon.watcher import DirectoryWatcher
+from inferd.daemon.models import watcher as watcher_module
+from inferd.daemon.models.watcher import DirectoryWatcher
 
 SETTLE = 0.1
 

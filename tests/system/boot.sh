@@ -28,6 +28,7 @@ mkdir -p "$R/var/tmp/e2e"
 cp "$PKG_FILE" "$R/var/tmp/e2e/inferd-old.$FORMAT"
 cp "$NEW_FILE" "$R/var/tmp/e2e/inferd-new.$FORMAT"
 cp "${INSIDE:-$HERE/inside.sh}" "$R/var/tmp/e2e/inside.sh"  # $INSIDE: another script (debugging)
+cp "$HERE/../hang_on_sigusr2.py" "$R/var/tmp/e2e/"  # the watchdog check's launcher
 
 systemd-nspawn -D "$R" --register=no --keep-unit --private-network --console=pipe -b >"$W/console.log" 2>&1 &
 NS=$!

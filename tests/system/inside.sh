@@ -121,22 +121,26 @@ check "active after reload" until_true 10 bash -c '[ "$(systemctl show -P Active
 
 echo "== watchdog"
 mkdir -p /run/systemd/system/inferd.service.d
+# The test launcher (tests/hang_on_sigusr2.py: inferd with SIGUSR2 blocking its loop) goes where
+# the service can read it (its /tmp and /var/tmp are private).
+install -D -m 0644 $E/hang_on_sigusr2.py /usr/local/lib/inferd-test/hang_on_sigusr2.py
 cat >/run/systemd/system/inferd.service.d/zz-test.conf <<'EOF'
 [Service]
 WatchdogSec=3s
-Environment=_INFERD_HANG_ON_SIGUSR2=1
+ExecStart=
+ExecStart=/opt/inferd/venv/bin/python /usr/local/lib/inferd-test/hang_on_sigusr2.py serve --config /etc/inferd/inferd.toml
 LimitCORE=0
 EOF
 systemctl daemon-reload && systemctl restart inferd
 PID=$(prop inferd MainPID); N0=$(prop inferd NRestarts)
 sleep 4.5
 check "alive past WatchdogSec (keep-alives arrive)" bash -c "[ \$(systemctl show -P MainPID inferd) = $PID ] && [ \$(systemctl show -P NRestarts inferd) = $N0 ]"
-kill -USR2 "$PID"  # the test hook: blocks the event loop, the process stays
+kill -USR2 "$PID"  # the test launcher's: blocks the event loop, the process stays
 check "blocked loop: watchdog kills it, systemd restarts it" until_true 30 bash -c \
     "[ \$(systemctl show -P NRestarts inferd) = $((N0 + 1)) ] && [ \$(systemctl show -P ActiveState inferd) = active ] && [ \$(systemctl show -P MainPID inferd) != $PID ]"
 check "journal: Watchdog timeout" bash -c "journalctl -u inferd --no-pager | grep -q 'Watchdog timeout'"
 check "serves again after the restart" as_inferd $E/infer.py add_sub
-rm -rf /run/systemd/system/inferd.service.d && systemctl daemon-reload
+rm -rf /run/systemd/system/inferd.service.d /usr/local/lib/inferd-test && systemctl daemon-reload
 
 echo "== stop drains"
 mkdir -p /var/lib/inferd/models/held/1

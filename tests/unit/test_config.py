@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from inferd.config.errors import ConfigError
-from inferd.config.settings import ModelSettings, load_daemon_config, load_model_config
+from inferd.common.errors import ConfigError
+from inferd.config.model import ModelSettings, load_model_config
+from inferd.config.settings import load_daemon_config
 
 
 def _write(tmp_path, text, name="inferd.toml"):

@@ -6,7 +6,7 @@ import sys
 
 SCRIPT = """
 import gc, json
-from inferd.config import gc_policy
+from inferd.common import gc_policy
 big = [[i] for i in range(50_000)]  # start-up state: lists the collector tracks
 cycle = []; cycle.append(cycle); del cycle  # garbage: collect=True frees it before freezing
 frozen = gc_policy.settle(collect={collect})

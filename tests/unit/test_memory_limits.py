@@ -118,11 +118,12 @@ def test_no_gpu_or_no_driver_falls_back_to_the_host():
 # -- limits ------------------------------------------------------------------------------------
 
 class Pool:
-    """The pool's side the manager reads: pids, idleness, scaling to zero."""
+    """The pool's side the manager reads: pids, idleness, when it last ran a batch, scaling to zero."""
 
-    def __init__(self, pids=(), idle=True):
+    def __init__(self, pids=(), idle=True, last_used=0.0):
         self.pids = list(pids)
         self.all_idle = idle
+        self.last_used = last_used
         self.evicted = False
 
     async def scale_to_zero(self, reason):
@@ -130,19 +131,13 @@ class Pool:
         return True
 
 
-class Queue:
-    def __init__(self, last_used=0.0):
-        self.max_batch_rows = self.max_queue_rows = self.max_queue_bytes = None
-        self.last_used = last_used
-
-
-def tenant(name, device, pids, base, per_row, max_batch=64, **kw):
+def tenant(m, name, device, pids, base, per_row, max_batch=64, **kw):
     from inferd.scheduler.memory import MemoryFit
 
     fit = MemoryFit(device, base, per_row, ()) if per_row is not None else None
-    return Tenant(name, "1", Pool(pids, kw.pop("idle", True)), Queue(kw.pop("last_used", 0.0)),
+    return Tenant(name, "1", Pool(pids, kw.pop("idle", True), kw.pop("last_used", 0.0)),
                   max_batch_size=max_batch, max_queue_rows=0, max_queue_bytes=0, row_bytes=kw.pop("row_bytes", 1024),
-                  min_workers=kw.pop("min_workers", 0), device=device, fit=fit)
+                  min_workers=kw.pop("min_workers", 0), device=device, fit=fit, recompute=m.recompute)
 
 
 def manager(nvml, **memory) -> MemoryManager:
@@ -154,18 +149,18 @@ def test_models_sharing_a_gpu_split_its_headroom_and_a_pinned_device_uses_its_ow
     nvml = FakeNvml([(10 * GiB, 16 * GiB), (4 * GiB, 16 * GiB)],
                     {0: [(1, 1 * GiB), (2, 1 * GiB)], 1: [(3, 2 * GiB)]})
     m = manager(nvml)
-    a = tenant("a", "cuda:0", [1], 1 * GiB, 100 * MiB)
-    b = tenant("b", "cuda:0", [2], 1 * GiB, 10 * MiB)
-    c = tenant("c", "cuda:1", [3], 1 * GiB, 100 * MiB)  # device = "cuda:1" pinned in its config
+    a = tenant(m, "a", "cuda:0", [1], 1 * GiB, 100 * MiB)
+    b = tenant(m, "b", "cuda:0", [2], 1 * GiB, 10 * MiB)
+    c = tenant(m, "c", "cuda:1", [3], 1 * GiB, 100 * MiB)  # device = "cuda:1" pinned in its config
     for t in (a, b, c):
         m.add(t)
-    assert a.queue.max_batch_rows == 51  # 5 GiB each (two workers on GPU 0) / 100 MiB
-    assert b.queue.max_batch_rows == 64  # 5 GiB / 10 MiB is over its configured 64
-    assert c.queue.max_batch_rows == 51  # GPU 1: 4 GiB free + the 1 GiB it holds above its base, / 100 MiB
+    assert a.batch_rows == 51  # 5 GiB each (two workers on GPU 0) / 100 MiB
+    assert b.batch_rows == 64  # 5 GiB / 10 MiB is over its configured 64
+    assert c.batch_rows == 51  # GPU 1: 4 GiB free + the 1 GiB it holds above its base, / 100 MiB
     # Another process takes 6 GiB of GPU 0: a's limit shrinks at the next recompute.
     nvml.gpus[0] = (4 * GiB, 16 * GiB)
     m.recompute()
-    assert a.queue.max_batch_rows == 20 and c.queue.max_batch_rows == 51
+    assert a.batch_rows == 20 and c.batch_rows == 51
     assert m.choose_gpu() == 0  # the most free: 4 GiB on both; the first of them
     nvml.gpus[1] = (8 * GiB, 16 * GiB)
     assert m.choose_gpu() == 1
@@ -174,30 +169,32 @@ def test_models_sharing_a_gpu_split_its_headroom_and_a_pinned_device_uses_its_ow
 async def test_budget_reserve_and_out_of_memory_ceiling():
     nvml = FakeNvml([(10 * GiB, 16 * GiB)], {0: [(1, 1 * GiB)]})
     m = manager(nvml, budget_bytes=3 * GiB)
-    t = tenant("a", "cuda:0", [1], 1 * GiB, 100 * MiB)
+    t = tenant(m, "a", "cuda:0", [1], 1 * GiB, 100 * MiB)
     m.add(t)
-    assert t.queue.max_batch_rows == 20  # (3 GiB budget - 1 GiB base) / 100 MiB
+    assert t.batch_rows == 20  # (3 GiB budget - 1 GiB base) / 100 MiB
     m.configure(MemorySection(reserve_fraction=0.5))  # 8 GiB of 16 kept free: 2 GiB left
-    assert t.queue.max_batch_rows == 20
-    assert t.out_of_memory(12) == 6
+    assert t.batch_rows == 20
+    t.out_of_memory(12)
+    assert t.batch_rows == 6  # in force at once: the queue splits the batch next
     m.recompute()
-    assert t.queue.max_batch_rows == 6  # the ceiling an out-of-memory batch set holds
-    assert t.queue.max_queue_rows == 256 and t.queue.max_queue_bytes > 0
+    assert t.batch_rows == 6  # the ceiling an out-of-memory batch set holds
+    assert t.queue_rows == 256 and t.queue_bytes > 0
 
 
 async def test_admission_refuses_with_the_reason_and_evicts_idle_models_lru_first():
     nvml = FakeNvml([(2 * GiB, 16 * GiB)], {0: [(1, 3 * GiB), (2, 3 * GiB), (3, 3 * GiB)]})
     m = manager(nvml, budget_bytes=10 * GiB)
-    old = tenant("old", "cuda:0", [1], 3 * GiB, 0, last_used=10.0)
-    busy = tenant("busy", "cuda:0", [2], 3 * GiB, 0, last_used=5.0, idle=False)
-    warm = tenant("warm", "cuda:0", [3], 3 * GiB, 0, last_used=1.0, min_workers=1)
+    old = tenant(m, "old", "cuda:0", [1], 3 * GiB, 0, last_used=10.0)
+    busy = tenant(m, "busy", "cuda:0", [2], 3 * GiB, 0, last_used=5.0, idle=False)
+    warm = tenant(m, "warm", "cuda:0", [3], 3 * GiB, 0, last_used=1.0, min_workers=1)
     for t in (old, busy, warm):
         m.add(t)
-    reason = await m.admit("cuda:0", 3 * GiB, "new version 1")
-    assert "not enough memory on cuda:0" in reason and "2,048 MiB is free" in reason
+    refusal = await m.admit("cuda:0", 3 * GiB, "new version 1")
+    assert refusal.kind == "memory"
+    assert "not enough memory on cuda:0" in refusal.message and "2,048 MiB is free" in refusal.message
     nvml.gpus[0] = (8 * GiB, 16 * GiB)
-    reason = await m.admit("cuda:0", 3 * GiB, "new version 1")
-    assert "memory budget of 10,240 MiB on cuda:0 reached" in reason
+    refusal = await m.admit("cuda:0", 3 * GiB, "new version 1")
+    assert refusal.kind == "budget" and "memory budget of 10,240 MiB on cuda:0 reached" in refusal.message
     m.configure(MemorySection(reserve_fraction=0.0, budget_bytes=10 * GiB, evict_idle=True))
 
     async def evicting(reason):  # the stand-in pool frees its process's memory

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 from inferd.config.settings import DaemonConfig, load_daemon_config
-from inferd.daemon import logs
+from inferd.daemon.operations import logs
 
 PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inferd.config.errors import ErrorCode, InferdError
-from inferd.config.settings import PipelineStep
-from inferd.config.tensors import ModelMetadata, TensorSpec
-from inferd.daemon.pipeline import Pipeline, PipelineError
-from inferd.scheduler.request import InferRequest
+from inferd.common.errors import ErrorCode, InferdError
+from inferd.config.model import PipelineStep
+from inferd.common.tensors import ModelMetadata, TensorSpec
+from inferd.daemon.models.pipeline import Pipeline, PipelineError
+from inferd.daemon.requests import InferRequest
 
 
 def spec(name, datatype="FP32", shape=(-1, 4)):

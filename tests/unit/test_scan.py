@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from inferd.config.errors import ConfigError
-from inferd.config.settings import ModelSettings, VersionPolicy, load_model_config
-from inferd.daemon.scan import Found, diff, scan, settled
+from inferd.common.errors import ConfigError
+from inferd.config.model import ModelSettings, VersionPolicy, load_model_config
+from inferd.daemon.models.scan import Found, diff, scan, settled
 
 
 def _touch(path: Path, content: bytes = b"x") -> Path:

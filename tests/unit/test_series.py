@@ -3,7 +3,7 @@ render for the same updates (less their `_created` samples)."""
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from inferd.daemon.series import LoopCounter, LoopGauge, LoopHistogram
+from inferd.daemon.operations.series import LoopCounter, LoopGauge, LoopHistogram
 
 BUCKETS = (0.001, 0.01, 0.1, 1, 10)
 VALUES = [0.0005, 0.001, 0.002, 0.01, 0.5, 1, 7, 10, 11, 1e9]  # on, under and over the bounds

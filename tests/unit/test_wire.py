@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from inferd.backends import ipc
-from inferd.config.errors import ErrorCode, InferdError
-from inferd.daemon import http_codec
-from inferd.config.tensors import from_raw, to_raw
-from inferd.daemon.tensors import from_list
-from inferd.scheduler.request import InferResponse
+from inferd.common.errors import ErrorCode, InferdError
+from inferd.daemon.frontends import http_codec
+from inferd.common.codec import from_raw, to_raw
+from inferd.common.codec import from_list
+from inferd.daemon.requests import InferResponse
 
 
 def test_bytes_tensors_round_trip_through_the_length_prefixed_form():

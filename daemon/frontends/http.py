@@ -1,7 +1,8 @@
 """The KServe V2 / Open Inference Protocol REST front-end (aiohttp).
 
 Handlers only decode, call the data plane, and encode; errors are `{"error": "..."}` with the
-status from the one table below.
+status from the one table below, and anything else a handler raises (a bug) is a 500 with a
+short message (inferd.common.errors.unexpected).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from inferd.config.errors import ErrorCode, InferdError
-from inferd.daemon import http_codec
-from inferd.daemon.auth import HTTP_HEALTH, Access
+from inferd.common.errors import ErrorCode, InferdError, unexpected
+from inferd.daemon.frontends import http_codec
+from inferd.daemon.frontends.auth import HTTP_HEALTH, Access
 from inferd.daemon.dataplane import DataPlane
 
 log = structlog.get_logger("inferd.http")
@@ -66,6 +67,9 @@ async def _access_and_errors(request: web.Request, handler):
         if e.status < 400:
             raise
         response = error_response(e.status, e.reason if e.text is None or e.text.startswith(str(e.status)) else e.text)
+    except Exception as e:
+        error = unexpected(e, "HTTP request failed", method=request.method, path=request.path)
+        response = error_response(HTTP_STATUS[error.code], error.message)
     if request.app[DATAPLANE].state.draining:
         response.force_close()  # let clients move on instead of reusing a connection that is closing
     return response
@@ -125,7 +129,7 @@ async def repository_index(request: web.Request) -> web.Response:
         ready = bool(orjson.loads(body).get("ready", False)) if body.strip() else False
     except (orjson.JSONDecodeError, AttributeError):
         raise InferdError(ErrorCode.INVALID_ARGUMENT, 'expected a JSON object such as {"ready": true}') from None
-    return _json(request.app[DATAPLANE].repository_index(ready))
+    return _json(await request.app[DATAPLANE].repository_index(ready))
 
 
 async def repository_load(request: web.Request) -> web.Response:

@@ -1,8 +1,8 @@
 """The KServe V2 / Open Inference Protocol gRPC front-end (grpclib, on the daemon's loop).
 
-Each RPC decodes its message, calls the data plane, and encodes; InferdError becomes a gRPC
-status through the one table below. Numeric and BYTES outputs all travel in
-raw_output_contents, which is what tritonclient reads.
+Each RPC decodes its message (inferd.daemon.frontends.grpc_codec), calls the data plane, and
+encodes; InferdError becomes a gRPC status through the one table below, and anything else an
+RPC raises (a bug) is INTERNAL with a short message (inferd.common.errors.unexpected).
 """
 
 from __future__ import annotations
@@ -11,19 +11,18 @@ import functools
 import time
 
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
-from inferd.config.errors import ErrorCode, InferdError
-from inferd.config.tensors import check_datatype_and_shape, datatype_of, from_raw, to_raw
-from inferd.daemon.auth import GRPC_HEALTH, Access
+from inferd.common.errors import ErrorCode, InferdError, unexpected
 from inferd.daemon.dataplane import DataPlane
-from inferd.daemon.grpc_gen import inference_pb2 as pb
-from inferd.daemon.grpc_gen.inference_grpc import GRPCInferenceServiceBase
-from inferd.daemon.tensors import from_values
-from inferd.scheduler.request import InferRequest
+from inferd.daemon.frontends.auth import GRPC_HEALTH, Access
+from inferd.daemon.frontends.grpc_codec import decode_infer_request, encode_infer_response
+from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
+from inferd.daemon.frontends.grpc_gen.inference_grpc import GRPCInferenceServiceBase
 
 GRPC_STATUS = {
     ErrorCode.INVALID_ARGUMENT: Status.INVALID_ARGUMENT,
@@ -37,75 +36,28 @@ GRPC_STATUS = {
     ErrorCode.INTERNAL: Status.INTERNAL,
 }
 
-# Which InferTensorContents field carries each datatype (FP16 has none: raw only).
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-
 
 def _status(handler):
-    """Receive the request, run the handler, send its reply; InferdError -> gRPC status."""
+    """Receive the request, run the handler, send its reply; InferdError -> gRPC status, and a
+    bug -> INTERNAL (its traceback in the log, not in the status message)."""
 
     @functools.wraps(handler)
     async def rpc(self, stream: Stream) -> None:
-        request = await stream.recv_message()
         try:
+            request = await stream.recv_message()
             reply = await handler(self, request, stream)
+        except GRPCError:
+            raise
+        except DecodeError:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"the {handler.__name__} request is not a valid protobuf message") from None
         except InferdError as e:
             raise GRPCError(GRPC_STATUS[e.code], e.message) from None
+        except Exception as e:
+            error = unexpected(e, "gRPC call failed", method=handler.__name__)
+            raise GRPCError(GRPC_STATUS[error.code], error.message) from None
         await stream.send_message(reply)
 
     return rpc
-
-
-def _bad(message: str) -> InferdError:
-    return InferdError(ErrorCode.INVALID_ARGUMENT, message)
-
-
-def _parameters(params) -> dict:
-    return {key: getattr(p, p.WhichOneof("parameter_choice")) for key, p in params.items() if p.WhichOneof("parameter_choice")}
-
-
-def decode_infer_request(message: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
-    raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
-        raise _bad(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
-    tensors = {}
-    for i, tensor in enumerate(message.inputs):
-        name = tensor.name
-        if name in tensors:
-            raise _bad(f"input {name!r} appears twice")
-        shape = list(tensor.shape)
-        if raw:
-            if tensor.HasField("contents"):
-                raise _bad(f"input {name!r}: contents given together with raw_input_contents")
-            tensors[name] = from_raw(name, tensor.datatype, shape, raw[i])
-        else:
-            field = _CONTENTS_FIELD.get(tensor.datatype)
-            if field is None:
-                if tensor.datatype == "FP16":
-                    raise _bad(f"input {name!r}: FP16 data must be sent in raw_input_contents")
-                check_datatype_and_shape(name, tensor.datatype, shape)  # names what is wrong
-            tensors[name] = from_values(name, tensor.datatype, shape, getattr(tensor.contents, field))
-    # (Empty repeated fields and maps are the common case: skip building anything from them.)
-    outputs = tuple(o.name for o in message.outputs) if message.outputs else None
-    parameters = _parameters(message.parameters) if message.parameters else {}
-    return InferRequest(tensors, outputs, message.id, parameters, deadline)
-
-
-def encode_infer_response(response) -> pb.ModelInferResponse:
-    reply = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
-    for name, array in response.outputs.items():
-        reply.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        reply.raw_output_contents.append(to_raw(array))
-    return reply
 
 
 def require_token(server, access: Access) -> None:
@@ -164,7 +116,7 @@ class InferenceServicer(GRPCInferenceServiceBase):
 
     @_status
     async def RepositoryIndex(self, request, stream):
-        index = self.dataplane.repository_index(request.ready)
+        index = await self.dataplane.repository_index(request.ready)
         return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse())
 
     @_status

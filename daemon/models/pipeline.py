@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
-from inferd.config.errors import ErrorCode, InferdError
-from inferd.config.settings import PipelineStep
-from inferd.config.tensors import ModelMetadata, TensorSpec
-from inferd.scheduler.request import InferRequest
+from inferd.common.errors import ErrorCode, InferdError
+from inferd.config.model import PipelineStep
+from inferd.common.tensors import ModelMetadata, TensorSpec
+from inferd.daemon.requests import InferRequest
 
 Source = tuple[str, str]  # (step model or "" for the pipeline's input, tensor name)
 

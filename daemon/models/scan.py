@@ -24,8 +24,8 @@ from pathlib import Path
 import structlog
 
 from inferd.backends import MODEL_EXTENSIONS
-from inferd.config.errors import ConfigError
-from inferd.config.settings import MODEL_NAME, ModelSettings, VersionPolicy, load_model_config
+from inferd.common.errors import ConfigError
+from inferd.config.model import MODEL_NAME, ModelSettings, VersionPolicy, load_model_config
 
 log = structlog.get_logger("inferd.repository")
 
@@ -98,7 +98,10 @@ def scan(root: Path, complete: Complete = _always, only: str | None = None) -> S
             name = entry.name
             if only is not None and name != only:
                 continue
-            items = _scan_model_dir(entry, complete)
+            try:
+                items = _scan_model_dir(entry, complete)
+            except OSError as e:  # unreadable: the model reports why instead of vanishing
+                items = [Found(name, "1", None, problem=f"cannot read {entry}: {e.strerror or e}")]
         else:
             continue
         if not items:
@@ -167,10 +170,10 @@ def _declares_pipeline(config: Path) -> bool | None:
     try:
         with config.open("rb") as f:
             return "pipeline" in tomllib.load(f)
-    except tomllib.TOMLDecodeError:
-        return None
-    except OSError:
-        return False
+    except FileNotFoundError:
+        return False  # removed meanwhile
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None  # unreadable: loading it reports why
 
 
 def settled(previous: Snapshot, current: Snapshot, complete: Complete) -> Snapshot:

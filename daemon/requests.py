@@ -1,4 +1,5 @@
-"""What the data plane hands the scheduler."""
+"""What a front-end hands the data plane and gets back. The scheduler reads requests through
+its own `Request` protocol (inferd.scheduler.queue), so front-ends never import it."""
 
 from __future__ import annotations
 

@@ -3,25 +3,27 @@ statistics that Triton's clients read from /v2/models/{m}/stats."""
 
 from __future__ import annotations
 
+import enum
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from inferd.daemon.series import LoopCounter, LoopGauge, LoopHistogram
+from inferd.daemon.operations.series import LoopCounter, LoopGauge, LoopHistogram
 from inferd.scheduler.limits import LimitsObserver
 from inferd.scheduler.pool import PoolObserver
 from inferd.scheduler.queue import QueueObserver
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-MODEL_STATES = ("LOADING", "READY", "UNLOADING", "FAILED")
 
 
 class Metrics(LimitsObserver):
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
+        self._published: dict[tuple[str, str], type[enum.Enum]] = {}  # versions with state series
         mv = ["model", "version"]
-        # Updated on every request or batch: lock-free series (inferd.daemon.series).
+        # Updated on every request or batch: lock-free series (inferd.daemon.operations.series).
         self.requests = LoopCounter(
             "inferd_requests", "Inference requests by outcome code", mv + ["protocol", "code"], registry,
         )
@@ -87,9 +89,20 @@ class Metrics(LimitsObserver):
         self.device_free.labels(device).set(free)
         self.device_total.labels(device).set(total)
 
-    def set_state(self, model: str, version: str, state: str) -> None:
-        for s in MODEL_STATES:
-            self.model_state.labels(model, version, s).set(1 if s == state else 0)
+    def publish_version(self, model: str, version: str, state: enum.Enum | None, workers: int) -> None:
+        """A model version's state (1 for it, 0 for every other state of its enum) and its
+        workers; with no state, the version is gone and so are its series."""
+        states = self._published.pop((model, version), None) if state is None else type(state)
+        if state is None:
+            for s in states or ():
+                self.model_state.remove(model, version, s.value)
+            if states is not None:
+                self.workers.remove(model, version)
+            return
+        self._published[(model, version)] = states
+        for s in states:
+            self.model_state.labels(model, version, s.value).set(1 if s is state else 0)
+        self.workers.labels(model, version).set(workers)
 
 
 def _stat() -> dict:
@@ -99,11 +112,12 @@ def _stat() -> dict:
 class VersionObserver(QueueObserver, PoolObserver):
     """Feeds one model version's Prometheus series and its Triton-style statistics."""
 
-    def __init__(self, metrics: Metrics, model: str, version: str, on_workers=lambda: None):
+    def __init__(self, metrics: Metrics, model: str, version: str,
+                 on_workers: Callable[[tuple[str, str]], None] = lambda key: None):
         self.model = model
         self.version = version
         self._metrics = metrics
-        self.on_workers = on_workers  # the workers gauge sums every generation: the repository sets it
+        self._on_workers = on_workers  # the workers gauge sums every generation: the repository sets it
         # Label lookups resolved once: they are the costly part of an observation.
         self._queue_rows = metrics.queue_rows.labels(model, version)
         self._queue_duration = metrics.queue_duration.labels(model, version)
@@ -121,7 +135,19 @@ class VersionObserver(QueueObserver, PoolObserver):
         self._queue_rows.set(rows)
 
     def workers_changed(self, count: int) -> None:
-        self.on_workers()
+        self._on_workers((self.model, self.version))
+
+    def loaded(self, seconds: float) -> None:
+        self._metrics.model_load_seconds.labels(self.model, self.version).set(seconds)
+
+    def load_failed(self) -> None:
+        self._metrics.load_failures.labels(self.model, self.version).inc()
+
+    def rejected(self, reason: str) -> None:
+        self._metrics.rejected.labels(self.model, self.version, reason).inc()
+
+    def batch_limit(self, rows: int) -> None:
+        self._metrics.batch_limit.labels(self.model, self.version).set(rows)
 
     def cold_start(self, spawn_s: float, load_s: float) -> None:
         m, labels = self._metrics, (self.model, self.version)
@@ -132,8 +158,8 @@ class VersionObserver(QueueObserver, PoolObserver):
     def worker_exited(self, cause: str) -> None:
         self._metrics.worker_exits.labels(self.model, self.version, cause).inc()
 
-    def worker_refused(self, reason: str) -> None:
-        self._metrics.workers_refused.labels(self.model, self.version, "memory").inc()
+    def worker_refused(self, kind: str) -> None:
+        self._metrics.workers_refused.labels(self.model, self.version, kind).inc()
 
     def out_of_memory(self, rows: int) -> None:
         self._metrics.out_of_memory.labels(self.model, self.version).inc()

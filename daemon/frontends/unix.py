@@ -8,74 +8,23 @@ import grp
 import os
 import socket
 import struct
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
 import structlog
 
-from inferd.config.errors import ErrorCode, InferdError
-from inferd.config.tensors import datatype_of, from_raw, to_raw
+from inferd.common.errors import ErrorCode, InferdError, unexpected
+from inferd.common.tasks import TaskSet
 from inferd.daemon.dataplane import DataPlane
-from inferd.scheduler.request import InferRequest, InferResponse
+from inferd.daemon.frontends.unix_codec import bad, decode_infer, encode_infer, error_reply, field
+from inferd.daemon.requests import InferResponse
 
 log = structlog.get_logger("inferd.unix")
 
 HEADER = struct.Struct(">I")
 MAX_INFLIGHT = 1024  # per connection; past it the connection stops being read until some finish
-
-
-def _bad(message: str) -> InferdError:
-    return InferdError(ErrorCode.INVALID_ARGUMENT, message)
-
-
-def _field(msg: dict, key: str, kind: type, default=None):
-    value = msg.get(key, default)
-    if value is default and key not in msg:
-        return default
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        raise _bad(f"{key!r} must be {kind.__name__}")
-    return value
-
-
-def decode_infer(msg: dict) -> tuple[str, str, InferRequest]:
-    model = _field(msg, "model", str)
-    if not model:
-        raise _bad("'model' is required")
-    inputs = _field(msg, "inputs", list, [])
-    tensors = {}
-    for i, item in enumerate(inputs):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise _bad(f"inputs[{i}] must be a map with a 'name'")
-        name = item["name"]
-        if name in tensors:
-            raise _bad(f"input {name!r} appears twice")
-        data = item.get("data")
-        if not isinstance(data, bytes):
-            raise _bad(f"input {name!r}: 'data' must be bin (raw little-endian bytes)")
-        tensors[name] = from_raw(name, item.get("datatype"), item.get("shape"), data)
-    outputs = _field(msg, "outputs", list)
-    if outputs is not None and not all(isinstance(o, str) for o in outputs):
-        raise _bad("'outputs' must be a list of names")
-    timeout_ms = _field(msg, "timeout_ms", int)
-    deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
-    request = InferRequest(tensors, tuple(outputs) if outputs else None, _field(msg, "request_id", str, ""), {}, deadline)
-    return model, _field(msg, "version", str, ""), request
-
-
-def encode_infer(response: InferResponse) -> dict:
-    reply = {
-        "model": response.model_name,
-        "version": response.model_version,
-        "outputs": [
-            {"name": name, "datatype": datatype_of(a), "shape": list(a.shape), "data": to_raw(a)}
-            for name, a in response.outputs.items()
-        ],
-    }
-    if response.id:
-        reply["request_id"] = response.id
-    return reply
+AWAITED_OPS = frozenset({"load", "unload", "models"})  # these wait (on a load, or on reading the directory)
 
 
 def _nothing() -> None:
@@ -83,11 +32,12 @@ def _nothing() -> None:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, front: "UnixFrontEnd"):
+    def __init__(self, front: UnixFrontEnd):
         self.front = front
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
-        self._tasks: set[asyncio.Task] = set()  # loads and unloads
+        self._tasks = TaskSet("unix-socket connection")  # the awaited operations
+        self._awaited = 0
         self._inflight: dict[int, Callable[[], None]] = {}  # inferences: serial -> withdraw
         self._serial = 0
         self._idle: asyncio.Future | None = None  # set by finish(): resolved when nothing is in flight
@@ -99,12 +49,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.front.connections.discard(self)
-        for task in self._tasks:  # the caller went away: queued requests leave their queues
-            task.cancel()
-        for withdraw in list(self._inflight.values()):
+        for withdraw in list(self._inflight.values()):  # the caller went away: out of the queues
             withdraw()
         self._inflight.clear()
         self._maybe_idle()
+        self._tasks.cancel_soon()  # no one to answer (a load or unload it asked for goes on)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -127,92 +76,83 @@ class _Connection(asyncio.Protocol):
             self._handle(msg)
 
     def _handle(self, msg) -> None:
-        if msg is None:
-            return self._error(0, _bad("the frame is not valid msgpack"))
         request_id = msg.get("id") if isinstance(msg, dict) else None
+        if msg is None:
+            return self._reply(error_reply(0, bad("the frame is not valid msgpack")))
         if type(request_id) is not int or request_id < 0:
-            return self._error(0, _bad("every request needs an unsigned integer 'id'"))
+            return self._reply(error_reply(0, bad("every request needs an unsigned integer 'id'")))
         op = msg.get("op")
-        if op == "infer":
-            return self._infer(request_id, msg)
-        if op in ("load", "unload"):  # these wait on a load: own task
-            task = asyncio.get_running_loop().create_task(self._call(request_id, op, msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
-            self._count_inflight()
-            return
         try:
+            if op == "infer":
+                return self._infer(request_id, msg)
+            if op in AWAITED_OPS:
+                self._awaited += 1
+                self._tasks.spawn(self._awaited_op(request_id, op, msg)).add_done_callback(self._awaited_done)
+                return self._count_inflight()
             self._reply({"id": request_id, "ok": True, **self.front.answer(op, msg)})
-        except InferdError as e:
-            self._error(request_id, e)
+        except Exception as e:  # InferdError, or a bug: either way this caller gets an answer
+            self._reply(error_reply(request_id, unexpected(e, "unix-socket request failed", op=str(op)[:64])))
 
     def _infer(self, request_id: int, msg: dict) -> None:
         """No task per request: the data plane calls back with the outputs (the reply goes out
         in the loop turn they arrive, and a lone request is sent to a worker in this one)."""
         self._serial += 1
         serial = self._serial
-        self._inflight[serial] = _nothing  # in flight before infer_then: it may answer at once
+        self._inflight[serial] = _nothing  # in flight before submit: it may answer at once
         try:
             model, version, request = decode_infer(msg)
-            withdraw = self.front.dataplane.infer_then(
+            withdraw = self.front.dataplane.submit(
                 model, version, request, "unix", lambda result: self._infer_done(serial, request_id, result))
-        except InferdError as e:
+        except BaseException:
             del self._inflight[serial]
-            return self._error(request_id, e)
-        except Exception as e:  # a bug must still answer the caller
-            del self._inflight[serial]
-            log.exception("unix-socket request failed", request=request_id)
-            return self._error(request_id, InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+            raise
         if serial in self._inflight:  # not answered yet
             self._inflight[serial] = withdraw
             self._count_inflight()
 
-    def _infer_done(self, serial: int, request_id: int, result) -> None:
+    def _infer_done(self, serial: int, request_id: int, result: InferResponse | InferdError) -> None:
         if self._inflight.pop(serial, None) is None:
             return  # withdrawn: the connection is gone
         try:
             if isinstance(result, InferdError):
-                self._error(request_id, result)
+                self._reply(error_reply(request_id, result))
             else:
-                self._reply({"id": request_id, "ok": True, **encode_infer(result)})
+                self._reply(encode_infer(request_id, result))
         except Exception as e:  # a bug must still answer this caller, and not fail its batch's others
-            log.exception("unix-socket reply failed", request=request_id)
-            self._error(request_id, InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+            self._reply(error_reply(request_id, unexpected(e, "unix-socket reply failed")))
+        self._uncount_inflight()
+
+    async def _awaited_op(self, request_id: int, op: str, msg: dict) -> None:
+        dp = self.front.dataplane
+        try:
+            if op == "models":
+                reply = {"models": await dp.repository_index(field(msg, "ready", bool, False))}
+            else:
+                model = field(msg, "model", str, "")  # required: the data plane says so, as for HTTP and gRPC
+                await (dp.load_model(model) if op == "load" else dp.unload_model(model))
+                reply = {}
+            self._reply({"id": request_id, "ok": True, **reply})
+        except Exception as e:
+            self._reply(error_reply(request_id, unexpected(e, "unix-socket request failed", op=op)))
+
+    def _awaited_done(self, task: asyncio.Task) -> None:
+        self._awaited -= 1
         self._uncount_inflight()
 
     def _count_inflight(self) -> None:
-        if len(self._tasks) + len(self._inflight) >= MAX_INFLIGHT and not self._paused:
+        if self._awaited + len(self._inflight) >= MAX_INFLIGHT and not self._paused:
             self._paused = True
             self.transport.pause_reading()
 
     def _uncount_inflight(self) -> None:
-        if self._paused and len(self._tasks) + len(self._inflight) < MAX_INFLIGHT // 2:
+        if self._paused and self._awaited + len(self._inflight) < MAX_INFLIGHT // 2:
             self._paused = False
             self.transport.resume_reading()
         self._maybe_idle()
 
     def _maybe_idle(self) -> None:
-        if self._idle is not None and not self._inflight and not self._idle.done():
+        if self._idle is not None and not self._inflight and not self._awaited and not self._idle.done():
             self._idle.set_result(None)
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        self._uncount_inflight()
-
-    async def _call(self, request_id: int, op: str, msg: dict) -> None:
-        dp = self.front.dataplane
-        try:
-            model = _field(msg, "model", str, "")  # required: the data plane says so, as for HTTP and gRPC
-            await (dp.load_model(model) if op == "load" else dp.unload_model(model))
-            self._reply({"id": request_id, "ok": True})
-        except InferdError as e:
-            self._error(request_id, e)
-        except Exception as e:  # a bug must still answer the caller
-            log.exception("unix-socket request failed", request=request_id)
-            self._error(request_id, InferdError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
-
-    def _error(self, request_id: int, error: InferdError) -> None:
-        self._reply({"id": request_id, "ok": False, "error": {"code": error.code.value, "message": error.message}})
 
     def _reply(self, reply: dict) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -222,11 +162,9 @@ class _Connection(asyncio.Protocol):
 
     async def finish(self) -> None:
         """Wait for this connection's requests to be answered, then close it."""
-        if self._inflight:
+        if self._inflight or self._awaited:
             self._idle = asyncio.get_running_loop().create_future()
             await self._idle
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.transport is not None:
             self.transport.close()
 
@@ -245,15 +183,13 @@ class UnixFrontEnd:
         if op == "live":
             return {"live": True}
         if op == "ready":
-            model = _field(msg, "model", str, "")
-            return {"ready": dp.model_ready(model, _field(msg, "version", str, "")) if model else dp.state.ready}
+            model = field(msg, "model", str, "")
+            return {"ready": dp.model_ready(model, field(msg, "version", str, "")) if model else dp.state.ready}
         if op == "server_metadata":
             return dp.server_metadata()
         if op == "model_metadata":
-            return dp.model_metadata(_field(msg, "model", str, ""), _field(msg, "version", str, ""))
-        if op == "models":
-            return {"models": dp.repository_index(_field(msg, "ready", bool, False))}
-        raise InferdError(ErrorCode.UNIMPLEMENTED, f"unknown op {op!r}")
+            return dp.model_metadata(field(msg, "model", str, ""), field(msg, "version", str, ""))
+        raise InferdError(ErrorCode.UNIMPLEMENTED, f"unknown op {str(op)[:64]!r}")
 
     async def start(self, path: str, group: str) -> None:
         _claim_path(path)

@@ -67,18 +67,3 @@ def listen_sockets() -> dict[str, socket.socket]:
             sockets[name].close()  # two sockets under one name: the last one counts
         sockets[name] = sock
     return sockets
-
-
-HANG_HOOK = "_INFERD_HANG_ON_SIGUSR2"
-
-
-def install_hang_hook(loop: asyncio.AbstractEventLoop) -> None:
-    """A test hook for the watchdog, off unless $_INFERD_HANG_ON_SIGUSR2 is "1": SIGUSR2 then
-    blocks the event loop for good (the process stays alive), so a test can show that the
-    keep-alives come from the loop and that systemd restarts a daemon whose loop hangs.
-    (Named outside INFERD_*, which the config loader reserves for settings.)"""
-    if os.environ.get(HANG_HOOK) == "1":
-        import signal
-        import threading
-
-        loop.add_signal_handler(signal.SIGUSR2, threading.Event().wait)

@@ -13,10 +13,10 @@ import time
 
 import orjson
 
-from inferd.config.errors import ErrorCode, InferdError
-from inferd.config.tensors import datatype_of, from_raw, to_raw
-from inferd.daemon.tensors import bytes_to_text, from_list
-from inferd.scheduler.request import InferRequest, InferResponse
+from inferd.common.codec import from_list, from_raw, to_list, to_raw
+from inferd.common.errors import ErrorCode, InferdError
+from inferd.common.tensors import datatype_of
+from inferd.daemon.requests import InferRequest, InferResponse
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -123,16 +123,13 @@ def encode_response(response: InferResponse, fmt: OutputFormat) -> tuple[bytes, 
     outputs = []
     chunks = []
     for name, array in response.outputs.items():
-        datatype = datatype_of(array)
-        entry = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        entry = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
         if fmt.is_binary(name):
             raw = to_raw(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
-        elif datatype == "BYTES":
-            entry["data"] = bytes_to_text(name, array)
         else:
-            entry["data"] = array.reshape(-1)
+            entry["data"] = to_list(name, array)
         outputs.append(entry)
     doc = {"model_name": response.model_name, "model_version": response.model_version, "outputs": outputs}
     if response.id:

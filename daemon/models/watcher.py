@@ -14,6 +14,7 @@ snapshots it publishes.
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import structlog
 from asyncinotify import Inotify, Mask
 
-from inferd.daemon.scan import Snapshot, file_stamps, scan, settled
+from inferd.daemon.models.scan import Snapshot, file_stamps, scan, settled
 
 log = structlog.get_logger("inferd.watcher")
 
@@ -31,6 +32,19 @@ _MASK = (
 )
 _GONE = Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.IGNORED
 _MODEL_DEPTH = 2  # root/<model>/<version>/: the deepest directory that holds model files
+
+
+class InotifyUnavailable(Exception):
+    """inotify cannot be used here (not supported, or out of instances or watches)."""
+
+
+def _add_watch(inotify: Inotify, path: Path) -> None:
+    """Watch `path`; a directory that vanished meanwhile is no error, a kernel that refuses is."""
+    try:
+        inotify.add_watch(path, _MASK)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise InotifyUnavailable(f"{e.strerror or e} ({path})") from None
 
 
 class DirectoryWatcher:
@@ -64,11 +78,18 @@ class DirectoryWatcher:
         return True
 
     def rescan(self) -> None:
-        """Look now (the initial load, SIGHUP, a settle timer coming due) and publish."""
+        """Look now (the initial load, SIGHUP, a settle timer coming due) and publish. A scan
+        that fails (a bug: unreadable files are the models' reasons) keeps what serves and is
+        tried again at the next change."""
         self._scan_time = now = time.monotonic()
-        if self._stamps is not None:
-            self._note_polled_changes()
-        self.snapshot = settled(self.snapshot, scan(self.root, self.complete), self.complete)
+        try:
+            if self._stamps is not None:
+                self._note_polled_changes()
+            found = scan(self.root, self.complete)
+        except Exception:
+            log.exception("scanning the models directory failed; keeping what serves", path=str(self.root))
+            return
+        self.snapshot = settled(self.snapshot, found, self.complete)
         self._unsettled = {p for p in self._unsettled if not self.complete(p)}
         self._last_change = {p: t for p, t in self._last_change.items() if now - t < self.settle_s or p in self._unsettled}
         self.publish(self.snapshot)
@@ -96,7 +117,7 @@ class DirectoryWatcher:
             try:
                 await self._watch()
                 return
-            except OSError as e:  # no inotify here, or out of watches (fs.inotify.max_user_watches)
+            except InotifyUnavailable as e:  # no inotify here, or out of watches (fs.inotify.max_user_watches)
                 log.warning("inotify is unavailable; polling the models directory instead",
                             error=str(e), interval_s=self.poll_interval_s)
         await self._poll()
@@ -125,8 +146,17 @@ class DirectoryWatcher:
             if not self.root.is_dir():
                 self._first_scan()
                 await self._wait_for_root()
-            with Inotify() as inotify:
-                root_watch = inotify.add_watch(self.root, _MASK)
+            try:
+                inotify = Inotify()
+            except OSError as e:
+                raise InotifyUnavailable(e.strerror or str(e)) from None
+            with inotify:
+                try:
+                    root_watch = inotify.add_watch(self.root, _MASK)
+                except OSError as e:
+                    if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                        continue  # gone again: wait for it
+                    raise InotifyUnavailable(f"{e.strerror or e} ({self.root})") from None
                 # In a directory that appeared later, files already inside must settle first.
                 self._watch_tree(inotify, self.root, 0, time.monotonic(), mark=self.started.is_set())
                 self._first_scan()
@@ -172,7 +202,7 @@ class DirectoryWatcher:
         """Watch `directory`'s subdirectories down to version directories. With `mark`, files
         already inside (a directory moved or copied in) count as just changed."""
         if depth > 0:
-            inotify.add_watch(directory, _MASK)
+            _add_watch(inotify, directory)
         try:
             entries = list(directory.iterdir())
         except OSError:
@@ -194,8 +224,12 @@ class DirectoryWatcher:
             ancestor = self.root.parent
             while not ancestor.is_dir():
                 ancestor = ancestor.parent
-            with Inotify() as inotify:
+            try:
+                inotify = Inotify()
                 inotify.add_watch(ancestor, Mask.CREATE | Mask.MOVED_TO | Mask.ONLYDIR)
+            except OSError as e:
+                raise InotifyUnavailable(f"{e.strerror or e} ({ancestor})") from None
+            with inotify:
                 if self.root.is_dir():
                     break
                 try:

@@ -1,0 +1,168 @@
+"""Per-model configuration: the settings every model has ([defaults] in the daemon's config,
+overridden by the model's own config.toml), and what else a config.toml may say (tensors,
+version policy, [parameters], pipeline steps)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from inferd.common.errors import ConfigError
+from inferd.common.tensors import DATATYPES, TensorSpec
+from inferd.config.loader import at_least, between, build, field, read_toml
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _device(value: str) -> str | None:
+    if re.fullmatch(r"auto|cpu|cuda:\d+", value):
+        return None
+    return f"must be auto, cpu or cuda:N; got {value!r}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """Per-model settings: [defaults] in the daemon config, overridden by a model's config.toml."""
+
+    max_batch_size: int = field(64, between(0, 1 << 20))
+    max_queue_delay_ms: float = field(0.0, between(0, 60_000))
+    max_queue_rows: int = field(0, at_least(0))  # 0 = derived from memory (inferd.scheduler.limits)
+    max_queue_bytes: int = field(0, at_least(0))  # 0 = derived: a share of the queues' memory budget
+    min_workers: int = field(0, between(0, 256))
+    max_workers: int = field(2, between(1, 256))
+    idle_timeout_s: float = field(300.0, at_least(0))  # idle workers stop (to min_workers); 0 = never
+    cold_start_timeout_s: float = field(30.0, between(0.001, 3600))  # a request waits this long for a cold start
+    load_timeout_s: float = field(120.0, between(0.001, 3600))  # a worker not loaded by then failed
+    device: str = field("auto", _device)
+    intra_op_threads: int = field(0, between(0, 1024))  # 0 = the runtime's default
+    intra_op_spinning: bool = False  # onnxruntime's idle threads spin for work (burns the event loop's CPU)
+    busy_poll_us: int = field(500, between(0, 1_000_000))  # at light load, daemon and worker poll this long after a batch
+    shared_memory: bool = True  # batch tensors to and from workers through shared memory
+    idempotent: bool = True  # a batch whose worker died runs once more on another worker
+    scale_up_wait_ms: float = field(20.0, between(0, 3_600_000))  # batches waiting this long...
+    scale_up_window_s: float = field(1.0, between(0, 3600))  # ...for this long add a worker
+    crash_loop_count: int = field(5, between(1, 1000))  # this many worker failures...
+    crash_loop_window_s: float = field(60.0, between(0.001, 86400))  # ...within this window: FAILED
+    typical_dim_size: int = field(16, between(1, 1 << 20))  # dynamic non-batch dimensions, when memory is measured
+
+    def cross_check(self) -> tuple[str, str] | None:
+        if self.min_workers > self.max_workers:
+            return "min_workers", f"min_workers ({self.min_workers}) exceeds max_workers ({self.max_workers})"
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionPolicy:
+    """Which of a model's versions are served (config.toml `version_policy`):
+    { latest = N } (default N = 1), "all", or { specific = [1, 3] }."""
+
+    latest: int = 1
+    specific: tuple[int, ...] = ()
+    all: bool = False
+
+    def select(self, available: list[int]) -> list[int]:
+        ordered = sorted(available)
+        if self.all:
+            return ordered
+        if self.specific:
+            return [v for v in ordered if v in self.specific]
+        return ordered[-self.latest:]
+
+
+def _version_policy(value, file: str) -> VersionPolicy:
+    key = "version_policy"
+    if value == "all":
+        return VersionPolicy(all=True)
+    if isinstance(value, dict) and len(value) == 1:
+        (kind, arg), = value.items()
+        if kind == "latest" and isinstance(arg, int) and not isinstance(arg, bool) and arg >= 1:
+            return VersionPolicy(latest=arg)
+        if kind == "specific" and isinstance(arg, list) and arg and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in arg
+        ):
+            return VersionPolicy(specific=tuple(arg))
+    raise ConfigError(file, key, 'expected { latest = N } (N >= 1), "all", or { specific = [versions] }')
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineStep:
+    """One [[pipeline]] entry: a model, optionally a version, and where its inputs come from
+    (input name -> "<earlier step's model>.<output>" or "<pipeline input>")."""
+
+    model: str
+    version: str = ""
+    inputs: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    settings: ModelSettings
+    version_policy: VersionPolicy = VersionPolicy()
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    explicit: frozenset[str] = frozenset()  # keys the model's own file set
+    parameters: dict = dataclasses.field(default_factory=dict)  # [parameters]: free-form, for the model's code
+    pipeline: tuple[PipelineStep, ...] = ()  # a model made of other models, step by step
+
+
+def _pipeline(items, file: str) -> tuple[PipelineStep, ...]:
+    if not isinstance(items, list) or not items:
+        raise ConfigError(file, "pipeline", "expected one or more [[pipeline]] tables (model, version, inputs)")
+    steps = []
+    for i, item in enumerate(items):
+        where = f"pipeline[{i}]"
+        if not isinstance(item, dict) or "model" not in item or set(item) - {"model", "version", "inputs"}:
+            raise ConfigError(file, where, "expected a table with model and optionally version and inputs")
+        model, version, inputs = item["model"], item.get("version", ""), item.get("inputs", {})
+        if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
+            raise ConfigError(file, f"{where}.model", f"expected a model name ([A-Za-z0-9_.-]+), got {model!r}")
+        if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
+            version = str(version)
+        if not isinstance(version, str) or version and not version.isdigit():
+            raise ConfigError(file, f"{where}.version", f"expected a version number, got {version!r}")
+        if not isinstance(inputs, dict) or not all(isinstance(v, str) and v for v in inputs.values()):
+            raise ConfigError(file, f"{where}.inputs", 'expected a table: input name = "<step model>.<output>" or "<pipeline input>"')
+        steps.append(PipelineStep(model, version, tuple(inputs.items())))
+    return tuple(steps)
+
+
+def _tensor_specs(items, file: str, key: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(items, list):
+        raise ConfigError(file, key, "expected an array of tables {name, datatype, shape}")
+    specs = []
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict) or set(item) != {"name", "datatype", "shape"}:
+            raise ConfigError(file, where, "expected a table with exactly name, datatype, shape")
+        name, datatype, shape = item["name"], item["datatype"], item["shape"]
+        if not isinstance(name, str) or not name:
+            raise ConfigError(file, f"{where}.name", "expected a non-empty string")
+        if datatype not in DATATYPES:
+            raise ConfigError(file, f"{where}.datatype", f"unknown datatype {datatype!r}; one of {', '.join(DATATYPES)}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape):
+            raise ConfigError(file, f"{where}.shape", "expected an array of integers >= -1 (-1 = dynamic)")
+        specs.append(TensorSpec(name, datatype, tuple(shape)))
+    return tuple(specs)
+
+
+def load_model_config(path: Path | None, defaults: ModelSettings) -> ModelConfig:
+    """A model's config.toml on top of the daemon's [defaults]; no file means the defaults."""
+    if path is None or not path.exists():
+        return ModelConfig(defaults)
+    file = str(path)
+    data = read_toml(path)
+    if "pipeline" in data:
+        extra = sorted(set(data) - {"pipeline", "parameters"})
+        if extra:
+            raise ConfigError(file, extra[0], "a pipeline's config.toml holds only [[pipeline]] steps and [parameters]: "
+                              "batching, workers and tensors are its steps' own")
+        return ModelConfig(defaults, parameters=data.get("parameters", {}), pipeline=_pipeline(data["pipeline"], file))
+    inputs = _tensor_specs(data.pop("inputs"), file, "inputs") if "inputs" in data else ()
+    outputs = _tensor_specs(data.pop("outputs"), file, "outputs") if "outputs" in data else ()
+    policy = _version_policy(data.pop("version_policy"), file) if "version_policy" in data else VersionPolicy()
+    parameters = data.pop("parameters", {})
+    if not isinstance(parameters, dict):
+        raise ConfigError(file, "parameters", "expected a table of values for the model's code")
+    merged = dataclasses.asdict(defaults) | data
+    return ModelConfig(build(ModelSettings, merged, file), policy, inputs, outputs, frozenset(data), parameters)

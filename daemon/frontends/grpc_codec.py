@@ -1,0 +1,68 @@
+"""ModelInfer messages <-> the data plane's request and response (V2 gRPC protocol).
+
+Inputs come as typed `contents` or as `raw_input_contents`; every output goes back in
+`raw_output_contents`, which is what tritonclient reads.
+"""
+
+from __future__ import annotations
+
+from inferd.common.codec import check_datatype_and_shape, from_raw, from_values, to_raw
+from inferd.common.errors import ErrorCode, InferdError
+from inferd.common.tensors import datatype_of
+from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
+from inferd.daemon.requests import InferRequest, InferResponse
+
+# Which InferTensorContents field carries each datatype (FP16 has none: raw only).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def _bad(message: str) -> InferdError:
+    return InferdError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+def _parameters(params) -> dict:
+    return {key: getattr(p, p.WhichOneof("parameter_choice")) for key, p in params.items() if p.WhichOneof("parameter_choice")}
+
+
+def decode_infer_request(message: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
+    raw = message.raw_input_contents
+    if raw and len(raw) != len(message.inputs):
+        raise _bad(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
+    tensors = {}
+    for i, tensor in enumerate(message.inputs):
+        name = tensor.name
+        if name in tensors:
+            raise _bad(f"input {name!r} appears twice")
+        shape = list(tensor.shape)
+        if raw:
+            if tensor.HasField("contents"):
+                raise _bad(f"input {name!r}: contents given together with raw_input_contents")
+            tensors[name] = from_raw(name, tensor.datatype, shape, raw[i])
+        else:
+            field = _CONTENTS_FIELD.get(tensor.datatype)
+            if field is None:
+                if tensor.datatype == "FP16":
+                    raise _bad(f"input {name!r}: FP16 data must be sent in raw_input_contents")
+                check_datatype_and_shape(name, tensor.datatype, shape)  # names what is wrong
+            tensors[name] = from_values(name, tensor.datatype, shape, getattr(tensor.contents, field))
+    # (Empty repeated fields and maps are the common case: skip building anything from them.)
+    outputs = tuple(o.name for o in message.outputs) if message.outputs else None
+    parameters = _parameters(message.parameters) if message.parameters else {}
+    return InferRequest(tensors, outputs, message.id, parameters, deadline)
+
+
+def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+    reply = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+    for name, array in response.outputs.items():
+        reply.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        reply.raw_output_contents.append(to_raw(array))
+    return reply

@@ -1,0 +1,83 @@
+"""The Unix-socket protocol's messages (docs/unix-socket-protocol.md) <-> the data plane's
+request and response, and its error codes: a table of their own, since the protocol's text
+codes must not change when a Python enum does."""
+
+from __future__ import annotations
+
+import time
+
+from inferd.common.codec import from_raw, to_raw
+from inferd.common.errors import ErrorCode, InferdError
+from inferd.common.tensors import datatype_of
+from inferd.daemon.requests import InferRequest, InferResponse
+
+WIRE_CODES = {
+    ErrorCode.INVALID_ARGUMENT: "invalid_argument",
+    ErrorCode.NOT_FOUND: "not_found",
+    ErrorCode.FAILED_PRECONDITION: "failed_precondition",
+    ErrorCode.RESOURCE_EXHAUSTED: "resource_exhausted",
+    ErrorCode.DEADLINE_EXCEEDED: "deadline_exceeded",
+    ErrorCode.CANCELLED: "cancelled",
+    ErrorCode.UNAVAILABLE: "unavailable",
+    ErrorCode.UNIMPLEMENTED: "unimplemented",
+    ErrorCode.INTERNAL: "internal",
+}
+
+
+def bad(message: str) -> InferdError:
+    return InferdError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+def field(msg: dict, key: str, kind: type, default=None):
+    """`msg[key]` if it is of `kind` (bool is not an int here), `default` if absent."""
+    if key not in msg:
+        return default
+    value = msg[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise bad(f"{key!r} must be {kind.__name__}")
+    return value
+
+
+def error_reply(request_id: int, error: InferdError) -> dict:
+    return {"id": request_id, "ok": False, "error": {"code": WIRE_CODES[error.code], "message": error.message}}
+
+
+def decode_infer(msg: dict) -> tuple[str, str, InferRequest]:
+    model = field(msg, "model", str)
+    if not model:
+        raise bad("'model' is required")
+    inputs = field(msg, "inputs", list, [])
+    tensors = {}
+    for i, item in enumerate(inputs):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise bad(f"inputs[{i}] must be a map with a 'name'")
+        name = item["name"]
+        if name in tensors:
+            raise bad(f"input {name!r} appears twice")
+        data = item.get("data")
+        if not isinstance(data, bytes):
+            raise bad(f"input {name!r}: 'data' must be bin (raw little-endian bytes)")
+        tensors[name] = from_raw(name, item.get("datatype"), item.get("shape"), data)
+    outputs = field(msg, "outputs", list)
+    if outputs is not None and not all(isinstance(o, str) for o in outputs):
+        raise bad("'outputs' must be a list of names")
+    timeout_ms = field(msg, "timeout_ms", int)
+    deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+    request = InferRequest(tensors, tuple(outputs) if outputs else None, field(msg, "request_id", str, ""), {}, deadline)
+    return model, field(msg, "version", str, ""), request
+
+
+def encode_infer(request_id: int, response: InferResponse) -> dict:
+    reply = {
+        "id": request_id,
+        "ok": True,
+        "model": response.model_name,
+        "version": response.model_version,
+        "outputs": [
+            {"name": name, "datatype": datatype_of(a), "shape": list(a.shape), "data": to_raw(a)}
+            for name, a in response.outputs.items()
+        ],
+    }
+    if response.id:
+        reply["request_id"] = response.id
+    return reply

@@ -1,0 +1,168 @@
+"""Building what serves a model version: the backend its file needs, where it runs, its
+workers (validated by starting the first), the memory a batch costs there, its memory claim
+and its queue; or, for a pipeline, its steps. Whatever fails on the way is stopped before the
+failure goes up, so a failed load leaves nothing running."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from inferd.backends import backend_path
+from inferd.common.tensors import DATATYPES, ModelMetadata, TensorSpec
+from inferd.config.model import ModelConfig, ModelSettings, load_model_config
+from inferd.daemon.models.pipeline import Pipeline, PipelineError
+from inferd.daemon.models.scan import Found
+from inferd.daemon.models.steps import PipelineSteps
+from inferd.daemon.models.version import ModelVersion, Serving
+from inferd.scheduler.limits import MemoryManager, Tenant, measure
+from inferd.scheduler.memory import CPU, MemoryFit
+from inferd.scheduler.pool import Refusal, Scaling, WorkerPool
+from inferd.scheduler.queue import ModelQueue
+from inferd.scheduler.worker import LoadFailed, WorkerSpec
+
+log = structlog.get_logger("inferd.repository")
+
+
+class _Admission:
+    """Whether memory admits another worker of one version: what a worker is expected to take
+    (the serving generation's measured base, or the file's size, until this one is measured)
+    on the device it runs on (where it was placed, until a worker reports where it runs)."""
+
+    def __init__(self, memory: MemoryManager, key: tuple[str, str], device: str, estimate: int):
+        self._memory, self._key = memory, key
+        self.device, self.needed = device, estimate
+
+    def measured(self, device: str, fit: MemoryFit | None) -> None:
+        self.device = device
+        if fit is not None:
+            self.needed = fit.base
+
+    async def __call__(self) -> Refusal | None:
+        name, version = self._key
+        return await self._memory.admit(self.device, self.needed, f"{name} version {version}", exclude=self._key)
+
+
+class Assembler:
+    def __init__(self, memory: MemoryManager, steps: PipelineSteps):
+        self.memory = memory
+        self.steps = steps
+
+    async def assemble(self, mv: ModelVersion, defaults: ModelSettings, estimate: int) -> Serving:
+        """What serves `mv`; raises LoadFailed or ConfigError with the reason. `estimate`: the
+        memory a worker is expected to take before one is measured."""
+        found = mv.found
+        if found.problem:
+            raise LoadFailed(found.problem)
+        config = load_model_config(found.config_path, defaults)
+        if found.pipeline:
+            return await self._pipeline(mv, config)
+        extension = found.path.suffix[1:]
+        backend = backend_path(extension)
+        if backend is None:
+            raise LoadFailed(f"no backend for .{extension} model files in this version of inferd")
+        settings = config.settings
+        # With device "auto" the daemon places the model on the GPU with the most free memory.
+        gpu = self.memory.choose_gpu() if settings.device == "auto" else None
+        admission = _Admission(self.memory, mv.key, f"cuda:{gpu}" if gpu is not None else settings.device.replace("auto", CPU),
+                               estimate)
+        wakeup = asyncio.Event()  # the queue's: the pool's workers changed
+        pool = WorkerPool(_worker_spec(found, backend, config, gpu), Scaling.from_settings(settings),
+                          observer=mv.observer, admit=admission, on_broken=mv.broken, on_change=wakeup.set)
+        file_metadata = await pool.start()
+        try:
+            return await self._serve(mv, config, pool, file_metadata, admission, wakeup)
+        except BaseException:
+            await pool.stop()
+            raise
+
+    async def _serve(self, mv: ModelVersion, config: ModelConfig, pool: WorkerPool, file_metadata: ModelMetadata,
+                     admission: _Admission, wakeup: asyncio.Event) -> Serving:
+        settings = config.settings
+        metadata = ModelMetadata(
+            file_metadata.platform,
+            _narrowed(file_metadata.inputs, config.inputs, "inputs"),
+            _narrowed(file_metadata.outputs, config.outputs, "outputs"),
+        )
+        max_batch_size = _batch_limit(metadata, config)
+        fit = await measure(pool, self.memory.probe, max_batch_size, settings.typical_dim_size)
+        if fit is not None:
+            log.info("memory fit", model=mv.name, version=mv.version, device=fit.device, base_bytes=fit.base,
+                     bytes_per_row=fit.per_row, points=[list(p) for p in fit.points],
+                     typical_dim_size=settings.typical_dim_size)
+        admission.measured(pool.device, fit)
+        tenant = Tenant(
+            mv.name, mv.version, pool, max_batch_size=max_batch_size, max_queue_rows=settings.max_queue_rows,
+            max_queue_bytes=settings.max_queue_bytes, row_bytes=_row_bytes(metadata, settings.typical_dim_size),
+            min_workers=settings.min_workers, device=pool.device, fit=fit, recompute=self.memory.recompute,
+            observer=mv.observer,
+        )
+        queue = ModelQueue(
+            pool, tenant, output_names=[t.name for t in metadata.outputs],
+            max_delay_s=settings.max_queue_delay_ms / 1000, wakeup=wakeup, retry_crashed=settings.idempotent,
+            cold_start_timeout_s=settings.cold_start_timeout_s, observer=mv.observer,
+        )
+        self.memory.add(tenant)  # sets the queue's limits
+        queue.start()
+        return Serving(config, metadata, max_batch_size, pool, queue, tenant)
+
+    async def _pipeline(self, mv: ModelVersion, config: ModelConfig) -> Serving:
+        if not config.pipeline:
+            raise LoadFailed(f"{mv.found.config_path} declares no [[pipeline]] steps and there are no version directories")
+        await self.steps.wait_for(config.pipeline, config.settings.load_timeout_s)
+        try:
+            pipeline = Pipeline(mv.name, config.pipeline, self.steps.metadata_of)
+        except PipelineError as e:
+            raise LoadFailed(str(e)) from None
+        mv.observer.batch_limit(pipeline.max_batch_size)
+        return Serving(config, pipeline.metadata, pipeline.max_batch_size, pipeline=pipeline)
+
+
+def _worker_spec(found: Found, backend: str, config: ModelConfig, gpu: int | None) -> WorkerSpec:
+    """What the version's workers are told: the settings, the tensors config.toml declares (for
+    files that do not carry them), the model's directory and its [parameters]."""
+    return WorkerSpec.of(found.name, found.version, found.path, backend, config.settings,
+                         model_dir=found.config_path.parent if found.config_path else found.path.parent, gpu=gpu,
+                         inputs=config.inputs, outputs=config.outputs, parameters=config.parameters)
+
+
+def _narrowed(file_specs: tuple[TensorSpec, ...], overrides: tuple[TensorSpec, ...], kind: str) -> tuple[TensorSpec, ...]:
+    """config.toml may narrow the file's tensors (e.g. fix a dynamic dim), never contradict them."""
+    by_name = {t.name: t for t in overrides}
+    out = []
+    for spec in file_specs:
+        conf = by_name.pop(spec.name, spec)
+        if not spec.narrowed_by(conf):
+            raise LoadFailed(
+                f"config.toml {kind} {conf.name!r} ({conf.datatype} {list(conf.shape)}) contradicts "
+                f"the model file ({spec.datatype} {list(spec.shape)})"
+            )
+        out.append(conf)
+    if by_name:
+        raise LoadFailed(f"config.toml names {kind} the model file does not have: {', '.join(by_name)}")
+    return tuple(out)
+
+
+def _batch_limit(metadata: ModelMetadata, config: ModelConfig) -> int:
+    settings = config.settings
+    if metadata.batchable:
+        return settings.max_batch_size
+    if "max_batch_size" in config.explicit and settings.max_batch_size > 0:
+        raise LoadFailed(
+            f"max_batch_size is {settings.max_batch_size} but the model's first dimension is not "
+            "dynamic on every input and output, so it cannot batch; set max_batch_size = 0"
+        )
+    return 0
+
+
+def _row_bytes(metadata: ModelMetadata, dim: int) -> int:
+    """Input bytes of one row, with `dim` for dynamic non-batch dimensions (BYTES: `dim` bytes
+    an element)."""
+    total = 0
+    for t in metadata.inputs:
+        elements = 1
+        for d in t.shape[1:] if metadata.batchable else t.shape:
+            elements *= d if d >= 0 else dim
+        total += elements * (dim if t.datatype == "BYTES" else DATATYPES[t.datatype].itemsize)
+    return total

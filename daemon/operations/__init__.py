@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics, structured logs, and systemd's notify protocol."""
