@@ -57,7 +57,7 @@ class Mailbox:
         self._taken = 0
 
     @classmethod
-    def create(cls, name: str) -> "Mailbox":
+    def create(cls, name: str) -> Mailbox:
         """The daemon's side, on a new memfd (handed to the worker, which opens side 1)."""
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
         os.ftruncate(fd, 2 * SLOT_BYTES)

@@ -36,7 +36,7 @@ class Region:
         self._map = mmap.mmap(fd, size)
 
     @classmethod
-    def create(cls, name: str, size: int = INITIAL_SIZE) -> "Region":
+    def create(cls, name: str, size: int = INITIAL_SIZE) -> Region:
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
         os.ftruncate(fd, size)
         return cls(fd, size)

@@ -11,7 +11,6 @@ import socket
 import grpclib.const
 import grpclib.server
 import uvloop
-
 from announce import serve_until_sigterm
 
 from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb

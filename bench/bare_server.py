@@ -7,7 +7,6 @@ $NOTIFY_SOCKET) so that bench.py starts both the same way.
 
 import uvloop
 from aiohttp import web
-
 from announce import serve_until_sigterm
 
 BODY = b'{"model_name":"mlp","outputs":[]}'

@@ -14,7 +14,6 @@ import sys
 
 import msgpack
 import uvloop
-
 from announce import serve_until_sigterm
 
 # What the daemon answers for one MLP row, less the id: same keys, same 40 bytes of output.

@@ -24,10 +24,9 @@ import tempfile
 import time
 import urllib.parse
 
+import loadgen
 import numpy as np
 import onnxruntime as ort
-
-import loadgen
 from frontends import FRONTEND, KIND, MODES, batch_metrics, hot_request, verify
 from report import add_ratios, check_targets, fmt, print_report
 from server import Server, parse_address
@@ -36,7 +35,6 @@ from workloads import Workload, mean_raw, measure_raw_all, mlp_feed, tiny_feed, 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 from make_models import build_add_sub, build_mlp  # noqa: E402
-
 
 # ---------------------------------------------------------------- load runs
 
@@ -128,10 +126,11 @@ def run_pairs(args, pool, tmp: pathlib.Path, addrs: dict, wl: Workload) -> dict[
 def machine() -> dict:
     cpu = None
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     return {"nproc": os.cpu_count(), "cpu_model": cpu}

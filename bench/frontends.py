@@ -9,10 +9,9 @@ import http.client
 import json
 import socket
 
+import loadgen
 import msgpack
 import numpy as np
-
-import loadgen
 from workloads import Workload
 
 MODES = ("json", "binary", "grpc", "unix")
@@ -129,6 +128,7 @@ def _infer_unix(path: str, wl: Workload) -> dict[str, np.ndarray]:
 
 async def _infer_grpc(addr, wl: Workload) -> dict[str, np.ndarray]:
     from grpclib.client import Channel, UnaryUnaryMethod
+
     from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
     channel = Channel(*addr)
     try:

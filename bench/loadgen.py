@@ -44,7 +44,7 @@ def build_frame(message: dict) -> bytes:
 class _Conn(asyncio.Protocol):
     """One keep-alive connection with at most one request in flight (closed loop)."""
 
-    def __init__(self, gen: "_Gen"):
+    def __init__(self, gen: _Gen):
         self.gen = gen
         self.transport = None
         self.buf = b""
@@ -198,7 +198,7 @@ async def _run(kind, addr, request, n_conns, t_start, t_rec, t_end, drain_s):
     timeout = (t_end - time.perf_counter_ns()) / 1e9 + drain_s
     try:
         await asyncio.wait_for(asyncio.shield(gen.all_idle), max(timeout, 0.1))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         gen.errors += gen.n_conns - gen.idle  # still waiting on a response: count as timeouts
     cpu = time.process_time() - cpu0
     gen.stopping = True

@@ -5,7 +5,6 @@ tables.
 from __future__ import annotations
 
 import numpy as np
-
 from frontends import FRONTEND
 
 P50_TARGET_MS = 0.4  # concurrency 1, HTTP: p50 within this of raw batch-1 p50

@@ -71,7 +71,7 @@ class Server:
         while time.monotonic() < deadline:
             try:
                 msg = self._notify.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"server exited with {self.proc.returncode}:\n"
                                        + "\n".join(list(self.stderr_tail)[-40:])) from None

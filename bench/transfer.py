@@ -23,9 +23,10 @@ from onnx import TensorProto, helper
 
 from inferd.backends import backend_path
 from inferd.config.model import ModelSettings
-from inferd.scheduler.pool import Scaling, WorkerPool
-from inferd.scheduler.queue import FixedLimits, ModelQueue
 from inferd.daemon.requests import InferRequest
+from inferd.scheduler.pool import Scaling, WorkerPool
+from inferd.scheduler.queue import ModelQueue
+from inferd.scheduler.tickets import FixedLimits
 from inferd.scheduler.worker import WorkerSpec
 
 SIZES = [16 << 10, 1 << 20, 16 << 20]  # bytes per request, in and out
@@ -80,7 +81,7 @@ def main() -> None:
         print(f"{'tensor':>8} {'raw ms':>8} {'socket ms':>10} {'shm ms':>8} {'shm gain':>9}   (p50 of a round trip, one at a time)")
         for size in SIZES:
             x = np.random.default_rng(0).standard_normal((1, size // 4)).astype(np.float32)
-            raw = statistics.median(timed(lambda: session.run(["y"], {"x": x}), seconds))
+            raw = statistics.median(timed(lambda x=x: session.run(["y"], {"x": x}), seconds))
             sock = statistics.median(asyncio.run(through_scheduler(path, False, x, seconds)))
             shm = statistics.median(asyncio.run(through_scheduler(path, True, x, seconds)))
             label = f"{size >> 10} KB" if size < 1 << 20 else f"{size >> 20} MB"

@@ -12,8 +12,8 @@ from inferd.client.errors import InferdClientError
 from inferd.client.http import AsyncHttpTransport, HttpTransport
 from inferd.client.paths import default_socket_path
 from inferd.client.unix import AsyncUnixTransport, UnixTransport
-from inferd.common.errors import InferdError
 from inferd.common.codec import from_raw, to_raw
+from inferd.common.errors import InferdError
 from inferd.common.tensors import datatype_of
 
 
@@ -124,7 +124,7 @@ class Client:
     def close(self) -> None:
         self._transport.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -175,7 +175,7 @@ class AsyncClient:
     async def close(self) -> None:
         await self._transport.close()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc) -> None:

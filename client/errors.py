@@ -32,6 +32,6 @@ class InferdClientError(Exception):
         return f"{self.code}: {self.message}"
 
     @classmethod
-    def from_http_status(cls, status: int, message: str) -> "InferdClientError":
+    def from_http_status(cls, status: int, message: str) -> InferdClientError:
         code = _BY_STATUS.get(status) or ("invalid_argument" if 400 <= status < 500 else "internal")
         return cls(code, message or f"HTTP {status}")

@@ -65,7 +65,7 @@ class TensorSpec:
     def accepts_shape(self, shape: tuple[int, ...]) -> bool:
         if len(shape) != len(self.shape):
             return False
-        for want, got in zip(self.shape, shape):  # a plain loop: checked on every request
+        for want, got in zip(self.shape, shape):  # noqa: SIM110 (a plain loop: checked on every request)
             if want != got and want != -1:
                 return False
         return True

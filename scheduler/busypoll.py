@@ -20,7 +20,7 @@ import time
 import weakref
 from collections.abc import Callable
 
-_pollers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poller]" = weakref.WeakKeyDictionary()
+_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poller] = weakref.WeakKeyDictionary()
 
 
 class _Poller:

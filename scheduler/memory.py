@@ -15,6 +15,7 @@ One interface, two probes, picked by what the machine has:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -142,10 +143,8 @@ class NvmlProbe(HostProbe):
         return self.usage(pid, device) or next(d.total - d.free for d in self.devices() if d.device == device)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.nvml.nvmlShutdown()
-        except Exception:
-            pass
 
 
 def pick_probe(nvml=None) -> HostProbe:

@@ -59,7 +59,7 @@ class Scaling:
     crash_loop_window_s: float = 60.0
 
     @classmethod
-    def from_settings(cls, settings) -> "Scaling":
+    def from_settings(cls, settings) -> Scaling:
         return cls(settings.min_workers, settings.max_workers, settings.idle_timeout_s,
                    settings.load_timeout_s, settings.scale_up_wait_ms / 1000, settings.scale_up_window_s,
                    settings.crash_loop_count, settings.crash_loop_window_s)

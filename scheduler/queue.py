@@ -14,11 +14,9 @@ the queue reads them and reports an out-of-memory batch to it, never sets them i
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Protocol
 
 import numpy as np
 import structlog
@@ -27,87 +25,10 @@ from inferd.common.errors import ErrorCode, InferdError, unexpected
 from inferd.common.tensors import payload_bytes
 from inferd.scheduler.batching import Send, next_batch
 from inferd.scheduler.pool import WorkerPool
+from inferd.scheduler.tickets import Outcome, QueueLimits, QueueObserver, Request, Ticket
 from inferd.scheduler.worker import OutOfMemory, WorkerLost
 
 log = structlog.get_logger("inferd.queue")
-
-
-class Request(Protocol):
-    """What the queue reads of a caller's request (the data plane's InferRequest is one)."""
-
-    inputs: dict[str, np.ndarray]  # batch dimension first, when the model batches
-    outputs: tuple[str, ...] | None  # requested output names; None = all
-    id: str
-    deadline: float | None  # time.monotonic() after which the request must not run
-
-
-class QueueLimits(Protocol):
-    """The queue's limits, owned elsewhere: read on every request and batch."""
-
-    batch_rows: int  # the most rows a batch takes (0: the model has no batch dimension)
-    queue_rows: int  # the most rows queued
-    queue_bytes: int  # the most input bytes queued (0: no bound in bytes)
-
-    def out_of_memory(self, rows: int) -> None:
-        """A batch of `rows` could not allocate memory: lower batch_rows (at once)."""
-
-
-class FixedLimits:
-    """Limits that change only when a batch runs out of memory (then: half of it, for good)."""
-
-    def __init__(self, batch_rows: int, queue_rows: int, queue_bytes: int = 0):
-        self.batch_rows, self.queue_rows, self.queue_bytes = batch_rows, queue_rows, queue_bytes
-
-    def out_of_memory(self, rows: int) -> None:
-        self.batch_rows = max(1, min(self.batch_rows, rows // 2))
-
-
-class QueueObserver:
-    """Hooks for metrics and statistics; the default does nothing."""
-
-    def queue_rows(self, rows: int) -> None: ...
-
-    def dequeued(self, waited_s: float) -> None: ...
-
-    def batch_done(self, requests: int, rows: int, compute_s: float, ok: bool) -> None: ...
-
-    def out_of_memory(self, rows: int) -> None: ...  # a batch of `rows` could not allocate memory
-
-
-Outcome = Callable[["dict[str, np.ndarray] | InferdError"], None]
-
-
-@dataclasses.dataclass(slots=True, eq=False)
-class Ticket:
-    """One queued (or running) request. Its outcome, the request's own outputs or an
-    InferdError, goes to `then` once, straight from the queue's callbacks (no loop turn between
-    a worker's reply and the caller's answer); `future` holds it instead for a caller that awaits."""
-
-    request: Request
-    rows: int
-    shape_key: Hashable
-    enqueued_at: float
-    then: Outcome
-    future: asyncio.Future | None = None
-    nbytes: int = 0
-    queued: bool = True
-    retried: bool = False  # run again once after its worker died
-    answered: bool = False  # settled, or withdrawn by its caller
-
-    def settle(self, outcome: "dict[str, np.ndarray] | InferdError") -> None:
-        if not self.answered:
-            self.answered = True
-            self.then(outcome)
-
-
-def _resolving(future: asyncio.Future) -> Outcome:
-    def then(outcome) -> None:
-        if not future.done():  # its awaiting task may have been cancelled
-            if isinstance(outcome, InferdError):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
-    return then
 
 
 class ModelQueue:
@@ -160,19 +81,22 @@ class ModelQueue:
         return len(self._pending) + self._running_requests
 
     async def submit(self, request: Request, rows: int, shape_key: Hashable) -> dict[str, np.ndarray]:
-        """Queue one request and wait for its own outputs. Raises InferdError."""
-        ticket = self.enqueue(request, rows, shape_key)
+        """`enqueue` for a caller that awaits its own outputs. Raises InferdError."""
+        future = asyncio.get_running_loop().create_future()
+        ticket = self.enqueue(request, rows, shape_key, lambda outcome: future.done() or future.set_result(outcome))
         try:
-            return await ticket.future
+            outcome = await future
         except asyncio.CancelledError:
             self.withdraw(ticket)
             raise
+        if isinstance(outcome, InferdError):
+            raise outcome
+        return outcome
 
-    def enqueue(self, request: Request, rows: int, shape_key: Hashable, then: Outcome | None = None) -> Ticket:
+    def enqueue(self, request: Request, rows: int, shape_key: Hashable, then: Outcome) -> Ticket:
         """Queue one request. Its outcome goes to `then`, which may be called before enqueue
-        returns (a deadline already passed) and must not queue requests itself; without
-        `then`, the ticket's future resolves to it. Raises InferdError at once when the request
-        cannot be queued."""
+        returns (a deadline already passed) and must not queue requests itself. Raises
+        InferdError at once when the request cannot be queued."""
         if self._closing:
             raise InferdError(ErrorCode.UNAVAILABLE, "the model is shutting down")
         if self.pool.broken_reason:
@@ -192,13 +116,8 @@ class ModelQueue:
                 f"queue full: {self._bytes} bytes queued, limit {limits.queue_bytes}; retry later",
                 retry_after_s=self._time_to_drain(over),
             )
-        loop = asyncio.get_running_loop()
         alone = not self._pending
-        if then is None:
-            future = loop.create_future()
-            ticket = Ticket(request, rows, shape_key, self.clock(), _resolving(future), future, nbytes)
-        else:
-            ticket = Ticket(request, rows, shape_key, self.clock(), then, None, nbytes)
+        ticket = Ticket(request, rows, shape_key, self.clock(), then, nbytes)
         self._pending.append(ticket)
         self._rows += rows
         self._bytes += nbytes
@@ -214,7 +133,7 @@ class ModelQueue:
             # Dispatch at the end of this loop turn, not now: requests read from the sockets in
             # the same turn join the batch (one request alone still runs on the next turn).
             self._dispatch_scheduled = True
-            loop.call_soon(self._end_of_arrivals)
+            asyncio.get_running_loop().call_soon(self._end_of_arrivals)
         return ticket
 
     def withdraw(self, ticket: Ticket) -> None:

@@ -67,7 +67,7 @@ class _Connection(asyncio.Protocol):
     """The daemon's end of the socket to one worker: hands each frame, and the loss of the
     connection, to its WorkerHandle as soon as they arrive."""
 
-    def __init__(self, handle: "WorkerHandle") -> None:
+    def __init__(self, handle: WorkerHandle) -> None:
         self.handle = handle
         self._buf = bytearray()
 

@@ -47,7 +47,7 @@ class DaemonProcess:
             cmd += ["--config", str(self.config)]
         return cmd + self.args
 
-    def start(self, timeout: float = 60) -> "DaemonProcess":
+    def start(self, timeout: float = 60) -> DaemonProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INFERD_")}
         env.update(self.env, NOTIFY_SOCKET=self.notify_path)
         self.proc = subprocess.Popen(self.command(), env=env, cwd=self.cwd, stderr=subprocess.PIPE,
@@ -130,7 +130,7 @@ class DaemonProcess:
         self.notify.close()
         self._notify_dir.cleanup()
 
-    def __enter__(self) -> "DaemonProcess":
+    def __enter__(self) -> DaemonProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

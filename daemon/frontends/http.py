@@ -15,9 +15,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferd.common.errors import ErrorCode, InferdError, unexpected
+from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.frontends import http_codec
 from inferd.daemon.frontends.auth import HTTP_HEALTH, Access
-from inferd.daemon.dataplane import DataPlane
 
 log = structlog.get_logger("inferd.http")
 

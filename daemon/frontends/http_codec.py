@@ -44,6 +44,28 @@ def _params(obj: dict, where: str) -> dict:
 
 
 def decode_request(body: bytes, header_length: str | None) -> tuple[InferRequest, OutputFormat]:
+    doc, binary = _split_body(body, header_length)
+    inputs = doc.get("inputs", [])
+    if not isinstance(inputs, list):
+        raise _bad("'inputs' must be a list")  # which inputs the model needs is the data plane's check
+    tensors = _decode_inputs(inputs, binary)
+    fmt = OutputFormat(bool(_params(doc, "request").get("binary_data_output", False)))
+    requested = _decode_outputs(doc.get("outputs"), fmt)
+    request_id = doc.get("id", "")
+    if not isinstance(request_id, str):
+        raise _bad("'id' must be a string")
+    parameters = _params(doc, "request")
+    deadline = None
+    if "timeout" in parameters:  # Triton's convention: microseconds the request may wait
+        timeout = parameters["timeout"]
+        if type(timeout) is not int or timeout < 0:
+            raise _bad("parameters.timeout must be a non-negative integer (microseconds)")
+        deadline = time.monotonic() + timeout / 1e6
+    return InferRequest(tensors, requested, request_id, parameters, deadline), fmt
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
+    """The JSON header as an object, and the binary data after it."""
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
@@ -59,10 +81,11 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[InferRequest
         raise _bad(f"malformed JSON in the request: {e}") from None
     if not isinstance(doc, dict):
         raise _bad("the request must be a JSON object")
-    inputs = doc.get("inputs", [])
-    if not isinstance(inputs, list):
-        raise _bad("'inputs' must be a list")  # which inputs the model needs is the data plane's check
+    return doc, binary
 
+
+def _decode_inputs(inputs: list, binary: memoryview) -> dict:
+    """Each input from its JSON `data`, or from the next `binary_data_size` bytes of `binary`."""
     tensors = {}
     offset = 0
     for i, item in enumerate(inputs):
@@ -89,33 +112,24 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[InferRequest
             raise _bad(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
     if offset != len(binary):
         raise _bad(f"{len(binary) - offset} bytes of binary data after the header belong to no input")
+    return tensors
 
-    fmt = OutputFormat(bool(_params(doc, "request").get("binary_data_output", False)))
-    requested = None
-    outputs = doc.get("outputs")
-    if outputs is not None:
-        if not isinstance(outputs, list):
-            raise _bad("'outputs' must be a list")
-        requested = []
-        for i, item in enumerate(outputs):
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise _bad(f"outputs[{i}] must be an object with a 'name'")
-            requested.append(item["name"])
-            params = _params(item, f"output {item['name']!r}")
-            if "binary_data" in params:
-                fmt.binary[item["name"]] = bool(params["binary_data"])
-        requested = tuple(requested) or None
-    request_id = doc.get("id", "")
-    if not isinstance(request_id, str):
-        raise _bad("'id' must be a string")
-    parameters = _params(doc, "request")
-    deadline = None
-    if "timeout" in parameters:  # Triton's convention: microseconds the request may wait
-        timeout = parameters["timeout"]
-        if type(timeout) is not int or timeout < 0:
-            raise _bad("parameters.timeout must be a non-negative integer (microseconds)")
-        deadline = time.monotonic() + timeout / 1e6
-    return InferRequest(tensors, requested, request_id, parameters, deadline), fmt
+
+def _decode_outputs(outputs, fmt: OutputFormat) -> tuple[str, ...] | None:
+    """The requested outputs' names (None: all), noting in `fmt` which ones go back as binary."""
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list):
+        raise _bad("'outputs' must be a list")
+    requested = []
+    for i, item in enumerate(outputs):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise _bad(f"outputs[{i}] must be an object with a 'name'")
+        requested.append(item["name"])
+        params = _params(item, f"output {item['name']!r}")
+        if "binary_data" in params:
+            fmt.binary[item["name"]] = bool(params["binary_data"])
+    return tuple(requested) or None
 
 
 def encode_response(response: InferResponse, fmt: OutputFormat) -> tuple[bytes, int | None]:

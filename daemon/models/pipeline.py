@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from inferd.common.errors import ErrorCode, InferdError
-from inferd.config.model import PipelineStep
 from inferd.common.tensors import ModelMetadata, TensorSpec
+from inferd.config.model import PipelineStep
 from inferd.daemon.requests import InferRequest
 
 Source = tuple[str, str]  # (step model or "" for the pipeline's input, tensor name)
@@ -59,7 +59,8 @@ class Pipeline:
         resolved = []
         for index, step in enumerate(steps):
             if step.model == name or step.model in (s.model for s in steps[:index]):
-                raise PipelineError(f"step {index + 1} names {'the pipeline itself' if step.model == name else 'a model an earlier step runs'}"
+                what = "the pipeline itself" if step.model == name else "a model an earlier step runs"
+                raise PipelineError(f"step {index + 1} names {what}"
                                     f" ({step.model!r}); each step is a different model")
             metadata, limit = metadata_of(step)
             limits.append(limit)

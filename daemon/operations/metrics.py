@@ -12,18 +12,24 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from inferd.daemon.operations.series import LoopCounter, LoopGauge, LoopHistogram
 from inferd.scheduler.limits import LimitsObserver
 from inferd.scheduler.pool import PoolObserver
-from inferd.scheduler.queue import QueueObserver
+from inferd.scheduler.tickets import QueueObserver
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+MV = ["model", "version"]
 
 
 class Metrics(LimitsObserver):
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
         self._published: dict[tuple[str, str], type[enum.Enum]] = {}  # versions with state series
-        mv = ["model", "version"]
-        # Updated on every request or batch: lock-free series (inferd.daemon.operations.series).
+        self._per_request_series(registry)
+        self._memory_series(registry)
+        self._lifecycle_series(registry)
+
+    def _per_request_series(self, registry: CollectorRegistry) -> None:
+        """Updated on every request or batch: lock-free series (inferd.daemon.operations.series)."""
+        mv = MV
         self.requests = LoopCounter(
             "inferd_requests", "Inference requests by outcome code", mv + ["protocol", "code"], registry,
         )
@@ -41,6 +47,15 @@ class Metrics(LimitsObserver):
         )
         self.batch_size = LoopHistogram("inferd_batch_size", "Rows per executed batch", mv, _BATCH_BUCKETS, registry)
         self.queue_rows = LoopGauge("inferd_queue_rows", "Rows waiting in the queue", mv, registry)
+        self.rejected = Counter(
+            "inferd_rejected", "Requests refused before queueing", mv + ["reason"], registry=registry,
+        )
+        self.unauthenticated = Counter(
+            "inferd_unauthenticated", "Calls refused for a missing or wrong token", ["protocol"], registry=registry,
+        )
+
+    def _memory_series(self, registry: CollectorRegistry) -> None:
+        mv = MV
         self.queue_limit_rows = Gauge("inferd_queue_limit_rows", "Rows the queue may hold", mv, registry=registry)
         self.batch_limit = Gauge("inferd_model_batch_limit", "Largest batch the scheduler forms", mv, registry=registry)
         self.queue_limit_bytes = Gauge("inferd_queue_limit_bytes", "Input bytes the queue may hold", mv, registry=registry)
@@ -58,6 +73,9 @@ class Metrics(LimitsObserver):
         self.out_of_memory = Counter(
             "inferd_oom", "Batches whose runtime could not allocate memory", mv, registry=registry,
         )
+
+    def _lifecycle_series(self, registry: CollectorRegistry) -> None:
+        mv = MV
         self.model_state = Gauge(
             "inferd_model_state", "1 for the model version's current state", mv + ["state"], registry=registry,
         )
@@ -77,12 +95,6 @@ class Metrics(LimitsObserver):
         )
         self.worker_exits = Counter(
             "inferd_worker_exits", "Worker processes that exited", mv + ["cause"], registry=registry,
-        )
-        self.rejected = Counter(
-            "inferd_rejected", "Requests refused before queueing", mv + ["reason"], registry=registry,
-        )
-        self.unauthenticated = Counter(
-            "inferd_unauthenticated", "Calls refused for a missing or wrong token", ["protocol"], registry=registry,
         )
 
     def device_memory(self, device: str, free: int, total: int) -> None:

@@ -12,9 +12,9 @@ import time
 import msgpack
 import numpy as np
 import pytest
+from samples import EVERY_DATATYPE
 
 from inferd.client import AsyncClient, Client, InferdClientError, default_socket_path
-from samples import EVERY_DATATYPE
 
 RNG = np.random.default_rng(11)
 
@@ -265,7 +265,7 @@ class _StandIn:
             with conn:
                 script(conn)
 
-    def __enter__(self) -> "_StandIn":
+    def __enter__(self) -> _StandIn:
         self.thread.start()
         return self
 

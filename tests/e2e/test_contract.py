@@ -108,7 +108,9 @@ async def _grpc(daemon, call: Call):
         message.outputs.add(name=name)
     channel = Channel(host, int(port))
     try:
-        reply = await UnaryUnaryMethod(channel, "/inference.GRPCInferenceService/ModelInfer", pb.ModelInferRequest, pb.ModelInferResponse)(message)
+        method = UnaryUnaryMethod(channel, "/inference.GRPCInferenceService/ModelInfer", pb.ModelInferRequest,
+                                  pb.ModelInferResponse)
+        reply = await method(message)
     except GRPCError as e:
         return GRPC_CODES[e.status], None
     finally:

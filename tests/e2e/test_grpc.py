@@ -15,9 +15,9 @@ import tritonclient.grpc.aio as grpcaio
 from grpclib.client import Channel, UnaryUnaryMethod
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from samples import EVERY_DATATYPE
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
-from samples import EVERY_DATATYPE
 
 RNG = np.random.default_rng(11)
 

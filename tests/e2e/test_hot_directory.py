@@ -104,7 +104,7 @@ async def test_replacing_a_model_ten_times_under_load_fails_no_request(tmp_path)
         try:
             for k in range(1, 11):
                 place(path, offset=k)
-                await eventually(lambda: all(a and a[-1] == k for a in answers),
+                await eventually(lambda k=k: all(a and a[-1] == k for a in answers),
                                  what=f"version with offset {k}: last answers {[a[-1:] for a in answers]}, "
                                       f"log tail {d.lines[-8:]}")
         finally:

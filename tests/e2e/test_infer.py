@@ -143,7 +143,8 @@ async def test_corrupt_model_is_failed_with_a_reason_and_others_serve(daemon, re
         assert r.status == 503
         assert "FAILED" in (await r.json())["error"]
         x = np.ones((1, 512), np.float32)
-        r = await s.post("/v2/models/mlp/infer", json={"inputs": [{"name": "input", "shape": [1, 512], "datatype": "FP32", "data": x.reshape(-1).tolist()}]})
+        tensor = {"name": "input", "shape": [1, 512], "datatype": "FP32", "data": x.reshape(-1).tolist()}
+        r = await s.post("/v2/models/mlp/infer", json={"inputs": [tensor]})
         assert r.status == 200
         np.testing.assert_allclose((await r.json())["outputs"][0]["data"], reference("mlp", {"input": x})["output"].reshape(-1), atol=1e-5)
     failed = [e for e in daemon.events("model state") if e["model"] == "corrupt"]
@@ -200,7 +201,8 @@ def descendants(pid: int) -> set[int]:
 async def test_metrics_exposes_the_design_names(daemon):
     async with aiohttp.ClientSession(daemon.url) as s:
         x = np.ones((2, 3), np.float32)
-        await s.post("/v2/models/fixed/infer", json={"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": x.reshape(-1).tolist()}]})
+        tensor = {"name": "x", "shape": [2, 3], "datatype": "FP32", "data": x.reshape(-1).tolist()}
+        await s.post("/v2/models/fixed/infer", json={"inputs": [tensor]})
         text = await (await s.get("/metrics")).text()
     for name in ("inferd_requests_total", "inferd_request_duration_seconds_bucket", "inferd_queue_duration_seconds_bucket",
                  "inferd_compute_duration_seconds_bucket", "inferd_batch_size_bucket", "inferd_queue_rows",

@@ -10,7 +10,6 @@ import msgpack
 import numpy as np
 import orjson
 import pytest
-
 from daemon_process import DaemonProcess
 
 

@@ -55,7 +55,7 @@ async def test_batch_limit_follows_the_measured_fit_and_the_budget(tmp_path):
             budget = base + int((rows + 0.5) * per_row)
             reload(d, config, f"[memory]\nbudget_bytes = {budget}\n")
             # (budget - the worker's base) / bytes per row: the fit, and nothing else, decides
-            await eventually(lambda: metric(d, "inferd_model_batch_limit", model="wide") == rows, 10,
+            await eventually(lambda rows=rows: metric(d, "inferd_model_batch_limit", model="wide") == rows, 10,
                              f"the batch limit to be {rows}")
         async with AsyncClient(socket=d.socket_path) as c:
             before = metric(d, "inferd_batch_size_count", model="wide")

@@ -56,7 +56,8 @@ def repo(tmp_path_factory) -> Path:
     (root / "dangling" / "config.toml").write_text(pipeline_config("tokenize", "no_such_model"))
     (root / "miswired").mkdir()  # label wants FP32 probabilities; tokenize gives INT64 tokens
     (root / "miswired" / "config.toml").write_text(
-        pipeline_config("tokenize", "label").replace('model = "label"\n', 'model = "label"\ninputs = { probabilities = "tokenize.tokens" }\n'))
+        pipeline_config("tokenize", "label").replace(
+            'model = "label"\n', 'model = "label"\ninputs = { probabilities = "tokenize.tokens" }\n'))
     return root
 
 

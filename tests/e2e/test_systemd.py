@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 import threading
 import time
@@ -17,11 +16,11 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+import make_models
 import numpy as np
 import pytest
-
-import make_models
 from daemon_process import DaemonProcess
+
 from inferd.client import Client
 
 
@@ -187,7 +186,7 @@ class ActivatedDaemon(DaemonProcess):
     def command(self) -> list[str]:
         return [sys.executable, "-c", LAUNCHER, json.dumps(self.spec)] + super().command()
 
-    def start(self, timeout: float = 60) -> "ActivatedDaemon":
+    def start(self, timeout: float = 60) -> ActivatedDaemon:
         try:
             super().start(timeout)
             self.bound = json.loads(Path(self.spec["out"]).read_text())

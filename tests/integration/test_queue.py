@@ -15,7 +15,8 @@ from inferd.common.errors import ErrorCode, InferdError
 from inferd.config.model import ModelSettings
 from inferd.daemon.requests import InferRequest
 from inferd.scheduler.pool import PoolObserver, Scaling, WorkerPool
-from inferd.scheduler.queue import FixedLimits, ModelQueue, QueueObserver
+from inferd.scheduler.queue import ModelQueue
+from inferd.scheduler.tickets import FixedLimits, QueueObserver
 from inferd.scheduler.worker import LoadFailed, WorkerSpec
 
 
@@ -80,7 +81,7 @@ async def test_requests_queued_behind_a_busy_worker_run_as_one_batch(slow_model)
         rest = await asyncio.gather(*(queue.submit(InferRequest({"x": r}), 1, ((1024,),)) for r in rows))
         await first
         assert recorder.batches == [128, 10]
-        for r, out in zip(rows, rest):
+        for _r, out in zip(rows, rest):
             assert out["y"].shape == (1, 1024)
         # Rows kept their identity: row i's output equals a lone run of row i.
         lone = await queue.submit(InferRequest({"x": rows[3]}), 1, ((1024,),))
@@ -207,20 +208,26 @@ async def test_a_lone_request_at_light_load_is_sent_at_once_and_bursts_still_bat
     together after it; and once batches hold more than one request, a request waits for the
     end of the loop turn, so that the others arriving in the same turn join it."""
     queue, pool, recorder = await _queue(add_sub)
+
+    def enqueue(value: int) -> asyncio.Future:
+        answer = asyncio.get_running_loop().create_future()
+        queue.enqueue(_add_sub_request(value), 1, ((16,),), answer.set_result)
+        return answer
+
     try:
-        first = queue.enqueue(_add_sub_request(1), 1, ((16,),))
+        first = enqueue(1)
         assert queue.queued_rows == 0 and queue.inflight_count() == 1  # on its way to the worker
-        burst = [queue.enqueue(_add_sub_request(i), 1, ((16,),)) for i in range(2, 6)]
+        burst = [enqueue(i) for i in range(2, 6)]
         assert queue.queued_rows == 4  # the worker is busy: they wait for it
-        await asyncio.gather(first.future, *(t.future for t in burst))
+        await asyncio.gather(first, *burst)
         assert recorder.batches == [1, 4]
-        later = [queue.enqueue(_add_sub_request(i), 1, ((16,),)) for i in range(6, 9)]
+        later = [enqueue(i) for i in range(6, 9)]
         assert queue.queued_rows == 3  # not sent one by one as they come
-        outs = await asyncio.gather(*(t.future for t in later))
+        outs = await asyncio.gather(*later)
         assert recorder.batches == [1, 4, 3]
         for i, out in zip(range(6, 9), outs):
             np.testing.assert_array_equal(out["OUTPUT0"], np.full((1, 16), 2 * i, np.int32))
-        np.testing.assert_array_equal(first.future.result()["OUTPUT1"], np.zeros((1, 16), np.int32))
+        np.testing.assert_array_equal(first.result()["OUTPUT1"], np.zeros((1, 16), np.int32))
     finally:
         await queue.drain()
         await pool.stop()

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from inferd.common.errors import ErrorCode, InferdError
-from inferd.config.model import PipelineStep
 from inferd.common.tensors import ModelMetadata, TensorSpec
+from inferd.config.model import PipelineStep
 from inferd.daemon.models.pipeline import Pipeline, PipelineError
 from inferd.daemon.requests import InferRequest
 
@@ -18,7 +18,8 @@ def spec(name, datatype="FP32", shape=(-1, 4)):
 
 
 MODELS = {
-    "tok": (ModelMetadata("python", (spec("text", "BYTES", (-1,)),), (spec("tokens", "INT64", (-1, 16)), spec("mask", "BOOL", (-1, 16)))), 64),
+    "tok": (ModelMetadata("python", (spec("text", "BYTES", (-1,)),),
+                          (spec("tokens", "INT64", (-1, 16)), spec("mask", "BOOL", (-1, 16)))), 64),
     "enc": (ModelMetadata("onnx", (spec("tokens", "INT64", (-1, 16)), spec("mask", "BOOL", (-1, 16))), (spec("emb"),)), 32),
     "head": (ModelMetadata("python", (spec("emb"), spec("text", "BYTES", (-1,))), (spec("label", "BYTES", (-1,)),)), 0),
     "ids": (ModelMetadata("onnx", (spec("ids", "INT64", (-1, 16)),), (spec("emb"),)), 8),

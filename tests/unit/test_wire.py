@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from inferd.backends import ipc
+from inferd.common.codec import from_list, from_raw, to_raw
 from inferd.common.errors import ErrorCode, InferdError
 from inferd.daemon.frontends import http_codec
-from inferd.common.codec import from_raw, to_raw
-from inferd.common.codec import from_list
 from inferd.daemon.requests import InferResponse
 
 
