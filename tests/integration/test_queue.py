@@ -293,3 +293,25 @@ async def test_a_light_batch_too_large_for_the_mailbox_travels_on_the_socket(mod
         assert recorder.posted == 1  # only the small one went through the mailbox
     finally:
         await _close(queue, pool)
+
+
+async def test_a_worker_running_a_batch_refuses_another(add_sub):
+    """One batch at a time per worker: a second one is an error, not an assert that `python -O`
+    would strip."""
+    pool = _pool(add_sub)
+    await pool.start()
+    worker = pool.take()
+    answers = []
+    a = np.ones((1, 16), np.int32)
+    try:
+        worker.run_batch(["r1"], {"INPUT0": [a], "INPUT1": [a]}, ["OUTPUT0"], answers.append)
+        with pytest.raises(RuntimeError, match="busy"):
+            worker.run_batch(["r2"], {"INPUT0": [a], "INPUT1": [a]}, ["OUTPUT0"], answers.append)
+        async with asyncio.timeout(30):
+            while not answers:
+                await asyncio.sleep(0.01)
+        np.testing.assert_array_equal(answers[0]["OUTPUT0"], 2 * a)  # the first batch is unharmed
+        assert len(answers) == 1
+    finally:
+        pool.give_back(worker)
+        await pool.stop()

@@ -8,7 +8,7 @@ import pytest
 
 from inferd.common.errors import ConfigError
 from inferd.config.model import ModelSettings, load_model_config
-from inferd.config.settings import load_daemon_config
+from inferd.config.settings import AuthSection, load_daemon_config, read_token
 
 
 def _write(tmp_path, text, name="inferd.toml"):
@@ -130,3 +130,21 @@ def test_bad_pipeline_config_is_refused(tmp_path, text, key):
     with pytest.raises(ConfigError) as e:
         load_model_config(path, ModelSettings())
     assert e.value.key == key
+
+
+@pytest.mark.parametrize("kind", ["directory", "not utf-8"])
+def test_an_unreadable_file_is_a_config_error_naming_it(tmp_path, kind):
+    path = tmp_path / "config.toml"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"max_batch_size = 8 # caf\xe9\n")
+    reason = "cannot read it" if kind == "directory" else "not UTF-8"
+    for load in (lambda: load_daemon_config(path, environ={}), lambda: load_model_config(path, ModelSettings())):
+        with pytest.raises(ConfigError, match=reason) as e:
+            load()
+        assert (e.value.file, e.value.key) == (str(path), "(file)")
+    token = tmp_path / "token"
+    token.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_token(AuthSection(token_file=str(token)))
