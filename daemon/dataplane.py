@@ -41,16 +41,29 @@ class ServerState:
         return self.started and not self.draining
 
 
+def _count(mv: ModelVersion, request: InferRequest, error: InferdError | None, protocol: str, started: float) -> None:
+    """A finished request in the metrics (and an internal failure in the log)."""
+    observer = mv.observer
+    if error is None:
+        return observer.request_done(protocol, "OK", time.perf_counter() - started)
+    if error.code is ErrorCode.RESOURCE_EXHAUSTED:
+        observer.rejected("queue_full")
+    elif error.code is ErrorCode.INTERNAL:
+        log.error("inference failed", model=mv.name, version=mv.version, request_id=request.id, error=error.message)
+    observer.request_done(protocol, error.code.name, time.perf_counter() - started)
+
+
 class _Call:
     """One inference in flight: answers its caller once, or is withdrawn by it (then the
     caller hears nothing), and is counted once either way."""
 
-    __slots__ = ("_plane", "_mv", "_request", "_protocol", "_done", "_started", "cancel", "answered")
+    __slots__ = ("_mv", "_request", "_protocol", "_done", "_started", "ticket", "task", "answered")
 
-    def __init__(self, plane: DataPlane, mv: ModelVersion, request: InferRequest, protocol: str, done: Done):
-        self._plane, self._mv, self._request, self._protocol, self._done = plane, mv, request, protocol, done
+    def __init__(self, mv: ModelVersion, request: InferRequest, protocol: str, done: Done):
+        self._mv, self._request, self._protocol, self._done = mv, request, protocol, done
         self._started = time.perf_counter()
-        self.cancel: Callable[[], None] = _nothing  # takes the request back from its queue or pipeline
+        self.ticket = None  # its place in the queue, or
+        self.task: asyncio.Task | None = None  # its pipeline's run
         self.answered = False
 
     def finish(self, outcome) -> None:
@@ -66,18 +79,21 @@ class _Call:
         except Exception as e:  # the caller's bug: logged; the other callers of its batch are still answered
             unexpected(e, "answering a request failed", model=mv.name, version=mv.version, request_id=request.id)
         finally:
-            self._plane._count(mv, request, error, self._protocol, self._started)
+            _count(mv, request, error, self._protocol, self._started)
 
     def refused(self, error: InferdError) -> None:
         """Refused before it was queued (the caller gets the error raised)."""
         self.answered = True
-        self._plane._count(self._mv, self._request, error, self._protocol, self._started)
+        _count(self._mv, self._request, error, self._protocol, self._started)
 
     def withdraw(self) -> None:
         """The caller went away: a queued request leaves its queue, a pipeline stops."""
         if not self.answered:
             self.answered = True
-            self.cancel()
+            if self.ticket is not None:
+                self._mv.queue.withdraw(self.ticket)
+            if self.task is not None:
+                self.task.cancel()
             self._mv.observer.request_done(self._protocol, "CANCELLED", time.perf_counter() - self._started)
 
     def pipeline_done(self, task: asyncio.Task) -> None:
@@ -88,10 +104,6 @@ class _Call:
             self.finish(task.result())
         else:
             self.finish(unexpected(error, "pipeline failed", model=self._mv.name, request_id=self._request.id))
-
-
-def _nothing() -> None:
-    pass
 
 
 class DataPlane:
@@ -107,8 +119,7 @@ class DataPlane:
         before this returns (a deadline already passed). A request refused at once raises
         InferdError here instead. Returns the function that withdraws the request (its caller
         went away); `done` is then not called."""
-        mv = self._serving(name, version)
-        return self._submit(mv, request, protocol, done)
+        return self._submit(self._serving(name, version), request, protocol, done)
 
     async def infer(self, name: str, version: str, request: InferRequest, protocol: str) -> InferResponse:
         """`submit` for a caller that awaits; raises InferdError. Cancelling it withdraws the request."""
@@ -127,16 +138,14 @@ class DataPlane:
         return outcome
 
     def _submit(self, mv: ModelVersion, request: InferRequest, protocol: str, done: Done) -> Callable[[], None]:
-        call = _Call(self, mv, request, protocol, done)
+        call = _Call(mv, request, protocol, done)
         try:
             rows, shape_key = check_request(mv, request)
             if mv.pipeline is not None:  # its steps await one another: that takes a task
-                task = asyncio.ensure_future(mv.pipeline.run(request, self._run_step))
-                call.cancel = task.cancel
-                task.add_done_callback(call.pipeline_done)
+                call.task = asyncio.ensure_future(mv.pipeline.run(request, self._run_step))
+                call.task.add_done_callback(call.pipeline_done)
             else:
-                ticket = mv.queue.enqueue(request, rows, shape_key, call.finish)
-                call.cancel = lambda: mv.queue.withdraw(ticket)
+                call.ticket = mv.queue.enqueue(request, rows, shape_key, call.finish)
         except InferdError as e:
             call.refused(e)
             raise
@@ -151,18 +160,6 @@ class DataPlane:
         if not self.state.ready:
             raise InferdError(ErrorCode.UNAVAILABLE, "the server is not ready (starting or shutting down)")
         return self.repository.get_ready(name, version)
-
-    @staticmethod
-    def _count(mv: ModelVersion, request: InferRequest, error: InferdError | None, protocol: str, started: float) -> None:
-        """A finished request in the metrics (and an internal failure in the log)."""
-        observer = mv.observer
-        if error is None:
-            return observer.request_done(protocol, "OK", time.perf_counter() - started)
-        if error.code is ErrorCode.RESOURCE_EXHAUSTED:
-            observer.rejected("queue_full")
-        elif error.code is ErrorCode.INTERNAL:
-            log.error("inference failed", model=mv.name, version=mv.version, request_id=request.id, error=error.message)
-        observer.request_done(protocol, error.code.name, time.perf_counter() - started)
 
     # -- health, metadata, statistics --------------------------------------------------------
 
