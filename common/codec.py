@@ -13,30 +13,42 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 
-from inferd.common.errors import ErrorCode, InferdError
+from inferd.common.errors import invalid
 from inferd.common.tensors import DATATYPES, bytes_elements, object_tensor, texts
 
 _LENGTH = struct.Struct("<I")
 
 
-def _bad(message: str) -> InferdError:
-    return InferdError(ErrorCode.INVALID_ARGUMENT, message)
-
 
 def check_datatype_and_shape(name: str, datatype, shape) -> tuple[np.dtype, tuple[int, ...]]:
     dtype = DATATYPES.get(datatype) if type(datatype) is str else None
     if dtype is None:
-        raise _bad(f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
+        raise invalid(f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
     if type(shape) is list:
         for d in shape:  # a plain loop: checked for every tensor of every request
             if type(d) is not int or d < 0:
                 break
         else:
             return dtype, tuple(shape)
-    raise _bad(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    raise invalid(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+
+
+def named_items(items: list) -> Iterator[tuple[str, dict]]:
+    """(name, item) for each entry of a request's list of input tensors (V2 JSON, the Unix
+    socket's msgpack): each a map with a string 'name', no name twice."""
+    seen = set()
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise invalid(f"inputs[{i}] must be a map (an object) with a 'name'")
+        name = item["name"]
+        if name in seen:
+            raise invalid(f"input {name!r} appears twice")
+        seen.add(name)
+        yield name, item
 
 
 # -- raw bytes ---------------------------------------------------------------------------------
@@ -48,7 +60,7 @@ def from_raw(name: str, datatype: str, shape, data) -> np.ndarray:
     if datatype == "BYTES":
         return object_tensor(_split_bytes(name, data, count), shape)
     if len(data) != count * dtype.itemsize:
-        raise _bad(
+        raise invalid(
             f"input {name!r}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, got {len(data)}"
         )
     return np.ndarray(shape, dtype, data)  # a view of the bytes, shaped in one call
@@ -60,15 +72,15 @@ def _split_bytes(name: str, data, count: int) -> list[bytes]:
     pos = 0
     while pos < len(view):
         if pos + 4 > len(view):
-            raise _bad(f"input {name!r}: BYTES data ends inside an element's 4-byte length")
+            raise invalid(f"input {name!r}: BYTES data ends inside an element's 4-byte length")
         (n,) = _LENGTH.unpack_from(view, pos)
         pos += 4
         if pos + n > len(view):
-            raise _bad(f"input {name!r}: a BYTES element of {n} bytes runs past the end of the data")
+            raise invalid(f"input {name!r}: a BYTES element of {n} bytes runs past the end of the data")
         items.append(bytes(view[pos : pos + n]))
         pos += n
     if len(items) != count:
-        raise _bad(f"input {name!r}: shape needs {count} BYTES elements, got {len(items)}")
+        raise invalid(f"input {name!r}: shape needs {count} BYTES elements, got {len(items)}")
     return items
 
 
@@ -90,19 +102,19 @@ def from_list(name: str, datatype: str, shape, data) -> np.ndarray:
     dtype, shape = check_datatype_and_shape(name, datatype, shape)
     count = math.prod(shape)
     if not isinstance(data, list):
-        raise _bad(f"input {name!r}: data must be a list, got {type(data).__name__}")
+        raise invalid(f"input {name!r}: data must be a list, got {type(data).__name__}")
     if datatype == "BYTES":
         flat = _flatten(data)
         if not all(isinstance(x, str) for x in flat):
-            raise _bad(f"input {name!r}: BYTES data must be strings")
+            raise invalid(f"input {name!r}: BYTES data must be strings")
         array = object_tensor([x.encode() for x in flat])
     else:
         try:
             array = np.asarray(data, dtype=dtype).reshape(-1)
         except (ValueError, TypeError, OverflowError) as e:
-            raise _bad(f"input {name!r}: data is not a regular list of {datatype} values ({e})") from None
+            raise invalid(f"input {name!r}: data is not a regular list of {datatype} values ({e})") from None
     if array.size != count:
-        raise _bad(f"input {name!r}: shape {list(shape)} needs {count} elements, got {array.size}")
+        raise invalid(f"input {name!r}: shape {list(shape)} needs {count} elements, got {array.size}")
     return array.reshape(shape)
 
 
@@ -128,7 +140,7 @@ def to_list(name: str, array: np.ndarray):
     try:
         return texts(array)
     except UnicodeDecodeError:
-        raise _bad(f"output {name!r} holds non-UTF-8 bytes: request it with binary_data") from None
+        raise invalid(f"output {name!r} holds non-UTF-8 bytes: request it with binary_data") from None
 
 
 # -- typed values ------------------------------------------------------------------------------
@@ -138,10 +150,10 @@ def from_values(name: str, datatype: str, shape, values) -> np.ndarray:
     dtype, shape = check_datatype_and_shape(name, datatype, shape)
     count = math.prod(shape)
     if len(values) != count:
-        raise _bad(f"input {name!r}: shape {list(shape)} needs {count} elements, got {len(values)}")
+        raise invalid(f"input {name!r}: shape {list(shape)} needs {count} elements, got {len(values)}")
     if datatype == "BYTES":
         return object_tensor(list(values), shape)
     try:
         return np.asarray(values, dtype=dtype).reshape(shape)
     except (ValueError, TypeError, OverflowError) as e:
-        raise _bad(f"input {name!r}: values do not fit {datatype} ({e})") from None
+        raise invalid(f"input {name!r}: values do not fit {datatype} ({e})") from None

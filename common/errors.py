@@ -44,6 +44,11 @@ class InferdError(Exception):
         return f"InferdError({self.code.name}, {self.message!r})"
 
 
+def invalid(message: str) -> InferdError:
+    """The request is malformed or does not fit the model (the caller's fault)."""
+    return InferdError(ErrorCode.INVALID_ARGUMENT, message)
+
+
 class ConfigError(Exception):
     """Invalid configuration: names the file, the key and the reason."""
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import structlog
 
 import inferd
-from inferd.common.errors import ErrorCode, InferdError, unexpected
+from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.requests import InferRequest, InferResponse
@@ -203,7 +203,7 @@ class DataPlane:
         if not self.state.ready:
             raise InferdError(ErrorCode.UNAVAILABLE, "the server is not ready (starting or shutting down)")
         if not name:
-            raise InferdError(ErrorCode.INVALID_ARGUMENT, "a model name is required")
+            raise invalid("a model name is required")
 
     async def load_model(self, name: str) -> None:
         self._repository_call(name)

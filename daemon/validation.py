@@ -3,14 +3,10 @@ front-end."""
 
 from __future__ import annotations
 
-from inferd.common.errors import ErrorCode, InferdError
+from inferd.common.errors import invalid
 from inferd.common.tensors import datatype_of
 from inferd.daemon.models.version import ModelVersion
 from inferd.daemon.requests import InferRequest
-
-
-def _bad(message: str) -> InferdError:
-    return InferdError(ErrorCode.INVALID_ARGUMENT, message)
 
 
 def check_request(mv: ModelVersion, request: InferRequest) -> tuple[int, tuple]:
@@ -20,8 +16,8 @@ def check_request(mv: ModelVersion, request: InferRequest) -> tuple[int, tuple]:
     if inputs.keys() != specs.keys():
         unknown = sorted(inputs.keys() - specs.keys())
         if unknown:
-            raise _bad(f"unknown input {unknown[0]!r} for model {mv.name!r}; inputs are {', '.join(specs)}")
-        raise _bad(f"missing input {sorted(specs.keys() - inputs.keys())[0]!r} for model {mv.name!r}")
+            raise invalid(f"unknown input {unknown[0]!r} for model {mv.name!r}; inputs are {', '.join(specs)}")
+        raise invalid(f"missing input {sorted(specs.keys() - inputs.keys())[0]!r} for model {mv.name!r}")
     rows = 1
     batching = mv.max_batch_size > 0
     shape_key = []
@@ -29,20 +25,20 @@ def check_request(mv: ModelVersion, request: InferRequest) -> tuple[int, tuple]:
         array = inputs[spec.name]
         datatype = datatype_of(array)
         if datatype != spec.datatype:
-            raise _bad(f"input {spec.name!r} has datatype {datatype}, the model expects {spec.datatype}")
+            raise invalid(f"input {spec.name!r} has datatype {datatype}, the model expects {spec.datatype}")
         if not spec.accepts_shape(array.shape):
-            raise _bad(f"input {spec.name!r} has shape {list(array.shape)}, the model expects {list(spec.shape)} (-1: any)")
+            raise invalid(f"input {spec.name!r} has shape {list(array.shape)}, the model expects {list(spec.shape)} (-1: any)")
         if batching:
             if not shape_key:
                 rows = array.shape[0]
             elif array.shape[0] != rows:
-                raise _bad(f"inputs disagree on the batch size: {rows} rows and {array.shape[0]} rows in {spec.name!r}")
+                raise invalid(f"inputs disagree on the batch size: {rows} rows and {array.shape[0]} rows in {spec.name!r}")
             shape_key.append(array.shape[1:])
     if batching:
         if rows < 1:
-            raise _bad("the batch dimension must be at least 1")
+            raise invalid("the batch dimension must be at least 1")
         if rows > mv.max_batch_size:
-            raise _bad(f"batch of {rows} rows exceeds the model's max_batch_size {mv.max_batch_size}")
+            raise invalid(f"batch of {rows} rows exceeds the model's max_batch_size {mv.max_batch_size}")
     if request.outputs is not None:
         _check_outputs(mv, request.outputs)
     return rows, tuple(shape_key)
@@ -51,6 +47,6 @@ def check_request(mv: ModelVersion, request: InferRequest) -> tuple[int, tuple]:
 def _check_outputs(mv: ModelVersion, outputs: tuple[str, ...]) -> None:
     for out in outputs:
         if out not in mv.output_names:
-            raise _bad(f"unknown output {out!r} for model {mv.name!r}; outputs are {', '.join(sorted(mv.output_names))}")
+            raise invalid(f"unknown output {out!r} for model {mv.name!r}; outputs are {', '.join(sorted(mv.output_names))}")
     if len(set(outputs)) != len(outputs):
-        raise _bad("an output is requested twice")
+        raise invalid("an output is requested twice")

@@ -7,7 +7,7 @@ Inputs come as typed `contents` or as `raw_input_contents`; every output goes ba
 from __future__ import annotations
 
 from inferd.common.codec import check_datatype_and_shape, from_raw, from_values, to_raw
-from inferd.common.errors import ErrorCode, InferdError
+from inferd.common.errors import invalid
 from inferd.common.tensors import datatype_of
 from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
 from inferd.daemon.requests import InferRequest, InferResponse
@@ -25,9 +25,6 @@ _CONTENTS_FIELD = {
 }
 
 
-def _bad(message: str) -> InferdError:
-    return InferdError(ErrorCode.INVALID_ARGUMENT, message)
-
 
 def _parameters(params) -> dict:
     return {key: getattr(p, p.WhichOneof("parameter_choice")) for key, p in params.items() if p.WhichOneof("parameter_choice")}
@@ -36,22 +33,22 @@ def _parameters(params) -> dict:
 def decode_infer_request(message: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
-        raise _bad(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
+        raise invalid(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
     tensors = {}
     for i, tensor in enumerate(message.inputs):
         name = tensor.name
         if name in tensors:
-            raise _bad(f"input {name!r} appears twice")
+            raise invalid(f"input {name!r} appears twice")
         shape = list(tensor.shape)
         if raw:
             if tensor.HasField("contents"):
-                raise _bad(f"input {name!r}: contents given together with raw_input_contents")
+                raise invalid(f"input {name!r}: contents given together with raw_input_contents")
             tensors[name] = from_raw(name, tensor.datatype, shape, raw[i])
         else:
             field = _CONTENTS_FIELD.get(tensor.datatype)
             if field is None:
                 if tensor.datatype == "FP16":
-                    raise _bad(f"input {name!r}: FP16 data must be sent in raw_input_contents")
+                    raise invalid(f"input {name!r}: FP16 data must be sent in raw_input_contents")
                 check_datatype_and_shape(name, tensor.datatype, shape)  # names what is wrong
             tensors[name] = from_values(name, tensor.datatype, shape, getattr(tensor.contents, field))
     # (Empty repeated fields and maps are the common case: skip building anything from them.)

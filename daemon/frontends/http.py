@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from inferd.common.errors import ErrorCode, InferdError, unexpected
+from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.frontends import http_codec
 from inferd.daemon.frontends.auth import HTTP_HEALTH, Access
@@ -128,7 +128,7 @@ async def repository_index(request: web.Request) -> web.Response:
     try:
         ready = bool(orjson.loads(body).get("ready", False)) if body.strip() else False
     except (orjson.JSONDecodeError, AttributeError):
-        raise InferdError(ErrorCode.INVALID_ARGUMENT, 'expected a JSON object such as {"ready": true}') from None
+        raise invalid('expected a JSON object such as {"ready": true}') from None
     return _json(await request.app[DATAPLANE].repository_index(ready))
 
 

@@ -13,16 +13,13 @@ import time
 
 import orjson
 
-from inferd.common.codec import from_list, from_raw, to_list, to_raw
-from inferd.common.errors import ErrorCode, InferdError
+from inferd.common.codec import from_list, from_raw, named_items, to_list, to_raw
+from inferd.common.errors import invalid
 from inferd.common.tensors import datatype_of
 from inferd.daemon.requests import InferRequest, InferResponse
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
-
-def _bad(message: str) -> InferdError:
-    return InferdError(ErrorCode.INVALID_ARGUMENT, message)
 
 
 @dataclasses.dataclass(slots=True)
@@ -39,7 +36,7 @@ class OutputFormat:
 def _params(obj: dict, where: str) -> dict:
     params = obj.get("parameters") or {}
     if not isinstance(params, dict):
-        raise _bad(f"{where}: parameters must be an object")
+        raise invalid(f"{where}: parameters must be an object")
     return params
 
 
@@ -47,19 +44,19 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[InferRequest
     doc, binary = _split_body(body, header_length)
     inputs = doc.get("inputs", [])
     if not isinstance(inputs, list):
-        raise _bad("'inputs' must be a list")  # which inputs the model needs is the data plane's check
+        raise invalid("'inputs' must be a list")  # which inputs the model needs is the data plane's check
     tensors = _decode_inputs(inputs, binary)
     fmt = OutputFormat(bool(_params(doc, "request").get("binary_data_output", False)))
     requested = _decode_outputs(doc.get("outputs"), fmt)
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):
-        raise _bad("'id' must be a string")
+        raise invalid("'id' must be a string")
     parameters = _params(doc, "request")
     deadline = None
     if "timeout" in parameters:  # Triton's convention: microseconds the request may wait
         timeout = parameters["timeout"]
         if type(timeout) is not int or timeout < 0:
-            raise _bad("parameters.timeout must be a non-negative integer (microseconds)")
+            raise invalid("parameters.timeout must be a non-negative integer (microseconds)")
         deadline = time.monotonic() + timeout / 1e6
     return InferRequest(tensors, requested, request_id, parameters, deadline), fmt
 
@@ -70,17 +67,17 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryvie
         header, binary = body, memoryview(b"")
     else:
         if not header_length.isdigit():
-            raise _bad(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
+            raise invalid(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
         n = int(header_length)
         if n > len(body):
-            raise _bad(f"{HEADER_LENGTH} is {n} but the body has only {len(body)} bytes")
+            raise invalid(f"{HEADER_LENGTH} is {n} but the body has only {len(body)} bytes")
         header, binary = body[:n], memoryview(body)[n:]
     try:
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as e:
-        raise _bad(f"malformed JSON in the request: {e}") from None
+        raise invalid(f"malformed JSON in the request: {e}") from None
     if not isinstance(doc, dict):
-        raise _bad("the request must be a JSON object")
+        raise invalid("the request must be a JSON object")
     return doc, binary
 
 
@@ -88,19 +85,14 @@ def _decode_inputs(inputs: list, binary: memoryview) -> dict:
     """Each input from its JSON `data`, or from the next `binary_data_size` bytes of `binary`."""
     tensors = {}
     offset = 0
-    for i, item in enumerate(inputs):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise _bad(f"inputs[{i}] must be an object with a 'name'")
-        name = item["name"]
-        if name in tensors:
-            raise _bad(f"input {name!r} appears twice")
+    for name, item in named_items(inputs):
         params = _params(item, f"input {name!r}")
         if "binary_data_size" in params:
             size = params["binary_data_size"]
             if type(size) is not int or size < 0:
-                raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
+                raise invalid(f"input {name!r}: binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
-                raise _bad(
+                raise invalid(
                     f"input {name!r}: binary data of {size} bytes at offset {offset} runs past the end "
                     f"of the body ({len(binary)} binary bytes): truncated payload?"
                 )
@@ -109,9 +101,9 @@ def _decode_inputs(inputs: list, binary: memoryview) -> dict:
         elif "data" in item:
             tensors[name] = from_list(name, item.get("datatype"), item.get("shape"), item["data"])
         else:
-            raise _bad(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+            raise invalid(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
     if offset != len(binary):
-        raise _bad(f"{len(binary) - offset} bytes of binary data after the header belong to no input")
+        raise invalid(f"{len(binary) - offset} bytes of binary data after the header belong to no input")
     return tensors
 
 
@@ -120,11 +112,11 @@ def _decode_outputs(outputs, fmt: OutputFormat) -> tuple[str, ...] | None:
     if outputs is None:
         return None
     if not isinstance(outputs, list):
-        raise _bad("'outputs' must be a list")
+        raise invalid("'outputs' must be a list")
     requested = []
     for i, item in enumerate(outputs):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise _bad(f"outputs[{i}] must be an object with a 'name'")
+            raise invalid(f"outputs[{i}] must be an object with a 'name'")
         requested.append(item["name"])
         params = _params(item, f"output {item['name']!r}")
         if "binary_data" in params:

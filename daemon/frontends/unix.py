@@ -14,10 +14,10 @@ from pathlib import Path
 import msgpack
 import structlog
 
-from inferd.common.errors import ErrorCode, InferdError, unexpected
+from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.common.tasks import TaskSet
 from inferd.daemon.dataplane import DataPlane
-from inferd.daemon.frontends.unix_codec import bad, decode_infer, encode_infer, error_reply, field
+from inferd.daemon.frontends.unix_codec import decode_infer, encode_infer, error_reply, field
 from inferd.daemon.requests import InferResponse
 
 log = structlog.get_logger("inferd.unix")
@@ -78,9 +78,9 @@ class _Connection(asyncio.Protocol):
     def _handle(self, msg) -> None:
         request_id = msg.get("id") if isinstance(msg, dict) else None
         if msg is None:
-            return self._reply(error_reply(0, bad("the frame is not valid msgpack")))
+            return self._reply(error_reply(0, invalid("the frame is not valid msgpack")))
         if type(request_id) is not int or request_id < 0:
-            return self._reply(error_reply(0, bad("every request needs an unsigned integer 'id'")))
+            return self._reply(error_reply(0, invalid("every request needs an unsigned integer 'id'")))
         op = msg.get("op")
         try:
             if op == "infer":

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 
-from inferd.common.codec import from_raw, to_raw
-from inferd.common.errors import ErrorCode, InferdError
+from inferd.common.codec import from_raw, named_items, to_raw
+from inferd.common.errors import ErrorCode, InferdError, invalid
 from inferd.common.tensors import datatype_of
 from inferd.daemon.requests import InferRequest, InferResponse
 
@@ -24,9 +24,6 @@ WIRE_CODES = {
 }
 
 
-def bad(message: str) -> InferdError:
-    return InferdError(ErrorCode.INVALID_ARGUMENT, message)
-
 
 def field(msg: dict, key: str, kind: type, default=None):
     """`msg[key]` if it is of `kind` (bool is not an int here), `default` if absent."""
@@ -34,7 +31,7 @@ def field(msg: dict, key: str, kind: type, default=None):
         return default
     value = msg[key]
     if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        raise bad(f"{key!r} must be {kind.__name__}")
+        raise invalid(f"{key!r} must be {kind.__name__}")
     return value
 
 
@@ -45,22 +42,17 @@ def error_reply(request_id: int, error: InferdError) -> dict:
 def decode_infer(msg: dict) -> tuple[str, str, InferRequest]:
     model = field(msg, "model", str)
     if not model:
-        raise bad("'model' is required")
+        raise invalid("'model' is required")
     inputs = field(msg, "inputs", list, [])
     tensors = {}
-    for i, item in enumerate(inputs):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise bad(f"inputs[{i}] must be a map with a 'name'")
-        name = item["name"]
-        if name in tensors:
-            raise bad(f"input {name!r} appears twice")
+    for name, item in named_items(inputs):
         data = item.get("data")
         if not isinstance(data, bytes):
-            raise bad(f"input {name!r}: 'data' must be bin (raw little-endian bytes)")
+            raise invalid(f"input {name!r}: 'data' must be bin (raw little-endian bytes)")
         tensors[name] = from_raw(name, item.get("datatype"), item.get("shape"), data)
     outputs = field(msg, "outputs", list)
     if outputs is not None and not all(isinstance(o, str) for o in outputs):
-        raise bad("'outputs' must be a list of names")
+        raise invalid("'outputs' must be a list of names")
     timeout_ms = field(msg, "timeout_ms", int)
     deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
     request = InferRequest(tensors, tuple(outputs) if outputs else None, field(msg, "request_id", str, ""), {}, deadline)
