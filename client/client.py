@@ -29,15 +29,12 @@ def _transport(socket, url, token, cafile, timeout, unix, http):
 
 def _tensor(name: str, value) -> dict:
     array = np.asarray(value)
-    if array.dtype.kind in "US":
-        array = array.astype(object)  # to_raw writes str elements as UTF-8
-    elif array.dtype.byteorder == ">":
+    if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    try:
-        datatype = datatype_of(array)
-    except ValueError as e:
+    try:  # (str elements travel as UTF-8; to_raw says so)
+        return {"name": name, "datatype": datatype_of(array), "shape": list(array.shape), "data": to_raw(array)}
+    except (ValueError, TypeError) as e:  # no V2 datatype; a BYTES element that is neither bytes nor str
         raise InferdClientError("invalid_argument", f"input {name!r}: {e}") from None
-    return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": to_raw(array)}
 
 
 def _infer_fields(model: str, inputs: Mapping, outputs, version: str, request_id: str, timeout_ms) -> dict:

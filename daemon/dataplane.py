@@ -55,7 +55,10 @@ def _count(mv: ModelVersion, request: InferRequest, error: InferdError | None, p
 
 class _Call:
     """One inference in flight: answers its caller once, or is withdrawn by it (then the
-    caller hears nothing), and is counted once either way."""
+    caller hears nothing), and is counted once either way. Its ticket refers back to it (the
+    ticket's callback is `finish`): both ends drop that reference, so that a finished request
+    is freed at once by reference counting and never waits for the cyclic garbage collector
+    (a cycle per request made full collections, and 30-50 ms stalls, at 10,000 requests/s)."""
 
     __slots__ = ("_mv", "_request", "_protocol", "_done", "_started", "ticket", "task", "answered")
 
@@ -71,6 +74,7 @@ class _Call:
         if self.answered:
             return
         self.answered = True
+        self.ticket = self.task = None
         mv, request = self._mv, self._request
         error = outcome if isinstance(outcome, InferdError) else None
         try:
@@ -90,10 +94,11 @@ class _Call:
         """The caller went away: a queued request leaves its queue, a pipeline stops."""
         if not self.answered:
             self.answered = True
-            if self.ticket is not None:
-                self._mv.queue.withdraw(self.ticket)
-            if self.task is not None:
-                self.task.cancel()
+            ticket, task, self.ticket, self.task = self.ticket, self.task, None, None
+            if ticket is not None:
+                self._mv.queue.withdraw(ticket)
+            if task is not None:
+                task.cancel()
             self._mv.observer.request_done(self._protocol, "CANCELLED", time.perf_counter() - self._started)
 
     def pipeline_done(self, task: asyncio.Task) -> None:
@@ -145,7 +150,9 @@ class DataPlane:
                 call.task = asyncio.ensure_future(mv.pipeline.run(request, self._run_step))
                 call.task.add_done_callback(call.pipeline_done)
             else:
-                call.ticket = mv.queue.enqueue(request, rows, shape_key, call.finish)
+                ticket = mv.queue.enqueue(request, rows, shape_key, call.finish)
+                if not call.answered:  # (an expired deadline is answered inside enqueue)
+                    call.ticket = ticket
         except InferdError as e:
             call.refused(e)
             raise
