@@ -86,16 +86,20 @@ class DaemonProcess:
             if message in data.splitlines():
                 return True
 
-    def events(self, name: str) -> list[dict]:
+    def log_events(self) -> list[dict]:
+        """Every JSON event the daemon has logged so far (other lines are skipped)."""
         out = []
         for line in list(self.lines):
             try:
                 event = json.loads(line)
             except ValueError:
                 continue
-            if event.get("event") == name:
+            if isinstance(event, dict):
                 out.append(event)
         return out
+
+    def events(self, name: str) -> list[dict]:
+        return [e for e in self.log_events() if e.get("event") == name]
 
     def http_get(self, path: str) -> bytes:
         with urllib.request.urlopen(self.url + path, timeout=30) as response:

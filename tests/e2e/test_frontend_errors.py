@@ -6,7 +6,6 @@ them a data plane whose every call hits a bug (tests/buggy_frontends.py)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -36,15 +35,7 @@ def buggy(tmp_path_factory):
 
 def logged_bugs(d: DaemonProcess) -> list[dict]:
     """The log's error events that carry a traceback."""
-    out = []
-    for line in list(d.lines):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("level") == "error" and "Traceback" in event.get("exception", ""):
-            out.append(event)
-    return out
+    return [e for e in d.log_events() if e.get("level") == "error" and "Traceback" in e.get("exception", "")]
 
 
 async def one_more_logged_bug(d: DaemonProcess, before: int) -> None:
