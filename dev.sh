@@ -8,11 +8,21 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
 
-setup() {  # $1: the extras to install
+say() { echo "dev.sh: $*" >&2; }
+
+setup() {  # $1: the extras to install; skipped when pyproject.toml has not changed since
   if [ ! -x "$VENV/bin/python" ]; then
+    say "creating the virtual environment $VENV"
     python3 -m venv "$VENV" 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv "$VENV"; }
   fi
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$1]"
+  # The install is editable: code changes need no reinstall, only pyproject.toml changes do.
+  local stamp="$VENV/.inferd-installed-${1//,/-}" want
+  want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x "$VENV/bin/inferd" ]; then
+    say "installing inferd[$1] into $VENV (the first time takes a few minutes)"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$1]"
+    echo "$want" > "$stamp"
+  fi
 }
 
 command=${1:-}
@@ -20,7 +30,9 @@ command=${1:-}
 case "$command" in
   serve)
     setup cpu,examples
-    "$VENV/bin/python" examples/make_models.py examples/models >/dev/null
+    say "writing the example models that are missing from examples/models (existing files are kept)"
+    "$VENV/bin/python" examples/make_models.py --keep examples/models >/dev/null
+    say "starting: inferd serve --models examples/models $* (HTTP 127.0.0.1:8000 and gRPC 127.0.0.1:8001 unless flags say otherwise; Ctrl-C stops)"
     exec "$VENV/bin/inferd" serve --models examples/models "$@" ;;
   test)
     setup test

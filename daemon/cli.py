@@ -8,18 +8,29 @@ from pathlib import Path
 
 import inferd
 from inferd.common.errors import ConfigError
-from inferd.config.settings import load_daemon_config, read_token
+from inferd.config.settings import load_daemon_config, parse_address, read_token
 
 
-def _parser() -> argparse.ArgumentParser:
+def _address_flag(value: str) -> str:
+    """--http/--grpc: checked as the flag is parsed, so the error names the flag."""
+    if value:
+        try:
+            parse_address(value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser, and each command's own."""
     parser = argparse.ArgumentParser(prog="inferd", description="Model-serving daemon (KServe V2 protocol).")
     parser.add_argument("--version", action="version", version=f"inferd {inferd.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the models directory until SIGTERM/SIGINT")
     serve.add_argument("--config", metavar="FILE", help="daemon config (TOML)")
     serve.add_argument("--models", metavar="DIR", help="models directory [models.dir]")
-    serve.add_argument("--http", metavar="HOST:PORT", help='V2 REST listener; port 0 picks a free port; "" disables [server.http]')
-    serve.add_argument("--grpc", metavar="HOST:PORT", help='V2 gRPC listener; "" disables [server.grpc]')
+    serve.add_argument("--http", metavar="HOST:PORT", type=_address_flag, help='V2 REST listener; port 0 picks a free port; "" disables [server.http]')
+    serve.add_argument("--grpc", metavar="HOST:PORT", type=_address_flag, help='V2 gRPC listener; "" disables [server.grpc]')
     serve.add_argument("--socket", metavar="PATH", help='Unix socket (msgpack protocol); "" disables [server.socket]')
     serve.add_argument("--http-socket", metavar="PATH", help="V2 REST on a Unix socket too [server.http_socket]")
     serve.add_argument("--log-format", choices=["auto", "json", "console", "journal"], help="[log.format]")
@@ -31,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--url", metavar="URL", help="the daemon's HTTP address instead, e.g. http://127.0.0.1:8000")
     models.add_argument("--token-file", metavar="FILE", help="bearer token for --url")
     models.add_argument("--cafile", metavar="FILE", help="certificate(s) to trust for an https:// --url")
-    return parser
+    return parser, {"serve": serve, "models": models}
 
 
 def format_models(rows: list[dict]) -> str:
@@ -82,8 +93,18 @@ def _overrides(args: argparse.Namespace) -> dict:
     return out
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Like parse_args, but arguments a command does not know are reported with that
+    command's usage (argparse reports them with the top-level one)."""
+    parser, commands = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     if args.command == "models":
         return _models_command(args)
     try:

@@ -8,7 +8,8 @@ With torch installed it also writes the text pipeline: `tokenize` (Python, BYTES
 `bag_classifier` (TorchScript), `label` (Python, BYTES out) and `text_classifier`, the pipeline
 of the three (a config.toml alone).
 
-    python examples/make_models.py DIR      # writes DIR/mlp.onnx, DIR/add_sub/..., ...
+    python examples/make_models.py DIR          # writes DIR/mlp.onnx, DIR/add_sub/..., ...
+    python examples/make_models.py --keep DIR   # only what is missing (./dev.sh serve)
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import pathlib
-import shutil
 import sys
 import warnings
 
@@ -266,46 +266,63 @@ def build_bag_classifier(path: pathlib.Path) -> pathlib.Path:
     return save_torchscript(bag_classifier_module(), path)
 
 
-def make_text_examples(root: pathlib.Path) -> list[pathlib.Path]:
+class _Writer:
+    """Writes the example files; with `keep`, a file that exists is left as it is (an edited
+    config.toml survives `./dev.sh serve`, and nothing is rebuilt when nothing is missing)."""
+
+    def __init__(self, keep: bool = False):
+        self.keep = keep
+
+    def build(self, path: pathlib.Path, builder) -> pathlib.Path:
+        return path if self.keep and path.exists() else builder(path)
+
+    def text(self, path: pathlib.Path, text: str) -> pathlib.Path:
+        if not (self.keep and path.exists()):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return path
+
+    def copy(self, source: pathlib.Path, path: pathlib.Path) -> pathlib.Path:
+        return self.text(path, source.read_text())
+
+
+def make_text_examples(root: pathlib.Path, keep: bool = False) -> list[pathlib.Path]:
     """The text pipeline: two Python models around a TorchScript one, and the pipeline."""
-    written = []
-    for name in ("tokenize", "label"):
-        target = root / name / "1" / "model.py"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        written.append(pathlib.Path(shutil.copyfile(PYTHON_MODELS / f"{name}.py", target)))
-    (root / "label" / "config.toml").write_text(LABEL_CONFIG)
-    written.append(build_bag_classifier(root / "bag_classifier" / "1" / "model.pt"))
-    (root / "bag_classifier" / "config.toml").write_text(BAG_CLASSIFIER_CONFIG)
-    (root / "text_classifier").mkdir(exist_ok=True)
-    written.append(root / "text_classifier" / "config.toml")
-    written[-1].write_text(TEXT_CLASSIFIER_CONFIG)
+    out = _Writer(keep)
+    written = [out.copy(PYTHON_MODELS / f"{name}.py", root / name / "1" / "model.py") for name in ("tokenize", "label")]
+    out.text(root / "label" / "config.toml", LABEL_CONFIG)
+    written.append(out.build(root / "bag_classifier" / "1" / "model.pt", build_bag_classifier))
+    out.text(root / "bag_classifier" / "config.toml", BAG_CLASSIFIER_CONFIG)
+    written.append(out.text(root / "text_classifier" / "config.toml", TEXT_CLASSIFIER_CONFIG))
     return written
 
 
-def make_examples(root: pathlib.Path, text: bool | None = None) -> list[pathlib.Path]:
+def make_examples(root: pathlib.Path, text: bool | None = None, keep: bool = False) -> list[pathlib.Path]:
     """The bundled example repository: both layouts of the model directory, and (with torch, or
-    when `text` is True) the text pipeline."""
+    when `text` is True) the text pipeline. `keep`: files that exist are not written again."""
     root.mkdir(parents=True, exist_ok=True)
+    out = _Writer(keep)
     written = [
-        build_mlp(root / "mlp.onnx"),  # bare file: version 1, metadata from the file
-        build_add_sub(root / "add_sub" / "1" / "model.onnx"),  # full layout with config.toml
-        build_identity_all(root / "identity_all.onnx"),
+        out.build(root / "mlp.onnx", build_mlp),  # bare file: version 1, metadata from the file
+        out.build(root / "add_sub" / "1" / "model.onnx", build_add_sub),  # full layout with config.toml
+        out.build(root / "identity_all.onnx", build_identity_all),
     ]
-    (root / "add_sub" / "config.toml").write_text(ADD_SUB_CONFIG)
+    out.text(root / "add_sub" / "config.toml", ADD_SUB_CONFIG)
     if text is None:
         text = importlib.util.find_spec("torch") is not None
         if not text:
             print("torch is not installed: the text pipeline examples are left out", file=sys.stderr)
     if text:
-        written += make_text_examples(root)
+        written += make_text_examples(root, keep)
     return written
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=pathlib.Path, help="model repository to write into")
+    parser.add_argument("--keep", action="store_true", help="leave files that exist as they are (edited configs too)")
     args = parser.parse_args()
-    for path in make_examples(args.dir):
+    for path in make_examples(args.dir, keep=args.keep):
         print(path)
 
 
