@@ -17,12 +17,14 @@ from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
-from inferd.common.errors import ErrorCode, InferdError, unexpected
+from inferd.common.codec import ValueBudget
+from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.frontends.auth import GRPC_HEALTH, Access
 from inferd.daemon.frontends.grpc_codec import decode_infer_request, encode_infer_response
 from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
 from inferd.daemon.frontends.grpc_gen.inference_grpc import GRPCInferenceServiceBase
+from inferd.daemon.requests import RequestLimits
 
 GRPC_STATUS = {
     ErrorCode.INVALID_ARGUMENT: Status.INVALID_ARGUMENT,
@@ -37,6 +39,27 @@ GRPC_STATUS = {
 }
 
 
+async def receive(stream: Stream, max_bytes: int):
+    """The call's one request message, like stream.recv_message(), but a message longer than
+    `max_bytes` is refused from its 5-byte prefix, before grpclib buffers it (grpclib has no
+    limit of its own; HTTP/2 flow control then holds the client at the stream's window). This
+    reads grpclib's private parts (`_stream`, `_codec`, `_recv_type`): its Stream offers no
+    other way in ahead of the body."""
+    prefix = await stream._stream.recv_data(5)
+    if len(prefix) != 5:
+        raise invalid("the request carries no message")
+    if prefix[0]:
+        raise invalid("compressed messages are not supported")
+    size = int.from_bytes(prefix[1:], "big")
+    if size > max_bytes:
+        raise InferdError(ErrorCode.RESOURCE_EXHAUSTED,
+                          f"a message of {size:,} bytes is larger than server.max_request_bytes ({max_bytes:,} bytes)")
+    try:
+        return stream._codec.decode(await stream._stream.recv_data(size), stream._recv_type)
+    except DecodeError:
+        raise invalid("the request is not a valid protobuf message") from None
+
+
 def _status(handler):
     """Receive the request, run the handler, send its reply; InferdError -> gRPC status, and a
     bug -> INTERNAL (its traceback in the log, not in the status message)."""
@@ -44,12 +67,10 @@ def _status(handler):
     @functools.wraps(handler)
     async def rpc(self, stream: Stream) -> None:
         try:
-            request = await stream.recv_message()
+            request = await receive(stream, self.limits.max_request_bytes)
             reply = await handler(self, request, stream)
         except GRPCError:
             raise
-        except DecodeError:
-            raise GRPCError(Status.INVALID_ARGUMENT, f"the {handler.__name__} request is not a valid protobuf message") from None
         except InferdError as e:
             raise GRPCError(GRPC_STATUS[e.code], e.message) from None
         except Exception as e:
@@ -72,8 +93,9 @@ def require_token(server, access: Access) -> None:
 
 
 class InferenceServicer(GRPCInferenceServiceBase):
-    def __init__(self, dataplane: DataPlane):
+    def __init__(self, dataplane: DataPlane, limits: RequestLimits):
         self.dataplane = dataplane
+        self.limits = limits
 
     @_status
     async def ServerLive(self, request, stream):
@@ -100,7 +122,7 @@ class InferenceServicer(GRPCInferenceServiceBase):
         deadline = None
         if stream.deadline is not None:
             deadline = time.monotonic() + stream.deadline.time_remaining()
-        infer_request = decode_infer_request(request, deadline)
+        infer_request = decode_infer_request(request, deadline, ValueBudget(self.limits.max_value_elements))
         response = await self.dataplane.infer(request.model_name, request.model_version, infer_request, "grpc")
         return encode_infer_response(response)
 

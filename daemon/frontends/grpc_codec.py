@@ -6,8 +6,8 @@ Inputs come as typed `contents` or as `raw_input_contents`; every output goes ba
 
 from __future__ import annotations
 
-from inferd.common.codec import check_datatype_and_shape, from_raw, from_values, to_raw
-from inferd.common.errors import invalid
+from inferd.common.codec import ValueBudget, check_datatype_and_shape, from_raw, from_values, to_raw
+from inferd.common.errors import clip, invalid
 from inferd.common.tensors import datatype_of
 from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
 from inferd.daemon.requests import InferRequest, InferResponse
@@ -30,7 +30,7 @@ def _parameters(params) -> dict:
     return {key: getattr(p, p.WhichOneof("parameter_choice")) for key, p in params.items() if p.WhichOneof("parameter_choice")}
 
 
-def decode_infer_request(message: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
+def decode_infer_request(message: pb.ModelInferRequest, deadline: float | None, budget: ValueBudget) -> InferRequest:
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
         raise invalid(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
@@ -38,19 +38,19 @@ def decode_infer_request(message: pb.ModelInferRequest, deadline: float | None) 
     for i, tensor in enumerate(message.inputs):
         name = tensor.name
         if name in tensors:
-            raise invalid(f"input {name!r} appears twice")
+            raise invalid(f"input {clip(name)} appears twice")
         shape = list(tensor.shape)
         if raw:
             if tensor.HasField("contents"):
-                raise invalid(f"input {name!r}: contents given together with raw_input_contents")
-            tensors[name] = from_raw(name, tensor.datatype, shape, raw[i])
+                raise invalid(f"input {clip(name)}: contents given together with raw_input_contents")
+            tensors[name] = from_raw(name, tensor.datatype, shape, raw[i], budget)
         else:
             field = _CONTENTS_FIELD.get(tensor.datatype)
             if field is None:
                 if tensor.datatype == "FP16":
-                    raise invalid(f"input {name!r}: FP16 data must be sent in raw_input_contents")
+                    raise invalid(f"input {clip(name)}: FP16 data must be sent in raw_input_contents")
                 check_datatype_and_shape(name, tensor.datatype, shape)  # names what is wrong
-            tensors[name] = from_values(name, tensor.datatype, shape, getattr(tensor.contents, field))
+            tensors[name] = from_values(name, tensor.datatype, shape, getattr(tensor.contents, field), budget)
     # (Empty repeated fields and maps are the common case: skip building anything from them.)
     outputs = tuple(o.name for o in message.outputs) if message.outputs else None
     parameters = _parameters(message.parameters) if message.parameters else {}

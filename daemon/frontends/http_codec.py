@@ -13,13 +13,12 @@ import time
 
 import orjson
 
-from inferd.common.codec import from_list, from_raw, named_items, to_list, to_raw
-from inferd.common.errors import invalid
+from inferd.common.codec import ValueBudget, from_list, from_raw, named_items, to_list, to_raw
+from inferd.common.errors import clip, invalid
 from inferd.common.tensors import datatype_of
 from inferd.daemon.requests import InferRequest, InferResponse
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-
 
 
 @dataclasses.dataclass(slots=True)
@@ -40,12 +39,23 @@ def _params(obj: dict, where: str) -> dict:
     return params
 
 
-def decode_request(body: bytes, header_length: str | None) -> tuple[InferRequest, OutputFormat]:
+def json_length(header_length: str | None) -> int | None:
+    """The JSON header's length from the Inference-Header-Content-Length header (None: the whole
+    body is JSON)."""
+    if header_length is None:
+        return None
+    if not (header_length.isascii() and header_length.isdigit() and len(header_length) <= 18):
+        raise invalid(f"{HEADER_LENGTH} must be a non-negative integer, got {clip(header_length)}")
+    return int(header_length)
+
+
+def decode_request(body: bytes | bytearray, header_length: int | None, budget: ValueBudget) -> tuple[InferRequest, OutputFormat]:
+    """A body (JSON, or a JSON header of `header_length` bytes and binary tensors after it)."""
     doc, binary = _split_body(body, header_length)
     inputs = doc.get("inputs", [])
     if not isinstance(inputs, list):
         raise invalid("'inputs' must be a list")  # which inputs the model needs is the data plane's check
-    tensors = _decode_inputs(inputs, binary)
+    tensors = _decode_inputs(inputs, binary, budget)
     fmt = OutputFormat(bool(_params(doc, "request").get("binary_data_output", False)))
     requested = _decode_outputs(doc.get("outputs"), fmt)
     request_id = doc.get("id", "")
@@ -61,14 +71,11 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[InferRequest
     return InferRequest(tensors, requested, request_id, parameters, deadline), fmt
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
+def _split_body(body: bytes | bytearray, n: int | None) -> tuple[dict, memoryview]:
     """The JSON header as an object, and the binary data after it."""
-    if header_length is None:
+    if n is None:
         header, binary = body, memoryview(b"")
     else:
-        if not header_length.isdigit():
-            raise invalid(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
-        n = int(header_length)
         if n > len(body):
             raise invalid(f"{HEADER_LENGTH} is {n} but the body has only {len(body)} bytes")
         header, binary = body[:n], memoryview(body)[n:]
@@ -81,27 +88,28 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryvie
     return doc, binary
 
 
-def _decode_inputs(inputs: list, binary: memoryview) -> dict:
+def _decode_inputs(inputs: list, binary: memoryview, budget: ValueBudget) -> dict:
     """Each input from its JSON `data`, or from the next `binary_data_size` bytes of `binary`."""
     tensors = {}
     offset = 0
     for name, item in named_items(inputs):
-        params = _params(item, f"input {name!r}")
+        params = _params(item, f"input {clip(name)}")
         if "binary_data_size" in params:
             size = params["binary_data_size"]
             if type(size) is not int or size < 0:
-                raise invalid(f"input {name!r}: binary_data_size must be a non-negative integer")
+                raise invalid(f"input {clip(name)}: binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
                 raise invalid(
-                    f"input {name!r}: binary data of {size} bytes at offset {offset} runs past the end "
+                    f"input {clip(name)}: binary data of {size} bytes at offset {offset} runs past the end "
                     f"of the body ({len(binary)} binary bytes): truncated payload?"
                 )
-            tensors[name] = from_raw(name, item.get("datatype"), item.get("shape"), binary[offset : offset + size])
+            data = binary[offset : offset + size]
+            tensors[name] = from_raw(name, item.get("datatype"), item.get("shape"), data, budget)
             offset += size
         elif "data" in item:
-            tensors[name] = from_list(name, item.get("datatype"), item.get("shape"), item["data"])
+            tensors[name] = from_list(name, item.get("datatype"), item.get("shape"), item["data"], budget)
         else:
-            raise invalid(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+            raise invalid(f"input {clip(name)} has neither 'data' nor parameters.binary_data_size")
     if offset != len(binary):
         raise invalid(f"{len(binary) - offset} bytes of binary data after the header belong to no input")
     return tensors
@@ -118,7 +126,7 @@ def _decode_outputs(outputs, fmt: OutputFormat) -> tuple[str, ...] | None:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise invalid(f"outputs[{i}] must be an object with a 'name'")
         requested.append(item["name"])
-        params = _params(item, f"output {item['name']!r}")
+        params = _params(item, f"output {clip(item['name'])}")
         if "binary_data" in params:
             fmt.binary[item["name"]] = bool(params["binary_data"])
     return tuple(requested) or None

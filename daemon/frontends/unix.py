@@ -14,6 +14,7 @@ from pathlib import Path
 import msgpack
 import structlog
 
+from inferd.common.codec import ValueBudget
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.common.tasks import TaskSet
 from inferd.daemon.dataplane import DataPlane
@@ -100,7 +101,7 @@ class _Connection(asyncio.Protocol):
         serial = self._serial
         self._inflight[serial] = _nothing  # in flight before submit: it may answer at once
         try:
-            model, version, request = decode_infer(msg)
+            model, version, request = decode_infer(msg, ValueBudget(self.front.max_values))
             withdraw = self.front.dataplane.submit(
                 model, version, request, "unix", lambda result: self._infer_done(serial, request_id, result))
         except BaseException:
@@ -170,9 +171,10 @@ class _Connection(asyncio.Protocol):
 
 
 class UnixFrontEnd:
-    def __init__(self, dataplane: DataPlane, max_frame: int):
+    def __init__(self, dataplane: DataPlane, max_frame: int, max_values: int):
         self.dataplane = dataplane
         self.max_frame = max_frame
+        self.max_values = max_values  # server.max_value_elements
         self.connections: set[_Connection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._path: str | None = None

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 
-from inferd.common.codec import from_raw, named_items, to_raw
-from inferd.common.errors import ErrorCode, InferdError, invalid
+from inferd.common.codec import ValueBudget, from_raw, named_items, to_raw
+from inferd.common.errors import ErrorCode, InferdError, clip, invalid
 from inferd.common.tensors import datatype_of
 from inferd.daemon.requests import InferRequest, InferResponse
 
@@ -39,7 +39,7 @@ def error_reply(request_id: int, error: InferdError) -> dict:
     return {"id": request_id, "ok": False, "error": {"code": WIRE_CODES[error.code], "message": error.message}}
 
 
-def decode_infer(msg: dict) -> tuple[str, str, InferRequest]:
+def decode_infer(msg: dict, budget: ValueBudget) -> tuple[str, str, InferRequest]:
     model = field(msg, "model", str)
     if not model:
         raise invalid("'model' is required")
@@ -48,8 +48,8 @@ def decode_infer(msg: dict) -> tuple[str, str, InferRequest]:
     for name, item in named_items(inputs):
         data = item.get("data")
         if not isinstance(data, bytes):
-            raise invalid(f"input {name!r}: 'data' must be bin (raw little-endian bytes)")
-        tensors[name] = from_raw(name, item.get("datatype"), item.get("shape"), data)
+            raise invalid(f"input {clip(name)}: 'data' must be bin (raw little-endian bytes)")
+        tensors[name] = from_raw(name, item.get("datatype"), item.get("shape"), data, budget)
     outputs = field(msg, "outputs", list)
     if outputs is not None and not all(isinstance(o, str) for o in outputs):
         raise invalid("'outputs' must be a list of names")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from inferd.backends import ipc
-from inferd.common.codec import from_list, from_raw, to_raw
+from inferd.common.codec import ValueBudget, from_list, from_raw, to_raw
 from inferd.common.errors import ErrorCode, InferdError
 from inferd.daemon.frontends import http_codec
 from inferd.daemon.requests import InferResponse
@@ -39,7 +39,7 @@ def test_binary_request_slices_inputs_in_order_without_copying():
     header = (b'{"inputs":[{"name":"a","shape":[4],"datatype":"FP32","parameters":{"binary_data_size":16}},'
               b'{"name":"b","shape":[3],"datatype":"INT64","parameters":{"binary_data_size":24}}],'
               b'"outputs":[{"name":"o","parameters":{"binary_data":true}}],"id":"r1"}')
-    request, fmt = http_codec.decode_request(header + a.tobytes() + b.tobytes(), str(len(header)))
+    request, fmt = http_codec.decode_request(header + a.tobytes() + b.tobytes(), len(header), ValueBudget(16))
     assert np.array_equal(request.inputs["a"], a) and np.array_equal(request.inputs["b"], b)
     assert request.outputs == ("o",) and request.id == "r1" and fmt.is_binary("o") and not fmt.is_binary("p")
 
