@@ -150,7 +150,7 @@ async def infer(request: web.Request) -> web.Response:
     req, fmt = http_codec.decode_request(body, json_length, ValueBudget(limits.max_value_elements))
     name, version = _model_args(request)
     response = await request.app[DATAPLANE].infer(name, version, req, "http")
-    payload, header_length = http_codec.encode_response(response, fmt)
+    payload, header_length = await http_codec.encode_response(response, fmt)
     if header_length is None:
         return web.Response(body=payload, content_type="application/json")
     return web.Response(

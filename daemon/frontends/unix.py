@@ -18,7 +18,7 @@ from inferd.common.codec import ValueBudget
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.common.tasks import TaskSet
 from inferd.daemon.dataplane import DataPlane
-from inferd.daemon.frontends.unix_codec import decode_infer, encode_infer, error_reply, field
+from inferd.daemon.frontends.unix_codec import decode_infer, encode_infer, error_reply, field, unpack_frame
 from inferd.daemon.requests import InferResponse
 
 log = structlog.get_logger("inferd.unix")
@@ -68,11 +68,8 @@ class _Connection(asyncio.Protocol):
             end = HEADER.size + length
             if len(buf) < end:
                 break
-            try:
-                with memoryview(buf) as view:  # msgpack copies what it keeps: no copy before it
-                    msg = msgpack.unpackb(view[HEADER.size : end], raw=False)
-            except Exception:
-                msg = None
+            with memoryview(buf) as view:  # msgpack copies what it keeps: no copy before it
+                msg = unpack_frame(view[HEADER.size : end])
             del buf[:end]
             self._handle(msg)
 

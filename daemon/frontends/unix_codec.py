@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import msgpack
+
 from inferd.common.codec import ValueBudget, from_raw, named_items, to_raw
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid
 from inferd.common.tensors import datatype_of
@@ -23,6 +25,29 @@ WIRE_CODES = {
     ErrorCode.INTERNAL: "internal",
 }
 
+
+
+MAX_FRAME_ITEMS = 65536  # entries of all the arrays and maps in one frame (a request needs a few dozen)
+
+
+def unpack_frame(frame) -> dict | None:
+    """A frame's message; None if it is not valid msgpack, or if its arrays and maps hold more
+    than MAX_FRAME_ITEMS entries in all: each entry is a Python object, and 64 MiB of one-byte
+    entries would be 64 M of them (seconds of the loop, gigabytes). Tensors travel as bin."""
+    items = 0
+
+    def counted(container):
+        nonlocal items
+        items += len(container)
+        if items > MAX_FRAME_ITEMS:
+            raise ValueError("too many items")
+        return container
+
+    try:
+        return msgpack.unpackb(frame, raw=False, list_hook=counted, object_hook=counted,
+                               max_array_len=MAX_FRAME_ITEMS, max_map_len=MAX_FRAME_ITEMS)
+    except Exception:  # any malformed frame: the caller answers "not valid msgpack"
+        return None
 
 
 def field(msg: dict, key: str, kind: type, default=None):
