@@ -32,6 +32,15 @@ def infer_message(model: str, inputs: list[tuple[str, str, list[int], bytes]]) -
     return b"\0" + struct.pack(">I", len(message)) + message
 
 
+def pb_request(model: str, inputs: list[tuple[str, str, list[int], dict]]) -> bytes:
+    """A framed ModelInferRequest with typed `contents` (e.g. {"int_contents": [...]})."""
+    request = pb.ModelInferRequest(model_name=model)
+    for name, datatype, shape, contents in inputs:
+        request.inputs.add(name=name, datatype=datatype, shape=shape, contents=pb.InferTensorContents(**contents))
+    message = request.SerializeToString()
+    return b"\0" + struct.pack(">I", len(message)) + message
+
+
 def grpc_call(port: int, body: bytes, token: str | None = None) -> Answer:
     """POST `body` (already framed) to ModelInfer on 127.0.0.1:`port`."""
     connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))

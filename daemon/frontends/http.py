@@ -39,6 +39,7 @@ DATAPLANE = web.AppKey("dataplane", DataPlane)
 REGISTRY = web.AppKey("metrics_registry", object)
 ACCESS = web.AppKey("access", Access)
 LIMITS = web.AppKey("limits", RequestLimits)
+WRITE_SLICE = 1 << 20  # bytes of a big response body handed to the socket per write
 ABANDONED = "inferd.body_abandoned"  # (a request's own key: its body was not read to the end)
 
 
@@ -150,14 +151,29 @@ async def infer(request: web.Request) -> web.Response:
     req, fmt = http_codec.decode_request(body, json_length, ValueBudget(limits.max_value_elements))
     name, version = _model_args(request)
     response = await request.app[DATAPLANE].infer(name, version, req, "http")
-    payload, header_length = await http_codec.encode_response(response, fmt)
-    if header_length is None:
-        return web.Response(body=payload, content_type="application/json")
-    return web.Response(
-        body=payload,
-        content_type="application/octet-stream",
-        headers={http_codec.HEADER_LENGTH: str(header_length)},
-    )
+    parts, header_length = await http_codec.encode_response(response, fmt)
+    headers = {} if header_length is None else {http_codec.HEADER_LENGTH: str(header_length)}
+    content_type = "application/json" if header_length is None else "application/octet-stream"
+    if len(parts) == 1:
+        return web.Response(body=parts[0], content_type=content_type, headers=headers)
+    if sum(map(len, parts)) < WRITE_SLICE:
+        return web.Response(body=b"".join(parts), content_type=content_type, headers=headers)
+    return await _write_in_parts(request, parts, content_type, headers)
+
+
+async def _write_in_parts(request: web.Request, parts: list[bytes], content_type: str, headers: dict) -> web.StreamResponse:
+    """A big body written WRITE_SLICE bytes at a time, each write waiting for the socket to
+    drain: no copy of the whole body, and no single step on the loop that grows with it."""
+    response = web.StreamResponse(headers=headers)
+    response.content_type = content_type
+    response.content_length = sum(map(len, parts))
+    await response.prepare(request)
+    for part in parts:
+        view = memoryview(part)
+        for start in range(0, len(view), WRITE_SLICE):
+            await response.write(view[start : start + WRITE_SLICE])
+    await response.write_eof()
+    return response
 
 
 async def model_config(request: web.Request) -> web.Response:

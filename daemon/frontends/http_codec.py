@@ -135,12 +135,14 @@ def _decode_outputs(outputs, fmt: OutputFormat) -> tuple[str, ...] | None:
     return tuple(requested) or None
 
 
-async def encode_response(response: InferResponse, fmt: OutputFormat) -> tuple[bytes, int | None]:
-    """The body, and the JSON header's length when binary data follows it (else None). A small
-    response is written without giving up the loop; a big output asked for as JSON is written
-    in slices (4 M floats took ~150 ms of orjson in one call)."""
+async def encode_response(response: InferResponse, fmt: OutputFormat) -> tuple[list[bytes], int | None]:
+    """The body as parts to write one after another, and the JSON header's length when binary
+    data follows it (else None). A small response is one part, written without giving up the
+    loop. A big output asked for as JSON is written JSON_SLICE elements per loop turn (4 M
+    floats took ~150 ms of orjson in one call), and its parts are never joined into one copy."""
     outputs = []
     chunks = []
+    sliced = []  # the JSON parts of each big output, in order
     for name, array in response.outputs.items():
         entry = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
         if fmt.is_binary(name):
@@ -148,7 +150,8 @@ async def encode_response(response: InferResponse, fmt: OutputFormat) -> tuple[b
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif array.size > JSON_SLICE:
-            entry["data"] = await _json_in_slices(name, array)
+            sliced.append(await _json_in_slices(name, array))
+            entry["data"] = _GAP
         else:
             entry["data"] = to_list(name, array)
         outputs.append(entry)
@@ -156,16 +159,33 @@ async def encode_response(response: InferResponse, fmt: OutputFormat) -> tuple[b
     if response.id:
         doc["id"] = response.id
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    parts = [header] if not sliced else _fill_gaps(header, sliced)
     if not chunks:
-        return header, None
-    return header + b"".join(chunks), len(header)
+        return parts, None
+    return parts + chunks, sum(map(len, parts))
 
 
-async def _json_in_slices(name: str, array: np.ndarray) -> orjson.Fragment:
-    """A big output's `data` as JSON text, JSON_SLICE elements per loop turn."""
+# Where a big output's data goes in the header: a NUL byte, which orjson never writes (it
+# escapes control characters inside strings), so the header splits at it unambiguously.
+_GAP = orjson.Fragment(b"\0")
+
+
+def _fill_gaps(header: bytes, sliced: list[list[bytes]]) -> list[bytes]:
+    pieces = header.split(b"\0")
+    parts = [pieces[0]]
+    for data, after in zip(sliced, pieces[1:]):
+        parts += data
+        parts.append(after)
+    return parts
+
+
+async def _json_in_slices(name: str, array: np.ndarray) -> list[bytes]:
+    """A big output's `data` as JSON text in parts, JSON_SLICE elements per loop turn."""
     flat = array.reshape(-1)
-    parts = []
+    parts = [b"["]
     for start in range(0, flat.size, JSON_SLICE):
-        parts.append(orjson.dumps(to_list(name, flat[start : start + JSON_SLICE]), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1])
+        text = orjson.dumps(to_list(name, flat[start : start + JSON_SLICE]), option=orjson.OPT_SERIALIZE_NUMPY)
+        parts.append(text[1:-1] if start == 0 else b"," + text[1:-1])
         await asyncio.sleep(0)
-    return orjson.Fragment(b"[" + b",".join(parts) + b"]")
+    parts.append(b"]")
+    return parts

@@ -17,10 +17,14 @@ import threading
 import time
 
 import msgpack
+import numpy as np
 import orjson
 import pytest
 from daemon_process import DaemonProcess
-from grpc_raw import grpc_call, infer_message
+from grpc_raw import grpc_call, infer_message, pb_request
+from samples import EVERY_DATATYPE
+
+from inferd.common.codec import to_raw
 
 MAX_MESSAGE = 1100  # common.errors.MAX_MESSAGE_CHARS and a little JSON around it
 LONG = "n" * (256 << 10)  # a 256 KiB name: echoed whole into a gRPC trailer it held the loop ~5 s
@@ -185,6 +189,41 @@ def test_grpc_messages_over_max_request_bytes_are_refused_from_their_prefix(stri
     assert answer.sent < len(message)  # answered before the client could send all of it
     small = grpc_call(port, infer_message("identity_all", [("IN_UINT8", "UINT8", [1, 16], bytes(16))]), token=TOKEN)
     assert small.status == "3" and "missing input" in small.message  # served: the next call is decoded as usual
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_a_big_output_comes_back_whole_while_health_is_answered(daemon, binary):
+    """An identity model echoing a 12 MiB binary input: written in slices (JSON) and parts."""
+    big = (np.arange(3 << 20, dtype=np.float32) / 3).reshape(1, -1)
+    arrays = {f"IN_{k}": big if k == "FP32" else v[:, :1] for k, v in EVERY_DATATYPE.items()}
+    raws = {k: to_raw(v) for k, v in arrays.items()}
+    head = orjson.dumps({"inputs": [{"name": k, "datatype": k[3:], "shape": list(v.shape),
+                                     "parameters": {"binary_data_size": len(raws[k])}} for k, v in arrays.items()],
+                         "parameters": {"binary_data_output": binary}})
+    connection = http.client.HTTPConnection(*daemon.address, timeout=120)
+    with HealthProbe(daemon) as probe:
+        connection.request("POST", "/v2/models/identity_all/infer", body=head + b"".join(raws.values()),
+                           headers={"Inference-Header-Content-Length": str(len(head))})
+        response = connection.getresponse()
+        body = response.read()
+    connection.close()
+    assert response.status == 200 and probe.answered > 0 and probe.slowest < 2.0
+    header_length = response.getheader("Inference-Header-Content-Length")
+    doc = orjson.loads(body[: int(header_length)] if binary else body)
+    [out] = [o for o in doc["outputs"] if o["name"] == "OUT_FP32"]
+    if binary:
+        offset = int(header_length) + sum(o["parameters"]["binary_data_size"] for o in doc["outputs"][: doc["outputs"].index(out)])
+        got = np.frombuffer(body[offset : offset + big.nbytes], np.float32)
+    else:
+        got = np.array(out["data"], np.float32)
+    assert out["shape"] == list(big.shape) and np.array_equal(got, big.reshape(-1))
+
+
+async def test_grpc_typed_contents_count_against_max_value_elements(daemon):
+    port = _grpc_port(daemon)
+    request = pb_request("add_sub", [("INPUT0", "INT32", [1, 70_000], {"int_contents": [0] * 70_000})])
+    answer = grpc_call(port, request)
+    assert answer.status == "3" and "server.max_value_elements" in answer.message
 
 
 # -- malformed input: 4xx, never 500 ------------------------------------------------------------

@@ -49,7 +49,8 @@ def test_binary_request_slices_inputs_in_order_without_copying():
 async def test_response_binary_and_json_outputs_side_by_side():
     response = InferResponse("m", "1", {"j": np.array([1.5, 2.5], np.float32), "b": np.array([7], np.int32)}, "id9")
     fmt = http_codec.OutputFormat(binary={"b": True})
-    body, n = await http_codec.encode_response(response, fmt)
+    parts, n = await http_codec.encode_response(response, fmt)
+    body = b"".join(parts)
     doc = orjson.loads(body[:n])
     assert doc["id"] == "id9"
     assert doc["outputs"][0]["data"] == [1.5, 2.5]
@@ -76,8 +77,9 @@ async def test_a_big_json_output_is_written_in_slices_that_give_up_the_loop():
 
     counter = asyncio.ensure_future(count_turns())
     await asyncio.sleep(0)
-    body, n = await http_codec.encode_response(response, http_codec.OutputFormat())
+    parts, n = await http_codec.encode_response(response, http_codec.OutputFormat())
     counter.cancel()
+    body = b"".join(parts)
     doc = orjson.loads(body)
     assert n is None and doc["id"] == "r" and doc["outputs"][0]["shape"] == [1, big.size]
     assert np.array_equal(np.array(doc["outputs"][0]["data"], np.float32), big)
