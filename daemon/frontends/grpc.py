@@ -24,6 +24,7 @@ from inferd.daemon.frontends.auth import GRPC_HEALTH, Access
 from inferd.daemon.frontends.grpc_codec import decode_infer_request, encode_infer_response
 from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
 from inferd.daemon.frontends.grpc_gen.inference_grpc import GRPCInferenceServiceBase
+from inferd.daemon.frontends.grpc_wire import receive, split_raw_contents
 from inferd.daemon.requests import RequestLimits
 
 GRPC_STATUS = {
@@ -39,46 +40,41 @@ GRPC_STATUS = {
 }
 
 
-async def receive(stream: Stream, max_bytes: int):
-    """The call's one request message, like stream.recv_message(), but a message longer than
-    `max_bytes` is refused from its 5-byte prefix, before grpclib buffers it (grpclib has no
-    limit of its own; HTTP/2 flow control then holds the client at the stream's window). This
-    reads grpclib's private parts (`_stream`, `_codec`, `_recv_type`): its Stream offers no
-    other way in ahead of the body."""
-    prefix = await stream._stream.recv_data(5)
-    if len(prefix) != 5:
-        raise invalid("the request carries no message")
-    if prefix[0]:
-        raise invalid("compressed messages are not supported")
-    size = int.from_bytes(prefix[1:], "big")
-    if size > max_bytes:
-        raise InferdError(ErrorCode.RESOURCE_EXHAUSTED,
-                          f"a message of {size:,} bytes is larger than server.max_request_bytes ({max_bytes:,} bytes)")
-    try:
-        return stream._codec.decode(await stream._stream.recv_data(size), stream._recv_type)
-    except DecodeError:
-        raise invalid("the request is not a valid protobuf message") from None
+def _rpc(decode=None):
+    """Receive the request (bounded: grpc_wire), decode it (`decode`, or protobuf), run the
+    handler, send its reply; InferdError -> gRPC status, and a bug -> INTERNAL (its traceback in
+    the log, not in the status message)."""
+
+    def wrap(handler):
+        @functools.wraps(handler)
+        async def rpc(self, stream: Stream) -> None:
+            try:
+                body = await receive(stream, self.limits.max_request_bytes)
+                try:
+                    request = decode(body) if decode else stream._codec.decode(body, stream._recv_type)
+                except DecodeError:
+                    raise invalid("the request is not a valid protobuf message") from None
+                reply = await handler(self, request, stream)
+            except GRPCError:
+                raise
+            except InferdError as e:
+                raise GRPCError(GRPC_STATUS[e.code], e.message) from None
+            except Exception as e:
+                error = unexpected(e, "gRPC call failed", method=handler.__name__)
+                raise GRPCError(GRPC_STATUS[error.code], error.message) from None
+            await stream.send_message(reply)
+
+        return rpc
+
+    return wrap
 
 
-def _status(handler):
-    """Receive the request, run the handler, send its reply; InferdError -> gRPC status, and a
-    bug -> INTERNAL (its traceback in the log, not in the status message)."""
+_status = _rpc()
 
-    @functools.wraps(handler)
-    async def rpc(self, stream: Stream) -> None:
-        try:
-            request = await receive(stream, self.limits.max_request_bytes)
-            reply = await handler(self, request, stream)
-        except GRPCError:
-            raise
-        except InferdError as e:
-            raise GRPCError(GRPC_STATUS[e.code], e.message) from None
-        except Exception as e:
-            error = unexpected(e, "gRPC call failed", method=handler.__name__)
-            raise GRPCError(GRPC_STATUS[error.code], error.message) from None
-        await stream.send_message(reply)
 
-    return rpc
+def _infer_request(body) -> tuple[pb.ModelInferRequest, list[memoryview]]:
+    rest, raw = split_raw_contents(body)
+    return pb.ModelInferRequest.FromString(rest), raw
 
 
 def require_token(server, access: Access) -> None:
@@ -117,13 +113,14 @@ class InferenceServicer(GRPCInferenceServiceBase):
     async def ModelMetadata(self, request, stream):
         return json_format.ParseDict(self.dataplane.model_metadata(request.name, request.version), pb.ModelMetadataResponse())
 
-    @_status
+    @_rpc(_infer_request)
     async def ModelInfer(self, request, stream):
+        message, raw = request
         deadline = None
         if stream.deadline is not None:
             deadline = time.monotonic() + stream.deadline.time_remaining()
-        infer_request = decode_infer_request(request, deadline, ValueBudget(self.limits.max_value_elements))
-        response = await self.dataplane.infer(request.model_name, request.model_version, infer_request, "grpc")
+        infer_request = decode_infer_request(message, raw, deadline, ValueBudget(self.limits.max_value_elements))
+        response = await self.dataplane.infer(message.model_name, message.model_version, infer_request, "grpc")
         return encode_infer_response(response)
 
     @_status

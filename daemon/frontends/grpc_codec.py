@@ -30,8 +30,9 @@ def _parameters(params) -> dict:
     return {key: getattr(p, p.WhichOneof("parameter_choice")) for key, p in params.items() if p.WhichOneof("parameter_choice")}
 
 
-def decode_infer_request(message: pb.ModelInferRequest, deadline: float | None, budget: ValueBudget) -> InferRequest:
-    raw = message.raw_input_contents
+def decode_infer_request(message: pb.ModelInferRequest, raw: list, deadline: float | None, budget: ValueBudget) -> InferRequest:
+    """`raw`: the message's raw_input_contents (grpc_wire keeps them out of the message, as
+    views of the bytes received)."""
     if raw and len(raw) != len(message.inputs):
         raise invalid(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
     tensors = {}
