@@ -105,8 +105,9 @@ async def model_ready(request: web.Request) -> web.Response:
 
 
 def _body_limit(json_length: int | None, limits: RequestLimits) -> tuple[int, str]:
-    """The most bytes this body may have, and the 413 message past it. JSON has a smaller
-    limit than binary tensors (server.max_json_bytes): its parse is one step on the loop."""
+    """The most bytes this body may have (-1: none, refused at once), and the 413 message past
+    it. JSON has a smaller limit than binary tensors (server.max_json_bytes): its parse is one
+    step on the loop."""
     json_hint = f"server.max_json_bytes ({limits.max_json_bytes:,} bytes); send big tensors in binary form"
     if json_length is None:
         return limits.max_json_bytes, f"a JSON body is larger than {json_hint}"
@@ -117,31 +118,33 @@ def _body_limit(json_length: int | None, limits: RequestLimits) -> tuple[int, st
 
 async def _read_body(request: web.Request, json_length: int | None, limits: RequestLimits) -> bytearray:
     """The body, refused (413) as soon as it passes its limit. aiohttp inflates a gzip or
-    deflate body 64 KiB at a time as it is read, so a compressed one stops inflating there too.
-    A bytearray: orjson and the tensors' views read it without a copy."""
+    deflate body 64 KiB at a time as it is read; a compressed body is abandoned there (no more
+    inflating), a plain one is read to its end and dropped by aiohttp, so that the client, still
+    sending, sees the answer. A bytearray: orjson and the tensors' views read it without a copy."""
     limit, message = _body_limit(json_length, limits)
-    too_large = web.HTTPRequestEntityTooLarge(limits.max_request_bytes, limit + 1, text=message)
-    if limit < 0 or ("Content-Encoding" not in request.headers and (request.content_length or 0) > limit):
-        raise too_large
+    compressed = "Content-Encoding" in request.headers
+    too_large = web.HTTPRequestEntityTooLarge(max(limit, 0), limit + 1, text=message)
+    if limit < 0 or (not compressed and (request.content_length or 0) > limit):
+        raise _refused(request, too_large, compressed)
     body = bytearray()
     try:
         while chunk := await request.content.readany():
             body += chunk
             if len(body) > limit:
-                _abandon(request)
-                raise too_large
+                raise _refused(request, too_large, compressed)
     except web.RequestPayloadError as e:  # e.g. a gzip body that does not inflate
-        _abandon(request)
-        raise invalid(f"the request body cannot be read: {str(e).splitlines()[-1].strip()[:100]}") from None
+        raise _refused(request, invalid(f"the request body cannot be read: {str(e).splitlines()[-1].strip()[:100]}"), True) from None
     return body
 
 
-def _abandon(request: web.Request) -> None:
-    """Read no more of this body. Otherwise aiohttp reads (and inflates) the rest for up to 10 s
-    after the answer, and logs a body that cannot be read as an unhandled exception; marked
-    ended here, the connection is closed after the answer instead."""
-    request.content.feed_eof()
-    request[ABANDONED] = True
+def _refused(request: web.Request, error: Exception, abandon: bool) -> Exception:
+    """`error`, having stopped reading the body if `abandon`. Otherwise aiohttp reads (and
+    inflates) the rest for up to 10 s after the answer, and logs a body that cannot be read as
+    an unhandled exception; marked ended instead, the connection closes after the answer."""
+    if abandon:
+        request.content.feed_eof()
+        request[ABANDONED] = True
+    return error
 
 
 async def infer(request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ import msgpack
 import numpy as np
 import orjson
 import pytest
+import tritonclient.grpc as grpcclient
 from daemon_process import DaemonProcess
 from grpc_raw import grpc_call, infer_message, pb_request
 from samples import EVERY_DATATYPE
@@ -43,9 +44,13 @@ def strict(tmp_path_factory, model_repo):
         yield d
 
 
-def _grpc_port(daemon) -> int:
+def _grpc_address(daemon) -> str:
     [event] = [e for e in daemon.events("listening") if e["frontend"] == "grpc"]
-    return int(event["address"].rsplit(":", 1)[1])
+    return event["address"]
+
+
+def _grpc_port(daemon) -> int:
+    return int(_grpc_address(daemon).rsplit(":", 1)[1])
 
 
 def _post(daemon, path: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
@@ -219,6 +224,22 @@ def test_a_big_output_comes_back_whole_while_health_is_answered(daemon, binary):
     assert out["shape"] == list(big.shape) and np.array_equal(got, big.reshape(-1))
 
 
+def test_a_big_grpc_call_comes_back_whole_while_health_is_answered(daemon):
+    """12 MiB of raw FP32 through tritonclient: read in slices, the raw contents kept as views."""
+    big = (np.arange(3 << 20, dtype=np.float32) / 3).reshape(1, -1)
+    client = grpcclient.InferenceServerClient(_grpc_address(daemon))
+    inputs = []
+    for datatype, sample in EVERY_DATATYPE.items():
+        value = big if datatype == "FP32" else sample[:, :1]
+        inputs.append(grpcclient.InferInput(f"IN_{datatype}", list(value.shape), datatype))
+        inputs[-1].set_data_from_numpy(value)
+    with HealthProbe(daemon) as probe:
+        result = client.infer("identity_all", inputs)
+    client.close()
+    assert np.array_equal(result.as_numpy("OUT_FP32"), big) and result.as_numpy("OUT_BYTES").tolist() == [[b"hello"]]
+    assert probe.answered > 0 and probe.slowest < 2.0
+
+
 async def test_grpc_typed_contents_count_against_max_value_elements(daemon):
     port = _grpc_port(daemon)
     request = pb_request("add_sub", [("INPUT0", "INT32", [1, 70_000], {"int_contents": [0] * 70_000})])
@@ -248,8 +269,12 @@ def test_malformed_http_requests_are_400_without_a_traceback(daemon, model, head
     _log_has_no_traceback(daemon, since)
 
 
-@pytest.mark.parametrize("body,words", [(b"\0\0\0\0\x05\xff\xff\xff\xff\xff", "not a valid protobuf"), (b"", "no message")],
-                         ids=["invalid protobuf", "empty body"])
+@pytest.mark.parametrize("body,words", [
+    (b"\0\0\0\0\x05\xff\xff\xff\xff\xff", "not a valid protobuf"),
+    (b"", "no message"),
+    (b"\0\0\0\0\x64" + b"\x0a\x02ab", "ends inside"),
+    (b"\0" + struct.pack(">I", 140_000) + b"\x1a\x00" * 70_000, "fields"),
+], ids=["invalid protobuf", "empty body", "message cut short", "70,000 top-level fields"])
 def test_malformed_grpc_bodies_are_invalid_argument(daemon, body, words):
     since = len(daemon.lines)
     answer = grpc_call(_grpc_port(daemon), body)
