@@ -36,9 +36,9 @@ class RequestLimits:
     """What one request may make a front-end buffer and decode (server.* keys)."""
 
     max_request_bytes: int = 64 * 1024 * 1024  # a body, a gRPC message, a Unix-socket frame
-    max_json_bytes: int = 1024 * 1024  # a JSON body, or the JSON header of a binary one
+    max_structured_bytes: int = 1024 * 1024  # parsed in one step: JSON, a gRPC message but its raw contents
     max_value_elements: int = 65536  # elements sent one by one: JSON data, gRPC typed contents, BYTES
 
     @classmethod
     def of(cls, server: ServerSection) -> RequestLimits:
-        return cls(server.max_request_bytes, server.max_json_bytes, server.max_value_elements)
+        return cls(server.max_request_bytes, server.max_structured_bytes, server.max_value_elements)

@@ -28,8 +28,7 @@ def infer_message(model: str, inputs: list[tuple[str, str, list[int], bytes]]) -
     for name, datatype, shape, raw in inputs:
         request.inputs.add(name=name, datatype=datatype, shape=shape)
         request.raw_input_contents.append(raw)
-    message = request.SerializeToString()
-    return b"\0" + struct.pack(">I", len(message)) + message
+    return framed(request)
 
 
 def pb_request(model: str, inputs: list[tuple[str, str, list[int], dict]]) -> bytes:
@@ -37,15 +36,20 @@ def pb_request(model: str, inputs: list[tuple[str, str, list[int], dict]]) -> by
     request = pb.ModelInferRequest(model_name=model)
     for name, datatype, shape, contents in inputs:
         request.inputs.add(name=name, datatype=datatype, shape=shape, contents=pb.InferTensorContents(**contents))
-    message = request.SerializeToString()
-    return b"\0" + struct.pack(">I", len(message)) + message
+    return framed(request)
 
 
-def grpc_call(port: int, body: bytes, token: str | None = None) -> Answer:
-    """POST `body` (already framed) to ModelInfer on 127.0.0.1:`port`."""
+def framed(message) -> bytes:
+    """Any protobuf message with its 5-byte gRPC prefix."""
+    data = message.SerializeToString()
+    return b"\0" + struct.pack(">I", len(data)) + data
+
+
+def grpc_call(port: int, body: bytes, token: str | None = None, method: str = "ModelInfer") -> Answer:
+    """POST `body` (already framed) to `method` on 127.0.0.1:`port`."""
     connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
     connection.initiate_connection()
-    headers = [(":method", "POST"), (":scheme", "http"), (":path", "/inference.GRPCInferenceService/ModelInfer"),
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", f"/inference.GRPCInferenceService/{method}"),
                (":authority", "localhost"), ("content-type", "application/grpc"), ("te", "trailers")]
     if token:
         headers.append(("authorization", f"Bearer {token}"))

@@ -40,18 +40,23 @@ GRPC_STATUS = {
 }
 
 
-def _rpc(decode=None):
-    """Receive the request (bounded: grpc_wire), decode it (`decode`, or protobuf), run the
-    handler, send its reply; InferdError -> gRPC status, and a bug -> INTERNAL (its traceback in
-    the log, not in the status message)."""
+def _rpc(infer: bool = False):
+    """Receive the request (bounded: grpc_wire), decode it, run the handler, send its reply;
+    InferdError -> gRPC status, and a bug -> INTERNAL (its traceback in the log, not in the
+    status message). ModelInfer (`infer`) may carry tensors up to server.max_request_bytes
+    and gets (message, raw contents); the others are small messages, parsed whole."""
 
     def wrap(handler):
         @functools.wraps(handler)
         async def rpc(self, stream: Stream) -> None:
+            limits = self.limits
             try:
-                body = await receive(stream, self.limits.max_request_bytes)
+                if infer:
+                    body = await receive(stream, limits.max_request_bytes, "server.max_request_bytes")
+                else:
+                    body = await receive(stream, limits.max_structured_bytes, "server.max_structured_bytes")
                 try:
-                    request = decode(body) if decode else stream._codec.decode(body, stream._recv_type)
+                    request = _infer_request(body, limits) if infer else stream._codec.decode(body, stream._recv_type)
                 except DecodeError:
                     raise invalid("the request is not a valid protobuf message") from None
                 reply = await handler(self, request, stream)
@@ -72,8 +77,8 @@ def _rpc(decode=None):
 _status = _rpc()
 
 
-def _infer_request(body) -> tuple[pb.ModelInferRequest, list[memoryview]]:
-    rest, raw = split_raw_contents(body)
+def _infer_request(body, limits: RequestLimits) -> tuple[pb.ModelInferRequest, list[memoryview]]:
+    rest, raw = split_raw_contents(body, limits.max_structured_bytes)
     return pb.ModelInferRequest.FromString(rest), raw
 
 
@@ -113,7 +118,7 @@ class InferenceServicer(GRPCInferenceServiceBase):
     async def ModelMetadata(self, request, stream):
         return json_format.ParseDict(self.dataplane.model_metadata(request.name, request.version), pb.ModelMetadataResponse())
 
-    @_rpc(_infer_request)
+    @_rpc(infer=True)
     async def ModelInfer(self, request, stream):
         message, raw = request
         deadline = None

@@ -26,8 +26,9 @@ RAW_INPUT_CONTENTS = 7  # ModelInferRequest's field number (inference.proto)
 MAX_TOP_FIELDS = 65536  # top-level fields of a ModelInferRequest (it needs a few dozen)
 
 
-async def receive(stream: Stream, max_bytes: int) -> bytes | bytearray:
-    """The call's one request message, unparsed."""
+async def receive(stream: Stream, max_bytes: int, key: str) -> bytes | bytearray:
+    """The call's one request message, unparsed; RESOURCE_EXHAUSTED past `max_bytes` (the
+    setting `key`)."""
     prefix = await _read(stream, 5)
     if len(prefix) != 5:
         raise invalid("the request carries no message")
@@ -36,7 +37,7 @@ async def receive(stream: Stream, max_bytes: int) -> bytes | bytearray:
     size = int.from_bytes(prefix[1:], "big")
     if size > max_bytes:
         raise InferdError(ErrorCode.RESOURCE_EXHAUSTED,
-                          f"a message of {size:,} bytes is larger than server.max_request_bytes ({max_bytes:,} bytes)")
+                          f"a message of {size:,} bytes is larger than {key} ({max_bytes:,} bytes)")
     if size <= RECV_SLICE:
         return await _read(stream, size)
     body = bytearray()  # grown piece by piece: zero-filling 60 MiB up front took ~50 ms
@@ -53,9 +54,11 @@ async def _read(stream: Stream, size: int) -> bytes:
         raise invalid("the request ends inside its message") from None
 
 
-def split_raw_contents(body: bytes | bytearray) -> tuple[bytes | bytearray | memoryview, list[memoryview]]:
+def split_raw_contents(body: bytes | bytearray, max_rest: int) -> tuple[bytes | memoryview, list[memoryview]]:
     """A ModelInferRequest as (the message without its raw_input_contents, those contents as
-    views of `body`). Only the top level is walked: the rest is protobuf's to parse."""
+    views of `body`). Only the top level is walked: the rest is protobuf's to parse in one step,
+    so it may be `max_rest` bytes (server.max_structured_bytes): 64 MiB of typed contents would be
+    64 M varints, ~150 ms of parsing and 4 bytes each."""
     view = memoryview(body)
     raw, kept = [], []
     pos, end, fields = 0, len(view), 0
@@ -82,9 +85,11 @@ def split_raw_contents(body: bytes | bytearray) -> tuple[bytes | bytearray | mem
         kept.append(view[start:pos])
     if pos != end:
         raise invalid("the request is not a valid protobuf message")
-    if not raw:
-        return view, raw
-    return b"".join(kept), raw
+    rest = sum(map(len, kept))
+    if rest > max_rest:
+        raise InferdError(ErrorCode.RESOURCE_EXHAUSTED, f"the message apart from its raw_input_contents has {rest:,} bytes, more "
+                          f"than server.max_structured_bytes ({max_rest:,} bytes): send big tensors in raw_input_contents")
+    return (b"".join(kept) if raw else view), raw
 
 
 def _varint(view: memoryview, pos: int) -> tuple[int, int]:

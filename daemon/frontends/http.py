@@ -106,12 +106,12 @@ async def model_ready(request: web.Request) -> web.Response:
 
 def _body_limit(json_length: int | None, limits: RequestLimits) -> tuple[int, str]:
     """The most bytes this body may have (-1: none, refused at once), and the 413 message past
-    it. JSON has a smaller limit than binary tensors (server.max_json_bytes): its parse is one
+    it. JSON has a smaller limit than binary tensors (server.max_structured_bytes): its parse is one
     step on the loop."""
-    json_hint = f"server.max_json_bytes ({limits.max_json_bytes:,} bytes); send big tensors in binary form"
+    json_hint = f"server.max_structured_bytes ({limits.max_structured_bytes:,} bytes); send big tensors in binary form"
     if json_length is None:
-        return limits.max_json_bytes, f"a JSON body is larger than {json_hint}"
-    if json_length > limits.max_json_bytes:
+        return limits.max_structured_bytes, f"a JSON body is larger than {json_hint}"
+    if json_length > limits.max_structured_bytes:
         return -1, f"the JSON header is larger than {json_hint}"
     return limits.max_request_bytes, f"the request body is larger than server.max_request_bytes ({limits.max_request_bytes:,} bytes)"
 
@@ -213,7 +213,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def build_app(dataplane: DataPlane, registry, limits: RequestLimits, access: Access) -> web.Application:
-    app = web.Application(middlewares=[_access_and_errors], client_max_size=limits.max_json_bytes)
+    app = web.Application(middlewares=[_access_and_errors], client_max_size=limits.max_structured_bytes)
     app[DATAPLANE] = dataplane
     app[LIMITS] = limits
     app[REGISTRY] = registry

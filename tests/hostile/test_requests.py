@@ -22,8 +22,9 @@ import orjson
 import pytest
 import tritonclient.grpc as grpcclient
 from daemon_process import DaemonProcess
-from grpc_raw import grpc_call, infer_message, pb_request
+from grpc_raw import framed, grpc_call, infer_message, pb_request
 from samples import EVERY_DATATYPE
+from tritonclient.grpc import service_pb2 as pb
 
 from inferd.common.codec import to_raw
 
@@ -176,7 +177,7 @@ def test_big_json_bodies_are_refused_before_they_are_parsed(daemon):
     numbers = orjson.dumps({"inputs": [{"name": "IN_INT32", "datatype": "INT32", "shape": [1, 4 << 20],
                                         "data": [0] * (4 << 20)}]})  # 8 MiB of JSON
     status, doc = _post(daemon, "/v2/models/identity_all/infer", numbers)
-    assert status == 413 and "server.max_json_bytes" in doc["error"]
+    assert status == 413 and "server.max_structured_bytes" in doc["error"]
     bomb = gzip.compress(numbers, 9)  # ~8 KiB that inflate to 8 MiB
     peak = _PeakMemory(daemon)
     with HealthProbe(daemon) as probe:
@@ -238,6 +239,16 @@ def test_a_big_grpc_call_comes_back_whole_while_health_is_answered(daemon):
     client.close()
     assert np.array_equal(result.as_numpy("OUT_FP32"), big) and result.as_numpy("OUT_BYTES").tolist() == [[b"hello"]]
     assert probe.answered > 0 and probe.slowest < 2.0
+
+
+def test_grpc_structured_parts_over_max_structured_bytes_are_refused(daemon):
+    """What protobuf parses in one step is bounded like JSON: typed contents (2 M varints
+    here) and every message but ModelInfer's raw contents."""
+    port = _grpc_port(daemon)
+    typed = grpc_call(port, pb_request("add_sub", [("INPUT0", "INT32", [1, 2 << 20], {"int_contents": [0] * (2 << 20)})]))
+    assert typed.status == "8" and "server.max_structured_bytes" in typed.message  # RESOURCE_EXHAUSTED
+    metadata = grpc_call(port, framed(pb.ModelMetadataRequest(name="m" * (2 << 20))), method="ModelMetadata")
+    assert metadata.status == "8" and "server.max_structured_bytes" in metadata.message
 
 
 async def test_grpc_typed_contents_count_against_max_value_elements(daemon):
