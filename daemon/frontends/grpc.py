@@ -55,7 +55,7 @@ def _rpc(infer: bool = False):
                     body = await receive(stream, limits.max_request_bytes, "server.max_request_bytes")
                 else:
                     body = await receive(stream, limits.max_structured_bytes, "server.max_structured_bytes")
-                try:
+                try:  # (grpclib's codec and request type for this method: the decode recv_message does)
                     request = _infer_request(body, limits) if infer else stream._codec.decode(body, stream._recv_type)
                 except DecodeError:
                     raise invalid("the request is not a valid protobuf message") from None
