@@ -12,7 +12,7 @@ import time
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
-from grpclib.const import Status
+from grpclib.const import Handler, Status
 from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
@@ -24,8 +24,10 @@ from inferd.daemon.frontends.auth import GRPC_HEALTH, Access
 from inferd.daemon.frontends.grpc_codec import decode_infer_request, encode_infer_response
 from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
 from inferd.daemon.frontends.grpc_gen.inference_grpc import GRPCInferenceServiceBase
-from inferd.daemon.frontends.grpc_wire import receive, split_raw_contents
+from inferd.daemon.frontends.grpc_wire import EncodedReply, receive, split_raw_contents
 from inferd.daemon.requests import RequestLimits
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 GRPC_STATUS = {
     ErrorCode.INVALID_ARGUMENT: Status.INVALID_ARGUMENT,
@@ -98,6 +100,13 @@ class InferenceServicer(GRPCInferenceServiceBase):
         self.dataplane = dataplane
         self.limits = limits
 
+    def __mapping__(self) -> dict:
+        """The generated mapping, but ModelInfer replies with an EncodedReply (grpc_wire)."""
+        mapping = super().__mapping__()
+        infer = mapping[MODEL_INFER]
+        mapping[MODEL_INFER] = Handler(infer.func, infer.cardinality, infer.request_type, EncodedReply)
+        return mapping
+
     @_status
     async def ServerLive(self, request, stream):
         return pb.ServerLiveResponse(live=True)
@@ -126,7 +135,7 @@ class InferenceServicer(GRPCInferenceServiceBase):
             deadline = time.monotonic() + stream.deadline.time_remaining()
         infer_request = decode_infer_request(message, raw, deadline, ValueBudget(self.limits.max_value_elements))
         response = await self.dataplane.infer(message.model_name, message.model_version, infer_request, "grpc")
-        return encode_infer_response(response)
+        return await encode_infer_response(response)
 
     @_status
     async def ModelConfig(self, request, stream):

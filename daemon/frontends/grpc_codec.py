@@ -6,10 +6,11 @@ Inputs come as typed `contents` or as `raw_input_contents`; every output goes ba
 
 from __future__ import annotations
 
-from inferd.common.codec import ValueBudget, check_datatype_and_shape, from_raw, from_values, to_raw
+from inferd.common.codec import ValueBudget, check_datatype_and_shape, from_raw, from_values
 from inferd.common.errors import clip, invalid
 from inferd.common.tensors import datatype_of
 from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
+from inferd.daemon.frontends.grpc_wire import EncodedReply, with_raw_contents
 from inferd.daemon.requests import InferRequest, InferResponse
 
 # Which InferTensorContents field carries each datatype (FP16 has none: raw only).
@@ -58,9 +59,10 @@ def decode_infer_request(message: pb.ModelInferRequest, raw: list, deadline: flo
     return InferRequest(tensors, outputs, message.id, parameters, deadline)
 
 
-def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+async def encode_infer_response(response: InferResponse) -> EncodedReply:
+    """Every output in raw_output_contents (what tritonclient reads), appended to the rest of
+    the reply by grpc_wire without protobuf's copies."""
     reply = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
     for name, array in response.outputs.items():
         reply.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        reply.raw_output_contents.append(to_raw(array))
-    return reply
+    return await with_raw_contents(reply.SerializeToString(), list(response.outputs.values()))

@@ -8,6 +8,9 @@ peaked at 3x its size. Here the length prefix is checked first (a message over
 server.max_request_bytes is refused before it is buffered; HTTP/2 flow control holds the client
 at the stream's window meanwhile), a big message is read RECV_SLICE bytes per loop turn, and
 ModelInfer's raw contents stay views of the received bytes; protobuf parses only the rest.
+A reply is written the same way round: protobuf serializes all but its raw_output_contents, which
+are appended from the output arrays' own memory, RECV_SLICE bytes per loop turn (protobuf and
+grpclib made four copies of a 48 MiB answer in one step: ~210 ms, 7x its size).
 
 grpclib's `Stream` has no public way in ahead of the message body, so `receive` reads its
 private `_stream` (the HTTP/2 stream) directly.
@@ -17,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 from grpclib.server import Stream
 
+from inferd.common.codec import to_raw
 from inferd.common.errors import ErrorCode, InferdError, invalid
 
 RECV_SLICE = 1 << 20  # bytes of a message read per loop turn (~5 ms)
 RAW_INPUT_CONTENTS = 7  # ModelInferRequest's field number (inference.proto)
+RAW_OUTPUT_CONTENTS_TAG = b"\x32"  # ModelInferResponse's field 6, length-delimited
 MAX_TOP_FIELDS = 65536  # top-level fields of a ModelInferRequest (it needs a few dozen)
 
 
@@ -103,3 +109,41 @@ def _varint(view: memoryview, pos: int) -> tuple[int, int]:
         if byte < 0x80:
             return value, pos
         shift += 7
+
+
+class EncodedReply:
+    """A reply already serialized: grpclib's codec checks the reply's type (the servicer maps
+    ModelInfer to this class) and calls SerializeToString."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray):
+        self.data = data
+
+    def SerializeToString(self) -> bytes | bytearray:  # noqa: N802 (protobuf's name)
+        return self.data
+
+
+async def with_raw_contents(head: bytes, arrays: list[np.ndarray]) -> EncodedReply:
+    """`head` (the reply serialized without raw_output_contents) and one raw_output_contents
+    entry per array, copied once, RECV_SLICE bytes per loop turn."""
+    body = bytearray(head)
+    for array in arrays:
+        raw = to_raw(array) if array.dtype.kind in "OUS" else np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+        body += RAW_OUTPUT_CONTENTS_TAG + _encode_varint(len(raw))
+        if len(raw) <= RECV_SLICE:
+            body += raw
+            continue
+        for start in range(0, len(raw), RECV_SLICE):
+            body += raw[start : start + RECV_SLICE]
+            await asyncio.sleep(0)
+    return EncodedReply(body)
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
