@@ -136,6 +136,14 @@ def to_raw(array: np.ndarray) -> bytes:
     return array.tobytes()  # C order, whatever the array's layout
 
 
+def raw_view(array: np.ndarray) -> bytes | memoryview:
+    """to_raw without copying a numeric tensor that is already C-contiguous: a view of its
+    memory (a 48 MiB answer copied once less, in one step on the loop)."""
+    if array.dtype.kind in "OUS":
+        return to_raw(array)
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+
+
 # -- JSON lists --------------------------------------------------------------------------------
 
 def from_list(name: str, datatype: str, shape, data, budget: ValueBudget = UNLIMITED) -> np.ndarray:

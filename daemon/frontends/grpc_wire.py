@@ -23,7 +23,7 @@ import asyncio
 import numpy as np
 from grpclib.server import Stream
 
-from inferd.common.codec import to_raw
+from inferd.common.codec import raw_view
 from inferd.common.errors import ErrorCode, InferdError, invalid
 
 RECV_SLICE = 1 << 20  # bytes of a message read per loop turn (~5 ms)
@@ -129,7 +129,7 @@ async def with_raw_contents(head: bytes, arrays: list[np.ndarray]) -> EncodedRep
     entry per array, copied once, RECV_SLICE bytes per loop turn."""
     body = bytearray(head)
     for array in arrays:
-        raw = to_raw(array) if array.dtype.kind in "OUS" else np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+        raw = raw_view(array)
         body += RAW_OUTPUT_CONTENTS_TAG + _encode_varint(len(raw))
         if len(raw) <= RECV_SLICE:
             body += raw

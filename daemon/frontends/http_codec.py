@@ -15,7 +15,7 @@ import time
 import numpy as np
 import orjson
 
-from inferd.common.codec import ValueBudget, from_list, from_raw, named_items, to_list, to_raw
+from inferd.common.codec import ValueBudget, from_list, from_raw, named_items, raw_view, to_list
 from inferd.common.errors import clip, invalid
 from inferd.common.tensors import datatype_of
 from inferd.daemon.requests import InferRequest, InferResponse
@@ -146,7 +146,7 @@ async def encode_response(response: InferResponse, fmt: OutputFormat) -> tuple[l
     for name, array in response.outputs.items():
         entry = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
         if fmt.is_binary(name):
-            raw = to_raw(array)
+            raw = raw_view(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif array.size > JSON_SLICE:

@@ -8,7 +8,7 @@ import time
 
 import msgpack
 
-from inferd.common.codec import ValueBudget, from_raw, named_items, to_raw
+from inferd.common.codec import ValueBudget, from_raw, named_items, raw_view
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid
 from inferd.common.tensors import datatype_of
 from inferd.daemon.requests import InferRequest, InferResponse
@@ -91,7 +91,7 @@ def encode_infer(request_id: int, response: InferResponse) -> dict:
         "model": response.model_name,
         "version": response.model_version,
         "outputs": [
-            {"name": name, "datatype": datatype_of(a), "shape": list(a.shape), "data": to_raw(a)}
+            {"name": name, "datatype": datatype_of(a), "shape": list(a.shape), "data": raw_view(a)}
             for name, a in response.outputs.items()
         ],
     }
