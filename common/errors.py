@@ -5,6 +5,11 @@ status through one table of its own, and the two wire protocols that carry codes
 Unix socket, the worker IPC) through explicit tables too: the enum's values are not a wire
 format, so renaming a member cannot silently change a protocol.
 
+Every message is capped here (MAX_MESSAGE_CHARS), the one place all of them pass: a message
+goes back to callers in places that cost more than its length (gRPC's `grpc-message` trailer is
+HPACK-Huffman-encoded, quadratic in h2: a 1 MiB model name echoed there held the loop ~70 s).
+Names a client chose are clipped inside messages with `clip()`.
+
 `unexpected()` is the one fallback for an exception that is not an InferdError (a bug): it is
 logged once with its traceback and answered INTERNAL with a short message that carries no
 internals.
@@ -17,6 +22,23 @@ import enum
 import structlog
 
 log = structlog.get_logger("inferd")
+
+MAX_MESSAGE_CHARS = 1024  # an error message as callers see it
+MAX_NAME_CHARS = 64  # a client-chosen name (model, input, output) quoted inside a message
+
+
+def clip(name: object) -> str:
+    """`name` quoted for a message (like {name!r}), clipped to MAX_NAME_CHARS characters."""
+    text = name if isinstance(name, str) else str(name)
+    if len(text) <= MAX_NAME_CHARS:
+        return repr(text)
+    return repr(text[:MAX_NAME_CHARS]) + f"... ({len(text):,} characters)"
+
+
+def capped(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 20] + " ... (message cut)"
 
 
 class ErrorCode(enum.Enum):
@@ -35,6 +57,7 @@ class InferdError(Exception):
     """A request-level failure that a client should see, with its code and a clear message."""
 
     def __init__(self, code: ErrorCode, message: str, retry_after_s: float | None = None):
+        message = capped(message)
         super().__init__(message)
         self.code = code
         self.message = message

@@ -58,6 +58,9 @@ class ServerSection:
     socket_group: str = "inferd"
     drain_timeout_s: float = field(30.0, between(0, 3600))
     max_request_bytes: int = field(64 * 1024 * 1024, at_least(1024))
+    # What one request may cost to decode on the event loop (see docs/operations.md):
+    max_structured_bytes: int = field(1024 * 1024, at_least(1024))  # JSON; a gRPC message but its raw contents
+    max_value_elements: int = field(65536, at_least(1))  # tensor elements sent one by one (JSON, typed, BYTES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,7 @@ from inferd.daemon.frontends.grpc import InferenceServicer, require_token
 from inferd.daemon.frontends.http import build_app
 from inferd.daemon.frontends.unix import UnixFrontEnd
 from inferd.daemon.operations import systemd
+from inferd.daemon.requests import RequestLimits
 
 log = structlog.get_logger("inferd")
 
@@ -49,7 +50,7 @@ class Listeners:
         self.access = access
         self.addresses: dict[str, str] = {}  # front-end -> where it listens
         self.runner = web.AppRunner(
-            build_app(dataplane, registry, server.max_request_bytes, access),
+            build_app(dataplane, registry, RequestLimits.of(server), access),
             handle_signals=False, access_log=None, handler_cancellation=True,
             shutdown_timeout=5.0,  # after the drain, handlers only have their responses to write
         )
@@ -89,14 +90,14 @@ class Listeners:
         log.info("listening", frontend=frontend, address=address, activated=frontend in activated)
 
     async def _start_grpc(self, sock: socket.socket, activated: dict) -> None:
-        self._grpc = grpclib.server.Server([InferenceServicer(self.dataplane)])
+        self._grpc = grpclib.server.Server([InferenceServicer(self.dataplane, RequestLimits.of(self.server))])
         if self.access.required:
             require_token(self._grpc, self.access)
         await self._grpc.start(sock=sock, ssl=tls_context(self.auth.tls_cert, self.auth.tls_key, alpn=["h2"]))
         self._listening("grpc", _address_of(sock), activated)
 
     async def _start_unix(self, activated: dict) -> None:
-        self._unix = UnixFrontEnd(self.dataplane, self.server.max_request_bytes)
+        self._unix = UnixFrontEnd(self.dataplane, self.server.max_request_bytes, self.server.max_value_elements)
         if "socket" in activated:  # systemd made it (SocketMode=, SocketGroup=) and keeps the file
             await self._unix.start_on(activated["socket"])
             path = activated["socket"].getsockname()

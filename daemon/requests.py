@@ -7,6 +7,8 @@ import dataclasses
 
 import numpy as np
 
+from inferd.config.settings import ServerSection
+
 
 @dataclasses.dataclass(slots=True, eq=False)
 class InferRequest:
@@ -27,3 +29,16 @@ class InferResponse:
     model_version: str
     outputs: dict[str, np.ndarray]
     id: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What one request may make a front-end buffer and decode (server.* keys)."""
+
+    max_request_bytes: int = 64 * 1024 * 1024  # a body, a gRPC message, a Unix-socket frame
+    max_structured_bytes: int = 1024 * 1024  # parsed in one step: JSON, a gRPC message but its raw contents
+    max_value_elements: int = 65536  # elements sent one by one: JSON data, gRPC typed contents, BYTES
+
+    @classmethod
+    def of(cls, server: ServerSection) -> RequestLimits:
+        return cls(server.max_request_bytes, server.max_structured_bytes, server.max_value_elements)

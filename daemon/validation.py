@@ -3,7 +3,7 @@ front-end."""
 
 from __future__ import annotations
 
-from inferd.common.errors import invalid
+from inferd.common.errors import clip, invalid
 from inferd.common.tensors import datatype_of
 from inferd.daemon.models.version import ModelVersion
 from inferd.daemon.requests import InferRequest
@@ -16,7 +16,7 @@ def check_request(mv: ModelVersion, request: InferRequest) -> tuple[int, tuple]:
     if inputs.keys() != specs.keys():
         unknown = sorted(inputs.keys() - specs.keys())
         if unknown:
-            raise invalid(f"unknown input {unknown[0]!r} for model {mv.name!r}; inputs are {', '.join(specs)}")
+            raise invalid(f"unknown input {clip(unknown[0])} for model {mv.name!r}; inputs are {', '.join(specs)}")
         raise invalid(f"missing input {sorted(specs.keys() - inputs.keys())[0]!r} for model {mv.name!r}")
     rows = 1
     batching = mv.max_batch_size > 0
@@ -47,6 +47,6 @@ def check_request(mv: ModelVersion, request: InferRequest) -> tuple[int, tuple]:
 def _check_outputs(mv: ModelVersion, outputs: tuple[str, ...]) -> None:
     for out in outputs:
         if out not in mv.output_names:
-            raise invalid(f"unknown output {out!r} for model {mv.name!r}; outputs are {', '.join(sorted(mv.output_names))}")
+            raise invalid(f"unknown output {clip(out)} for model {mv.name!r}; outputs are {', '.join(sorted(mv.output_names))}")
     if len(set(outputs)) != len(outputs):
         raise invalid("an output is requested twice")

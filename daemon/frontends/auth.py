@@ -24,7 +24,8 @@ class Access:
         """Whether a call may proceed; refusals are counted (and say nothing about why)."""
         if not self.required or (is_health and self.open_health):
             return True
-        if presented is not None and hmac.compare_digest(presented.encode(), self._expected):
+        # (aiohttp keeps a header's non-UTF-8 bytes as surrogates: they compare unequal, not fail)
+        if presented is not None and hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self._expected):
             return True
         self._refused.labels(protocol).inc()
         return False

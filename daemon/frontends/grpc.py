@@ -12,17 +12,22 @@ import time
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
-from grpclib.const import Status
+from grpclib.const import Handler, Status
 from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
-from inferd.common.errors import ErrorCode, InferdError, unexpected
+from inferd.common.codec import ValueBudget
+from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.frontends.auth import GRPC_HEALTH, Access
 from inferd.daemon.frontends.grpc_codec import decode_infer_request, encode_infer_response
 from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
 from inferd.daemon.frontends.grpc_gen.inference_grpc import GRPCInferenceServiceBase
+from inferd.daemon.frontends.grpc_wire import EncodedReply, receive, split_raw_contents
+from inferd.daemon.requests import RequestLimits
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 GRPC_STATUS = {
     ErrorCode.INVALID_ARGUMENT: Status.INVALID_ARGUMENT,
@@ -37,27 +42,46 @@ GRPC_STATUS = {
 }
 
 
-def _status(handler):
-    """Receive the request, run the handler, send its reply; InferdError -> gRPC status, and a
-    bug -> INTERNAL (its traceback in the log, not in the status message)."""
+def _rpc(infer: bool = False):
+    """Receive the request (bounded: grpc_wire), decode it, run the handler, send its reply;
+    InferdError -> gRPC status, and a bug -> INTERNAL (its traceback in the log, not in the
+    status message). ModelInfer (`infer`) may carry tensors up to server.max_request_bytes
+    and gets (message, raw contents); the others are small messages, parsed whole."""
 
-    @functools.wraps(handler)
-    async def rpc(self, stream: Stream) -> None:
-        try:
-            request = await stream.recv_message()
-            reply = await handler(self, request, stream)
-        except GRPCError:
-            raise
-        except DecodeError:
-            raise GRPCError(Status.INVALID_ARGUMENT, f"the {handler.__name__} request is not a valid protobuf message") from None
-        except InferdError as e:
-            raise GRPCError(GRPC_STATUS[e.code], e.message) from None
-        except Exception as e:
-            error = unexpected(e, "gRPC call failed", method=handler.__name__)
-            raise GRPCError(GRPC_STATUS[error.code], error.message) from None
-        await stream.send_message(reply)
+    def wrap(handler):
+        @functools.wraps(handler)
+        async def rpc(self, stream: Stream) -> None:
+            limits = self.limits
+            try:
+                if infer:
+                    body = await receive(stream, limits.max_request_bytes, "server.max_request_bytes")
+                else:
+                    body = await receive(stream, limits.max_structured_bytes, "server.max_structured_bytes")
+                try:  # (grpclib's codec and request type for this method: the decode recv_message does)
+                    request = _infer_request(body, limits) if infer else stream._codec.decode(body, stream._recv_type)
+                except DecodeError:
+                    raise invalid("the request is not a valid protobuf message") from None
+                reply = await handler(self, request, stream)
+            except GRPCError:
+                raise
+            except InferdError as e:
+                raise GRPCError(GRPC_STATUS[e.code], e.message) from None
+            except Exception as e:
+                error = unexpected(e, "gRPC call failed", method=handler.__name__)
+                raise GRPCError(GRPC_STATUS[error.code], error.message) from None
+            await stream.send_message(reply)
 
-    return rpc
+        return rpc
+
+    return wrap
+
+
+_status = _rpc()
+
+
+def _infer_request(body, limits: RequestLimits) -> tuple[pb.ModelInferRequest, list[memoryview]]:
+    rest, raw = split_raw_contents(body, limits.max_structured_bytes)
+    return pb.ModelInferRequest.FromString(rest), raw
 
 
 def require_token(server, access: Access) -> None:
@@ -72,8 +96,16 @@ def require_token(server, access: Access) -> None:
 
 
 class InferenceServicer(GRPCInferenceServiceBase):
-    def __init__(self, dataplane: DataPlane):
+    def __init__(self, dataplane: DataPlane, limits: RequestLimits):
         self.dataplane = dataplane
+        self.limits = limits
+
+    def __mapping__(self) -> dict:
+        """The generated mapping, but ModelInfer replies with an EncodedReply (grpc_wire)."""
+        mapping = super().__mapping__()
+        infer = mapping[MODEL_INFER]
+        mapping[MODEL_INFER] = Handler(infer.func, infer.cardinality, infer.request_type, EncodedReply)
+        return mapping
 
     @_status
     async def ServerLive(self, request, stream):
@@ -95,14 +127,15 @@ class InferenceServicer(GRPCInferenceServiceBase):
     async def ModelMetadata(self, request, stream):
         return json_format.ParseDict(self.dataplane.model_metadata(request.name, request.version), pb.ModelMetadataResponse())
 
-    @_status
+    @_rpc(infer=True)
     async def ModelInfer(self, request, stream):
+        message, raw = request
         deadline = None
         if stream.deadline is not None:
             deadline = time.monotonic() + stream.deadline.time_remaining()
-        infer_request = decode_infer_request(request, deadline)
-        response = await self.dataplane.infer(request.model_name, request.model_version, infer_request, "grpc")
-        return encode_infer_response(response)
+        infer_request = decode_infer_request(message, raw, deadline, ValueBudget(self.limits.max_value_elements))
+        response = await self.dataplane.infer(message.model_name, message.model_version, infer_request, "grpc")
+        return await encode_infer_response(response)
 
     @_status
     async def ModelConfig(self, request, stream):

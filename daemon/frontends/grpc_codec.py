@@ -6,10 +6,11 @@ Inputs come as typed `contents` or as `raw_input_contents`; every output goes ba
 
 from __future__ import annotations
 
-from inferd.common.codec import check_datatype_and_shape, from_raw, from_values, to_raw
-from inferd.common.errors import invalid
+from inferd.common.codec import ValueBudget, check_datatype_and_shape, from_raw, from_values
+from inferd.common.errors import clip, invalid
 from inferd.common.tensors import datatype_of
 from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
+from inferd.daemon.frontends.grpc_wire import EncodedReply, with_raw_contents
 from inferd.daemon.requests import InferRequest, InferResponse
 
 # Which InferTensorContents field carries each datatype (FP16 has none: raw only).
@@ -30,36 +31,38 @@ def _parameters(params) -> dict:
     return {key: getattr(p, p.WhichOneof("parameter_choice")) for key, p in params.items() if p.WhichOneof("parameter_choice")}
 
 
-def decode_infer_request(message: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
-    raw = message.raw_input_contents
+def decode_infer_request(message: pb.ModelInferRequest, raw: list, deadline: float | None, budget: ValueBudget) -> InferRequest:
+    """`raw`: the message's raw_input_contents (grpc_wire keeps them out of the message, as
+    views of the bytes received)."""
     if raw and len(raw) != len(message.inputs):
         raise invalid(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
     tensors = {}
     for i, tensor in enumerate(message.inputs):
         name = tensor.name
         if name in tensors:
-            raise invalid(f"input {name!r} appears twice")
+            raise invalid(f"input {clip(name)} appears twice")
         shape = list(tensor.shape)
         if raw:
             if tensor.HasField("contents"):
-                raise invalid(f"input {name!r}: contents given together with raw_input_contents")
-            tensors[name] = from_raw(name, tensor.datatype, shape, raw[i])
+                raise invalid(f"input {clip(name)}: contents given together with raw_input_contents")
+            tensors[name] = from_raw(name, tensor.datatype, shape, raw[i], budget)
         else:
             field = _CONTENTS_FIELD.get(tensor.datatype)
             if field is None:
                 if tensor.datatype == "FP16":
-                    raise invalid(f"input {name!r}: FP16 data must be sent in raw_input_contents")
+                    raise invalid(f"input {clip(name)}: FP16 data must be sent in raw_input_contents")
                 check_datatype_and_shape(name, tensor.datatype, shape)  # names what is wrong
-            tensors[name] = from_values(name, tensor.datatype, shape, getattr(tensor.contents, field))
+            tensors[name] = from_values(name, tensor.datatype, shape, getattr(tensor.contents, field), budget)
     # (Empty repeated fields and maps are the common case: skip building anything from them.)
     outputs = tuple(o.name for o in message.outputs) if message.outputs else None
     parameters = _parameters(message.parameters) if message.parameters else {}
     return InferRequest(tensors, outputs, message.id, parameters, deadline)
 
 
-def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+async def encode_infer_response(response: InferResponse) -> EncodedReply:
+    """Every output in raw_output_contents (what tritonclient reads), appended to the rest of
+    the reply by grpc_wire without protobuf's copies."""
     reply = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
     for name, array in response.outputs.items():
         reply.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        reply.raw_output_contents.append(to_raw(array))
-    return reply
+    return await with_raw_contents(reply.SerializeToString(), list(response.outputs.values()))

@@ -14,10 +14,12 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from inferd.common.codec import ValueBudget
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.frontends import http_codec
 from inferd.daemon.frontends.auth import HTTP_HEALTH, Access
+from inferd.daemon.requests import RequestLimits
 
 log = structlog.get_logger("inferd.http")
 
@@ -36,6 +38,9 @@ HTTP_STATUS = {
 DATAPLANE = web.AppKey("dataplane", DataPlane)
 REGISTRY = web.AppKey("metrics_registry", object)
 ACCESS = web.AppKey("access", Access)
+LIMITS = web.AppKey("limits", RequestLimits)
+WRITE_SLICE = 1 << 20  # bytes of a big response body handed to the socket per write
+ABANDONED = "inferd.body_abandoned"  # (a request's own key: its body was not read to the end)
 
 
 def _json(doc, status: int = 200) -> web.Response:
@@ -70,7 +75,7 @@ async def _access_and_errors(request: web.Request, handler):
     except Exception as e:
         error = unexpected(e, "HTTP request failed", method=request.method, path=request.path)
         response = error_response(HTTP_STATUS[error.code], error.message)
-    if request.app[DATAPLANE].state.draining:
+    if request.app[DATAPLANE].state.draining or ABANDONED in request:
         response.force_close()  # let clients move on instead of reusing a connection that is closing
     return response
 
@@ -99,19 +104,79 @@ async def model_ready(request: web.Request) -> web.Response:
     return web.Response(status=200 if request.app[DATAPLANE].model_ready(*_model_args(request)) else 503)
 
 
+def _body_limit(json_length: int | None, limits: RequestLimits) -> tuple[int, str]:
+    """The most bytes this body may have (-1: none, refused at once), and the 413 message past
+    it. JSON has a smaller limit than binary tensors (server.max_structured_bytes): its parse is one
+    step on the loop."""
+    json_hint = f"server.max_structured_bytes ({limits.max_structured_bytes:,} bytes); send big tensors in binary form"
+    if json_length is None:
+        return limits.max_structured_bytes, f"a JSON body is larger than {json_hint}"
+    if json_length > limits.max_structured_bytes:
+        return -1, f"the JSON header is larger than {json_hint}"
+    return limits.max_request_bytes, f"the request body is larger than server.max_request_bytes ({limits.max_request_bytes:,} bytes)"
+
+
+async def _read_body(request: web.Request, json_length: int | None, limits: RequestLimits) -> bytearray:
+    """The body, refused (413) as soon as it passes its limit. aiohttp inflates a gzip or
+    deflate body 64 KiB at a time as it is read; a compressed body is abandoned there (no more
+    inflating), a plain one is read to its end and dropped by aiohttp, so that the client, still
+    sending, sees the answer. A bytearray: orjson and the tensors' views read it without a copy."""
+    limit, message = _body_limit(json_length, limits)
+    compressed = "Content-Encoding" in request.headers
+    too_large = web.HTTPRequestEntityTooLarge(max(limit, 0), limit + 1, text=message)
+    if limit < 0 or (not compressed and (request.content_length or 0) > limit):
+        raise _refused(request, too_large, compressed)
+    body = bytearray()
+    try:
+        while chunk := await request.content.readany():
+            body += chunk
+            if len(body) > limit:
+                raise _refused(request, too_large, compressed)
+    except web.RequestPayloadError as e:  # e.g. a gzip body that does not inflate
+        raise _refused(request, invalid(f"the request body cannot be read: {str(e).splitlines()[-1].strip()[:100]}"), True) from None
+    return body
+
+
+def _refused(request: web.Request, error: Exception, abandon: bool) -> Exception:
+    """`error`, having stopped reading the body if `abandon`. Otherwise aiohttp reads (and
+    inflates) the rest for up to 10 s after the answer, and logs a body that cannot be read as
+    an unhandled exception; marked ended instead, the connection closes after the answer."""
+    if abandon:
+        request.content.feed_eof()
+        request[ABANDONED] = True
+    return error
+
+
 async def infer(request: web.Request) -> web.Response:
-    body = await request.read()
-    req, fmt = http_codec.decode_request(body, request.headers.get(http_codec.HEADER_LENGTH))
+    limits = request.app[LIMITS]
+    json_length = http_codec.json_length(request.headers.get(http_codec.HEADER_LENGTH))
+    body = await _read_body(request, json_length, limits)
+    req, fmt = http_codec.decode_request(body, json_length, ValueBudget(limits.max_value_elements))
     name, version = _model_args(request)
     response = await request.app[DATAPLANE].infer(name, version, req, "http")
-    payload, header_length = http_codec.encode_response(response, fmt)
-    if header_length is None:
-        return web.Response(body=payload, content_type="application/json")
-    return web.Response(
-        body=payload,
-        content_type="application/octet-stream",
-        headers={http_codec.HEADER_LENGTH: str(header_length)},
-    )
+    parts, header_length = await http_codec.encode_response(response, fmt)
+    headers = {} if header_length is None else {http_codec.HEADER_LENGTH: str(header_length)}
+    content_type = "application/json" if header_length is None else "application/octet-stream"
+    if len(parts) == 1:
+        return web.Response(body=parts[0], content_type=content_type, headers=headers)
+    if sum(map(len, parts)) < WRITE_SLICE:
+        return web.Response(body=b"".join(parts), content_type=content_type, headers=headers)
+    return await _write_in_parts(request, parts, content_type, headers)
+
+
+async def _write_in_parts(request: web.Request, parts: list[bytes], content_type: str, headers: dict) -> web.StreamResponse:
+    """A big body written WRITE_SLICE bytes at a time, each write waiting for the socket to
+    drain: no copy of the whole body, and no single step on the loop that grows with it."""
+    response = web.StreamResponse(headers=headers)
+    response.content_type = content_type
+    response.content_length = sum(map(len, parts))
+    await response.prepare(request)
+    for part in parts:
+        view = memoryview(part)
+        for start in range(0, len(view), WRITE_SLICE):
+            await response.write(view[start : start + WRITE_SLICE])
+    await response.write_eof()
+    return response
 
 
 async def model_config(request: web.Request) -> web.Response:
@@ -147,9 +212,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_app(dataplane: DataPlane, registry, max_request_bytes: int, access: Access) -> web.Application:
-    app = web.Application(middlewares=[_access_and_errors], client_max_size=max_request_bytes)
+def build_app(dataplane: DataPlane, registry, limits: RequestLimits, access: Access) -> web.Application:
+    app = web.Application(middlewares=[_access_and_errors], client_max_size=limits.max_structured_bytes)
     app[DATAPLANE] = dataplane
+    app[LIMITS] = limits
     app[REGISTRY] = registry
     app[ACCESS] = access
     model = "/v2/models/{model}"

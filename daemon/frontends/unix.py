@@ -14,10 +14,11 @@ from pathlib import Path
 import msgpack
 import structlog
 
+from inferd.common.codec import ValueBudget
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.common.tasks import TaskSet
 from inferd.daemon.dataplane import DataPlane
-from inferd.daemon.frontends.unix_codec import decode_infer, encode_infer, error_reply, field
+from inferd.daemon.frontends.unix_codec import decode_infer, encode_infer, error_reply, field, unpack_frame
 from inferd.daemon.requests import InferResponse
 
 log = structlog.get_logger("inferd.unix")
@@ -67,11 +68,8 @@ class _Connection(asyncio.Protocol):
             end = HEADER.size + length
             if len(buf) < end:
                 break
-            try:
-                with memoryview(buf) as view:  # msgpack copies what it keeps: no copy before it
-                    msg = msgpack.unpackb(view[HEADER.size : end], raw=False)
-            except Exception:
-                msg = None
+            with memoryview(buf) as view:  # msgpack copies what it keeps: no copy before it
+                msg = unpack_frame(view[HEADER.size : end])
             del buf[:end]
             self._handle(msg)
 
@@ -100,7 +98,7 @@ class _Connection(asyncio.Protocol):
         serial = self._serial
         self._inflight[serial] = _nothing  # in flight before submit: it may answer at once
         try:
-            model, version, request = decode_infer(msg)
+            model, version, request = decode_infer(msg, ValueBudget(self.front.max_values))
             withdraw = self.front.dataplane.submit(
                 model, version, request, "unix", lambda result: self._infer_done(serial, request_id, result))
         except BaseException:
@@ -170,9 +168,10 @@ class _Connection(asyncio.Protocol):
 
 
 class UnixFrontEnd:
-    def __init__(self, dataplane: DataPlane, max_frame: int):
+    def __init__(self, dataplane: DataPlane, max_frame: int, max_values: int):
         self.dataplane = dataplane
         self.max_frame = max_frame
+        self.max_values = max_values  # server.max_value_elements
         self.connections: set[_Connection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._path: str | None = None

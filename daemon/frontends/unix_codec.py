@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import time
 
-from inferd.common.codec import from_raw, named_items, to_raw
-from inferd.common.errors import ErrorCode, InferdError, invalid
+import msgpack
+
+from inferd.common.codec import ValueBudget, from_raw, named_items, raw_view
+from inferd.common.errors import ErrorCode, InferdError, clip, invalid
 from inferd.common.tensors import datatype_of
 from inferd.daemon.requests import InferRequest, InferResponse
 
@@ -25,6 +27,29 @@ WIRE_CODES = {
 
 
 
+MAX_FRAME_ITEMS = 65536  # entries of all the arrays and maps in one frame (a request needs a few dozen)
+
+
+def unpack_frame(frame) -> dict | None:
+    """A frame's message; None if it is not valid msgpack, or if its arrays and maps hold more
+    than MAX_FRAME_ITEMS entries in all: each entry is a Python object, and 64 MiB of one-byte
+    entries would be 64 M of them (seconds of the loop, gigabytes). Tensors travel as bin."""
+    items = 0
+
+    def counted(container):
+        nonlocal items
+        items += len(container)
+        if items > MAX_FRAME_ITEMS:
+            raise ValueError("too many items")
+        return container
+
+    try:
+        return msgpack.unpackb(frame, raw=False, list_hook=counted, object_hook=counted,
+                               max_array_len=MAX_FRAME_ITEMS, max_map_len=MAX_FRAME_ITEMS)
+    except Exception:  # any malformed frame: the caller answers "not valid msgpack"
+        return None
+
+
 def field(msg: dict, key: str, kind: type, default=None):
     """`msg[key]` if it is of `kind` (bool is not an int here), `default` if absent."""
     if key not in msg:
@@ -39,7 +64,7 @@ def error_reply(request_id: int, error: InferdError) -> dict:
     return {"id": request_id, "ok": False, "error": {"code": WIRE_CODES[error.code], "message": error.message}}
 
 
-def decode_infer(msg: dict) -> tuple[str, str, InferRequest]:
+def decode_infer(msg: dict, budget: ValueBudget) -> tuple[str, str, InferRequest]:
     model = field(msg, "model", str)
     if not model:
         raise invalid("'model' is required")
@@ -48,8 +73,8 @@ def decode_infer(msg: dict) -> tuple[str, str, InferRequest]:
     for name, item in named_items(inputs):
         data = item.get("data")
         if not isinstance(data, bytes):
-            raise invalid(f"input {name!r}: 'data' must be bin (raw little-endian bytes)")
-        tensors[name] = from_raw(name, item.get("datatype"), item.get("shape"), data)
+            raise invalid(f"input {clip(name)}: 'data' must be bin (raw little-endian bytes)")
+        tensors[name] = from_raw(name, item.get("datatype"), item.get("shape"), data, budget)
     outputs = field(msg, "outputs", list)
     if outputs is not None and not all(isinstance(o, str) for o in outputs):
         raise invalid("'outputs' must be a list of names")
@@ -66,7 +91,7 @@ def encode_infer(request_id: int, response: InferResponse) -> dict:
         "model": response.model_name,
         "version": response.model_version,
         "outputs": [
-            {"name": name, "datatype": datatype_of(a), "shape": list(a.shape), "data": to_raw(a)}
+            {"name": name, "datatype": datatype_of(a), "shape": list(a.shape), "data": raw_view(a)}
             for name, a in response.outputs.items()
         ],
     }

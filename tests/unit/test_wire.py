@@ -1,12 +1,14 @@
 """Wire conversions: V2 JSON / binary tensors <-> numpy, and the worker IPC framing."""
 
+import asyncio
 import struct
 
 import numpy as np
+import orjson
 import pytest
 
 from inferd.backends import ipc
-from inferd.common.codec import from_list, from_raw, to_raw
+from inferd.common.codec import ValueBudget, from_list, from_raw, to_raw
 from inferd.common.errors import ErrorCode, InferdError
 from inferd.daemon.frontends import http_codec
 from inferd.daemon.requests import InferResponse
@@ -39,27 +41,50 @@ def test_binary_request_slices_inputs_in_order_without_copying():
     header = (b'{"inputs":[{"name":"a","shape":[4],"datatype":"FP32","parameters":{"binary_data_size":16}},'
               b'{"name":"b","shape":[3],"datatype":"INT64","parameters":{"binary_data_size":24}}],'
               b'"outputs":[{"name":"o","parameters":{"binary_data":true}}],"id":"r1"}')
-    request, fmt = http_codec.decode_request(header + a.tobytes() + b.tobytes(), str(len(header)))
+    request, fmt = http_codec.decode_request(header + a.tobytes() + b.tobytes(), len(header), ValueBudget(16))
     assert np.array_equal(request.inputs["a"], a) and np.array_equal(request.inputs["b"], b)
     assert request.outputs == ("o",) and request.id == "r1" and fmt.is_binary("o") and not fmt.is_binary("p")
 
 
-def test_response_binary_and_json_outputs_side_by_side():
+async def test_response_binary_and_json_outputs_side_by_side():
     response = InferResponse("m", "1", {"j": np.array([1.5, 2.5], np.float32), "b": np.array([7], np.int32)}, "id9")
     fmt = http_codec.OutputFormat(binary={"b": True})
-    body, n = http_codec.encode_response(response, fmt)
-    import orjson
-
+    parts, n = await http_codec.encode_response(response, fmt)
+    body = b"".join(parts)
     doc = orjson.loads(body[:n])
     assert doc["id"] == "id9"
     assert doc["outputs"][0]["data"] == [1.5, 2.5]
     assert doc["outputs"][1]["parameters"]["binary_data_size"] == 4 and body[n:] == np.array([7], np.int32).tobytes()
 
 
-def test_non_utf8_bytes_output_must_travel_as_binary():
+async def test_non_utf8_bytes_output_must_travel_as_binary():
     response = InferResponse("m", "1", {"s": np.array([b"\xff"], dtype=object)})
     with pytest.raises(InferdError, match="binary_data"):
-        http_codec.encode_response(response, http_codec.OutputFormat())
+        await http_codec.encode_response(response, http_codec.OutputFormat())
+
+
+async def test_a_big_json_output_is_written_in_slices_that_give_up_the_loop():
+    big = np.arange(http_codec.JSON_SLICE * 2 + 5, dtype=np.float32) / 4
+    texts = np.array([b"a", "\u00fc".encode()] * (http_codec.JSON_SLICE // 2 + 1), dtype=object)
+    response = InferResponse("m", "1", {"f": big.reshape(1, -1), "t": texts}, "r")
+    turns = 0
+
+    async def count_turns():
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.ensure_future(count_turns())
+    await asyncio.sleep(0)
+    parts, n = await http_codec.encode_response(response, http_codec.OutputFormat())
+    counter.cancel()
+    body = b"".join(parts)
+    doc = orjson.loads(body)
+    assert n is None and doc["id"] == "r" and doc["outputs"][0]["shape"] == [1, big.size]
+    assert np.array_equal(np.array(doc["outputs"][0]["data"], np.float32), big)
+    assert doc["outputs"][1]["data"] == ["a", "\u00fc"] * (http_codec.JSON_SLICE // 2 + 1)
+    assert turns >= 3  # the loop ran between slices
 
 
 def test_ipc_tensors_keep_dtype_shape_and_bytes():
