@@ -29,7 +29,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     serve = commands.add_parser("serve", help="serve the models directory until SIGTERM/SIGINT")
     serve.add_argument("--config", metavar="FILE", help="daemon config (TOML)")
     serve.add_argument("--models", metavar="DIR", help="models directory [models.dir]")
-    serve.add_argument("--http", metavar="HOST:PORT", type=_address_flag, help='V2 REST listener; port 0 picks a free port; "" disables [server.http]')
+    serve.add_argument("--http", metavar="HOST:PORT", type=_address_flag,
+                       help='V2 REST listener; port 0 picks a free port; "" disables [server.http]')
     serve.add_argument("--grpc", metavar="HOST:PORT", type=_address_flag, help='V2 gRPC listener; "" disables [server.grpc]')
     serve.add_argument("--socket", metavar="PATH", help='Unix socket (msgpack protocol); "" disables [server.socket]')
     serve.add_argument("--http-socket", metavar="PATH", help="V2 REST on a Unix socket too [server.http_socket]")
