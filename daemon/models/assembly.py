@@ -107,7 +107,7 @@ class Assembler:
             cold_start_timeout_s=settings.cold_start_timeout_s, observer=mv.observer,
         )
         self.memory.add(tenant)  # sets the queue's limits
-        if settings.min_workers == 0:
+        if settings.min_workers == 0 and settings.idle_timeout_s > 0:
             # Scale-to-zero: the worker that validated and measured the model goes now, not
             # after idle_timeout_s (a directory of many models would otherwise hold one each).
             await _stop_validating_worker(pool)
