@@ -193,13 +193,13 @@ def read_token(auth: AuthSection) -> str | None:
     if not auth.token_file:
         return None
     try:
+        others_may_use = os.stat(auth.token_file).st_mode & (stat.S_IROTH | stat.S_IWOTH)
         token = Path(auth.token_file).read_text().strip()
     except OSError as e:
         raise ConfigError(auth.token_file, "auth.token_file", f"cannot read the token: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ConfigError(auth.token_file, "auth.token_file", "the token file is not UTF-8 text") from None
-    mode = os.stat(auth.token_file).st_mode
-    if mode & (stat.S_IROTH | stat.S_IWOTH):
+    if others_may_use:
         raise ConfigError(auth.token_file, "auth.token_file",
                           f"the token file is readable or writable by other users: chmod o-rwx {auth.token_file}")
     if not token:
