@@ -74,7 +74,8 @@ async def eventually(condition, timeout: float = 60, what: str = "the condition"
     return value
 
 
-async def test_code_that_others_could_change_is_failed_with_the_reason_and_fixing_it_reloads(tmp_path):
+@pytest.mark.parametrize("control", ["watch", "poll"])
+async def test_code_that_others_could_change_is_failed_with_the_reason_and_fixing_it_reloads(tmp_path, control):
     other = intruder()
     models = tmp_path / "models"
     python_model(models, "good")
@@ -88,7 +89,8 @@ async def test_code_that_others_could_change_is_failed_with_the_reason_and_fixin
     outside.parent.mkdir()
     outside.write_text(CODE)  # root's own file, 0644: only where it lies is wrong
     (models / "linked.py").symlink_to(outside)
-    with DaemonProcess(models, env=FAST) as d, Client(socket=d.socket_path) as c:
+    env = {**FAST, "INFERD_MODELS_CONTROL": control, "INFERD_MODELS_POLL_INTERVAL_S": "0.2"}
+    with DaemonProcess(models, env=env) as d, Client(socket=d.socket_path) as c:
         rows = index(d)
         assert rows["good"]["state"] == "READY"
         assert c.infer("good", {"x": [1, 2]})["y"].tolist() == [2, 3]
