@@ -51,6 +51,7 @@ class Assembler:
         # Loads that start workers wait their turn: each admits its worker against the memory
         # the ones before it took (all at once, every admission sees the same free memory).
         self.loads = asyncio.Semaphore(max_concurrent_loads)
+
     async def assemble(self, mv: ModelVersion, defaults: ModelSettings, estimate: int) -> Serving:
         """What serves `mv`; raises LoadFailed or ConfigError with the reason. `estimate`: the
         memory a worker is expected to take before one is measured."""

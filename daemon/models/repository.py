@@ -266,7 +266,8 @@ class ModelRepository:
             return InferdError(ErrorCode.NOT_FOUND, f"no model {name!r} in the models directory")
         self.unloaded.discard(name)
         self.applied = {k: f for k, f in self.applied.items() if k[0] != name} | found
-        outcomes = [await self._outcome(self._load(f)) for f in found.values()]
+        loads = [self._load(f) for f in found.values()]  # every version at once
+        outcomes = [await self._outcome(mv) for mv in loads]
         failed = [mv for mv in outcomes if mv.state is not READY]
         if failed:
             reasons = "; ".join(f"version {mv.version}: {mv.reason or _no_reason(mv)}" for mv in failed)
