@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
 import struct
 
 import msgpack
 
 from inferd.client.errors import InferdClientError
+from inferd.config.settings import fallback_socket_dir, private_dir_problem
 
 _LENGTH = struct.Struct(">I")
 
@@ -34,6 +36,14 @@ def _result(reply: dict) -> dict:
         error = reply.get("error") or {}
         raise InferdClientError(str(error.get("code", "internal")), str(error.get("message", "no message")))
     return {k: v for k, v in reply.items() if k not in ("id", "ok")}
+
+
+def _refuse_untrusted(path: str) -> None:
+    """Never connect through the /tmp fallback directory unless it is this user's own and
+    private: whoever made it first could be serving in the daemon's place."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if directory == fallback_socket_dir() and (problem := private_dir_problem(directory)):
+        raise InferdClientError("unavailable", f"not connecting to inferd through {directory}: {problem}")
 
 
 def _cannot_connect(path: str, error: OSError) -> InferdClientError:
@@ -77,6 +87,7 @@ class UnixTransport:
         self._ids = itertools.count(1)
 
     def _connect(self) -> socket.socket:
+        _refuse_untrusted(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -190,6 +201,7 @@ class AsyncUnixTransport:
             async with self._connecting:  # concurrent first callers share one new connection
                 if self._conn is None or self._conn.closed:
                     try:
+                        _refuse_untrusted(self.path)
                         reader, writer = await asyncio.open_unix_connection(self.path)
                     except OSError as e:
                         raise _cannot_connect(self.path, e) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,7 +47,33 @@ def socket_path(value: str, environ: Mapping[str, str] | None = None) -> str:
         return os.path.join(environ["RUNTIME_DIRECTORY"].split(":")[0], "inferd.sock")
     if environ.get("XDG_RUNTIME_DIR"):
         return os.path.join(environ["XDG_RUNTIME_DIR"], "inferd.sock")
-    return f"/tmp/inferd-{os.getuid()}/inferd.sock"
+    return os.path.join(fallback_socket_dir(), "inferd.sock")
+
+
+def fallback_socket_dir() -> str:
+    """Where "auto" puts the socket without a runtime directory: in /tmp, where any local user
+    could have made it first, so it is used only while private_dir_problem() finds nothing."""
+    return f"/tmp/inferd-{os.getuid()}"
+
+
+def private_dir_problem(directory: str) -> str | None:
+    """Why `directory` is not this user's private directory (None: it is, or it does not
+    exist). In a directory that another user owns or may write to, they could put their own
+    socket in place of the daemon's and read every request and forge every answer."""
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"cannot check {directory}: {e.strerror or e}"
+    fix = "remove it (or set server.socket to a path in a private directory)"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{directory} is not a directory (a symlink or a file): {fix}"
+    if st.st_uid != os.geteuid():
+        return f"{directory} belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()}): {fix}"
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        return f"{directory} has mode {stat.S_IMODE(st.st_mode):04o}, not 0700: chmod 0700 it, or {fix}"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +96,7 @@ class ModelsSection:
     control: str = field("watch", one_of("watch", "poll", "explicit"))
     settle_ms: int = field(500, between(0, 600_000))
     poll_interval_s: float = field(2.0, between(0.05, 3600))  # control = "poll" only
+    max_concurrent_loads: int = field(4, between(1, 256))  # model loads that start workers at once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,15 +191,20 @@ def load_daemon_config(
 
 
 def read_token(auth: AuthSection) -> str | None:
-    """The bearer token from auth.token_file (None when unset); a missing or empty file is refused."""
+    """The bearer token from auth.token_file (None when unset); a missing or empty file, or
+    one that other users may read, is refused."""
     if not auth.token_file:
         return None
     try:
+        others_may_use = os.stat(auth.token_file).st_mode & (stat.S_IROTH | stat.S_IWOTH)
         token = Path(auth.token_file).read_text().strip()
     except OSError as e:
         raise ConfigError(auth.token_file, "auth.token_file", f"cannot read the token: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ConfigError(auth.token_file, "auth.token_file", "the token file is not UTF-8 text") from None
+    if others_may_use:
+        raise ConfigError(auth.token_file, "auth.token_file",
+                          f"the token file is readable or writable by other users: chmod o-rwx {auth.token_file}")
     if not token:
         raise ConfigError(auth.token_file, "auth.token_file", "the token file is empty")
     return token

@@ -10,6 +10,7 @@ goes out in the loop turn its outputs arrive, with no task per request.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 
@@ -225,6 +226,13 @@ def _triton_type(datatype: str) -> str:
     return f"TYPE_{'STRING' if datatype == 'BYTES' else datatype}"
 
 
+def _triton_parameters(parameters: dict) -> dict:
+    """config.toml's [parameters] as Triton spells them: every value a string (tables and
+    arrays as JSON)."""
+    return {str(k): {"string_value": v if isinstance(v, str) else json.dumps(v, default=str)}
+            for k, v in parameters.items()}
+
+
 def triton_config(mv: ModelVersion) -> dict:
     """A version's configuration as Triton's model_config.proto spells it (dims exclude the
     batch dimension when the model batches)."""
@@ -252,7 +260,7 @@ def triton_config(mv: ModelVersion) -> dict:
             "preserve_ordering": False,
         } if batching else None,
         "instance_group": [{"name": mv.name, "kind": "KIND_CPU", "count": settings.max_workers}],
-        "parameters": {},
+        "parameters": _triton_parameters(mv.serving.config.parameters),
         "model_transaction_policy": {"decoupled": False},
     }
     return {k: v for k, v in config.items() if v is not None}

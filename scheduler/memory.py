@@ -3,7 +3,10 @@
 One interface, two probes, picked by what the machine has:
 
 - `HostProbe`: the host's memory (/proc/meminfo MemAvailable and MemTotal) as device "cpu",
-  and a process's resident memory (RSS; peak RSS through /proc/PID/status VmHWM, reset by
+  bounded by the daemon's cgroup memory limit where there is one (systemd's MemoryMax=, a
+  container's limit: cgroup v2 memory.max and memory.current, v1 memory.limit_in_bytes and
+  memory.usage_in_bytes, the tightest of its cgroup and their ancestors), and a process's
+  resident memory (RSS; peak RSS through /proc/PID/status VmHWM, reset by
   writing 5 to /proc/PID/clear_refs).
 - `NvmlProbe`: the host as above, plus every NVIDIA GPU as "cuda:N" through NVML
   (nvidia-ml-py's `pynvml`): free/total per GPU, and a process's usage from the GPU's list of
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from pathlib import Path
 
 import structlog
 
@@ -65,17 +69,81 @@ def _status_bytes(pid: int, key: str) -> int:
     return 0
 
 
+CGROUP_ROOT = "/sys/fs/cgroup"
+_UNLIMITED_V1 = 2**62  # cgroup v1 spells "no limit" as a huge page-rounded number
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None  # v2's "max": no limit
+
+
+def _stat_value(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value)
+    except (OSError, UnicodeDecodeError):
+        pass
+    return 0
+
+
+# (hierarchy under the root, limit file, usage file, reclaimable page cache in memory.stat)
+_V2 = (("", "memory.max", "memory.current", "inactive_file"),
+       ("unified", "memory.max", "memory.current", "inactive_file"))
+_V1 = (("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),)
+
+
+def cgroup_memory(root: str = CGROUP_ROOT, proc_cgroup: str = "/proc/self/cgroup") -> tuple[int, int] | None:
+    """(limit, free) of the tightest memory limit on this process's cgroup or an ancestor of it
+    (free: the limit less what is charged, inactive page cache being reclaimable); None where
+    no limit applies. `root`: where the cgroup hierarchies are mounted."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    tightest = None
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        layouts = _V2 if controllers == "" else _V1 if "memory" in controllers.split(",") else ()
+        for sub, limit_file, usage_file, cache_key in layouts:
+            base = Path(root, sub)
+            directory = Path(base, path.lstrip("/"))
+            for d in (directory, *directory.parents):
+                limit = _read_int(d / limit_file)
+                if limit is not None and limit < _UNLIMITED_V1:
+                    used = (_read_int(d / usage_file) or 0) - _stat_value(d / "memory.stat", cache_key)
+                    free = max(0, limit - max(0, used))
+                    if tightest is None or free < tightest[1]:
+                        tightest = (limit, free)
+                if d == base or not d.is_relative_to(base):
+                    break
+    return tightest
+
+
 class HostProbe:
-    """Host memory only: every worker runs on "cpu"."""
+    """Host memory only: every worker runs on "cpu". `cgroup_root`: where the cgroup
+    hierarchies are mounted (default /sys/fs/cgroup), read with /proc/self/cgroup."""
 
     kind = "host"
+    cgroup_root = CGROUP_ROOT
+
+    def __init__(self, cgroup_root: str = CGROUP_ROOT) -> None:
+        self.cgroup_root = cgroup_root
 
     def gpus(self) -> list[int]:
         return []
 
     def devices(self) -> list[DeviceMemory]:
         info = meminfo()
-        return [DeviceMemory(CPU, info.get("MemAvailable", 0), info.get("MemTotal", 0))]
+        free, total = info.get("MemAvailable", 0), info.get("MemTotal", 0)
+        if (limited := cgroup_memory(self.cgroup_root)) is not None:
+            total, free = min(total, limited[0]), min(free, limited[1])
+        return [DeviceMemory(CPU, free, total)]
 
     def device(self, name: str) -> DeviceMemory | None:
         return next((d for d in self.devices() if d.device == name), None)

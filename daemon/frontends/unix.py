@@ -7,6 +7,7 @@ import asyncio
 import grp
 import os
 import socket
+import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import structlog
 from inferd.common.codec import ValueBudget
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.common.tasks import TaskSet
+from inferd.config.settings import fallback_socket_dir, private_dir_problem
 from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.frontends.unix_codec import decode_infer, encode_infer, error_reply, field, unpack_frame
 from inferd.daemon.requests import InferResponse
@@ -194,13 +196,11 @@ class UnixFrontEnd:
         _claim_path(path)
         self._path = path
         self._server = await asyncio.get_running_loop().create_unix_server(lambda: _Connection(self), path=path)
-        os.chmod(path, 0o660)
         try:
-            os.chown(path, -1, grp.getgrnam(group).gr_gid)
-        except KeyError:
-            log.warning("socket group not found; the socket keeps the daemon's group", group=group, path=path)
-        except PermissionError:
-            log.warning("cannot give the socket to its group (not allowed)", group=group, path=path)
+            set_socket_permissions(path, group)
+        except OSError:
+            self.stop_accepting()
+            raise
 
     async def start_on(self, sock: socket.socket) -> None:
         """Serve on a socket that is already bound and listening (socket activation). Its file
@@ -218,10 +218,33 @@ class UnixFrontEnd:
             Path(self._path).unlink(missing_ok=True)
 
 
+def set_socket_permissions(path: str, group: str) -> None:
+    """Mode 0660 and group `group` on the socket file at `path`, never on what a symlink put in
+    its place leads to: the file is opened without following links, checked to be a socket,
+    and changed through that descriptor. Raises OSError when it is not a socket."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is no longer the daemon's socket (replaced meanwhile); not changing its permissions")
+        inode = f"/proc/self/fd/{fd}"  # the socket itself: an O_PATH descriptor's link is not followed further
+        os.chmod(inode, 0o660)
+        try:
+            os.chown(inode, -1, grp.getgrnam(group).gr_gid)
+        except KeyError:
+            log.warning("socket group not found; the socket keeps the daemon's group", group=group, path=path)
+        except PermissionError:
+            log.warning("cannot give the socket to its group (not allowed)", group=group, path=path)
+    finally:
+        os.close(fd)
+
+
 def _claim_path(path: str) -> None:
-    """Remove a stale socket file; refuse to take over one that another process serves."""
+    """Remove a stale socket file; refuse to take over one that another process serves, and
+    the fallback directory in /tmp unless it is the daemon user's own, with mode 0700."""
     target = Path(path)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if str(target.parent) == fallback_socket_dir() and (problem := private_dir_problem(str(target.parent))):
+        raise OSError(f"refusing the socket directory: {problem}")
     if not target.exists():
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

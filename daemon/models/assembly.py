@@ -45,9 +45,12 @@ class _Admission:
 
 
 class Assembler:
-    def __init__(self, memory: MemoryManager, steps: PipelineSteps):
+    def __init__(self, memory: MemoryManager, steps: PipelineSteps, max_concurrent_loads: int = 4):
         self.memory = memory
         self.steps = steps
+        # Loads that start workers wait their turn: each admits its worker against the memory
+        # the ones before it took (all at once, every admission sees the same free memory).
+        self.loads = asyncio.Semaphore(max_concurrent_loads)
 
     async def assemble(self, mv: ModelVersion, defaults: ModelSettings, estimate: int) -> Serving:
         """What serves `mv`; raises LoadFailed or ConfigError with the reason. `estimate`: the
@@ -70,12 +73,13 @@ class Assembler:
         wakeup = asyncio.Event()  # the queue's: the pool's workers changed
         pool = WorkerPool(_worker_spec(found, backend, config, gpu), Scaling.from_settings(settings),
                           observer=mv.observer, admit=admission, on_broken=mv.broken, on_change=wakeup.set)
-        file_metadata = await pool.start()
-        try:
-            return await self._serve(mv, config, pool, file_metadata, admission, wakeup)
-        except BaseException:
-            await pool.stop()
-            raise
+        async with self.loads:
+            file_metadata = await pool.start()
+            try:
+                return await self._serve(mv, config, pool, file_metadata, admission, wakeup)
+            except BaseException:
+                await pool.stop()
+                raise
 
     async def _serve(self, mv: ModelVersion, config: ModelConfig, pool: WorkerPool, file_metadata: ModelMetadata,
                      admission: _Admission, wakeup: asyncio.Event) -> Serving:
@@ -104,12 +108,16 @@ class Assembler:
             cold_start_timeout_s=settings.cold_start_timeout_s, observer=mv.observer,
         )
         self.memory.add(tenant)  # sets the queue's limits
+        if settings.min_workers == 0 and settings.idle_timeout_s > 0:
+            # Scale-to-zero: the worker that validated and measured the model goes now, not
+            # after idle_timeout_s (a directory of many models would otherwise hold one each).
+            await _stop_validating_worker(pool)
         queue.start()
         return Serving(config, metadata, max_batch_size, pool, queue, tenant)
 
     async def _pipeline(self, mv: ModelVersion, config: ModelConfig) -> Serving:
         if not config.pipeline:
-            raise LoadFailed(f"{mv.found.config_path} declares no [[pipeline]] steps and there are no version directories")
+            raise LoadFailed(f"{mv.name}/config.toml declares no [[pipeline]] steps and there are no version directories")
         await self.steps.wait_for(config.pipeline, config.settings.load_timeout_s)
         try:
             pipeline = Pipeline(mv.name, config.pipeline, self.steps.metadata_of)
@@ -117,6 +125,28 @@ class Assembler:
             raise LoadFailed(str(e)) from None
         mv.observer.batch_limit(pipeline.max_batch_size)
         return Serving(config, pipeline.metadata, pipeline.max_batch_size, pipeline=pipeline)
+
+
+async def _stop_validating_worker(pool: WorkerPool) -> None:
+    """Scale a just-validated pool to zero; its worker's exit counts as an idle one (the
+    pool's scale_to_zero counts evictions, which this is not)."""
+    observer = pool.observer
+    pool.observer = _IdleExits(observer)
+    try:
+        await pool.scale_to_zero("validated; min_workers = 0")
+    finally:
+        pool.observer = observer
+
+
+class _IdleExits:
+    def __init__(self, observer):
+        self._observer = observer
+
+    def __getattr__(self, name):
+        return getattr(self._observer, name)
+
+    def worker_exited(self, cause: str) -> None:
+        self._observer.worker_exited("idle")
 
 
 def _worker_spec(found: Found, backend: str, config: ModelConfig, gpu: int | None) -> WorkerSpec:

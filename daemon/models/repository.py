@@ -24,6 +24,7 @@ from inferd.daemon.models.assembly import Assembler
 from inferd.daemon.models.pipeline import Pipeline, PipelineError
 from inferd.daemon.models.scan import Found, Key, Snapshot, diff, model_names, scan
 from inferd.daemon.models.steps import PipelineSteps
+from inferd.daemon.models.trust import redact
 from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.operations.metrics import Metrics, VersionObserver
 from inferd.scheduler.limits import MemoryManager
@@ -35,7 +36,7 @@ READY, LOADING = ModelState.READY, ModelState.LOADING
 
 class ModelRepository:
     def __init__(self, root: Path, defaults: ModelSettings, metrics: Metrics, memory: MemoryManager,
-                 drain_timeout_s: float = 30.0, explicit: bool = False):
+                 drain_timeout_s: float = 30.0, explicit: bool = False, max_concurrent_loads: int = 4):
         self.root = root
         self.explicit = explicit  # models.control = "explicit": only the API loads and unloads
         self.defaults = defaults
@@ -48,9 +49,10 @@ class ModelRepository:
         self.applied: Snapshot = {}  # the snapshot the above follows
         self.unloaded: set[str] = set()  # unloaded on request: directory changes leave them alone
         self.steps = PipelineSteps(self.get_ready, self._coming)
-        self.assembler = Assembler(memory, self.steps)
+        self.assembler = Assembler(memory, self.steps, max_concurrent_loads)
         self._tasks = TaskSet("model repository")
         self._loads: set[asyncio.Task] = set()
+        self._api_loads: dict[str, asyncio.Task] = {}  # load_model calls in progress: others share them
 
     def reconfigure(self, root: Path, explicit: bool) -> None:
         """New [models] settings (SIGHUP): the directory to follow, and whether only the API loads."""
@@ -93,13 +95,14 @@ class ModelRepository:
     def _load(self, found: Found) -> ModelVersion:
         estimate = self._base_estimate(found)
         mv = ModelVersion(found, VersionObserver(self.metrics, found.name, found.version, self._workers_changed),
-                          self._state_changed)
+                          self._state_changed, redact=self.public)
         if (superseded := self.pending.pop(found.key, None)) is not None:
             self._retire(superseded)
         versions = self.models.setdefault(found.name, {})
         serving = versions.get(found.version)
-        if serving is not None and serving.state is READY:
+        if serving is not None and serving.state is READY and not found.untrusted:
             self.pending[found.key] = mv  # loads beside the serving generation
+            # (code that others could have changed must not go on serving, nor start workers)
         else:
             versions[found.version] = mv
             if serving is not None:
@@ -126,7 +129,13 @@ class ModelRepository:
         """A step model's new generation may have other tensors or limits: a pipeline that
         uses it loads again (beside what serves) when what it resolved against changed."""
         for mv in self.serving_versions():
-            if mv.pipeline is None or mv.state is not READY or name not in mv.pipeline.models:
+            if mv.pipeline is None or name not in mv.pipeline.models:
+                continue
+            if mv.state is ModelState.FAILED:  # it failed when the step stopped serving: try again
+                log.info("a pipeline's step serves again; reloading the pipeline", model=mv.name, step=name)
+                self._load(mv.found)
+                continue
+            if mv.state is not READY:
                 continue
             try:
                 now = Pipeline(mv.name, mv.serving.config.pipeline, self.steps.metadata_of)
@@ -186,6 +195,27 @@ class ModelRepository:
     def _state_changed(self, mv: ModelVersion) -> None:
         self.steps.changed()
         self._publish(mv.key)
+        if mv.pipeline is None and mv.state is not READY:
+            self._check_pipelines_using(mv.name)
+
+    def _check_pipelines_using(self, name: str) -> None:
+        """A pipeline is READY only while every step's model serves: one whose step no longer
+        does (unloaded, removed, crash-looping) is FAILED with the reason until it does again."""
+        for mv in self.serving_versions():
+            if mv.pipeline is None or mv.state is not READY or name not in mv.pipeline.models:
+                continue
+            for step in mv.pipeline.steps:
+                if step.model != name:
+                    continue
+                try:
+                    self.get_ready(step.model, step.version)
+                except InferdError as e:
+                    mv.broken(f"step model {name!r} is not ready: {e.message}")
+                    break
+
+    def public(self, text: str) -> str:
+        """`text` as callers may see it: paths relative to the models directory, no others."""
+        return redact(text, self.root)
 
     def _workers_changed(self, key: Key) -> None:
         self._publish(key)
@@ -219,18 +249,40 @@ class ModelRepository:
 
     async def load_model(self, name: str) -> None:
         """Load (or load again) model `name` from the directory as it is now, beside what
-        serves; return once it serves. Raises NOT_FOUND or FAILED_PRECONDITION."""
+        serves; return once it serves. Raises NOT_FOUND or FAILED_PRECONDITION. Calls for a
+        model whose load through this API is in progress share that load and its outcome."""
+        task = self._api_loads.get(name)
+        if task is None:
+            task = self._tasks.spawn(self._load_from_api(name))
+            self._api_loads[name] = task
+            task.add_done_callback(lambda t: self._api_loads.pop(name, None) if self._api_loads.get(name) is t else None)
+        error = await asyncio.shield(task)  # a caller that goes away leaves the load to the others
+        if error is not None:
+            raise error
+
+    async def _load_from_api(self, name: str) -> InferdError | None:
         found = await asyncio.to_thread(scan, self.root, only=name)  # reads files: off the loop
         if not found:
-            raise InferdError(ErrorCode.NOT_FOUND, f"no model {name!r} in {self.root}")
+            return InferdError(ErrorCode.NOT_FOUND, f"no model {name!r} in the models directory")
         self.unloaded.discard(name)
         self.applied = {k: f for k, f in self.applied.items() if k[0] != name} | found
-        loads = [self._load(f) for f in found.values()]
-        await asyncio.wait([mv.task for mv in loads])
-        failed = [mv for mv in loads if mv.state is not READY]
+        loads = [self._load(f) for f in found.values()]  # every version at once
+        outcomes = [await self._outcome(mv) for mv in loads]
+        failed = [mv for mv in outcomes if mv.state is not READY]
         if failed:
-            reasons = "; ".join(f"version {mv.version}: {mv.reason}" for mv in failed)
-            raise InferdError(ErrorCode.FAILED_PRECONDITION, f"failed to load model {name!r}: {reasons}")
+            reasons = "; ".join(f"version {mv.version}: {mv.reason or _no_reason(mv)}" for mv in failed)
+            return InferdError(ErrorCode.FAILED_PRECONDITION, f"failed to load model {name!r}: {reasons}")
+        return None
+
+    async def _outcome(self, mv: ModelVersion) -> ModelVersion:
+        """`mv` once its load ended, or the generation that superseded it (a directory change
+        meanwhile) once that one's did."""
+        while True:
+            await asyncio.wait([mv.task])
+            newer = self.pending.get(mv.key) or self.models.get(mv.name, {}).get(mv.version)
+            if mv.state is READY or newer is None or newer is mv or newer.task is None:
+                return mv
+            mv = newer
 
     async def unload_model(self, name: str) -> None:
         """Stop serving `name` (404 from now on), drain it, stop its workers; it stays unloaded
@@ -325,3 +377,7 @@ class ModelRepository:
         generations = self.all_versions()  # before the cancelled unloads forget theirs
         await self._tasks.cancel()
         await asyncio.gather(*(v.stop(self.memory.remove) for v in generations))
+
+
+def _no_reason(mv: ModelVersion) -> str:
+    return f"its load ended {mv.state.value} (superseded or unloaded meanwhile)"

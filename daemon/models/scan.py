@@ -26,6 +26,7 @@ import structlog
 from inferd.backends import MODEL_EXTENSIONS
 from inferd.common.errors import ConfigError
 from inferd.config.model import MODEL_NAME, ModelSettings, VersionPolicy, load_model_config
+from inferd.daemon.models.trust import runs_code, trust_problem
 
 log = structlog.get_logger("inferd.repository")
 
@@ -61,6 +62,7 @@ class Found:
     file_stamp: tuple = ()
     config_stamp: tuple = ()
     pipeline: bool = False  # defined by config.toml alone (path is None)
+    untrusted: bool = False  # code that others could change: it must not run, nor keep serving
 
     @property
     def key(self) -> Key:
@@ -101,7 +103,7 @@ def scan(root: Path, complete: Complete = _always, only: str | None = None) -> S
             try:
                 items = _scan_model_dir(entry, complete)
             except OSError as e:  # unreadable: the model reports why instead of vanishing
-                items = [Found(name, "1", None, problem=f"cannot read {entry}: {e.strerror or e}")]
+                items = [Found(name, "1", None, problem=f"cannot read {entry.name}: {e.strerror or e}")]
         else:
             continue
         if not items:
@@ -110,14 +112,22 @@ def scan(root: Path, complete: Complete = _always, only: str | None = None) -> S
             log.warning("skipping a model with an invalid name", path=str(entry), rule="[A-Za-z0-9_.-]+")
             continue
         if name in defined_by:
-            problem = f"both {defined_by[name]} and {entry} define model {name!r}"
+            problem = f"both {defined_by[name].name} and {entry.name} define model {name!r}"
             for key in [k for k in found if k[0] == name]:
                 del found[key]
             items = [Found(name, "1", None, problem=problem)]
         defined_by[name] = entry
         for item in items:
-            found[item.key] = item
+            found[item.key] = _checked(root, item)
     return found
+
+
+def _checked(root: Path, item: Found) -> Found:
+    """`item`, FAILED in advance when its code could have been changed by someone untrusted."""
+    if item.path is None or item.problem or not runs_code(item.path):
+        return item
+    problem = trust_problem(root, item.path)
+    return dataclasses.replace(item, problem=problem, untrusted=True) if problem else item
 
 
 def _scan_model_dir(directory: Path, complete: Complete) -> list[Found]:
@@ -139,7 +149,7 @@ def _scan_model_dir(directory: Path, complete: Complete) -> list[Found]:
             versions[int(vdir.name)] = files
     pipeline = _declares_pipeline(config_path) if config_path is not None else False
     if versions and pipeline is True:
-        problem = f"{directory} has version directories and a [[pipeline]] in config.toml: it must be one or the other"
+        problem = f"{directory.name} has version directories and a [[pipeline]] in config.toml: it must be one or the other"
         return [Found(directory.name, "1", None, config_path, problem, config_stamp=config_stamp, pipeline=True)]
     if not versions:
         if pipeline is False:
@@ -155,7 +165,7 @@ def _scan_model_dir(directory: Path, complete: Complete) -> list[Found]:
     for number in policy.select(list(versions)):
         files = versions[number]
         if len(files) != 1:
-            problem = f"{directory / str(number)} must hold exactly one model.<ext>, found {len(files)}"
+            problem = f"{directory.name}/{number} must hold exactly one model.<ext>, found {len(files)}"
             out.append(Found(directory.name, str(number), None, config_path, problem, config_stamp=config_stamp))
         else:
             out.append(Found(directory.name, str(number), files[0], config_path,

@@ -59,7 +59,8 @@ Assemble = Callable[["ModelVersion"], Awaitable[Serving]]
 class ModelVersion:
     """`on_state` hears of every state change."""
 
-    def __init__(self, found: Found, observer: VersionObserver, on_state: Callable[[ModelVersion], None]):
+    def __init__(self, found: Found, observer: VersionObserver, on_state: Callable[[ModelVersion], None],
+                 redact: Callable[[str], str] = str):
         self.name = found.name
         self.version = found.version
         self.key = found.key
@@ -69,6 +70,7 @@ class ModelVersion:
         self.reason = ""
         self.task: asyncio.Task | None = None  # the load
         self._on_state = on_state
+        self._redact = redact  # reasons are shown to callers: no server paths
         # What serves it, set once by load() whether or not the version is still wanted then
         # (a retired one is drained and stopped all the same).
         self.serving: Serving | None = None
@@ -122,12 +124,12 @@ class ModelVersion:
 
     def _load_failed(self, reason: str) -> None:
         if self.state is ModelState.LOADING:
-            self._set_state(ModelState.FAILED, reason)
+            self._set_state(ModelState.FAILED, self._redact(reason) or "the load failed without a reason (see the server's log)")
 
     def broken(self, reason: str) -> None:
         """The workers crash-looped: FAILED until the file changes (or a load request)."""
         if self.state is ModelState.READY:
-            self._set_state(ModelState.FAILED, reason)
+            self._set_state(ModelState.FAILED, self._redact(reason) or "its workers failed")
 
     def retire(self) -> None:
         """No longer served: drains, then stops (the repository drives both)."""

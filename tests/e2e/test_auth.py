@@ -47,6 +47,7 @@ def secured(tmp_path_factory, model_repo):
     tmp = tmp_path_factory.mktemp("auth")
     cert, key = _self_signed(tmp)
     (tmp / "token").write_text(TOKEN + "\n")
+    (tmp / "token").chmod(0o600)  # a token file others may read is refused
     config = tmp / "inferd.toml"
     config.write_text(f'[auth]\ntoken_file = "{tmp / "token"}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
                       '[server]\nsocket_group = "root"\n')

@@ -275,8 +275,9 @@ async def test_python_model_batches_and_splits_bytes_rows(served):
 
 
 def test_errors_in_model_code_reach_the_caller_and_the_worker_serves_on(served):
-    pids = {e["pid"] for e in served.events("warmed up") if e["model"] == "fragile"}
     with Client(socket=served.socket_path) as c:
+        np.testing.assert_array_equal(c.infer("fragile", {"x": np.array([1])})["y"], [2])  # a worker (a cold start)
+        pids = {e["pid"] for e in served.events("warmed up") if e["model"] == "fragile"}
         with pytest.raises(InferdClientError) as e:
             c.infer("fragile", {"x": np.array([1, 13])})
         assert e.value.code == "internal" and "ValueError: 13 is unlucky" in e.value.message

@@ -19,7 +19,9 @@ from inferd.client import AsyncClient, Client, InferdClientError
 
 A = np.arange(16, dtype=np.int32).reshape(1, 16)
 B = np.ones((1, 16), dtype=np.int32)
-FAST = {"INFERD_MODELS_SETTLE_MS": "100"}
+# min_workers 1: these tests follow the worker that validated each generation (with 0 it stops
+# as soon as validation ends).
+FAST = {"INFERD_MODELS_SETTLE_MS": "100", "INFERD_DEFAULTS_MIN_WORKERS": "1"}
 
 
 def place(path: Path, offset: int = 0) -> Path:

@@ -4,6 +4,7 @@ onnxruntime on the same model files."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from samples import EVERY_DATATYPE
+
+from inferd.client import Client
 
 RNG = np.random.default_rng(7)
 
@@ -175,10 +178,19 @@ def test_onnxruntime_lives_only_in_worker_processes(daemon):
 
     pid = daemon.proc.pid
     assert "onnxruntime" not in Path(f"/proc/{pid}/maps").read_text()
-    workers = [p for e in daemon.events("model loaded") for p in e["pids"]]
-    assert len(workers) >= 5, "every READY model has a worker process"
+    inputs = {"INPUT0": np.ones((1, 16), np.int32), "INPUT1": np.ones((1, 16), np.int32)}
+    with Client(socket=daemon.socket_path) as c:  # scale-to-zero models keep no worker after load: start one
+        c.infer("add_sub", inputs)
+    deadline = time.monotonic() + 30  # (the log is read by a thread: the event may trail the answer)
+    while not (workers := [p for p in _started_workers(daemon) if Path(f"/proc/{p}/maps").exists()]):
+        assert time.monotonic() < deadline, "a worker serves add_sub"
+        time.sleep(0.05)
     assert all("onnxruntime" in Path(f"/proc/{p}/maps").read_text() for p in workers)
     assert set(workers) <= descendants(pid)  # forked by the daemon's forkserver
+
+
+def _started_workers(daemon) -> list[int]:
+    return [p for e in daemon.events("model loaded") for p in e["pids"]] + [e["pid"] for e in daemon.events("scaled up")]
 
 
 def descendants(pid: int) -> set[int]:

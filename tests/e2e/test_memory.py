@@ -166,6 +166,8 @@ async def test_a_worker_starts_only_if_it_fits_and_idle_models_can_make_room(tmp
         needed_by_b = (await fit_of(d, "b"))["base_bytes"]
         await fit_of(d, "a")
         await eventually(lambda: metric(d, "inferd_workers", model="b") == 0, 30, "b to scale to zero")
+        c.infer("a", one)  # a's validating worker is gone (min_workers = 0): this one stays (idle_timeout_s)
+        await eventually(lambda: metric(d, "inferd_worker_memory_bytes", model="a") > 0, 10, "a's worker's memory")
         held_by_a = metric(d, "inferd_worker_memory_bytes", model="a")
         assert held_by_a > 0 and needed_by_b > 0
         reload(d, config, f"[memory]\nbudget_bytes = {int(held_by_a + needed_by_b / 2)}\n")

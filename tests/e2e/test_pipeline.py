@@ -174,7 +174,9 @@ async def test_a_step_model_removed_makes_the_pipeline_unavailable_naming_it(tmp
         await eventually(lambda: "label" not in {r["name"] for r in c.models()}, 30, "label to be unloaded")
         with pytest.raises(InferdClientError) as e:
             c.infer("text_classifier", {"text": _texts()})
-        assert e.value.code == "unavailable" and "step 3 ('label')" in e.value.message
+        assert e.value.code == "unavailable" and "step model 'label'" in e.value.message
+        assert not c.ready("text_classifier")  # not READY while a step is missing
         make_models.make_text_examples(tmp_path)  # back: the pipeline serves again
         await eventually(lambda: {"name": "label", "version": "1", "state": "READY"} in c.models(), 30, "label to be back")
+        await eventually(lambda: c.ready("text_classifier"), 30, "the pipeline to be READY again")
         assert c.infer("text_classifier", {"text": _texts()})["label"].tolist() == [w.encode() for w in WANT]

@@ -59,8 +59,9 @@ def memfds(pid: int) -> set[int]:
 async def test_idle_workers_stop_and_the_next_request_starts_one(tmp_path):
     add_sub_model(tmp_path, "m", "idle_timeout_s = 0.3\n")
     with DaemonProcess(tmp_path) as d, Client(socket=d.socket_path) as client:
-        [validating] = worker_pids(d, "m")
-        await eventually(lambda: not alive(validating), 30, "the idle worker to stop")
+        # min_workers = 0: the worker that validated the model stopped when validation ended.
+        [validating] = {e["pid"] for e in d.events("warmed up") if e["model"] == "m"}
+        await eventually(lambda: not alive(validating), 30, "the validating worker to stop")
         assert worker_pids(d, "m") == set() and client.ready("m")  # no worker, still READY
         assert metric(d, "inferd_workers", model="m") == 0
         assert memfds(d.proc.pid) == set()  # its shared memory went with it

@@ -163,3 +163,32 @@ def test_bad_version_policies_are_refused_with_the_key(tmp_path, text):
     with pytest.raises(ConfigError) as e:
         load_model_config(path, ModelSettings())
     assert e.value.key == "version_policy"
+
+
+# -- trust and what callers see ------------------------------------------------------------------
+
+def test_code_is_trusted_only_where_no_one_else_can_change_it(tmp_path):
+    root = tmp_path / "models"
+    _touch(root / "ok" / "1" / "model.py")
+    _touch(root / "weights.pt", b"x").chmod(0o664)  # a pickle: as strict as code
+    helper = _touch(root / "lib" / "1" / "helpers" / "util.py")  # imported beside model.py
+    _touch(root / "lib" / "1" / "model.py")
+    helper.chmod(0o646)
+    _touch(root / "data.onnx").chmod(0o666)  # data, not code: not checked here
+    found = scan(root)
+    assert found[("ok", "1")].problem == ""
+    assert found[("weights", "1")].problem.startswith("weights.pt is writable by its group")
+    assert found[("lib", "1")].problem.startswith("lib/1/helpers/util.py is writable by other users")
+    assert found[("data", "1")].problem == "" and not found[("data", "1")].untrusted
+    # Through a symlinked models directory, the same (paths stay relative to it).
+    link = tmp_path / "link"
+    link.symlink_to(root)
+    assert scan(link)[("weights", "1")].problem.startswith("weights.pt is writable by its group")
+
+
+def test_redact_keeps_paths_relative_to_the_models_directory(tmp_path):
+    from inferd.daemon.models.trust import redact
+
+    root = tmp_path / "models"
+    text = f"cannot open '{root}/m/1/model.py' (from /usr/lib/python3/x.py); see {root} and 3/4 of http://h/a/b"
+    assert redact(text, root) == "cannot open 'm/1/model.py' (from x.py); see the models directory and 3/4 of http://h/a/b"
