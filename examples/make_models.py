@@ -317,6 +317,15 @@ def make_examples(root: pathlib.Path, text: bool | None = None, keep: bool = Fal
     return written
 
 
+def deny_group_and_other_writes(root: pathlib.Path) -> None:
+    """inferd runs a Python or TorchScript model only if nobody but its owner (root or the
+    daemon's user) can change it or a directory above it up to the models root: a checkout
+    made under umask 002 would otherwise serve the text examples as FAILED."""
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode & ~0o022)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=pathlib.Path, help="model repository to write into")
@@ -324,6 +333,7 @@ def main() -> None:
     args = parser.parse_args()
     for path in make_examples(args.dir, keep=args.keep):
         print(path)
+    deny_group_and_other_writes(args.dir)
 
 
 if __name__ == "__main__":

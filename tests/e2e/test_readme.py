@@ -87,3 +87,12 @@ def test_make_models_keep_leaves_edited_configs_and_models_alone(tmp_path):
     assert config.read_text().endswith("max_queue_delay_ms = 7\n")
     assert model.stat().st_mtime_ns == before
     assert (tmp_path / "mlp.onnx").stat().st_size > 0  # what was missing is written again
+
+
+def test_example_models_made_under_umask_002_are_trusted(tmp_path):
+    """inferd refuses code that its group could change: a checkout with umask 002 (common for
+    ordinary users) must still serve the Python and TorchScript examples."""
+    make = [sys.executable, str(ROOT / "examples" / "make_models.py"), str(tmp_path / "models")]
+    subprocess.run(make, check=True, capture_output=True, timeout=300, preexec_fn=lambda: os.umask(0o002))
+    writable = [p for p in [tmp_path / "models", *(tmp_path / "models").rglob("*")] if p.stat().st_mode & 0o022]
+    assert (tmp_path / "models" / "tokenize" / "1" / "model.py").exists() and not writable
