@@ -97,7 +97,7 @@ def warm_up(backend, metadata) -> None:
         backend.execute(synthetic_inputs(metadata, 1, 1), [t.name for t in metadata.outputs])
         log.info("warmed up", seconds=round(time.monotonic() - started, 4))
     except BackendOutputError as e:
-        raise BackendOutputError(f"its warm-up run on zeros did not produce its declared outputs: {e}") from e
+        raise BackendOutputError(f"the model's warm-up run (zeros, one row) did not produce its declared outputs: {e}") from e
     except Exception as e:
         log.info("warm-up skipped: the model does not run on zeros", reason=f"{type(e).__name__}: {e}")
 
@@ -225,6 +225,7 @@ def _become_worker() -> None:
     # Killed when its parent dies (the forkserver, which exits when the daemon does), even if
     # a model's infer never returns to notice that the daemon's socket ended.
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _release_the_forkserver()
     with open("/proc/self/oom_score_adj", "w") as f:  # the OOM killer takes a worker first, not the daemon
         f.write("1000")
     # SCHED_BATCH: a woken worker does not preempt what runs on its CPU. The daemon's writes
@@ -243,6 +244,19 @@ def _become_worker() -> None:
         # One write() per line: the daemon shares this stderr (fd 2 is now the model's pipe).
         logger_factory=structlog.WriteLoggerFactory(os.fdopen(own_stderr, "w", buffering=1)),
     )
+
+
+def _release_the_forkserver() -> None:
+    """multiprocessing hands every process the forkserver forks the write end of the pipe
+    whose end tells the forkserver that the daemon is gone: while a worker held it, a daemon
+    killed with SIGKILL left its forkserver, and so (PR_SET_PDEATHSIG) a stuck worker, running."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        os.close(fd)
+        server._forkserver_alive_fd = None
 
 
 def _end_worker() -> None:

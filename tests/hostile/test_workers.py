@@ -35,6 +35,8 @@ class Model:
 ''' + TENSORS + '''
     def infer(self, inputs):
         x = inputs["x"]
+        if (x == 1).any():
+            print("stuck in infer")
         while (x == 1).any():
             time.sleep(0.05)
         if (x == 2).any():
@@ -219,7 +221,7 @@ async def test_a_never_returning_infer_is_deadline_exceeded_on_every_protocol(da
         assert status == expected, (protocol, status, message)
         assert "execution_timeout_s (1.5 s)" in message, (protocol, message)
         assert "Traceback" not in message and str(d.root) not in message
-        assert not any(alive(p) for p in before)  # killed, not left running
+        await eventually(lambda old=before: not any(alive(p) for p in old), 10, f"the stuck worker killed ({protocol})")
         await eventually(lambda old=before: replaced(d, "stuck", old), 30, f"a replacement worker ({protocol})")
         with Client(socket=d.socket_path, timeout=30) as client:
             assert client.infer("stuck", X)["y"].tolist() == [6]  # serving again
@@ -338,3 +340,17 @@ def test_log_lines_of_a_worker_are_json(daemon):
     its stderr, now that fd 2 is the model's pipe)."""
     settled = [json.loads(line) for line in daemon.lines if '"gc settled"' in line]
     assert {e["model"] for e in settled} >= {"stuck", "chatty", "fails"}
+
+
+async def test_a_stuck_worker_dies_with_a_daemon_killed_by_sigkill(tmp_path):
+    place(tmp_path, "stuck", STUCK, "min_workers = 1\nmax_workers = 1\n")
+    with DaemonProcess(tmp_path) as d:
+        [pid] = workers(d, "stuck")
+        async with AsyncClient(socket=d.socket_path, timeout=30) as client:
+            call = asyncio.create_task(client.infer("stuck", HANGS))
+            await eventually(lambda: [e for e in d.events("model output") if e["line"] == "stuck in infer"], 30,
+                             "the worker to be stuck in infer")
+            d.proc.kill()  # no drain, no STOP: the worker never reads its socket again
+            with pytest.raises(InferdClientError):
+                await call
+        await eventually(lambda: not alive(pid), 10, "the stuck worker to die with the daemon")
