@@ -149,6 +149,8 @@ class WorkerHandle:
         """Fork the process and load the model; raise LoadFailed with the reason."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         forked_at = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._load_reply = loop.create_future()  # (None, if it exits before it answers)
         try:
             self.process = Forked(child, on_exit=self._on_process_exit)
         finally:
@@ -164,9 +166,7 @@ class WorkerHandle:
             socket.send_fds(parent, [b"S"], fds)
         else:
             parent.sendall(b"N")
-        loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_unix_connection(lambda: _Connection(self), sock=parent)
-        self._load_reply = loop.create_future()
         self._transport.writelines(ipc.encode({
             "type": ipc.LOAD, "model": spec.model, "version": spec.version,
             "path": str(spec.path), "backend": spec.backend, "settings": spec.settings.to_wire(),
@@ -184,6 +184,7 @@ class WorkerHandle:
             self._load_reply = None
         if reply is None:
             code = await self.process.wait()
+            self._close()
             raise LoadFailed(f"the worker process exited with {describe_exit(code)} while loading")
         if reply["type"] == ipc.LOAD_FAILED:
             await self.stop(timeout=5)

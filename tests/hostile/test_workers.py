@@ -169,7 +169,8 @@ def daemon(tmp_path_factory):
     one_worker = "min_workers = 1\nmax_workers = 1\n"
     place(root, "stuck", STUCK, one_worker + "execution_timeout_s = 1.5\n")
     place(root, "stoppable", STUCK, one_worker + "execution_timeout_s = 1.5\n")
-    place(root, "slow", STUCK, "min_workers = 1\nmax_workers = 1\nmax_queue_delay_ms = 300\nmax_batch_size = 8\n")
+    # Two requests make a full batch; one alone waits a second for the other.
+    place(root, "slow", STUCK, "min_workers = 1\nmax_workers = 1\nmax_queue_delay_ms = 1000\nmax_batch_size = 2\n")
     place(root, "chatty", CHATTY, one_worker)
     place(root, "fails", FAILS, one_worker)
     place(root, "wrong", WRONG_OUTPUTS, one_worker)
