@@ -167,7 +167,7 @@ def serve(sock: socket.socket) -> int:
     except Exception as e:  # any failure to load is reported as data, with its reason
         reason = str(e) if isinstance(e, BackendOutputError) else f"{type(e).__name__}: {e}".strip()
         log.warning("model load failed", reason=reason, exc_info=_model_traceback(e))
-        ipc.send(sock, {"type": ipc.LOAD_FAILED, "reason": reason})
+        ipc.send(sock, {"type": ipc.LOAD_FAILED, "reason": for_caller(reason)})  # (the log has the paths)
         return 1
     log.info("gc settled", frozen=gc_policy.settle(collect=False))
     ipc.send(sock, {"type": ipc.LOADED, "metadata": metadata.to_dict(), "load_s": time.monotonic() - started,

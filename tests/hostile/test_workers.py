@@ -112,6 +112,17 @@ class Model:
         return {"y": inputs["x"] * 2}
 '''
 
+# Cannot load: a file it needs is missing (the error names it by its absolute path).
+MISSING_FILE = '''
+class Model:
+''' + TENSORS + '''
+    def load(self, model_dir, config):
+        self.weights = (model_dir / "weights.bin").read_bytes()
+
+    def infer(self, inputs):
+        return {"y": inputs["x"]}
+'''
+
 # Runs, but never returns the output it declares.
 WRONG_OUTPUTS = '''
 class Model:
@@ -174,6 +185,7 @@ def daemon(tmp_path_factory):
     place(root, "chatty", CHATTY, one_worker)
     place(root, "fails", FAILS, one_worker)
     place(root, "wrong", WRONG_OUTPUTS, one_worker)
+    place(root, "missing", MISSING_FILE, one_worker)
     with DaemonProcess(root) as d:
         d.root = root
         yield d
@@ -299,6 +311,18 @@ async def test_a_model_failure_logs_its_traceback_and_the_caller_gets_no_interna
     assert str(d.root) not in e.value.message and "Traceback" not in e.value.message
     [event] = await eventually(lambda: [e for e in d.events("batch failed") if e.get("model") == "fails"], 30, "the log")
     assert 'model.py", line 4, in check' in event["exception"]  # the author's own line
+
+
+async def test_a_failed_load_names_the_file_without_its_path_and_logs_the_authors_line(daemon):
+    d = daemon
+    with Client(socket=d.socket_path, timeout=30) as client:
+        [row] = [r for r in client.models() if r["name"] == "missing"]
+    assert row["state"] == "FAILED" and "No such file or directory: 'weights.bin'" in row["reason"]
+    assert str(d.root) not in row["reason"]
+    [event] = await eventually(lambda: [e for e in d.events("model load failed") if e.get("model") == "missing"], 30,
+                               "the log")
+    assert str(d.root / "missing" / "weights.bin") in event["reason"]  # the operator's log has the path
+    assert 'model.py", line 8, in load' in event["exception"]
 
 
 def test_a_warm_up_without_the_declared_outputs_is_failed_with_the_reason(daemon):
