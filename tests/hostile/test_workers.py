@@ -239,6 +239,9 @@ async def test_a_never_returning_infer_is_deadline_exceeded_on_every_protocol(da
         with Client(socket=d.socket_path, timeout=30) as client:
             assert client.infer("stuck", X)["y"].tolist() == [6]  # serving again
     assert len([e for e in d.events("batch timed out; killing its worker") if e["model"] == "stuck"]) == 3
+    exits = [line for line in d.http_get("/metrics").decode().splitlines()
+             if line.startswith("inferd_worker_exits_total{") and 'model="stuck"' in line]
+    assert [line.rsplit(" ", 1)[1] for line in exits if 'cause="timeout"' in line] == ["3.0"], exits
 
 
 async def test_a_stopped_worker_is_killed_and_replaced(daemon):
