@@ -221,7 +221,10 @@ def _become_worker() -> None:
     global _output
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.setpgid(0, 0)  # a group of its own, killed with it (inferd.scheduler.spawner.Forked)
+    try:
+        os.setpgid(0, 0)  # a group of its own, killed with it (inferd.scheduler.spawner.Forked)
+    except PermissionError:  # started by hand as a session leader: it leads its group already
+        pass
     # Killed when its parent dies (the forkserver, which exits when the daemon does), even if
     # a model's infer never returns to notice that the daemon's socket ended.
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
