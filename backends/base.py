@@ -27,3 +27,8 @@ class Backend(Protocol):
 
 class BackendInputError(Exception):
     """The batch's content is unacceptable to the runtime (the caller's fault, not the model's)."""
+
+
+class BackendOutputError(Exception):
+    """The model ran but did not produce the outputs it declares (a model that cannot on its
+    warm-up run fails to load)."""

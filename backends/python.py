@@ -12,8 +12,10 @@ inside the model's own worker process, like every backend. docs/python-models.md
 `infer` gets one batch (requests stacked along the first dimension when the model batches;
 BYTES tensors as numpy object arrays of `bytes`) and returns every declared output, with as
 many rows as it was given. Raising `InvalidInput` refuses the batch as the caller's fault (HTTP
-400); any other exception is the model's (HTTP 500) and its message reaches the caller. The
-worker goes on serving either way.
+400); any other exception is the model's (HTTP 500): its type and message reach the caller
+(server paths cut to their last component), its traceback goes to the log. The worker goes on
+serving either way. A model whose warm-up run (zeros, one row) returns but not the outputs it
+declares fails to load. What it prints becomes log events (inferd.backends.output).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inferd.backends.base import BackendInputError
+from inferd.backends.base import BackendInputError, BackendOutputError
 from inferd.backends.settings import BackendSettings
 from inferd.common.tensors import DATATYPES, ModelMetadata, TensorSpec, as_bytes, object_tensor
 
@@ -34,6 +36,11 @@ InvalidInput = BackendInputError  # for model code: `from inferd.backends.python
 
 class ModelCodeError(Exception):
     """An exception raised in the model's own code, with its type and message."""
+
+
+class ModelOutputError(ModelCodeError, BackendOutputError):
+    """infer() returned, but not the outputs the model declares (on the warm-up run: the model
+    fails to load)."""
 
 
 def _check_not_writable_by_others(path: Path) -> None:
@@ -118,21 +125,21 @@ class PythonBackend:
         except Exception as e:
             raise ModelCodeError(f"{self.path.name} raised {type(e).__name__}: {e}") from e
         if not isinstance(result, dict):
-            raise ModelCodeError(f"{self.path.name}: infer() must return a dict of outputs, got {type(result).__name__}")
+            raise ModelOutputError(f"{self.path.name}: infer() must return a dict of outputs, got {type(result).__name__}")
         return {name: self._output(name, result, rows) for name in outputs}
 
     def _output(self, name: str, result: dict, rows: int) -> np.ndarray:
         spec = self.outputs[name]
         if name not in result:
-            raise ModelCodeError(f"{self.path.name}: infer() did not return output {name!r}")
+            raise ModelOutputError(f"{self.path.name}: infer() did not return output {name!r}")
         try:
             array = _as_bytes(result[name]) if spec.datatype == "BYTES" else np.asarray(result[name], DATATYPES[spec.datatype])
         except (TypeError, ValueError) as e:
-            raise ModelCodeError(f"{self.path.name}: output {name!r} is not {spec.datatype}: {e}") from None
+            raise ModelOutputError(f"{self.path.name}: output {name!r} is not {spec.datatype}: {e}") from None
         if not spec.accepts_shape(array.shape):
-            raise ModelCodeError(f"{self.path.name}: output {name!r} has shape {list(array.shape)}, declared {list(spec.shape)}")
+            raise ModelOutputError(f"{self.path.name}: output {name!r} has shape {list(array.shape)}, declared {list(spec.shape)}")
         if self.batching and array.shape[0] != rows:
-            raise ModelCodeError(f"{self.path.name}: output {name!r} has {array.shape[0]} rows for a batch of {rows}")
+            raise ModelOutputError(f"{self.path.name}: output {name!r} has {array.shape[0]} rows for a batch of {rows}")
         return array
 
     def unload(self) -> None:

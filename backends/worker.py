@@ -8,14 +8,21 @@ shared memory: b"S" carries the two region fds (inferd.backends.shm) and, on x86
 mailbox's (inferd.backends.mailbox); b"N" none.
 
 It ignores SIGINT/SIGTERM (the daemon stops it with STOP, after draining) and exits when the
-daemon's end of the socket closes, so it never outlives the daemon.
+daemon's end of the socket closes, or when its parent (the forkserver, which ends with the
+daemon) dies, so it never outlives the daemon. It leads its own process group, which the daemon
+kills with it: a model's subprocesses do not outlive their worker. It is the OOM killer's first
+choice (oom_score_adj 1000), before the daemon. What the model prints becomes log events
+(inferd.backends.output); a model's failure is logged with its traceback, while the caller
+gets its type and message only.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import os
+import re
 import signal
 import socket
 import sys
@@ -26,8 +33,9 @@ import numpy as np
 import structlog
 
 from inferd.backends import ipc
-from inferd.backends.base import BackendInputError
+from inferd.backends.base import BackendInputError, BackendOutputError
 from inferd.backends.mailbox import Mailbox, must_ring
+from inferd.backends.output import ModelOutput
 from inferd.backends.settings import BackendSettings
 from inferd.backends.shm import Region
 from inferd.common import gc_policy
@@ -82,13 +90,30 @@ def synthetic_inputs(metadata, rows: int, dim: int) -> dict[str, np.ndarray]:
 def warm_up(backend, metadata) -> None:
     """One run on zeros (one row, 1 for each dynamic dimension) before the worker says LOADED,
     so the first real request does not pay for the runtime's first-run set-up. Best effort: a
-    model that cannot run on such inputs still loads (and says so in the log)."""
+    model that cannot run on such inputs still loads (and says so in the log); one that runs
+    but does not produce the outputs it declares (BackendOutputError) fails to load."""
     started = time.monotonic()
     try:
         backend.execute(synthetic_inputs(metadata, 1, 1), [t.name for t in metadata.outputs])
         log.info("warmed up", seconds=round(time.monotonic() - started, 4))
+    except BackendOutputError as e:
+        raise BackendOutputError(f"the model's warm-up run (zeros, one row) did not produce its declared outputs: {e}") from e
     except Exception as e:
         log.info("warm-up skipped: the model does not run on zeros", reason=f"{type(e).__name__}: {e}")
+
+
+# An absolute path in a message (two components or more): the caller gets its last one only.
+_PATH = re.compile(r"(?<![\w.~-])/(?:[\w.@+-]+/)+([\w.@+-]*)")
+
+
+def for_caller(message: str) -> str:
+    """A model's error message as its callers read it: no server paths."""
+    return _PATH.sub(r"\1", message)
+
+
+def _model_traceback(exc: BaseException) -> BaseException:
+    """The exception whose traceback shows the model's code: the one the backend wrapped."""
+    return exc.__cause__ if exc.__cause__ is not None else exc
 
 
 def profile(backend, metadata, msg: dict) -> dict:
@@ -132,16 +157,18 @@ def serve(sock: socket.socket) -> int:
         return 2
     global log
     log = log.bind(model=msg["model"], version=msg["version"], pid=os.getpid())
+    if _output is not None:
+        _output.log = log
     started = time.monotonic()
     try:
         backend = _make_backend(msg["backend"], Path(msg["path"]), BackendSettings.from_wire(msg["settings"]))
         metadata = backend.load()
+        warm_up(backend, metadata)
     except Exception as e:  # any failure to load is reported as data, with its reason
-        reason = f"{type(e).__name__}: {e}".strip()
-        log.warning("model load failed", reason=reason)
-        ipc.send(sock, {"type": ipc.LOAD_FAILED, "reason": reason})
+        reason = str(e) if isinstance(e, BackendOutputError) else f"{type(e).__name__}: {e}".strip()
+        log.warning("model load failed", reason=reason, exc_info=_model_traceback(e))
+        ipc.send(sock, {"type": ipc.LOAD_FAILED, "reason": for_caller(reason)})  # (the log has the paths)
         return 1
-    warm_up(backend, metadata)
     log.info("gc settled", frozen=gc_policy.settle(collect=False))
     ipc.send(sock, {"type": ipc.LOADED, "metadata": metadata.to_dict(), "load_s": time.monotonic() - started,
                     "started_at": started,  # CLOCK_MONOTONIC is one clock for every process
@@ -168,11 +195,13 @@ def serve(sock: socket.socket) -> int:
                 reply = {"type": ipc.RESULT, "batch": msg["batch"], "outputs": items, "size": outputs_region.size}
         except Exception as e:
             code = _error_code(e)
-            if code is ErrorCode.INTERNAL:
-                log.error("batch failed", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}")
+            if code is ErrorCode.INTERNAL:  # the model author's: where in their code
+                log.error("batch failed", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}",
+                          exc_info=_model_traceback(e))
             if code is ErrorCode.RESOURCE_EXHAUSTED:
                 log.warning("batch ran out of memory", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}")
-            reply = {"type": ipc.FAILED, "batch": msg["batch"], "code": ipc.ERROR_CODES[code], "message": str(e)}
+            reply = {"type": ipc.FAILED, "batch": msg["batch"], "code": ipc.ERROR_CODES[code],
+                     "message": for_caller(str(e))}
         # Light load (poll_s): the next batch comes soon, so poll for it; the daemon posts it
         # in the mailbox without ringing while it knows this window is open.
         poll_s = msg.get("poll_s", 0.0)
@@ -182,31 +211,72 @@ def serve(sock: socket.socket) -> int:
     return 0
 
 
+_PR_SET_PDEATHSIG = 1
+_output: ModelOutput | None = None  # the model's stdout and stderr, read by a thread
+
+
 def _become_worker() -> None:
     # (No NOTIFY_SOCKET or LISTEN_* here: the daemon takes them out of its environment at start,
     # before its forkserver exists; see inferd.daemon.operations.systemd.)
+    global _output
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.setpgid(0, 0)  # a group of its own, killed with it (inferd.scheduler.spawner.Forked)
+    except PermissionError:  # started by hand as a session leader: it leads its group already
+        pass
+    # Killed when its parent dies (the forkserver, which exits when the daemon does), even if
+    # a model's infer never returns to notice that the daemon's socket ended.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _release_the_forkserver()
+    with open("/proc/self/oom_score_adj", "w") as f:  # the OOM killer takes a worker first, not the daemon
+        f.write("1000")
     # SCHED_BATCH: a woken worker does not preempt what runs on its CPU. The daemon's writes
     # to it are sync wake-ups that place the worker on the daemon's CPU, where it would run
     # its batch before the daemon's write even returned (measured: the write took 330 us at
     # p50 under gRPC load, and gRPC c=64 served 2,300 req/s instead of 2,800).
     os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    _output, own_stderr = ModelOutput.capture(log)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
-        logger_factory=structlog.WriteLoggerFactory(sys.stderr),  # one write() per line: the daemon shares stderr
+        # One write() per line: the daemon shares this stderr (fd 2 is now the model's pipe).
+        logger_factory=structlog.WriteLoggerFactory(os.fdopen(own_stderr, "w", buffering=1)),
     )
+
+
+def _release_the_forkserver() -> None:
+    """multiprocessing hands every process the forkserver forks the write end of the pipe
+    whose end tells the forkserver that the daemon is gone: while a worker held it, a daemon
+    killed with SIGKILL left its forkserver, and so (PR_SET_PDEATHSIG) a stuck worker, running."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        os.close(fd)
+        server._forkserver_alive_fd = None
+
+
+def _end_worker() -> None:
+    if _output is not None:
+        _output.finish()
 
 
 def child_main(sock: socket.socket) -> None:
     """The entry point of a worker forked by the forkserver; its exit code is serve()'s."""
     _become_worker()
-    with sock:
-        code = serve(sock)
+    try:
+        with sock:
+            code = serve(sock)
+    except Exception as e:  # a bug of the worker's: logged as an event, not lost in the pipe
+        log.error("worker failed", error=f"{type(e).__name__}: {e}", exc_info=e)
+        code = 1
+    _end_worker()
     sys.exit(code)
 
 
@@ -215,8 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True)
     args = parser.parse_args(argv)
     _become_worker()
-    with socket.socket(fileno=args.fd) as sock:
-        return serve(sock)
+    try:
+        with socket.socket(fileno=args.fd) as sock:
+            return serve(sock)
+    finally:
+        _end_worker()
 
 
 if __name__ == "__main__":

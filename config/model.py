@@ -34,6 +34,7 @@ class ModelSettings:
     idle_timeout_s: float = field(300.0, at_least(0))  # idle workers stop (to min_workers); 0 = never
     cold_start_timeout_s: float = field(30.0, between(0.001, 3600))  # a request waits this long for a cold start
     load_timeout_s: float = field(120.0, between(0.001, 3600))  # a worker not loaded by then failed
+    execution_timeout_s: float = field(120.0, between(0.001, 86400))  # a batch still running then fails; its worker is replaced
     device: str = field("auto", _device)
     intra_op_threads: int = field(0, between(0, 1024))  # 0 = the runtime's default
     intra_op_spinning: bool = False  # onnxruntime's idle threads spin for work (burns the event loop's CPU)

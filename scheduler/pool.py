@@ -142,8 +142,7 @@ class WorkerPool:
             self._add_ready(h)
         self.metadata = handles[0].metadata
         self.metadata_worker = handles[0]
-        if self.scaling.idle_timeout_s > 0:
-            self._own(self._reap_idle())
+        self._own(self._watch())
         return self.metadata
 
     def _handle(self) -> WorkerHandle:
@@ -231,25 +230,34 @@ class WorkerPool:
             self._starting -= 1
             self.on_change()
 
-    async def _reap_idle(self) -> None:
-        timeout = self.scaling.idle_timeout_s
-        tick = min(1.0, max(0.02, timeout / 4))
+    async def _watch(self) -> None:
+        """Every tick: kill the workers whose batch has run for execution_timeout_s (they are
+        then replaced), and stop those idle for idle_timeout_s (down to min_workers)."""
+        idle_s, limit = self.scaling.idle_timeout_s, self.spec.execution_timeout_s
+        tick = max(0.02, min(1.0, limit / 4, idle_s / 4 if idle_s > 0 else 1.0))
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            for worker in sorted(self._idle, key=lambda w: w.idle_since):
-                if len(self._workers) <= self.scaling.min_workers:
-                    break
-                if now - worker.idle_since < timeout:
-                    break
-                self._idle.remove(worker)
-                self._workers.discard(worker)
-                self.observer.workers_changed(len(self._workers))
-                self.observer.worker_exited("idle")
-                log.info("scaled down", model=self.spec.model, version=self.spec.version, workers=len(self._workers),
-                         pid=worker.pid, reason=f"idle for {timeout:g} s")
-                self._leaving.add(worker)
-                self._own(self._retire(worker))
+            for worker in [w for w in self._workers if w.busy and now - w.batch_started >= limit]:
+                worker.expire()
+            if idle_s > 0:
+                self._reap_idle(now)
+
+    def _reap_idle(self, now: float) -> None:
+        timeout = self.scaling.idle_timeout_s
+        for worker in sorted(self._idle, key=lambda w: w.idle_since):
+            if len(self._workers) <= self.scaling.min_workers:
+                break
+            if now - worker.idle_since < timeout:
+                break
+            self._idle.remove(worker)
+            self._workers.discard(worker)
+            self.observer.workers_changed(len(self._workers))
+            self.observer.worker_exited("idle")
+            log.info("scaled down", model=self.spec.model, version=self.spec.version, workers=len(self._workers),
+                     pid=worker.pid, reason=f"idle for {timeout:g} s")
+            self._leaving.add(worker)
+            self._own(self._retire(worker))
 
     async def scale_to_zero(self, reason: str) -> bool:
         """Stop every worker now, if none is busy (to free memory for another model); True
@@ -290,14 +298,19 @@ class WorkerPool:
         except BaseException:
             self._starting -= 1
             raise
-        self.observer.worker_exited("crash")
         how = describe_exit(code)
-        log.warning("worker exited", model=self.spec.model, version=self.spec.version, pid=dead.pid, exit=how)
-        if self._count_crash(f"a worker exited with {how}"):
+        if dead.expired:
+            self.observer.worker_exited("timeout")
+            what = f"a worker was killed: a batch ran longer than execution_timeout_s ({self.spec.execution_timeout_s:g} s)"
+        else:
+            self.observer.worker_exited("crash")
+            log.warning("worker exited", model=self.spec.model, version=self.spec.version, pid=dead.pid, exit=how)
+            what = f"a worker exited with {how}"
+        if self._count_crash(what):
             self._starting -= 1
             self.on_change()
             return
-        await self._grow(f"replacing worker {dead.pid}, which exited with {how}", reserved=True)
+        await self._grow(f"replacing worker {dead.pid}: {what.removeprefix('a worker ')}", reserved=True)
 
     def _count_crash(self, what: str) -> bool:
         """Record a crash; True (and the pool broken) if that makes a crash loop."""

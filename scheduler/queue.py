@@ -63,6 +63,7 @@ class ModelQueue:
         self._running_requests = 0
         self._dispatch_scheduled = False
         self._with_deadline = 0  # queued requests that carry a deadline
+        self._running_deadlines: set[Ticket] = set()  # requests in a running batch that carry one
         self._loop_task: asyncio.Task | None = None
         self._closing = False
         self._light = True  # the last batch was a lone request
@@ -181,6 +182,13 @@ class ModelQueue:
             self._remove(item)
             item.settle(InferdError(ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while it was queued"))
 
+    def _fail_overdue_running(self, now: float) -> None:
+        """A request whose deadline passes while its batch runs is answered then; the batch runs
+        on for the others (its rows of the outputs go nowhere)."""
+        for item in [t for t in self._running_deadlines if t.request.deadline <= now]:
+            self._running_deadlines.discard(item)
+            item.settle(InferdError(ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while its batch was running"))
+
     def _fail_cold_waits(self, now: float) -> float | None:
         """With no worker running, a request waits at most cold_start_timeout_s (then 503 with
         Retry-After; the worker goes on starting for the next ones). Returns the seconds until
@@ -207,6 +215,8 @@ class ModelQueue:
         batch ended), not in a task of its own. Returns the seconds until something queued is
         due (a held batch, or a request's deadline), or None when nothing waits on time."""
         due = None
+        if self._running_deadlines:
+            self._fail_overdue_running(self.clock())
         while self._pending:
             now = self.clock()
             self._fail_expired(now)
@@ -227,8 +237,9 @@ class ModelQueue:
             batch = [self._pending.popleft() for _ in range(decision.count)]
             self.pool.note_wait(now - batch[0].enqueued_at, now)
             self._start_batch(worker, batch, now)
-        if self._with_deadline:  # a queued request whose deadline passes is answered then, not later
-            earliest = min(p.request.deadline for p in self._pending if p.request.deadline is not None)
+        if self._with_deadline or self._running_deadlines:  # a deadline that passes is answered then, not later
+            earliest = min([p.request.deadline for p in self._pending if p.request.deadline is not None]
+                           + [t.request.deadline for t in self._running_deadlines])
             due = min(d for d in (due, earliest - self.clock()) if d is not None)
         return due
 
@@ -252,6 +263,8 @@ class ModelQueue:
         for item in batch:
             self._leave(item)
             self.observer.dequeued(now - item.enqueued_at)
+            if item.request.deadline is not None:
+                self._running_deadlines.add(item)
         self.observer.queue_rows(self._rows)
         self._running_batches += 1
         self._light = len(batch) == 1
@@ -268,6 +281,8 @@ class ModelQueue:
     def _finish_batch(self, worker, batch: list[Ticket], started: float, result) -> None:
         """The worker's answer (outputs or an InferdError), straight from its socket."""
         ok = not isinstance(result, InferdError)
+        if self._running_deadlines:
+            self._running_deadlines.difference_update(batch)
         rows = sum(item.rows for item in batch)
         elapsed = self.clock() - started
         if ok and elapsed > 0:

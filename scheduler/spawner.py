@@ -12,9 +12,11 @@ import asyncio
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 
 # Imported by the forkserver before its first fork; a missing runtime is skipped (ImportError).
 # This module first: in the forkserver it takes back the PYTHONSAFEPATH that started it (below).
@@ -55,15 +57,20 @@ async def warm_up() -> None:
 
 
 class Forked:
-    """One worker process forked by the forkserver: its pid, exit code and end."""
+    """One worker process forked by the forkserver: its pid, exit code and end. The worker leads
+    its own process group (inferd.backends.worker), so whatever it started (a model's
+    subprocesses, a fork that holds the worker's socket) is killed with it: when it is killed,
+    and as soon as it exits. `on_exit` gets the exit code at once (the forkserver reports it
+    through the sentinel), whoever still holds the worker's end of its socket."""
 
-    def __init__(self, child: socket.socket):
+    def __init__(self, child: socket.socket, on_exit: Callable[[int | None], None] = lambda code: None):
         from inferd.backends.worker import child_main  # the module only: no runtime here
 
         self._process = _context.Process(target=child_main, args=(child,), daemon=False)
         ensure_running()
         self._process.start()
         self.pid = self._process.pid  # kept: the process object is closed once it exits
+        self._on_exit_callback = on_exit
         self._exited = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().add_reader(self._process.sentinel, self._on_exit)
 
@@ -75,13 +82,25 @@ class Forked:
         loop = asyncio.get_running_loop()
         loop.remove_reader(self._process.sentinel)
         self._process.join(0)
+        self._kill_group()  # its children die with it (the group outlives its leader)
         if not self._exited.done():
             self._exited.set_result(self._process.exitcode)
         self._process.close()
+        self._on_exit_callback(self.returncode)
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exited)
 
     def kill(self) -> None:
+        """SIGKILL the worker and its process group, stopped (SIGSTOP) or not."""
         if not self._exited.done():
-            self._process.kill()
+            self._kill_group()
+            self._process.kill()  # (before it made its group, it is alone)
+
+    def _kill_group(self) -> None:
+        # The group's id is the worker's pid, which the kernel does not reuse while the group
+        # has a member: this never reaches another process.
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):  # no group left (or not made yet)
+            pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import signal
 import socket
 import time
@@ -37,6 +38,7 @@ class WorkerSpec:
     settings: BackendSettings  # what the backend is told
     shared_memory: bool  # batch tensors travel through shared memory (else in the messages)
     busy_poll_us: int  # at light load, this loop and the worker poll this long around a batch
+    execution_timeout_s: float  # a batch still running then fails, and its worker is killed
 
     @classmethod
     def of(cls, model: str, version: str, path: Path, backend: str, settings: ModelSettings, *,
@@ -49,7 +51,8 @@ class WorkerSpec:
             gpu=gpu, intra_op_threads=settings.intra_op_threads, intra_op_spinning=settings.intra_op_spinning,
             inputs=inputs, outputs=outputs, parameters=parameters or {},
         )
-        return cls(model, version, path, backend, backend_settings, settings.shared_memory, settings.busy_poll_us)
+        return cls(model, version, path, backend, backend_settings, settings.shared_memory, settings.busy_poll_us,
+                   settings.execution_timeout_s)
 
 
 class LoadFailed(Exception):
@@ -83,8 +86,9 @@ class _Connection(asyncio.Protocol):
 class WorkerLost(InferdError):
     """The worker process went away while running a batch: the batch may be retried elsewhere."""
 
-    def __init__(self) -> None:
-        super().__init__(ErrorCode.UNAVAILABLE, "the model's worker process exited while running this request")
+    def __init__(self, how: str = "") -> None:
+        how = f" ({how})" if how else ""
+        super().__init__(ErrorCode.UNAVAILABLE, f"the model's worker process exited{how} while running this request")
 
 
 class OutOfMemory(InferdError):
@@ -115,12 +119,15 @@ class WorkerHandle:
         self.spawn_seconds = 0.0  # fork to the worker running
         self.load_seconds = 0.0  # model load and warm-up, in the worker
         self.dead = False
+        self.expired = False  # killed because a batch outran execution_timeout_s
+        self._lost = False  # its exit (or the end of its socket) was dealt with
         self.device = "cpu"  # where the model runs, as the worker reported when it loaded
         self.idle_since = 0.0  # monotonic; the pool's scale-down clock
         self._transport: asyncio.Transport | None = None
         self._load_reply: asyncio.Future | None = None
         self._profile_reply: asyncio.Future | None = None
         self._batch: tuple[int, BatchDone, float] | None = None  # (number, callback, busy-poll seconds)
+        self.batch_started = 0.0  # monotonic: when the running batch was sent
         self._batches = 0
         self._started = False
         self._stopping = False
@@ -142,8 +149,10 @@ class WorkerHandle:
         """Fork the process and load the model; raise LoadFailed with the reason."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         forked_at = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._load_reply = loop.create_future()  # (None, if it exits before it answers)
         try:
-            self.process = Forked(child)
+            self.process = Forked(child, on_exit=self._on_process_exit)
         finally:
             child.close()
         spec = self.spec
@@ -157,9 +166,7 @@ class WorkerHandle:
             socket.send_fds(parent, [b"S"], fds)
         else:
             parent.sendall(b"N")
-        loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_unix_connection(lambda: _Connection(self), sock=parent)
-        self._load_reply = loop.create_future()
         self._transport.writelines(ipc.encode({
             "type": ipc.LOAD, "model": spec.model, "version": spec.version,
             "path": str(spec.path), "backend": spec.backend, "settings": spec.settings.to_wire(),
@@ -177,6 +184,7 @@ class WorkerHandle:
             self._load_reply = None
         if reply is None:
             code = await self.process.wait()
+            self._close()
             raise LoadFailed(f"the worker process exited with {describe_exit(code)} while loading")
         if reply["type"] == ipc.LOAD_FAILED:
             await self.stop(timeout=5)
@@ -214,6 +222,7 @@ class WorkerHandle:
                 {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in inputs.items()})
         self._batches += 1
         self._batch = (self._batches, done, poll_s)
+        self.batch_started = time.monotonic()
         payload = ipc.pack(message)
         if by_mailbox:
             busypoll.watch(self._take_posted)  # the answer comes there, whichever way the batch went
@@ -235,12 +244,34 @@ class WorkerHandle:
         self._profile_reply = asyncio.get_running_loop().create_future()
         self._transport.writelines(ipc.encode({"type": ipc.PROFILE, "rows": rows, "dim": dim}))
         try:
-            reply = await self._profile_reply
+            async with asyncio.timeout(self.spec.execution_timeout_s):
+                reply = await self._profile_reply
+        except TimeoutError:  # like a batch that runs too long: the worker goes (and is replaced)
+            self.expired = self.dead = True
+            self.process.kill()
+            raise WorkerLost(f"killed: the run did not end within execution_timeout_s ({self.spec.execution_timeout_s:g} s)") from None
         finally:
             self._profile_reply = None
         if reply is None:
-            raise WorkerLost()
+            raise WorkerLost(self._exit_text())
         return reply
+
+    def expire(self) -> None:
+        """The running batch outran execution_timeout_s: its callers are answered
+        DEADLINE_EXCEEDED now, and the worker is killed with whatever it started (stopped or
+        not). Its exit is then seen like a crash, and the pool replaces it."""
+        if self._batch is None:
+            return
+        done = self._batch[1]
+        self._batch = None
+        busypoll.unwatch(self._take_posted)
+        self.expired = self.dead = True  # (the queue does not give it back to the pool)
+        self.process.kill()
+        limit = self.spec.execution_timeout_s
+        log.error("batch timed out; killing its worker", model=self.spec.model, version=self.spec.version,
+                  pid=self.pid, execution_timeout_s=limit)
+        done(InferdError(ErrorCode.DEADLINE_EXCEEDED, f"the model did not finish this request within "
+                                                      f"execution_timeout_s ({limit:g} s); its worker was stopped"))
 
     def _take_posted(self) -> None:
         """The worker's answer, if it is waiting in the mailbox."""
@@ -275,7 +306,29 @@ class WorkerHandle:
             done(ipc.unpack_tensors(msg["outputs"]))
         keep_polling(poll_s)  # the callers' next requests, and the next batch's reply
 
+    def _on_process_exit(self, code: int | None) -> None:
+        """The process exited (the forkserver says so at once, even while a child of the
+        model's still holds the worker's socket open): what it wrote before is still read."""
+        if self._transport is not None and not self._lost:
+            sock = self._transport.get_extra_info("socket")
+            try:
+                for _ in range(1024):  # what the socket holds (bounded: a child may go on writing)
+                    data = os.read(sock.fileno(), 1 << 20)
+                    if not data:
+                        break
+                    self._transport.get_protocol().data_received(data)
+            except (BlockingIOError, OSError, ValueError):
+                pass
+        self._on_lost()
+
+    def _exit_text(self) -> str:
+        code = self.process.returncode if self.process else None
+        return describe_exit(code) if code is not None else ""
+
     def _on_lost(self) -> None:
+        if self._lost:
+            return
+        self._lost = True
         self._take_posted()  # an answer posted just before the worker went is still an answer
         self.dead = True
         for waiting in (self._load_reply, self._profile_reply):
@@ -284,7 +337,10 @@ class WorkerHandle:
         if self._batch is not None:
             done = self._batch[1]
             self._batch = None
-            done(WorkerLost())
+            done(WorkerLost(self._exit_text()))
+        if self.process is not None and self.process.returncode is None and not self._stopping:
+            # Its socket ended but the process lives on: it has at most a few seconds to exit.
+            asyncio.get_running_loop().call_later(5, self.process.kill)
         if self._started and not self._stopping:
             self.on_exit(self)
         self._close()  # its shared memory goes now, not when the handle is collected
