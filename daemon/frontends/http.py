@@ -8,6 +8,7 @@ short message (inferd.common.errors.unexpected).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import orjson
 import structlog
@@ -147,8 +148,11 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_app(dataplane: DataPlane, registry, max_request_bytes: int, access: Access) -> web.Application:
-    app = web.Application(middlewares=[_access_and_errors], client_max_size=max_request_bytes)
+def build_app(dataplane: DataPlane, registry, max_request_bytes: int, access: Access,
+              outer: Sequence = (), inner: Sequence = ()) -> web.Application:
+    """`outer` middlewares run before the token check and error mapping, `inner` ones after
+    (the listeners' connection tracking and body deadline: http_limits.py)."""
+    app = web.Application(middlewares=[*outer, _access_and_errors, *inner], client_max_size=max_request_bytes)
     app[DATAPLANE] = dataplane
     app[REGISTRY] = registry
     app[ACCESS] = access
