@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+from daemon_process import DaemonProcess
 from tritonclient.utils import InferenceServerException
 
-from daemon_process import DaemonProcess
 from inferd.client import Client, InferdClientError
 
 DRAIN_S = 2.0
@@ -34,12 +34,12 @@ class Model:
 
     def infer(self, inputs):
         x = inputs["x"]
-        if (x == %r).any():
+        if (x == STUCK).any():
             with open(self.marker, "a") as f:
                 f.write(f"{len(x)}\\n")
             time.sleep(3600)
         return {"y": x}
-''' % STUCK
+'''.replace("STUCK", repr(STUCK))
 
 
 def stuck_repo(root: Path) -> Path:
@@ -47,7 +47,7 @@ def stuck_repo(root: Path) -> Path:
     (root / "stuck" / "1" / "model.py").write_text(STUCK_MODEL)
     # One worker; a batch waits up to 3 s for more rows, so that the three callers share it.
     (root / "stuck" / "config.toml").write_text(
-        'max_batch_size = 8\nmax_queue_delay_ms = 3000\n[parameters]\nmarker = "%s"\n' % (root / "started"))
+        f'max_batch_size = 8\nmax_queue_delay_ms = 3000\n[parameters]\nmarker = "{root / "started"}"\n')
     return root
 
 
