@@ -43,6 +43,12 @@ class GrpcListener(GuardedListener):
         self.max_streams = max_streams
         self.max_pings_per_s = max_pings_per_s
 
+    def admit(self, guard: Guard) -> bool:
+        if super().admit(guard):
+            return True
+        guard.inner.handler.close()  # grpclib's server keeps a handler per connection until it closes
+        return False
+
     def on_connection(self, guard: Guard) -> None:
         super().on_connection(guard)
         protocol = guard.inner  # grpclib.protocol.H2Protocol

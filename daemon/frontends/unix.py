@@ -50,7 +50,6 @@ class _Connection(asyncio.Protocol):
         self._idle: asyncio.Future | None = None  # set by finish(): resolved when nothing is in flight
         self._paused = False  # reading, for too many in flight
         self._write_paused = False  # reading, for unread replies
-        self._drained: asyncio.Future | None = None  # set by finish(): resolved when the replies are read
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -170,8 +169,6 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._update_reading()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
 
     def _update_reading(self) -> None:
         transport = self.transport
@@ -201,14 +198,12 @@ class _Connection(asyncio.Protocol):
             if not task.done():
                 self._reply(error_reply(request_id, shutting_down()))
                 task.cancel()
-        loop = asyncio.get_running_loop()
         if self._inflight or self._awaited:
-            self._idle = loop.create_future()
+            self._idle = asyncio.get_running_loop().create_future()
             await self._idle
         transport = self.transport
-        if transport is not None and transport.get_write_buffer_size():
-            self._drained = loop.create_future()
-            await self._drained
+        while transport is not None and transport.get_write_buffer_size() and not transport.is_closing():
+            await asyncio.sleep(0.02)  # the client reads its answers (no event says so below the high-water mark)
         if transport is not None:
             transport.close()
 
