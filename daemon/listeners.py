@@ -6,6 +6,7 @@ happens in between."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 from pathlib import Path
@@ -22,7 +23,7 @@ from inferd.daemon.frontends.grpc import InferenceServicer, require_token
 from inferd.daemon.frontends.guard import GuardedListener, Limits, fit_to_descriptors
 from inferd.daemon.frontends.h2_limits import GrpcListener, finish_calls
 from inferd.daemon.frontends.http import build_app
-from inferd.daemon.frontends.http_limits import GuardedSockSite, GuardedUnixSite, HttpConnections, body_deadline, tracking
+from inferd.daemon.frontends.http_limits import GuardedSockSite, GuardedUnixSite, HttpConnections, HttpListener, tracking
 from inferd.daemon.frontends.unix import UnixFrontEnd
 from inferd.daemon.operations import systemd
 
@@ -72,8 +73,7 @@ class Listeners:
         self.access = access
         self.addresses: dict[str, str] = {}  # front-end -> where it listens
         self._http = HttpConnections()
-        app = build_app(dataplane, registry, server.max_request_bytes, access,
-                        outer=[tracking(self._http)], inner=[body_deadline(server.body_timeout_s)])
+        app = build_app(dataplane, registry, server.max_request_bytes, access, outer=[tracking(self._http)])
         self.runner = web.AppRunner(
             app, handle_signals=False, access_log=None, handler_cancellation=True,
             shutdown_timeout=CLOSE_GRACE_S,  # after the drain, handlers only have their answers to write
@@ -119,7 +119,9 @@ class Listeners:
             self._listening("http_socket", server.http_socket, activated)
 
     def _http_listener(self, name: str) -> GuardedListener:
-        listener = GuardedListener(name, _limits(self.server, self._max_connections, self.server.header_timeout_s))
+        limits = dataclasses.replace(_limits(self.server, self._max_connections, self.server.header_timeout_s),
+                                     body_timeout_s=self.server.body_timeout_s)
+        listener = HttpListener(name, limits)
         self._http.listeners.append(listener)
         return listener
 

@@ -28,6 +28,7 @@ class Limits:
     partial_timeout_s: float  # a started request must be complete within this (0: no limit)
     idle_timeout_s: float  # a connection with no request in progress is closed after this
     write_buffer_bytes: int  # unread replies past this stop the connection being read
+    body_timeout_s: float = 0.0  # a request's body (`Guard.body`) must have arrived within this of its head
 
 
 class Guard(asyncio.Protocol):
@@ -40,13 +41,19 @@ class Guard(asyncio.Protocol):
         self.active = 0  # requests in progress
         self.idle_since = time.monotonic()
         self.partial_since: float | None = None  # the first byte of a request not yet complete
+        self.body = None  # the body of the request in progress, where the front-end streams it (HTTP)
+        self.body_expired = False  # its reads were failed: the front-end closes after answering
+        self.begun_at = 0.0
         self._read_paused = False
 
     # -- what the front-end says ------------------------------------------------------------
 
-    def begin(self) -> None:
+    def begin(self, body=None) -> None:
+        """A request's head has arrived. `body`: its body's stream (aiohttp's StreamReader), if
+        it is still arriving; the sweep fails the reads of one that takes too long."""
         self.active += 1
         self.partial_since = None
+        self.body, self.begun_at, self.body_expired = body, time.monotonic(), False
 
     def end(self) -> None:
         self.active -= 1
@@ -54,6 +61,7 @@ class Guard(asyncio.Protocol):
             self.active = 0
             self.idle_since = time.monotonic()
             self.partial_since = None
+            self.body = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -98,6 +106,9 @@ class Guard(asyncio.Protocol):
         limits = self.listener.limits
         if self.partial_since is not None and limits.partial_timeout_s and now - self.partial_since > limits.partial_timeout_s:
             return "request not complete in time"
+        body = self.body
+        if body is not None and limits.body_timeout_s and now - self.begun_at > limits.body_timeout_s and not body.is_eof():
+            return "body not complete in time"
         if not self.active and limits.idle_timeout_s and now - self.idle_since > limits.idle_timeout_s:
             return "idle"
         return None
@@ -142,11 +153,21 @@ class GuardedListener:
     def _sweep(self) -> None:
         self._sweeper = None
         now = time.monotonic()
-        for guard in [g for g in self.connections.values() if g.expired(now)]:
-            log.debug("closing a connection", listener=self.name, reason=guard.expired(now))
-            self.close_connection(guard)
+        for guard in list(self.connections.values()):
+            reason = guard.expired(now)
+            if reason is None:
+                continue
+            log.debug("closing a connection", listener=self.name, reason=reason)
+            if guard.body is not None and reason.startswith("body"):
+                guard.body.set_exception(self.body_timed_out())  # its handler answers (HTTP 408)
+                guard.body, guard.body_expired = None, True
+            else:
+                self.close_connection(guard)
         if self.connections:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+
+    def body_timed_out(self) -> Exception:
+        return TimeoutError(f"the request body did not arrive within {self.limits.body_timeout_s:g} s")
 
     def close_connection(self, guard: Guard) -> None:
         """Close one connection now; cut it if the client has left replies unread (closing

@@ -149,10 +149,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def build_app(dataplane: DataPlane, registry, max_request_bytes: int, access: Access,
-              outer: Sequence = (), inner: Sequence = ()) -> web.Application:
-    """`outer` middlewares run before the token check and error mapping, `inner` ones after
-    (the listeners' connection tracking and body deadline: http_limits.py)."""
-    app = web.Application(middlewares=[*outer, _access_and_errors, *inner], client_max_size=max_request_bytes)
+              outer: Sequence = ()) -> web.Application:
+    """`outer` middlewares run before the token check and error mapping (the listeners'
+    connection tracking: http_limits.py)."""
+    app = web.Application(middlewares=[*outer, _access_and_errors], client_max_size=max_request_bytes)
     app[DATAPLANE] = dataplane
     app[REGISTRY] = registry
     app[ACCESS] = access

@@ -1,6 +1,7 @@
 """The HTTP listeners' connection limits (guard.py) wired into aiohttp: sites that serve through
-a `GuardedListener`, a middleware that tells each connection when a request is in progress, and
-one that gives a request's body `server.body_timeout_s` to arrive."""
+a `GuardedListener`, and a middleware that tells each connection when a request is in progress
+and hands it the request's body stream (a body that does not arrive within
+`server.body_timeout_s` fails the handler's read: 408)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,14 @@ class GuardedUnixSite(web.UnixSite):
             self.listener.wrap(self._runner.server), self._path, ssl=self._ssl_context, backlog=self._backlog)
 
 
+class HttpListener(GuardedListener):
+    def body_timed_out(self) -> Exception:
+        """What the handler's read of a body that is too slow raises: 408 (the error middleware
+        maps HTTP exceptions to its error shape), and the connection closes."""
+        return web.HTTPRequestTimeout(
+            text=f"the request body did not arrive within {self.limits.body_timeout_s:g} s (server.body_timeout_s)")
+
+
 class HttpConnections:
     """The guards of every HTTP listener, found from a request's transport."""
 
@@ -59,31 +68,14 @@ def tracking(connections: HttpConnections):
         guard = connections.of(request)
         if guard is None:
             return await handler(request)
-        guard.begin()
+        guard.begin(request.content if request.body_exists else None)
         try:
-            return await handler(request)
+            response = await handler(request)
+            if guard.body_expired:  # 408: close, rather than read the rest of the body as a request
+                request.content.feed_eof()
+                response.force_close()
+            return response
         finally:
             guard.end()
 
     return track
-
-
-def body_deadline(timeout_s: float):
-    """Read the body (aiohttp keeps it for the handler's read()) within `timeout_s`; a body
-    that does not arrive in time is a 408 and the connection closes."""
-
-    @web.middleware
-    async def read_body(request: web.Request, handler):
-        if timeout_s and request.body_exists and request.can_read_body:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await request.read()
-            except TimeoutError:
-                response = web.json_response(
-                    {"error": f"the request body did not arrive within {timeout_s:g} s (server.body_timeout_s)"},
-                    status=408)
-                response.force_close()  # the rest of the body would be read as the next request
-                return response
-        return await handler(request)
-
-    return read_body
