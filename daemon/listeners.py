@@ -180,5 +180,8 @@ class Listeners:
 
     async def _close_grpc(self) -> None:
         await finish_calls(self._grpc, CLOSE_GRACE_S)  # grpclib's close() cancels the calls still running
+        for listener in self._guarded:
+            for guard in list(listener.connections.values()):
+                listener.close_connection(guard)  # GOAWAY: the client knows it is not a network failure
         self._grpc.close()
         await self._grpc.wait_closed()
