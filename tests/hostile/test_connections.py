@@ -210,6 +210,23 @@ def test_idle_connections_under_a_low_descriptor_limit_lock_out_no_front_end(rep
         assert fitted["per_listener"] * 4 < NOFILE
 
 
+def test_at_the_connection_cap_the_longest_idle_connection_makes_room(repo):
+    with DaemonProcess(repo, env={"INFERD_SERVER_MAX_CONNECTIONS": "5"}) as d:
+        idle = []
+        for _ in range(5):
+            idle.append(connect(d, "socket"))
+            time.sleep(0.05)  # in order: the first is the longest idle
+        with Client(socket=d.socket_path, timeout=10) as c:
+            assert c.infer("echo", {"x": ROW})["y"].shape == ROW.shape  # a sixth connection is served
+            deadline = time.monotonic() + CLOSED_WITHIN_S
+            while not closed_by_server(idle[0]):
+                assert time.monotonic() < deadline, "the longest-idle connection was not closed"
+                time.sleep(0.1)
+            assert not any(closed_by_server(s) for s in idle[1:])
+        for s in idle:
+            s.close()
+
+
 def infer_frame(request_id: int) -> bytes:
     payload = msgpack.packb({"op": "infer", "id": request_id, "model": "echo",
                              "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16384], "data": ROW.tobytes()}]})
