@@ -77,7 +77,7 @@ class Listeners:
         self.runner = web.AppRunner(
             app, handle_signals=False, access_log=None, handler_cancellation=True,
             shutdown_timeout=CLOSE_GRACE_S,  # after the drain, handlers only have their answers to write
-            keepalive_timeout=server.idle_timeout_s or 3630,
+            keepalive_timeout=server.idle_timeout_s or 3630,  # aiohttp's own idle close (3630: its default)
         )
         self._max_connections = server.max_connections  # per listener, fitted to RLIMIT_NOFILE by start()
         self._grpc: grpclib.server.Server | None = None
@@ -138,6 +138,7 @@ class Listeners:
         listener = GrpcListener(_limits(server, self._max_connections, 0), server.http2_max_streams,
                                 server.http2_max_pings_per_s)
         self._guarded.append(listener)
+        # grpclib takes no protocol factory: its own one, guarded, is what start() serves with.
         self._grpc._protocol_factory = listener.wrap(self._grpc._protocol_factory)
         await self._grpc.start(sock=sock, ssl=tls_context(self.auth.tls_cert, self.auth.tls_key, alpn=["h2"]))
         self._listening("grpc", _address_of(sock), activated)
