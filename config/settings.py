@@ -88,6 +88,14 @@ class ServerSection:
     # What one request may cost to decode on the event loop (see docs/operations.md):
     max_structured_bytes: int = field(1024 * 1024, at_least(1024))  # JSON; a gRPC message but its raw contents
     max_value_elements: int = field(65536, at_least(1))  # tensor elements sent one by one (JSON, typed, BYTES)
+    # Connection limits, per listener (docs/operations.md explains each). 0 turns a timeout off.
+    max_connections: int = field(1000, at_least(1))  # at the cap the longest-idle one is closed, else a new one refused
+    header_timeout_s: float = field(10.0, between(0, 3600))  # an HTTP request's head must arrive within this
+    body_timeout_s: float = field(60.0, between(0, 3600))  # an HTTP body, a Unix-socket frame
+    idle_timeout_s: float = field(120.0, between(0, 86400))  # a connection with no request in progress
+    write_buffer_bytes: int = field(1024 * 1024, at_least(16 * 1024))  # unread replies past this: not read
+    http2_max_streams: int = field(100, at_least(1))  # concurrent gRPC calls per connection (SETTINGS)
+    http2_max_pings_per_s: float = field(5.0, at_least(0))  # PINGs a gRPC client may send (bursts of 10 s' worth)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,6 +30,11 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 Done = Callable[[InferResponse | InferdError], None]
 
 
+def shutting_down() -> InferdError:
+    """The answer of every request the drain did not finish (and of every new one)."""
+    return InferdError(ErrorCode.UNAVAILABLE, "the server is shutting down")
+
+
 class ServerState:
     """The single source of truth for liveness and readiness."""
 
@@ -61,10 +66,11 @@ class _Call:
     is freed at once by reference counting and never waits for the cyclic garbage collector
     (a cycle per request made full collections, and 30-50 ms stalls, at 10,000 requests/s)."""
 
-    __slots__ = ("_mv", "_request", "_protocol", "_done", "_started", "ticket", "task", "answered")
+    __slots__ = ("_mv", "_request", "_protocol", "_done", "_started", "_live", "ticket", "task", "answered")
 
-    def __init__(self, mv: ModelVersion, request: InferRequest, protocol: str, done: Done):
+    def __init__(self, mv: ModelVersion, request: InferRequest, protocol: str, done: Done, live: set):
         self._mv, self._request, self._protocol, self._done = mv, request, protocol, done
+        self._live = live  # the data plane's unanswered calls, which it answers at shutdown
         self._started = time.perf_counter()
         self.ticket = None  # its place in the queue, or
         self.task: asyncio.Task | None = None  # its pipeline's run
@@ -76,6 +82,7 @@ class _Call:
             return
         self.answered = True
         self.ticket = self.task = None
+        self._live.discard(self)
         mv, request = self._mv, self._request
         error = outcome if isinstance(outcome, InferdError) else None
         try:
@@ -95,6 +102,7 @@ class _Call:
         """The caller went away: a queued request leaves its queue, a pipeline stops."""
         if not self.answered:
             self.answered = True
+            self._live.discard(self)
             ticket, task, self.ticket, self.task = self.ticket, self.task, None, None
             if ticket is not None:
                 self._mv.queue.withdraw(ticket)
@@ -116,6 +124,8 @@ class DataPlane:
     def __init__(self, repository: ModelRepository, state: ServerState):
         self.repository = repository
         self.state = state
+        self._live: set[_Call] = set()  # inferences not answered yet
+        self._closing = asyncio.Event()  # set by answer_all_shutting_down()
 
     # -- inference ---------------------------------------------------------------------------
 
@@ -144,7 +154,7 @@ class DataPlane:
         return outcome
 
     def _submit(self, mv: ModelVersion, request: InferRequest, protocol: str, done: Done) -> Callable[[], None]:
-        call = _Call(mv, request, protocol, done)
+        call = _Call(mv, request, protocol, done, self._live)
         try:
             rows, shape_key = check_request(mv, request)
             if mv.pipeline is not None:  # its steps await one another: that takes a task
@@ -157,7 +167,31 @@ class DataPlane:
         except InferdError as e:
             call.refused(e)
             raise
+        if not call.answered:
+            self._live.add(call)
         return call.withdraw
+
+    def answer_all_shutting_down(self) -> int:
+        """Shutdown, after the drain: every inference still unanswered (its batch stuck in a
+        worker, say) and every awaited repository call is answered UNAVAILABLE now, so that its
+        front-end can write the answer before it closes. Returns how many inferences."""
+        self._closing.set()
+        calls = list(self._live)
+        for call in calls:
+            call.finish(shutting_down())
+        return len(calls)
+
+    async def _unless_shutting_down(self, work):
+        """`work`'s result, or UNAVAILABLE once the daemon shuts down (a load can take minutes)."""
+        task, closing = asyncio.ensure_future(work), asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait([task, closing], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+        if not task.done():
+            task.cancel()
+            raise shutting_down()
+        return task.result()
 
     async def _run_step(self, step, request: InferRequest) -> dict:
         """A pipeline's step: a request to the step's model, counted under protocol "pipeline"."""
@@ -204,7 +238,7 @@ class DataPlane:
     # -- the repository API ------------------------------------------------------------------
 
     async def repository_index(self, ready_only: bool = False) -> list[dict]:
-        index = await self.repository.index()
+        index = await self._unless_shutting_down(self.repository.index())
         return [row for row in index if row["state"] == ModelState.READY.value] if ready_only else index
 
     def _repository_call(self, name: str) -> None:
@@ -215,11 +249,11 @@ class DataPlane:
 
     async def load_model(self, name: str) -> None:
         self._repository_call(name)
-        await self.repository.load_model(name)
+        await self._unless_shutting_down(self.repository.load_model(name))
 
     async def unload_model(self, name: str) -> None:
         self._repository_call(name)
-        await self.repository.unload_model(name)
+        await self._unless_shutting_down(self.repository.unload_model(name))
 
 
 def _triton_type(datatype: str) -> str:

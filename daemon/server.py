@@ -4,8 +4,10 @@
     serve:  until SIGTERM/SIGINT (or `stop` is set), following the models directory;
             SIGHUP: RELOADING=1, re-read the config, rescan, READY=1
     drain:  STOPPING=1, not ready, refuse new requests (503), stop accepting connections,
-            answer every accepted request within server.drain_timeout_s
-    stop:   close the listeners and connections, stop the workers, exit 0
+            answer every accepted request within server.drain_timeout_s; what is still
+            unanswered then (a stuck batch) is answered UNAVAILABLE "shutting down"
+    stop:   write those answers and close the connections (a few seconds at most), stop the
+            workers (killing those still running a batch), exit 0
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from inferd.common.tasks import TaskSet
 from inferd.config.settings import DaemonConfig
 from inferd.daemon.dataplane import DataPlane, ServerState
 from inferd.daemon.frontends.auth import Access
-from inferd.daemon.listeners import Listeners
+from inferd.daemon.listeners import ListenError, Listeners
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.watcher import DirectoryWatcher
 from inferd.daemon.operations import logs, systemd
@@ -36,6 +38,9 @@ from inferd.scheduler.limits import MemoryManager
 from inferd.scheduler.memory import pick_probe
 
 log = structlog.get_logger("inferd")
+
+WORKER_STOP_S = 10.0  # for a worker to exit on STOP before it is killed
+ABANDONED_WORKER_STOP_S = 2.0  # the same after a drain that timed out: a worker may be stuck in a batch
 
 
 class Daemon:
@@ -49,7 +54,8 @@ class Daemon:
         models = config.models
         self.memory = MemoryManager(pick_probe(), config.memory, observer=self.metrics)
         self.repository = ModelRepository(Path(models.dir), config.defaults, self.metrics, self.memory,
-                                          config.server.drain_timeout_s, explicit=models.control == "explicit")
+                                          config.server.drain_timeout_s, explicit=models.control == "explicit",
+                                          max_concurrent_loads=models.max_concurrent_loads)
         self.watcher = self._make_watcher()
         self.dataplane = DataPlane(self.repository, self.state)
         access = Access(token, config.auth.open_health, self.metrics.unauthenticated)
@@ -95,7 +101,7 @@ class Daemon:
         finally:
             await self._tasks.cancel()
             await self.listeners.close()
-            await self.repository.stop()
+            await self.repository.stop(WORKER_STOP_S if drained else ABANDONED_WORKER_STOP_S)
             await self.memory.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -108,6 +114,9 @@ class Daemon:
         started = time.monotonic()
         try:
             await self.listeners.start()
+        except ListenError as e:
+            log.error("cannot listen", frontend=e.frontend, address=e.address, error=e.reason)
+            return False
         except OSError as e:
             log.error("cannot listen", error=str(e))
             return False
@@ -192,4 +201,7 @@ class Daemon:
         drained = await self.repository.drain(budget)
         if not drained:
             log.warning("drain budget exhausted; failing what is left", inflight=self.repository.inflight_count())
+        answered = self.dataplane.answer_all_shutting_down()
+        if answered:
+            log.warning("answered requests still running as unavailable", requests=answered)
         return drained

@@ -8,6 +8,7 @@ short message (inferd.common.errors.unexpected).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import orjson
 import structlog
@@ -212,8 +213,11 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_app(dataplane: DataPlane, registry, limits: RequestLimits, access: Access) -> web.Application:
-    app = web.Application(middlewares=[_access_and_errors], client_max_size=limits.max_structured_bytes)
+def build_app(dataplane: DataPlane, registry, limits: RequestLimits, access: Access,
+              outer: Sequence = ()) -> web.Application:
+    """`outer` middlewares run before the token check and error mapping (the listeners'
+    connection tracking: http_limits.py)."""
+    app = web.Application(middlewares=[*outer, _access_and_errors], client_max_size=limits.max_structured_bytes)
     app[DATAPLANE] = dataplane
     app[LIMITS] = limits
     app[REGISTRY] = registry

@@ -19,7 +19,8 @@ from inferd.common.codec import ValueBudget
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.common.tasks import TaskSet
 from inferd.config.settings import fallback_socket_dir, private_dir_problem
-from inferd.daemon.dataplane import DataPlane
+from inferd.daemon.dataplane import DataPlane, shutting_down
+from inferd.daemon.frontends.guard import Guard, GuardedListener, Limits
 from inferd.daemon.frontends.unix_codec import decode_infer, encode_infer, error_reply, field, unpack_frame
 from inferd.daemon.requests import InferResponse
 
@@ -35,16 +36,23 @@ def _nothing() -> None:
 
 
 class _Connection(asyncio.Protocol):
+    """One client. Every frame read is one request (`guard.begin`) and gets one reply
+    (`guard.end`). Reading stops while too many requests are in flight or while the client
+    leaves the replies unread (the transport's write buffer is past its high-water mark)."""
+
     def __init__(self, front: UnixFrontEnd):
         self.front = front
+        self.guard: Guard | None = None
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._tasks = TaskSet("unix-socket connection")  # the awaited operations
+        self._awaited_ids: dict[asyncio.Task, int] = {}  # to answer them at shutdown
         self._awaited = 0
         self._inflight: dict[int, Callable[[], None]] = {}  # inferences: serial -> withdraw
         self._serial = 0
         self._idle: asyncio.Future | None = None  # set by finish(): resolved when nothing is in flight
-        self._paused = False
+        self._paused = False  # reading, for too many in flight
+        self._write_paused = False  # reading, for unread replies
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -73,6 +81,7 @@ class _Connection(asyncio.Protocol):
             with memoryview(buf) as view:  # msgpack copies what it keeps: no copy before it
                 msg = unpack_frame(view[HEADER.size : end])
             del buf[:end]
+            self.guard.begin()
             self._handle(msg)
 
     def _handle(self, msg) -> None:
@@ -87,7 +96,9 @@ class _Connection(asyncio.Protocol):
                 return self._infer(request_id, msg)
             if op in AWAITED_OPS:
                 self._awaited += 1
-                self._tasks.spawn(self._awaited_op(request_id, op, msg)).add_done_callback(self._awaited_done)
+                task = self._tasks.spawn(self._awaited_op(request_id, op, msg))
+                self._awaited_ids[task] = request_id
+                task.add_done_callback(self._awaited_done)
                 return self._count_inflight()
             self._reply({"id": request_id, "ok": True, **self.front.answer(op, msg)})
         except Exception as e:  # InferdError, or a bug: either way this caller gets an answer
@@ -137,18 +148,36 @@ class _Connection(asyncio.Protocol):
 
     def _awaited_done(self, task: asyncio.Task) -> None:
         self._awaited -= 1
+        self._awaited_ids.pop(task, None)
         self._uncount_inflight()
 
     def _count_inflight(self) -> None:
         if self._awaited + len(self._inflight) >= MAX_INFLIGHT and not self._paused:
             self._paused = True
-            self.transport.pause_reading()
+            self._update_reading()
 
     def _uncount_inflight(self) -> None:
         if self._paused and self._awaited + len(self._inflight) < MAX_INFLIGHT // 2:
             self._paused = False
-            self.transport.resume_reading()
+            self._update_reading()
         self._maybe_idle()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._paused or self._write_paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def _maybe_idle(self) -> None:
         if self._idle is not None and not self._inflight and not self._awaited and not self._idle.done():
@@ -159,22 +188,38 @@ class _Connection(asyncio.Protocol):
             return
         payload = msgpack.packb(reply, use_bin_type=True)
         self.transport.writelines((HEADER.pack(len(payload)), payload))  # no copy to join them
+        self.guard.end()
 
     async def finish(self) -> None:
-        """Wait for this connection's requests to be answered, then close it."""
+        """Shutting down: the operations still awaited (a load, an unload) are answered
+        `unavailable`; wait until every inference has its answer (the data plane fails what the
+        drain left) and the client has read the replies, then close. close() bounds the wait."""
+        for task, request_id in list(self._awaited_ids.items()):
+            if not task.done():
+                self._reply(error_reply(request_id, shutting_down()))
+                task.cancel()
         if self._inflight or self._awaited:
             self._idle = asyncio.get_running_loop().create_future()
             await self._idle
+        transport = self.transport
+        while transport is not None and transport.get_write_buffer_size() and not transport.is_closing():
+            await asyncio.sleep(0.02)  # the client reads its answers (no event says so below the high-water mark)
+        if transport is not None:
+            transport.close()
+
+    def abort(self) -> None:
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
 
 class UnixFrontEnd:
-    def __init__(self, dataplane: DataPlane, max_frame: int, max_values: int):
+    def __init__(self, dataplane: DataPlane, max_frame: int, max_values: int, limits: Limits):
         self.dataplane = dataplane
         self.max_frame = max_frame
         self.max_values = max_values  # server.max_value_elements
         self.connections: set[_Connection] = set()
+        self.listener = GuardedListener("socket", limits)
+        self.listener.pause_reads = False  # _Connection pauses reading itself (unread replies, too many in flight)
         self._server: asyncio.AbstractServer | None = None
         self._path: str | None = None
 
@@ -195,7 +240,7 @@ class UnixFrontEnd:
     async def start(self, path: str, group: str) -> None:
         _claim_path(path)
         self._path = path
-        self._server = await asyncio.get_running_loop().create_unix_server(lambda: _Connection(self), path=path)
+        self._server = await asyncio.get_running_loop().create_unix_server(self._protocol, path=path)
         try:
             set_socket_permissions(path, group)
         except OSError:
@@ -205,15 +250,28 @@ class UnixFrontEnd:
     async def start_on(self, sock: socket.socket) -> None:
         """Serve on a socket that is already bound and listening (socket activation). Its file
         belongs to whoever made it: close() leaves it in place."""
-        self._server = await asyncio.get_running_loop().create_unix_server(lambda: _Connection(self), sock=sock)
+        self._server = await asyncio.get_running_loop().create_unix_server(self._protocol, sock=sock)
+
+    def _protocol(self) -> Guard:
+        connection = _Connection(self)
+        connection.guard = Guard(self.listener, connection)
+        return connection.guard
 
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float) -> None:
+        """Answer and close every connection; those whose clients do not read their answers
+        within `grace_s` are cut."""
         self.stop_accepting()
-        await asyncio.gather(*(c.finish() for c in list(self.connections)))
+        self.listener.stop()
+        finishing = {asyncio.ensure_future(c.finish()): c for c in self.connections}
+        if finishing:
+            _, late = await asyncio.wait(finishing, timeout=grace_s)
+            for task in late:
+                task.cancel()
+                finishing[task].abort()
         if self._path is not None:
             Path(self._path).unlink(missing_ok=True)
 

@@ -372,10 +372,13 @@ class ModelRepository:
                 v.abort()
             return False
 
-    async def stop(self) -> None:
-        """Cancel loads and unloads in progress and stop every worker."""
+    async def stop(self, worker_timeout_s: float = 10.0) -> None:
+        """Cancel loads and unloads in progress and stop every worker (killing one that has
+        not exited `worker_timeout_s` after STOP: it may be stuck in a batch)."""
         generations = self.all_versions()  # before the cancelled unloads forget theirs
         await self._tasks.cancel()
+        pools = [v.serving.pool for v in generations if v.serving is not None and v.serving.pool is not None]
+        await asyncio.gather(*(pool.stop(worker_timeout_s) for pool in pools))  # v.stop() below finds them stopped
         await asyncio.gather(*(v.stop(self.memory.remove) for v in generations))
 
 

@@ -24,7 +24,7 @@ from inferd.client import Client, InferdClientError
 
 FAST = {"INFERD_MODELS_SETTLE_MS": "100"}
 MANY = 120  # models dropped at once: enough that all-at-once would be obvious, few enough for CI
-MAX_CONCURRENT_LOADS = 4  # models.max_concurrent_loads' default
+MAX_CONCURRENT_LOADS = 2  # models.max_concurrent_loads (default 4), set so that the key is seen to apply
 
 
 def children(pid: int) -> list[int]:
@@ -81,7 +81,8 @@ async def test_many_models_dropped_at_once_load_a_few_at_a_time_and_keep_no_work
     make_models.build_add_sub(staging / "template.onnx")
     for i in range(MANY):
         shutil.copy(staging / "template.onnx", staging / f"m{i:03}.onnx")
-    with DaemonProcess(models, env=FAST) as d, Client(socket=d.socket_path) as c:
+    env = {**FAST, "INFERD_MODELS_MAX_CONCURRENT_LOADS": str(MAX_CONCURRENT_LOADS)}
+    with DaemonProcess(models, env=env) as d, Client(socket=d.socket_path) as c:
         for i in range(MANY):  # dropped all at once
             os.replace(staging / f"m{i:03}.onnx", models / f"m{i:03}.onnx")
         peak, started, deadline = 0, time.monotonic(), time.monotonic() + 300

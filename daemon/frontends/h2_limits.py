@@ -1,0 +1,115 @@
+"""The gRPC listener's connection limits, on top of every listener's (guard.py): HTTP/2's own
+limit on concurrent streams, a PING budget, GOAWAY before closing, and a request per stream.
+
+grpclib builds one `H2Protocol` per connection (an h2 `H2Connection`, grpclib's `Handler` and its
+event processor); this hooks into those objects once, when the connection is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from h2.errors import ErrorCodes
+from h2.events import PingReceived
+from h2.settings import SettingCodes
+
+from inferd.daemon.frontends.guard import Guard, GuardedListener, Limits
+
+log = structlog.get_logger("inferd.connections")
+
+
+class _PingBudget:
+    """A token bucket: `rate` PINGs a second, bursts of up to ten seconds' worth."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.capacity = max(10.0, 10 * rate)
+        self.tokens = self.capacity
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        self.tokens -= 1
+        return self.tokens >= 0
+
+
+class GrpcListener(GuardedListener):
+    def __init__(self, limits: Limits, max_streams: int, max_pings_per_s: float):
+        super().__init__("grpc", limits)
+        self.max_streams = max_streams
+        self.max_pings_per_s = max_pings_per_s
+
+    def admit(self, guard: Guard) -> bool:
+        if super().admit(guard):
+            return True
+        guard.inner.handler.close()  # grpclib's server keeps a handler per connection until it closes
+        return False
+
+    def on_connection(self, guard: Guard) -> None:
+        super().on_connection(guard)
+        protocol = guard.inner  # grpclib.protocol.H2Protocol
+        protocol.connection._connection.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
+        protocol.connection.flush()
+        _count_streams(guard, protocol.handler)
+        if self.max_pings_per_s:
+            budget = _PingBudget(self.max_pings_per_s)
+            pong = protocol.processor.processors[PingReceived]
+
+            def on_ping(event: PingReceived) -> None:
+                if budget.take():
+                    return pong(event)
+                if guard.transport.is_closing():
+                    return
+                log.warning("HTTP/2 PING flood; closing the connection", listener=self.name)
+                self.close_connection(guard, ErrorCodes.ENHANCE_YOUR_CALM)
+
+            protocol.processor.processors[PingReceived] = on_ping
+
+    def close_connection(self, guard: Guard, error: ErrorCodes = ErrorCodes.NO_ERROR) -> None:
+        """GOAWAY first (the client knows its streams did not run), unless the client leaves
+        what it was sent unread: then the connection is cut."""
+        connection = getattr(guard.inner, "connection", None)
+        transport = guard.transport
+        if connection is not None and transport is not None and not transport.get_write_buffer_size():
+            try:
+                connection._connection.close_connection(error_code=error)
+                connection.flush()
+            except Exception:  # h2 refuses in some states: closing is what matters
+                pass
+            return transport.close()
+        super().close_connection(guard)
+
+
+def _count_streams(guard: Guard, handler) -> None:
+    """Each stream grpclib accepts is a request in progress until grpclib releases it."""
+    accept = handler.accept
+
+    def accept_counted(stream, headers, release_stream):
+        guard.begin()
+        released = False
+
+        def release():
+            nonlocal released
+            if not released:
+                released = True
+                guard.end()
+            return release_stream()
+
+        return accept(stream, headers, release)
+
+    handler.accept = accept_counted
+
+
+async def finish_calls(server, timeout: float) -> None:
+    """Wait (at most `timeout` s) until every running call has sent its answer: after the
+    drain each one has an answer or UNAVAILABLE; grpclib's close() would cancel them unsent."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = [t for h in getattr(server, "_handlers", ()) for t in getattr(h, "_tasks", {}).values() if not t.done()]
+        if not running:
+            return
+        await asyncio.wait(running, timeout=max(0.0, deadline - time.monotonic()))
