@@ -22,7 +22,6 @@ import argparse
 import ctypes
 import importlib
 import os
-import re
 import signal
 import socket
 import sys
@@ -40,6 +39,7 @@ from inferd.backends.settings import BackendSettings
 from inferd.backends.shm import Region
 from inferd.common import gc_policy
 from inferd.common.errors import ErrorCode
+from inferd.common.redaction import hide_paths
 from inferd.common.tensors import DATATYPES
 
 log = structlog.get_logger("inferd.worker")
@@ -102,13 +102,9 @@ def warm_up(backend, metadata) -> None:
         log.info("warm-up skipped: the model does not run on zeros", reason=f"{type(e).__name__}: {e}")
 
 
-# An absolute path in a message (two components or more): the caller gets its last one only.
-_PATH = re.compile(r"(?<![\w.~-])/(?:[\w.@+-]+/)+([\w.@+-]*)")
-
-
 def for_caller(message: str) -> str:
     """A model's error message as its callers read it: no server paths."""
-    return _PATH.sub(r"\1", message)
+    return hide_paths(message)
 
 
 def _model_traceback(exc: BaseException) -> BaseException:

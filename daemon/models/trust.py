@@ -12,9 +12,10 @@ Reasons name paths relative to the models directory: they are shown to callers.
 from __future__ import annotations
 
 import os
-import re
 import stat
 from pathlib import Path
+
+from inferd.common.redaction import hide_paths
 
 # Extensions whose loading runs code from the file: Python source, and torch's pickles
 # (TorchScript .pt and torch.export .pt2 archives hold pickled data).
@@ -84,21 +85,7 @@ def _relative(root: Path, p: Path) -> str:
     return p.name
 
 
-# An absolute path in a message: "/" after nothing path-like (not a URL's "//", not "a/b").
-_ABSOLUTE = re.compile(r"(?<![\w.:/~-])/[^\s'\"(),;:\[\]<>=]+")
-
-
 def redact(text: str, root: Path) -> str:
     """`text` with the paths in it as callers may see them: relative to the models directory,
     and other server paths reduced to their last part."""
-    bases = sorted({str(root), os.path.realpath(root)}, key=len, reverse=True)
-
-    def shown(match: re.Match) -> str:
-        path = match.group(0)
-        for base in bases:
-            if path.rstrip("/") == base:
-                return "the models directory"
-            if path.startswith(base + "/"):
-                return path[len(base) + 1:]
-        return path.rstrip("/").rpartition("/")[2] or path
-    return _ABSOLUTE.sub(shown, text)
+    return hide_paths(text, (str(root), os.path.realpath(root)))

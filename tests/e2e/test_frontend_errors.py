@@ -16,8 +16,8 @@ from daemon_process import DaemonProcess
 from grpclib.client import Channel, UnaryUnaryMethod
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from test_hot_directory import eventually
 from tritonclient.grpc import service_pb2 as pb
+from waiting import eventually
 
 from inferd.client import AsyncClient, InferdClientError
 

@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import make_models
 import numpy as np
 import pytest
 from daemon_process import DaemonProcess
+from waiting import eventually
 
 from inferd.client import AsyncClient, Client, InferdClientError
 
@@ -36,18 +36,6 @@ def offset_of(outputs: dict) -> int:
     return int(outputs["OUTPUT0"][0, 0] - (A + B)[0, 0])
 
 
-async def eventually(condition, timeout: float = 60, what: str = "the condition"):
-    """Wait for a condition the daemon reaches on its own time (loads take a worker start)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def alive(pid: int) -> bool:

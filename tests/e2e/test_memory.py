@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from daemon_process import DaemonProcess
 from make_models import build_add_sub, build_wide
-from test_hot_directory import eventually
 from test_workers import metric
+from waiting import eventually
 
 from inferd.client import AsyncClient, Client, InferdClientError
 

@@ -15,8 +15,8 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from daemon_process import DaemonProcess
-from test_hot_directory import eventually
 from test_workers import metric
+from waiting import eventually
 
 from inferd.client import AsyncClient, Client, InferdClientError
 

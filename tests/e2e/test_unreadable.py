@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 from daemon_process import DaemonProcess
-from test_hot_directory import eventually
 from test_workers import add_sub_model, metric
+from waiting import eventually
 
 from inferd.client import Client
 from inferd.daemon import cli

@@ -13,7 +13,8 @@ import make_models
 import numpy as np
 import pytest
 from daemon_process import DaemonProcess
-from test_hot_directory import A, B, alive, eventually, offset_of
+from test_hot_directory import A, B, alive, offset_of
+from waiting import eventually
 
 from inferd.backends import mailbox
 from inferd.client import AsyncClient, Client, InferdClientError

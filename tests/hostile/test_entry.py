@@ -5,7 +5,6 @@ real chown/chmod, the real daemon and client."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import pwd
@@ -14,12 +13,12 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from daemon_process import DaemonProcess
+from waiting import eventually
 
 from inferd.client import Client, InferdClientError
 
@@ -65,13 +64,6 @@ def index(d: DaemonProcess) -> dict[str, dict]:
     return {row["name"]: row for row in json.loads(text)}
 
 
-async def eventually(condition, timeout: float = 60, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-    return value
 
 
 @pytest.mark.parametrize("control", ["watch", "poll"])

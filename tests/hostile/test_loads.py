@@ -19,6 +19,7 @@ import make_models
 import numpy as np
 import pytest
 from daemon_process import DaemonProcess
+from waiting import eventually
 
 from inferd.client import Client, InferdClientError
 
@@ -62,11 +63,6 @@ def post(d: DaemonProcess, path: str) -> tuple[int, dict | list]:
         return e.code, json.loads(e.read() or b"{}")
 
 
-async def eventually(condition, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 def index(d: DaemonProcess) -> list[dict]:

@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import aiohttp
@@ -18,6 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from daemon_process import DaemonProcess
 from tritonclient.utils import InferenceServerException
+from waiting import eventually
 
 from inferd.backends import output
 from inferd.client import AsyncClient, Client, InferdClientError
@@ -140,13 +140,6 @@ def place(root: Path, name: str, code: str, config: str = "") -> Path:
     return root / name
 
 
-async def eventually(condition, timeout: float = 60, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-    return value
 
 
 def alive(pid: int) -> bool:

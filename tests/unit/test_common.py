@@ -88,3 +88,12 @@ def test_bytes_helpers():
     assert payload_bytes(object_tensor([b"ab", b"c"])) == 3 and payload_bytes(np.zeros((2, 3), np.float32)) == 24
     nested = object_tensor([b"ab", b"cd"])  # equal-length elements stay elements, never a 2-D array
     assert nested.shape == (2,)
+
+
+def test_hide_paths_shows_server_paths_by_their_last_part_or_relative_to_a_root():
+    from inferd.common.redaction import hide_paths
+
+    text = "open /srv/m/a/1/model.py failed, see /var/log/x.log and http://h/a/b at 3/4"
+    assert hide_paths(text) == "open model.py failed, see x.log and http://h/a/b at 3/4"
+    assert hide_paths(text, ["/srv/m"]) == "open a/1/model.py failed, see x.log and http://h/a/b at 3/4"
+    assert hide_paths("in /srv/m/", ["/srv/m"]) == "in the models directory"
