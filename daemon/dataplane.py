@@ -93,6 +93,16 @@ class _Call:
         finally:
             _count(mv, request, error, self._protocol, self._started)
 
+    def abandon(self, error: InferdError) -> None:
+        """Shutdown: answer `error` now and take the request out of its queue, so that neither
+        its stuck batch's end nor its worker's death runs it again."""
+        ticket, task = self.ticket, self.task
+        self.finish(error)
+        if ticket is not None:
+            self._mv.queue.withdraw(ticket)
+        if task is not None:
+            task.cancel()
+
     def refused(self, error: InferdError) -> None:
         """Refused before it was queued (the caller gets the error raised)."""
         self.answered = True
@@ -178,7 +188,7 @@ class DataPlane:
         self._closing.set()
         calls = list(self._live)
         for call in calls:
-            call.finish(shutting_down())
+            call.abandon(shutting_down())
         return len(calls)
 
     async def _unless_shutting_down(self, work):

@@ -321,9 +321,11 @@ class ModelQueue:
         loop.call_soon(loop.call_soon, self._dispatch_and_arm)
 
     def _retry(self, batch: list[Ticket]) -> None:
-        """Back to the front of the queue, in order, to run once more on another worker."""
-        log.warning("a worker died running a batch; running it again", model=self.pool.spec.model,
-                    version=self.pool.spec.version, requests=len(batch))
+        """Back to the front of the queue, in order, to run once more on another worker (those
+        whose callers are still waiting: at shutdown, or past their deadline, none may be)."""
+        if waiting := sum(not item.answered for item in batch):
+            log.warning("a worker died running a batch; running it again", model=self.pool.spec.model,
+                        version=self.pool.spec.version, requests=waiting)
         self._requeue(batch, retried=True)
 
     def _requeue(self, batch: list[Ticket], retried: bool) -> None:
