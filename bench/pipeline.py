@@ -69,19 +69,30 @@ async def _piped(client: AsyncClient) -> bytes:
 
 
 async def load(where: dict, call, concurrency: int, duration: float, warmup: float) -> tuple[float, float, float]:
-    """(req/s, p50 ms, p99 ms) over `duration` s after `warmup` s; one connection per client."""
+    """(req/s, p50 ms, p99 ms) over `duration` s after `warmup` s; one connection per client.
+    The clock starts once every client has had its first answer (scale-to-zero models start
+    their workers on the first request: cold starts are bench/cold_start.py's subject)."""
     times: list[float] = []
+    answered, go = asyncio.Barrier(concurrency + 1), asyncio.Event()
+    window: list[float] = []  # [record from, end]: set once every client is answered
 
-    async def client_loop(record_from: float, end: float) -> None:
+    async def client_loop() -> None:
         async with AsyncClient(**where) as client:
             assert await call(client) == b"finance"
+            await answered.wait()
+            await go.wait()
+            record_from, end = window
             while (now := time.perf_counter()) < end:
                 await call(client)
                 if now >= record_from:
                     times.append(time.perf_counter() - now)
 
+    clients = [asyncio.create_task(client_loop()) for _ in range(concurrency)]
+    await answered.wait()
     start = time.perf_counter()
-    await asyncio.gather(*(client_loop(start + warmup, start + warmup + duration) for _ in range(concurrency)))
+    window[:] = [start + warmup, start + warmup + duration]
+    go.set()
+    await asyncio.gather(*clients)
     times.sort()
     return len(times) / duration, times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
 
