@@ -139,8 +139,10 @@ class InferenceServicer(GRPCInferenceServiceBase):
 
     @_status
     async def ModelConfig(self, request, stream):
+        # Strict: a key the data plane emits and the proto lacks is a bug (INTERNAL, logged),
+        # not a field gRPC callers silently never see.
         config = self.dataplane.model_config(request.name, request.version)
-        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig(), ignore_unknown_fields=True))
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
 
     @_status
     async def ModelStatistics(self, request, stream):

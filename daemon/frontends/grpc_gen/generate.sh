@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Regenerates inference_pb2.py and inference_grpc.py beside this script from inference.proto.
 # Needs grpcio-tools (protoc) and grpclib (its protoc plugin): PYTHON=.venv/bin/python by default.
+# Use grpcio-tools 1.81.0 (protoc 33.5: "Protobuf Python Version: 6.33.5" gencode, which the
+# protobuf>=6.33.5,<7 runtime accepts; newer grpcio-tools write 7.x gencode that runtime refuses).
+# It is a build tool, not a dependency: e.g. pip install --target /tmp/gt grpcio-tools==1.81.0
+# --no-deps, then PYTHONPATH=/tmp/gt daemon/frontends/grpc_gen/generate.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 py=${PYTHON:-$here/../../../.venv/bin/python}
