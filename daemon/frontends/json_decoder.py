@@ -3,8 +3,11 @@ big V2 JSON request bodies the event loop must not, one at a time, and hands bac
 request. It imports only the HTTP codec (numpy, orjson), never a runtime.
 
 Protocol on its stdin / stdout pipes: a body is an 8-byte little-endian length and the bytes;
-each answer is an 8-byte length, a 1-byte kind (json_offload.OK / ERROR / MEMORY) and, for OK,
-a pickle (protocol 5) of (InferRequest, OutputFormat), for ERROR the UTF-8 message of a 400.
+each answer is an 8-byte length, a 1-byte kind (OK / ERROR / MEMORY) and, for OK, a pickle
+(protocol 5) of (InferRequest, OutputFormat, BYTES inputs), for ERROR the UTF-8 message of a 400.
+A BYTES input is not in the InferRequest but in the third part, as its shape and its elements
+in pickled slices of BYTES_SLICE: the daemon unpickles one slice per loop turn (a million
+elements take ~0.1 s to unpickle).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from inferd.daemon.frontends import http_codec
 
 HEADER = struct.Struct("<Q")
 OK, ERROR, MEMORY = 0, 1, 2
+BYTES_SLICE = 65536  # BYTES elements unpickled by the daemon in one loop turn (~7 ms)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -47,7 +51,18 @@ def decode(body: bytearray, max_bytes_elements: int) -> tuple:
     if count > max_bytes_elements:
         raise invalid(f"{count:,} BYTES elements pass this request's limit of {max_bytes_elements:,} "
                       "(server.max_offloaded_bytes_elements); send BYTES in binary form")
-    return request, fmt
+    return request, fmt, _bytes_in_slices(request.inputs)
+
+
+def _bytes_in_slices(inputs: dict) -> dict:
+    """{name: (shape, [pickled lists of elements])} of each BYTES input, taken out of `inputs`."""
+    sliced = {}
+    for name in [name for name, array in inputs.items() if array.dtype.kind == "O"]:
+        array = inputs.pop(name)
+        flat = array.reshape(-1).tolist()
+        sliced[name] = (array.shape, [pickle.dumps(flat[i : i + BYTES_SLICE], protocol=5)
+                                      for i in range(0, len(flat), BYTES_SLICE)])
+    return sliced
 
 
 def _answer(body: bytearray, max_bytes_elements: int) -> tuple[int, bytes]:

@@ -21,6 +21,7 @@ import sys
 import structlog
 
 from inferd.common.errors import ErrorCode, InferdError, invalid
+from inferd.common.tensors import object_tensor
 from inferd.daemon.frontends.json_decoder import ERROR, HEADER, MEMORY, OK
 from inferd.daemon.requests import RequestLimits
 
@@ -37,6 +38,19 @@ class TooCostly(Exception):
 
 class _OverMemory(Exception):
     pass
+
+
+async def _unpickled(payload: memoryview) -> tuple:
+    """(InferRequest, OutputFormat) from a decoder's answer, its BYTES inputs a slice per loop
+    turn."""
+    request, fmt, sliced = pickle.loads(payload)
+    for name, (shape, slices) in sliced.items():
+        elements = []
+        for piece in slices:
+            elements += pickle.loads(piece)
+            await asyncio.sleep(0)
+        request.inputs[name] = object_tensor(elements, shape)
+    return request, fmt
 
 
 class _Decoder:
@@ -119,9 +133,10 @@ class JsonDecoders:
             self._busy.discard(decoder)
             self._idle.append(decoder)
         if kind == OK:
-            return pickle.loads(payload)
+            return await _unpickled(payload)
         if kind == ERROR:
             raise invalid(bytes(payload).decode())
+        assert kind == MEMORY, kind
         raise self._over_memory()
 
     async def _watched(self, decoder: _Decoder, body: bytearray) -> tuple[int, memoryview]:

@@ -37,6 +37,13 @@ def _fp32_body(values: np.ndarray, binary_output: bool = False) -> bytes:
     return orjson.dumps(doc)
 
 
+def _bytes_body(elements: list[str]) -> bytes:
+    inputs = [{"name": f"IN_{datatype}", "datatype": datatype, "shape": list(sample.shape),
+               "data": sample.reshape(-1).tolist()} for datatype, sample in EVERY_DATATYPE.items() if datatype != "BYTES"]
+    inputs.append({"name": "IN_BYTES", "datatype": "BYTES", "shape": [1, len(elements)], "data": elements})
+    return orjson.dumps({"inputs": inputs, "outputs": [{"name": "OUT_BYTES"}]})
+
+
 def _values(mib: int) -> np.ndarray:
     """Random FP32 values whose JSON is about `mib` MiB (~21 bytes a value: float64 text of FP32 values)."""
     return np.random.default_rng(mib).standard_normal((mib << 20) // 21).astype(np.float32)
@@ -115,6 +122,16 @@ def test_health_is_answered_while_a_big_json_body_is_decoded(daemon):
     assert status == 200, doc
     assert answered_before_the_end[0] >= 2 and probe.slowest < 2.0  # the loop was not held by the decode
     assert peak.grown() < 6 * len(body)  # the body, its pipe slices, the arrays (the parse is the child's)
+
+
+def test_a_big_json_bytes_list_is_answered_and_one_too_long_refused(daemon):
+    elements = [f"element {i:08d}" for i in range(600_000)]  # ~10 MiB of JSON, 600,000 BYTES elements
+    with HealthProbe(daemon) as probe:
+        status, doc = _post(daemon, INFER, _bytes_body(elements))
+    assert status == 200 and doc["outputs"][0]["data"] == elements
+    assert probe.answered > 0 and probe.slowest < 2.0
+    status, doc = _post(daemon, INFER, _bytes_body(["ab"] * ((1 << 20) + 1)))
+    assert status == 400 and "server.max_offloaded_bytes_elements" in doc["error"]
 
 
 def test_a_decoder_killed_mid_decode_is_a_clear_error_and_replaced(daemon):

@@ -8,7 +8,6 @@ by gigabytes, answered 500 with a traceback in its log, or truncated the data si
 
 from __future__ import annotations
 
-import gzip
 import http.client
 import os
 import socket
