@@ -93,8 +93,6 @@ class ServerSection:
     json_decode_queue: int = field(2, between(0, 1024))  # big bodies held beyond those decoding; past it 503
     json_decode_timeout_s: float = field(30.0, between(0.1, 3600))  # a decode past it: 413, its process killed
     json_decode_memory_bytes: int = field(1 << 30, at_least(16 << 20))  # a decoder's memory beyond its own: 413
-    max_offloaded_bytes_elements: int = field(1 << 20, at_least(1))  # BYTES elements in such a body (they are
-    # unpickled on the event loop: ~0.1 s per million)
     # Connection limits, per listener (docs/operations.md explains each). 0 turns a timeout off.
     max_connections: int = field(1000, at_least(1))  # at the cap the longest-idle one is closed, else a new one refused
     header_timeout_s: float = field(10.0, between(0, 3600))  # an HTTP request's head must arrive within this

@@ -43,10 +43,9 @@ class RequestLimits:
     json_decode_queue: int = 2  # big bodies held beyond those being decoded
     json_decode_timeout_s: float = 30.0
     json_decode_memory_bytes: int = 1 << 30  # a decoder's address space beyond its own at start
-    max_offloaded_bytes_elements: int = 1 << 20  # BYTES elements such a body may hold
 
     @classmethod
     def of(cls, server: ServerSection) -> RequestLimits:
         return cls(server.max_request_bytes, server.max_structured_bytes, server.max_value_elements,
                    server.json_decoders, server.json_decode_queue, server.json_decode_timeout_s,
-                   server.json_decode_memory_bytes, server.max_offloaded_bytes_elements)
+                   server.json_decode_memory_bytes)

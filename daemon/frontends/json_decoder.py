@@ -4,10 +4,10 @@ request. It imports only the HTTP codec (numpy, orjson), never a runtime.
 
 Protocol on its stdin / stdout pipes: a body is an 8-byte little-endian length and the bytes;
 each answer is an 8-byte length, a 1-byte kind (OK / ERROR / MEMORY) and, for OK, a pickle
-(protocol 5) of (InferRequest, OutputFormat, BYTES inputs), for ERROR the UTF-8 message of a 400.
-A BYTES input is not in the InferRequest but in the third part, as its shape and its elements
-in pickled slices of BYTES_SLICE: the daemon unpickles one slice per loop turn (a million
-elements take ~0.1 s to unpickle).
+(protocol 5) of (InferRequest, OutputFormat), for ERROR the UTF-8 message of a 400.
+Numeric values cost the daemon nothing per value (an array's bytes); BYTES elements become
+Python objects again in the daemon (unpickled, then handed to the worker element by element),
+so they stay bounded by server.max_value_elements as on the event loop.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from inferd.daemon.frontends import http_codec
 
 HEADER = struct.Struct("<Q")
 OK, ERROR, MEMORY = 0, 1, 2
-BYTES_SLICE = 65536  # BYTES elements unpickled by the daemon in one loop turn (~7 ms)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -45,29 +44,18 @@ def _limit_memory(extra: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (size + extra, size + extra))
 
 
-def decode(body: bytearray, max_bytes_elements: int) -> tuple:
+def decode(body: bytearray, max_value_elements: int) -> tuple:
     request, fmt = http_codec.decode_request(body, None, UNLIMITED)
     count = sum(a.size for a in request.inputs.values() if a.dtype.kind == "O")
-    if count > max_bytes_elements:
-        raise invalid(f"{count:,} BYTES elements pass this request's limit of {max_bytes_elements:,} "
-                      "(server.max_offloaded_bytes_elements); send BYTES in binary form")
-    return request, fmt, _bytes_in_slices(request.inputs)
+    if count > max_value_elements:
+        raise invalid(f"{count:,} BYTES elements pass this request's limit of {max_value_elements:,} "
+                      "(server.max_value_elements: each is a Python object in the daemon)")
+    return request, fmt
 
 
-def _bytes_in_slices(inputs: dict) -> dict:
-    """{name: (shape, [pickled lists of elements])} of each BYTES input, taken out of `inputs`."""
-    sliced = {}
-    for name in [name for name, array in inputs.items() if array.dtype.kind == "O"]:
-        array = inputs.pop(name)
-        flat = array.reshape(-1).tolist()
-        sliced[name] = (array.shape, [pickle.dumps(flat[i : i + BYTES_SLICE], protocol=5)
-                                      for i in range(0, len(flat), BYTES_SLICE)])
-    return sliced
-
-
-def _answer(body: bytearray, max_bytes_elements: int) -> tuple[int, bytes]:
+def _answer(body: bytearray, max_value_elements: int) -> tuple[int, bytes]:
     try:
-        return OK, pickle.dumps(decode(body, max_bytes_elements), protocol=5)
+        return OK, pickle.dumps(decode(body, max_value_elements), protocol=5)
     except InferdError as e:
         return (MEMORY, b"") if "Not enough memory" in e.message else (ERROR, e.message.encode())
     except (MemoryError, SystemError):  # orjson: SystemError, or a JSONDecodeError below, when out of memory
@@ -91,7 +79,7 @@ def _skip(stdin, length: int) -> None:
         length -= len(chunk)
 
 
-def serve(stdin, stdout, max_bytes_elements: int) -> None:
+def serve(stdin, stdout, max_value_elements: int) -> None:
     while (head := _read(stdin, HEADER.size)) is not None:
         (length,) = HEADER.unpack(head)
         try:
@@ -102,7 +90,7 @@ def serve(stdin, stdout, max_bytes_elements: int) -> None:
         else:
             if body is None:
                 return
-            kind, payload = _answer(body, max_bytes_elements)
+            kind, payload = _answer(body, max_value_elements)
             del body
         stdout.write(HEADER.pack(1 + len(payload)) + bytes([kind]))
         stdout.write(payload)
@@ -110,14 +98,14 @@ def serve(stdin, stdout, max_bytes_elements: int) -> None:
 
 
 def main() -> None:
-    parent, memory_bytes, max_bytes_elements = map(int, sys.argv[1:4])
+    parent, memory_bytes, max_value_elements = map(int, sys.argv[1:4])
     _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the daemon's to handle
     stdout = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the answers
     stdin = os.fdopen(os.dup(0), "rb", buffering=0)
     _limit_memory(2 * memory_bytes)
-    serve(stdin, stdout, max_bytes_elements)
+    serve(stdin, stdout, max_value_elements)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import sys
 import structlog
 
 from inferd.common.errors import ErrorCode, InferdError, invalid
-from inferd.common.tensors import object_tensor
 from inferd.daemon.frontends.json_decoder import ERROR, HEADER, MEMORY, OK
 from inferd.daemon.requests import RequestLimits
 
@@ -40,19 +39,6 @@ class _OverMemory(Exception):
     pass
 
 
-async def _unpickled(payload: memoryview) -> tuple:
-    """(InferRequest, OutputFormat) from a decoder's answer, its BYTES inputs a slice per loop
-    turn."""
-    request, fmt, sliced = pickle.loads(payload)
-    for name, (shape, slices) in sliced.items():
-        elements = []
-        for piece in slices:
-            elements += pickle.loads(piece)
-            await asyncio.sleep(0)
-        request.inputs[name] = object_tensor(elements, shape)
-    return request, fmt
-
-
 class _Decoder:
     """One decoder process and its pipes; it decodes one body at a time."""
 
@@ -63,7 +49,7 @@ class _Decoder:
     async def start(cls, limits: RequestLimits) -> _Decoder:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "inferd.daemon.frontends.json_decoder",
-            str(os.getpid()), str(limits.json_decode_memory_bytes), str(limits.max_offloaded_bytes_elements),
+            str(os.getpid()), str(limits.json_decode_memory_bytes), str(limits.max_value_elements),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             env={**os.environ, **_ONE_THREAD}, limit=WRITE_SLICE)
         log.info("json decoder started", pid=process.pid)
@@ -133,7 +119,7 @@ class JsonDecoders:
             self._busy.discard(decoder)
             self._idle.append(decoder)
         if kind == OK:
-            return await _unpickled(payload)
+            return pickle.loads(payload)
         if kind == ERROR:
             raise invalid(bytes(payload).decode())
         assert kind == MEMORY, kind

@@ -125,13 +125,13 @@ def test_health_is_answered_while_a_big_json_body_is_decoded(daemon):
 
 
 def test_a_big_json_bytes_list_is_answered_and_one_too_long_refused(daemon):
-    elements = [f"element {i:08d}" for i in range(600_000)]  # ~10 MiB of JSON, 600,000 BYTES elements
+    elements = [f"{i:08d}" + "x" * 150 for i in range(65536)]  # ~10 MiB of JSON, server.max_value_elements
     with HealthProbe(daemon) as probe:
         status, doc = _post(daemon, INFER, _bytes_body(elements))
     assert status == 200 and doc["outputs"][0]["data"] == elements
     assert probe.answered > 0 and probe.slowest < 2.0
-    status, doc = _post(daemon, INFER, _bytes_body(["ab"] * ((1 << 20) + 1)))
-    assert status == 400 and "server.max_offloaded_bytes_elements" in doc["error"]
+    status, doc = _post(daemon, INFER, _bytes_body([f"element {i:012d}" for i in range(70_000)]))  # 1.5 MiB
+    assert status == 400 and "server.max_value_elements" in doc["error"]
 
 
 def test_a_decoder_killed_mid_decode_is_a_clear_error_and_replaced(daemon):
