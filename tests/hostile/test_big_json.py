@@ -222,3 +222,25 @@ def test_big_json_bodies_are_refused_before_they_are_parsed_without_decoders(off
     assert probe.answered > 0 and probe.slowest < 2.0
     assert peak.grown() < 256 << 20  # each stopped inflating at 1 MiB (the old daemon: ~950 MiB for one)
     assert _decoders(off) == []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_decoders_do_not_outlive_the_daemon(model_repo, stop):
+    with DaemonProcess(model_repo) as d:
+        status, _ = _post(d, INFER, _fp32_body(_values(2)))
+        [pid] = _decoders(d)
+        assert status == 200
+        d.proc.send_signal(stop)
+        d.proc.wait(60)
+        deadline = time.monotonic() + 30
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(pid)
