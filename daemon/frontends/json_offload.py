@@ -90,10 +90,6 @@ class JsonDecoders:
         self._busy: set[_Decoder] = set()
         self._turns = asyncio.Semaphore(limits.json_decoders)
 
-    @property
-    def enabled(self) -> bool:
-        return self.limits.json_decoders > 0
-
     def admit(self) -> None:
         """Room for one more big body, or UNAVAILABLE; `release` once it is decoded."""
         if self._admitted >= self.limits.json_decoders + self.limits.json_decode_queue:

@@ -20,7 +20,7 @@ import pytest
 from daemon_process import DaemonProcess
 from samples import EVERY_DATATYPE
 
-from .test_requests import HealthProbe, _concurrently, _PeakMemory, _post
+from .test_requests import HealthProbe, _concurrently, _log_has_no_traceback, _PeakMemory, _post
 
 INFER = "/v2/models/identity_all/infer"
 
@@ -136,6 +136,7 @@ def test_a_big_json_bytes_list_is_answered_and_one_too_long_refused(daemon):
 
 def test_a_decoder_killed_mid_decode_is_a_clear_error_and_replaced(daemon):
     body = _fp32_body(_values(40))
+    since = len(daemon.lines)
     already = {pid: _bytes_read(pid) for pid in _decoders(daemon)}  # what each has read so far
 
     def reading() -> list[int]:
@@ -154,6 +155,7 @@ def test_a_decoder_killed_mid_decode_is_a_clear_error_and_replaced(daemon):
     assert status == 503 and "decoder process exited" in doc["error"]
     status, doc = _post(daemon, INFER, _fp32_body(_values(3)))
     assert status == 200 and pid not in _decoders(daemon)
+    _log_has_no_traceback(daemon, since)
 
 
 def _hold_partial_body(daemon, length: int) -> socket.socket:
@@ -167,6 +169,7 @@ def _hold_partial_body(daemon, length: int) -> socket.socket:
 def test_big_json_bodies_past_the_queue_get_503(daemon):
     length = 4 << 20
     body = _fp32_body(_values(2))
+    since = len(daemon.lines)
     held = [_hold_partial_body(daemon, length) for _ in range(3)]  # json_decoders 1 + json_decode_queue 2
     try:
         deadline = time.monotonic() + 30
@@ -181,6 +184,7 @@ def test_big_json_bodies_past_the_queue_get_503(daemon):
     while (reply := _post(daemon, INFER, body))[0] == 503 and time.monotonic() < deadline:
         time.sleep(0.05)  # the closed requests give their admission back
     assert reply[0] == 200
+    _log_has_no_traceback(daemon, since)
 
 
 def test_a_json_bomb_past_max_request_bytes_is_refused_without_growing(daemon):
