@@ -88,6 +88,11 @@ class ServerSection:
     # What one request may cost to decode on the event loop (see docs/operations.md):
     max_structured_bytes: int = field(1024 * 1024, at_least(1024))  # JSON; a gRPC message but its raw contents
     max_value_elements: int = field(65536, at_least(1))  # tensor elements sent one by one (JSON, typed, BYTES)
+    # A JSON body over max_structured_bytes (to max_request_bytes) is decoded in a decoder process:
+    json_decoders: int = field(1, between(0, 64))  # such processes, started on need; 0: such a body gets 413
+    json_decode_queue: int = field(2, between(0, 1024))  # big bodies held beyond those decoding; past it 503
+    json_decode_timeout_s: float = field(30.0, between(0.1, 3600))  # a decode past it: 413, its process killed
+    json_decode_memory_bytes: int = field(1 << 30, at_least(16 << 20))  # a decoder's memory beyond its own: 413
     # Connection limits, per listener (docs/operations.md explains each). 0 turns a timeout off.
     max_connections: int = field(1000, at_least(1))  # at the cap the longest-idle one is closed, else a new one refused
     header_timeout_s: float = field(10.0, between(0, 3600))  # an HTTP request's head must arrive within this

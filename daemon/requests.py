@@ -38,7 +38,14 @@ class RequestLimits:
     max_request_bytes: int = 64 * 1024 * 1024  # a body, a gRPC message, a Unix-socket frame
     max_structured_bytes: int = 1024 * 1024  # parsed in one step: JSON, a gRPC message but its raw contents
     max_value_elements: int = 65536  # elements sent one by one: JSON data, gRPC typed contents, BYTES
+    # A JSON body over max_structured_bytes is decoded in a decoder process (frontends/json_offload.py):
+    json_decoders: int = 1  # processes; 0: such a body is refused (413)
+    json_decode_queue: int = 2  # big bodies held beyond those being decoded
+    json_decode_timeout_s: float = 30.0
+    json_decode_memory_bytes: int = 1 << 30  # a decoder's address space beyond its own at start
 
     @classmethod
     def of(cls, server: ServerSection) -> RequestLimits:
-        return cls(server.max_request_bytes, server.max_structured_bytes, server.max_value_elements)
+        return cls(server.max_request_bytes, server.max_structured_bytes, server.max_value_elements,
+                   server.json_decoders, server.json_decode_queue, server.json_decode_timeout_s,
+                   server.json_decode_memory_bytes)

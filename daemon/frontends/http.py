@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from inferd.common.codec import ValueBudget
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.daemon.dataplane import DataPlane
-from inferd.daemon.frontends import http_codec
+from inferd.daemon.frontends import http_codec, json_offload
 from inferd.daemon.frontends.auth import HTTP_HEALTH, Access
 from inferd.daemon.requests import RequestLimits
 
@@ -42,6 +42,8 @@ ACCESS = web.AppKey("access", Access)
 LIMITS = web.AppKey("limits", RequestLimits)
 WRITE_SLICE = 1 << 20  # bytes of a big response body handed to the socket per write
 ABANDONED = "inferd.body_abandoned"  # (a request's own key: its body was not read to the end)
+BIG = "inferd.big_json"  # (a request's own key: a big JSON body admitted to the decoders)
+DECODERS = web.AppKey("json_decoders", json_offload.JsonDecoders)
 
 
 def _json(doc, status: int = 200) -> web.Response:
@@ -107,12 +109,12 @@ async def model_ready(request: web.Request) -> web.Response:
 
 def _body_limit(json_length: int | None, limits: RequestLimits) -> tuple[int, str]:
     """The most bytes this body may have (-1: none, refused at once), and the 413 message past
-    it. JSON has a smaller limit than binary tensors (server.max_structured_bytes): its parse is one
-    step on the loop."""
+    it. JSON is parsed on the loop only up to server.max_structured_bytes; a whole-JSON body
+    past it may go to a decoder process (json_offload.py) when there are any."""
     json_hint = f"server.max_structured_bytes ({limits.max_structured_bytes:,} bytes); send big tensors in binary form"
-    if json_length is None:
-        return limits.max_structured_bytes, f"a JSON body is larger than {json_hint}"
-    if json_length > limits.max_structured_bytes:
+    if json_length is None and limits.json_decoders == 0:
+        return limits.max_structured_bytes, f"a JSON body is larger than {json_hint} (server.json_decoders is 0)"
+    if json_length is not None and json_length > limits.max_structured_bytes:
         return -1, f"the JSON header is larger than {json_hint}"
     return limits.max_request_bytes, f"the request body is larger than server.max_request_bytes ({limits.max_request_bytes:,} bytes)"
 
@@ -121,21 +123,36 @@ async def _read_body(request: web.Request, json_length: int | None, limits: Requ
     """The body, refused (413) as soon as it passes its limit. aiohttp inflates a gzip or
     deflate body 64 KiB at a time as it is read; a compressed body is abandoned there (no more
     inflating), a plain one is read to its end and dropped by aiohttp, so that the client, still
-    sending, sees the answer. A bytearray: orjson and the tensors' views read it without a copy."""
+    sending, sees the answer. A bytearray: orjson and the tensors' views read it without a copy.
+    A whole-JSON body that grows past max_structured_bytes is admitted to the decoders first
+    (request[BIG] set; 503 when they are full), so only so many big bodies are held at once."""
     limit, message = _body_limit(json_length, limits)
     compressed = "Content-Encoding" in request.headers
     too_large = web.HTTPRequestEntityTooLarge(max(limit, 0), limit + 1, text=message)
     if limit < 0 or (not compressed and (request.content_length or 0) > limit):
         raise _refused(request, too_large, compressed)
+    offloaded = json_length is None and limits.json_decoders > 0
+    if offloaded and not compressed and (request.content_length or 0) > limits.max_structured_bytes:
+        _admit(request, compressed)
     body = bytearray()
     try:
         while chunk := await request.content.readany():
             body += chunk
             if len(body) > limit:
                 raise _refused(request, too_large, compressed)
+            if offloaded and len(body) > limits.max_structured_bytes and BIG not in request:
+                _admit(request, compressed)
     except web.RequestPayloadError as e:  # e.g. a gzip body that does not inflate
         raise _refused(request, invalid(f"the request body cannot be read: {str(e).splitlines()[-1].strip()[:100]}"), True) from None
     return body
+
+
+def _admit(request: web.Request, compressed: bool) -> None:
+    try:
+        request.app[DECODERS].admit()
+    except InferdError as e:
+        raise _refused(request, e, compressed) from None
+    request[BIG] = True
 
 
 def _refused(request: web.Request, error: Exception, abandon: bool) -> Exception:
@@ -151,8 +168,18 @@ def _refused(request: web.Request, error: Exception, abandon: bool) -> Exception
 async def infer(request: web.Request) -> web.Response:
     limits = request.app[LIMITS]
     json_length = http_codec.json_length(request.headers.get(http_codec.HEADER_LENGTH))
-    body = await _read_body(request, json_length, limits)
-    req, fmt = http_codec.decode_request(body, json_length, ValueBudget(limits.max_value_elements))
+    try:
+        body = await _read_body(request, json_length, limits)
+        if BIG in request:
+            req, fmt = await request.app[DECODERS].decode(body)
+        else:
+            req, fmt = http_codec.decode_request(body, json_length, ValueBudget(limits.max_value_elements))
+    except json_offload.TooCostly as e:
+        raise web.HTTPRequestEntityTooLarge(len(body), len(body), text=str(e)) from None
+    finally:
+        if request.pop(BIG, False):
+            request.app[DECODERS].release()
+    del body
     name, version = _model_args(request)
     response = await request.app[DATAPLANE].infer(name, version, req, "http")
     parts, header_length = await http_codec.encode_response(response, fmt)
@@ -222,6 +249,8 @@ def build_app(dataplane: DataPlane, registry, limits: RequestLimits, access: Acc
     app[LIMITS] = limits
     app[REGISTRY] = registry
     app[ACCESS] = access
+    app[DECODERS] = json_offload.JsonDecoders(limits)
+    app.on_cleanup.append(lambda app: app[DECODERS].close())
     model = "/v2/models/{model}"
     versioned = model + "/versions/{version}"
     app.router.add_get("/v2/health/live", live)
