@@ -48,7 +48,8 @@ class _Decoder:
     @classmethod
     async def start(cls, limits: RequestLimits) -> _Decoder:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "inferd.daemon.frontends.json_decoder",
+            # -P: nothing is imported from the daemon's working directory (a stray numpy.py there).
+            sys.executable, "-P", "-m", "inferd.daemon.frontends.json_decoder",
             str(os.getpid()), str(limits.json_decode_memory_bytes), str(limits.max_value_elements),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             env={**os.environ, **_ONE_THREAD}, limit=WRITE_SLICE)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import make_models
@@ -75,6 +76,17 @@ def venv(tmp_path_factory) -> Path:
     return venv
 
 
+def big_json_sum(d: DaemonProcess, a: np.ndarray, b: np.ndarray) -> list:
+    """add_sub over HTTP with a JSON body padded past server.max_structured_bytes, which is
+    decoded in a decoder process that the daemon starts (from its working directory too)."""
+    request = {"inputs": [{"name": n, "shape": list(x.shape), "datatype": "INT32", "data": x.ravel().tolist()}
+                          for n, x in (("INPUT0", a), ("INPUT1", b))], "outputs": [{"name": "OUTPUT0"}]}
+    body = json.dumps(request).encode() + b" " * (2 << 20)
+    with urllib.request.urlopen(urllib.request.Request(d.url + "/v2/models/add_sub/infer", data=body), timeout=60) as r:
+        [output] = json.loads(r.read())["outputs"]
+    return np.array(output["data"]).reshape(output["shape"]).tolist()
+
+
 def serve_from_root(tmp_path: Path, planted: list[str], **daemon) -> dict:
     """Start the daemon in the checkout's root with the modules `planted` there, check a real
     inference against numpy, and return the probe's report from inside a worker."""
@@ -96,6 +108,7 @@ def serve_from_root(tmp_path: Path, planted: list[str], **daemon) -> dict:
             assert Path(f"/proc/{d.proc.pid}/cwd").resolve() == ROOT
             try:
                 out = client.infer("add_sub", {"INPUT0": a, "INPUT1": b})
+                assert big_json_sum(d, a, b) == (a + b).tolist()  # through a JSON decoder process
                 [[report]] = client.infer("probe", {"x": np.zeros((1, 1), np.int32)})["report"]
             except InferdClientError as e:
                 imported = marker.read_text() if marker.exists() else ""
