@@ -5,10 +5,10 @@ JSON), so a body over server.max_structured_bytes is not parsed in the daemon: i
 decoder process (json_decoder.py) through a pipe, a slice per loop turn, and comes back as
 numpy arrays. At most server.json_decoders processes are started, on first need; each decode
 is bounded in time (json_decode_timeout_s) and resident memory (json_decode_memory_bytes): past
-either the process is killed,
-and a process that dies is replaced on the next need. Admission bounds the daemon's memory:
-at most json_decoders + json_decode_queue big bodies are held at once (read, waiting or
-decoding); past that a request gets UNAVAILABLE (503) at once, before its body is read.
+either the process is killed, and a process that dies is replaced on the next need. Admission
+bounds the daemon's memory: at most json_decoders + json_decode_queue big bodies are held at
+once (read, waiting or decoding); past that a request gets UNAVAILABLE (503) at once, before
+its body is read.
 """
 
 from __future__ import annotations
