@@ -88,7 +88,8 @@ class Client:
         """Run `model` on named arrays; returns the outputs by name (all of them, or `outputs`),
         as read-only arrays over the reply (copy one to change it). BYTES tensors are object
         arrays of bytes; str elements are sent as UTF-8. `timeout_ms` (Unix socket only): a
-        request still queued after this long fails with "deadline_exceeded" and never runs."""
+        request not answered after this long fails with "deadline_exceeded" (if it was still
+        queued, it never runs)."""
         fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms)
         return _outputs(self._transport.call("infer", fields))
 
