@@ -107,11 +107,15 @@ async def model_ready(request: web.Request) -> web.Response:
     return web.Response(status=200 if request.app[DATAPLANE].model_ready(*_model_args(request)) else 503)
 
 
-def _body_limit(json_length: int | None, limits: RequestLimits) -> tuple[int, str]:
+def _body_limit(json_length: int | None, limits: RequestLimits, compressed: bool) -> tuple[int, str]:
     """The most bytes this body may have (-1: none, refused at once), and the 413 message past
     it. JSON is parsed on the loop only up to server.max_structured_bytes; a whole-JSON body
-    past it may go to a decoder process (json_offload.py) when there are any."""
+    past it may go to a decoder process (json_offload.py) when there are any, unless it is
+    compressed: aiohttp inflates on the loop, and six 80 KiB gzip bodies inflating to 64 MiB
+    each held it for 2 s."""
     json_hint = f"server.max_structured_bytes ({limits.max_structured_bytes:,} bytes); send big tensors in binary form"
+    if json_length is None and compressed:
+        return limits.max_structured_bytes, f"a compressed JSON body inflates past {json_hint}, uncompressed"
     if json_length is None and limits.json_decoders == 0:
         return limits.max_structured_bytes, f"a JSON body is larger than {json_hint} (server.json_decoders is 0)"
     if json_length is not None and json_length > limits.max_structured_bytes:
@@ -126,12 +130,12 @@ async def _read_body(request: web.Request, json_length: int | None, limits: Requ
     sending, sees the answer. A bytearray: orjson and the tensors' views read it without a copy.
     A whole-JSON body that grows past max_structured_bytes is admitted to the decoders first
     (request[BIG] set; 503 when they are full), so only so many big bodies are held at once."""
-    limit, message = _body_limit(json_length, limits)
     compressed = "Content-Encoding" in request.headers
+    limit, message = _body_limit(json_length, limits, compressed)
     too_large = web.HTTPRequestEntityTooLarge(max(limit, 0), limit + 1, text=message)
     if limit < 0 or (not compressed and (request.content_length or 0) > limit):
         raise _refused(request, too_large, compressed)
-    offloaded = json_length is None and limits.json_decoders > 0
+    offloaded = json_length is None and limits.json_decoders > 0 and not compressed
     if offloaded and not compressed and (request.content_length or 0) > limits.max_structured_bytes:
         _admit(request, compressed)
     body = bytearray()
