@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from inferd.config.settings import AuthSection, ServerSection, parse_address, socket_path
 from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.frontends.auth import Access, tls_context
-from inferd.daemon.frontends.grpc import InferenceServicer, require_token
+from inferd.daemon.frontends.grpc import InferenceServicer, answer_unknown_methods, require_token
 from inferd.daemon.frontends.guard import GuardedListener, Limits, fit_to_descriptors
 from inferd.daemon.frontends.h2_limits import GrpcListener, finish_calls
 from inferd.daemon.frontends.http import build_app
@@ -133,6 +133,7 @@ class Listeners:
     async def _start_grpc(self, sock: socket.socket, activated: dict) -> None:
         server = self.server
         self._grpc = grpclib.server.Server([InferenceServicer(self.dataplane, RequestLimits.of(server))])
+        answer_unknown_methods(self._grpc)
         if self.access.required:
             require_token(self._grpc, self.access)
         # HTTP/2 has no request head to time: a gRPC connection is timed only while idle.

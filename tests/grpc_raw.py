@@ -20,6 +20,7 @@ class Answer:
     status: str  # grpc-status, or "EOF" / "RST" when the call ended without one
     message: str
     sent: int  # bytes of the body sent before the answer came
+    content_type: str = ""  # of the response's headers ("" without one: Go clients refuse that)
 
 
 def infer_message(model: str, inputs: list[tuple[str, str, list[int], bytes]]) -> bytes:
@@ -45,17 +46,18 @@ def framed(message) -> bytes:
     return b"\0" + struct.pack(">I", len(data)) + data
 
 
-def grpc_call(port: int, body: bytes, token: str | None = None, method: str = "ModelInfer") -> Answer:
-    """POST `body` (already framed) to `method` on 127.0.0.1:`port`."""
+def grpc_call(port: int, body: bytes, token: str | None = None, method: str = "ModelInfer",
+              service: str = "inference.GRPCInferenceService") -> Answer:
+    """POST `body` (already framed) to `service`'s `method` on 127.0.0.1:`port`."""
     connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
     connection.initiate_connection()
-    headers = [(":method", "POST"), (":scheme", "http"), (":path", f"/inference.GRPCInferenceService/{method}"),
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", f"/{service}/{method}"),
                (":authority", "localhost"), ("content-type", "application/grpc"), ("te", "trailers")]
     if token:
         headers.append(("authorization", f"Bearer {token}"))
     with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
         connection.send_headers(1, headers, end_stream=not body)
-        sent, ended = 0, not body
+        sent, ended, content_type = 0, not body, ""
         while True:
             if not ended:
                 sent = _send_what_fits(connection, body, sent)
@@ -69,8 +71,9 @@ def grpc_call(port: int, body: bytes, token: str | None = None, method: str = "M
             for event in connection.receive_data(data):
                 if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
                     fields = dict(event.headers)
+                    content_type = fields.get("content-type", content_type)
                     if "grpc-status" in fields:
-                        return Answer(fields["grpc-status"], fields.get("grpc-message", ""), sent)
+                        return Answer(fields["grpc-status"], fields.get("grpc-message", ""), sent, content_type)
                 elif isinstance(event, h2.events.StreamReset):
                     return Answer("RST", str(event.error_code), sent)
 

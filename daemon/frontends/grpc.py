@@ -12,13 +12,13 @@ import time
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
-from grpclib.const import Handler, Status
+from grpclib.const import Cardinality, Handler, Status
 from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from inferd.common.codec import ValueBudget
-from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
+from inferd.common.errors import ErrorCode, InferdError, clip, invalid, unexpected
 from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.frontends.auth import GRPC_HEALTH, Access
 from inferd.daemon.frontends.grpc_codec import decode_infer_request, encode_infer_response
@@ -84,6 +84,25 @@ def _infer_request(body, limits: RequestLimits) -> tuple[pb.ModelInferRequest, l
     return pb.ModelInferRequest.FromString(rest), raw
 
 
+class _KnownOrUnimplemented(dict):
+    """The server's method table, where an unknown method finds a handler that answers
+    UNIMPLEMENTED: grpclib answers it itself without a content-type, which Go clients (grpcurl)
+    read as a malformed header; a handler's error is sent with one, like any other status."""
+
+    def get(self, path, default=None):
+        handler = super().get(path)
+        if handler is not None:
+            return handler
+
+        async def unimplemented(stream: Stream) -> None:
+            raise GRPCError(Status.UNIMPLEMENTED, f"method not found: {clip(path)}")
+        return Handler(unimplemented, Cardinality.UNARY_UNARY, pb.ServerLiveRequest, pb.ServerLiveResponse)
+
+
+def answer_unknown_methods(server) -> None:
+    server._mapping = _KnownOrUnimplemented(server._mapping)  # (grpclib has no public hook)
+
+
 def require_token(server, access: Access) -> None:
     """Check the `authorization` metadata of every call before it reaches its handler."""
 
@@ -117,7 +136,14 @@ class InferenceServicer(GRPCInferenceServiceBase):
 
     @_status
     async def ModelReady(self, request, stream):
-        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+        """An unknown model or version is not ready (OK, ready: false), as Triton answers; HTTP
+        answers it 404."""
+        try:
+            return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+        except InferdError as e:
+            if e.code is not ErrorCode.NOT_FOUND:
+                raise
+            return pb.ModelReadyResponse(ready=False)
 
     @_status
     async def ServerMetadata(self, request, stream):

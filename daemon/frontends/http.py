@@ -87,12 +87,15 @@ def _model_args(request: web.Request) -> tuple[str, str]:
     return request.match_info["model"], request.match_info.get("version", "")
 
 
+# Health answers carry the Open Inference Protocol's bodies ({"live": bool}, {"ready": bool},
+# {"name", "ready"}): the KServe SDK reads them; Triton's clients read the status only.
 async def live(request: web.Request) -> web.Response:
-    return web.Response(status=200)
+    return _json({"live": True})
 
 
 async def ready(request: web.Request) -> web.Response:
-    return web.Response(status=200 if request.app[DATAPLANE].state.ready else 503)
+    is_ready = request.app[DATAPLANE].state.ready
+    return _json({"ready": is_ready}, 200 if is_ready else 503)
 
 
 async def server_metadata(request: web.Request) -> web.Response:
@@ -104,7 +107,9 @@ async def model_metadata(request: web.Request) -> web.Response:
 
 
 async def model_ready(request: web.Request) -> web.Response:
-    return web.Response(status=200 if request.app[DATAPLANE].model_ready(*_model_args(request)) else 503)
+    name, version = _model_args(request)
+    is_ready = request.app[DATAPLANE].model_ready(name, version)
+    return _json({"name": name, "ready": is_ready}, 200 if is_ready else 503)
 
 
 def _body_limit(json_length: int | None, limits: RequestLimits, compressed: bool) -> tuple[int, str]:

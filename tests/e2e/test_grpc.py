@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
+from grpc_raw import framed, grpc_call
 from grpclib.client import Channel, UnaryUnaryMethod
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -26,6 +27,25 @@ RNG = np.random.default_rng(11)
 def grpc_address(daemon) -> str:
     [event] = [e for e in daemon.events("listening") if e["frontend"] == "grpc"]
     return event["address"]
+
+
+def test_model_ready_is_false_not_an_error_for_an_unknown_or_failed_model(grpc_address):
+    """As Triton answers: OK with ready false (tritonclient raised on NOT_FOUND before)."""
+    client = grpcclient.InferenceServerClient(grpc_address)
+    assert client.is_model_ready("mlp") is True
+    assert client.is_model_ready("no_such_model") is False
+    assert client.is_model_ready("mlp", model_version="99") is False
+    assert client.is_model_ready("corrupt") is False
+    client.close()
+
+
+@pytest.mark.parametrize("service, method", [("inference.GRPCInferenceService", "SystemSharedMemoryStatus"),
+                                             ("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo")])
+def test_an_unimplemented_method_answers_with_a_content_type(grpc_address, service, method):
+    """grpcurl (Go) reads a gRPC answer without a content-type as a malformed header."""
+    answer = grpc_call(int(grpc_address.rsplit(":", 1)[1]), framed(pb.ServerLiveRequest()), method=method, service=service)
+    assert answer.status == str(Status.UNIMPLEMENTED.value) and answer.content_type.startswith("application/grpc")
+    assert f"/{service}/{method}" in answer.message
 
 
 @pytest.mark.parametrize("rows", [1, 8])

@@ -64,7 +64,7 @@ def test_ready_watchdog_reload_and_stop_with_requests_in_flight(repo):
         # READY=1 (start() waited for it) with the model counts as STATUS=
         ready = d.messages.index("READY=1")
         assert d.messages[ready + 1] == "STATUS=models: 2 ready", d.messages
-        assert d.http_get("/v2/health/ready") == b""  # ready means ready
+        assert d.http_get("/v2/health/ready") == b'{"ready":true}'  # ready means ready
 
         # WATCHDOG=1 at half of WATCHDOG_USEC
         times = [next_message(d, 5, skip_watchdog=False)[0] for _ in range(6)]
@@ -243,7 +243,7 @@ def test_sockets_for_another_process_are_not_taken(repo):
         seen = listening(d)
         assert seen["http"]["activated"] is False
         assert seen["http"]["address"] != f"127.0.0.1:{http[1]}"
-        assert d.http_get("/v2/health/ready") == b""
+        assert d.http_get("/v2/health/ready") == b'{"ready":true}'
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("systemd") is not None,
