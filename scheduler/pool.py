@@ -259,9 +259,10 @@ class WorkerPool:
             self._leaving.add(worker)
             self._own(self._retire(worker))
 
-    async def scale_to_zero(self, reason: str) -> bool:
-        """Stop every worker now, if none is busy (to free memory for another model); True
-        once they are gone. The next request starts one again."""
+    async def scale_to_zero(self, reason: str, cause: str = "evicted") -> bool:
+        """Stop every worker now, if none is busy (to free memory for another model, or after
+        validating a scale-to-zero model: `cause` "idle"); True once they are gone. The next
+        request starts one again."""
         if not self.all_idle or not self._workers:
             return False
         leaving = list(self._workers)
@@ -269,7 +270,7 @@ class WorkerPool:
         self._idle.clear()
         self.observer.workers_changed(0)
         for worker in leaving:
-            self.observer.worker_exited("evicted")
+            self.observer.worker_exited(cause)
             log.info("scaled down", model=self.spec.model, version=self.spec.version, workers=0,
                      pid=worker.pid, reason=reason)
         await asyncio.gather(*(w.stop(timeout=10) for w in leaving))

@@ -111,7 +111,7 @@ class Assembler:
         if settings.min_workers == 0 and settings.idle_timeout_s > 0:
             # Scale-to-zero: the worker that validated and measured the model goes now, not
             # after idle_timeout_s (a directory of many models would otherwise hold one each).
-            await _stop_validating_worker(pool)
+            await pool.scale_to_zero("validated; min_workers = 0", cause="idle")
         queue.start()
         return Serving(config, metadata, max_batch_size, pool, queue, tenant)
 
@@ -125,28 +125,6 @@ class Assembler:
             raise LoadFailed(str(e)) from None
         mv.observer.batch_limit(pipeline.max_batch_size)
         return Serving(config, pipeline.metadata, pipeline.max_batch_size, pipeline=pipeline)
-
-
-async def _stop_validating_worker(pool: WorkerPool) -> None:
-    """Scale a just-validated pool to zero; its worker's exit counts as an idle one (the
-    pool's scale_to_zero counts evictions, which this is not)."""
-    observer = pool.observer
-    pool.observer = _IdleExits(observer)
-    try:
-        await pool.scale_to_zero("validated; min_workers = 0")
-    finally:
-        pool.observer = observer
-
-
-class _IdleExits:
-    def __init__(self, observer):
-        self._observer = observer
-
-    def __getattr__(self, name):
-        return getattr(self._observer, name)
-
-    def worker_exited(self, cause: str) -> None:
-        self._observer.worker_exited("idle")
 
 
 def _worker_spec(found: Found, backend: str, config: ModelConfig, gpu: int | None) -> WorkerSpec:

@@ -65,6 +65,9 @@ async def test_idle_workers_stop_and_the_next_request_starts_one(tmp_path):
         await eventually(lambda: not alive(validating), 30, "the validating worker to stop")
         assert worker_pids(d, "m") == set() and client.ready("m")  # no worker, still READY
         assert metric(d, "inferd_workers", model="m") == 0
+        # Its exit counts as an idle one, not as an eviction for memory.
+        assert metric(d, "inferd_worker_exits_total", model="m", cause="idle") == 1
+        assert metric(d, "inferd_worker_exits_total", model="m", cause="evicted") == 0
         assert memfds(d.proc.pid) == set()  # its shared memory went with it
         assert offset_of(client.infer("m", {"INPUT0": A, "INPUT1": B})) == 1  # a cold start
         # One worker started for it (it may already be idle for 0.3 s and gone on a loaded machine;
