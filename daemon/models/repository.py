@@ -17,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from inferd.common.errors import ErrorCode, InferdError
+from inferd.common.errors import ErrorCode, InferdError, clip
 from inferd.common.tasks import TaskSet
 from inferd.config.model import ModelSettings
 from inferd.daemon.models.assembly import Assembler
@@ -263,7 +263,7 @@ class ModelRepository:
     async def _load_from_api(self, name: str) -> InferdError | None:
         found = await asyncio.to_thread(scan, self.root, only=name)  # reads files: off the loop
         if not found:
-            return InferdError(ErrorCode.NOT_FOUND, f"no model {name!r} in the models directory")
+            return InferdError(ErrorCode.NOT_FOUND, f"failed to load {name!r}: no model {name!r} in the models directory")  # Triton's start
         self.unloaded.discard(name)
         self.applied = {k: f for k, f in self.applied.items() if k[0] != name} | found
         loads = [self._load(f) for f in found.values()]  # every version at once
@@ -325,8 +325,10 @@ class ModelRepository:
         """The version to serve: the named one, or the newest READY one. Raises InferdError."""
         versions = self.models.get(name)
         if not versions:
-            raise InferdError(ErrorCode.NOT_FOUND, f"unknown model {name!r}")
+            raise InferdError(ErrorCode.NOT_FOUND, f"Request for unknown model {name!r}")  # Triton's words: clients look for them
         if version:
+            if not version.isdigit():  # Triton's words and status, which its example clients look for
+                raise InferdError(ErrorCode.INVALID_ARGUMENT, f"failed to get model version from specified version string {clip(version)}")
             mv = versions.get(version)
             if mv is None:
                 raise InferdError(ErrorCode.NOT_FOUND, f"model {name!r} has no version {version!r}")

@@ -1,0 +1,185 @@
+"""Triton's own example clients (tests/triton_examples/, copied unchanged from
+triton-inference-server/client) against the daemon, on the models they were written for
+(rebuilt in tests/triton_models.py). Each runs as a subprocess with the daemon's addresses in
+its -u flag, as a user would run it; it passes when it exits 0 and prints its success line.
+
+EXAMPLES holds every run; NEEDS the ones that wait for a feature (with the first error they
+give today). Moving a run from NEEDS into the suite is deleting its NEEDS line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import triton_models
+from daemon_process import DaemonProcess
+from PIL import Image
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "triton_examples"
+IMAGE = "{image}"  # an argument replaced by the path of a red picture
+
+
+@dataclass(frozen=True)
+class Example:
+    script: str
+    protocol: str  # the front-end its -u names: "http" or "grpc"
+    expect: str  # printed on success (some examples exit 0 on a failed connection)
+    args: tuple[str, ...] = ()
+    repository: int = 0  # >0: a daemon of its own on a repository of this many models
+
+
+H, G = "http", "grpc"
+
+# Every run: its name (the script, with a word for its flags) -> how it is run.
+EXAMPLES = {
+    "simple_http_infer_client.py": Example("simple_http_infer_client.py", H, "Request for unknown model"),
+    "simple_http_infer_client.py gzip": Example(
+        "simple_http_infer_client.py", H, "Request for unknown model",
+        ("--request-compression-algorithm", "gzip", "--response-compression-algorithm", "deflate")),
+    "simple_http_async_infer_client.py": Example("simple_http_async_infer_client.py", H, "0 + 1 = 1"),
+    "simple_http_aio_infer_client.py": Example("simple_http_aio_infer_client.py", H, "PASS: infer"),
+    "simple_http_health_metadata.py": Example("simple_http_health_metadata.py", H, "'name': 'simple'"),
+    "simple_http_string_infer_client.py": Example("simple_http_string_infer_client.py", H, "PASS: string"),
+    "simple_http_model_control.py": Example("simple_http_model_control.py", H, "PASS: model control", repository=7),
+    "simple_http_shm_client.py": Example("simple_http_shm_client.py", H, "PASS: system shared memory"),
+    "simple_http_shm_string_client.py": Example("simple_http_shm_string_client.py", H, "PASS: system shared memory"),
+    "simple_http_cudashm_client.py": Example("simple_http_cudashm_client.py", H, "PASS: cuda shared memory"),
+    "simple_http_sequence_sync_infer_client.py": Example("simple_http_sequence_sync_infer_client.py", H, "PASS: Sequence"),
+    "simple_http_sequence_sync_infer_client.py -d": Example(
+        "simple_http_sequence_sync_infer_client.py", H, "PASS: Sequence", ("-d",)),
+    "reuse_infer_objects_client.py http": Example("reuse_infer_objects_client.py", H, "======== END ========", ("-i", "http")),
+    "image_client.py densenet": Example(
+        "image_client.py", H, "= red", ("-m", "densenet_onnx", "-c", "3", "-s", "INCEPTION", IMAGE)),
+    "image_client.py inception async": Example("image_client.py", H, "= red", ("-m", "inception_graphdef", "-b", "2", "-a", IMAGE)),
+    "simple_grpc_infer_client.py": Example("simple_grpc_infer_client.py", G, "PASS: infer"),
+    "simple_grpc_infer_client.py gzip": Example("simple_grpc_infer_client.py", G, "PASS: infer", ("-C", "gzip")),
+    "simple_grpc_async_infer_client.py": Example("simple_grpc_async_infer_client.py", G, "PASS: Async infer"),
+    "simple_grpc_aio_infer_client.py": Example("simple_grpc_aio_infer_client.py", G, "PASS: grpc aio infer"),
+    "simple_grpc_health_metadata.py": Example("simple_grpc_health_metadata.py", G, 'name: "simple"'),
+    "simple_grpc_string_infer_client.py": Example("simple_grpc_string_infer_client.py", G, "PASS: string"),
+    "simple_grpc_custom_args_client.py": Example("simple_grpc_custom_args_client.py", G, "PASS: CustomArgs"),
+    "simple_grpc_keepalive_client.py": Example("simple_grpc_keepalive_client.py", G, "PASS: KeepAlive"),
+    "simple_grpc_model_control.py": Example("simple_grpc_model_control.py", G, "PASS: model control", repository=8),
+    "grpc_client.py": Example("grpc_client.py", G, "PASS"),
+    "grpc_explicit_int_content_client.py": Example("grpc_explicit_int_content_client.py", G, "PASS: explicit int"),
+    "grpc_explicit_int8_content_client.py": Example("grpc_explicit_int8_content_client.py", G, "PASS: explicit int8"),
+    "grpc_explicit_byte_content_client.py": Example("grpc_explicit_byte_content_client.py", G, "PASS: explicit string"),
+    "simple_grpc_shm_client.py": Example("simple_grpc_shm_client.py", G, "PASS: system shared memory"),
+    "simple_grpc_shm_string_client.py": Example("simple_grpc_shm_string_client.py", G, "PASS: system shared memory"),
+    "simple_grpc_cudashm_client.py": Example("simple_grpc_cudashm_client.py", G, "PASS: cudashm"),
+    "simple_grpc_sequence_sync_infer_client.py": Example("simple_grpc_sequence_sync_infer_client.py", G, "PASS: Sequence"),
+    "simple_grpc_sequence_sync_infer_client.py -d": Example(
+        "simple_grpc_sequence_sync_infer_client.py", G, "PASS: Sequence", ("-d",)),
+    "simple_grpc_sequence_stream_infer_client.py": Example("simple_grpc_sequence_stream_infer_client.py", G, "PASS: Sequence"),
+    "simple_grpc_sequence_stream_infer_client.py -d": Example(
+        "simple_grpc_sequence_stream_infer_client.py", G, "PASS: Sequence", ("-d",)),
+    "simple_grpc_aio_sequence_stream_infer_client.py": Example(
+        "simple_grpc_aio_sequence_stream_infer_client.py", G, "PASS: grpc aio sequence stream"),
+    "simple_grpc_aio_sequence_stream_infer_client.py -d": Example(
+        "simple_grpc_aio_sequence_stream_infer_client.py", G, "PASS: grpc aio sequence stream", ("-d",)),
+    "simple_grpc_custom_repeat.py": Example("simple_grpc_custom_repeat.py", G, "PASS: Decoupled API"),
+    "reuse_infer_objects_client.py grpc": Example("reuse_infer_objects_client.py", G, "======== END ========", ("-i", "grpc")),
+    "image_client.py grpc inception": Example(
+        "image_client.py", G, "= red", ("-i", "grpc", "-m", "inception_graphdef", "-c", "2", "-b", "2", IMAGE)),
+    "image_client.py grpc streaming": Example("image_client.py", G, "= red", ("-i", "grpc", "--streaming", "-m", "densenet_onnx", IMAGE)),
+    "grpc_image_client.py densenet": Example(
+        "grpc_image_client.py", G, "= red", ("-m", "densenet_onnx", "-c", "3", "-s", "INCEPTION", IMAGE)),
+    "grpc_image_client.py streaming": Example(
+        "grpc_image_client.py", G, "= red", ("--streaming", "-m", "inception_graphdef", "-b", "2", IMAGE)),
+}
+
+# The runs that wait for a feature: (the feature, who builds it) and the first error each gives
+# on main today. The lead deletes a line when its feature merges.
+SHM_B = "system shared memory (helper B): unregister_system_shared_memory() answers HTTP 404 / gRPC UNIMPLEMENTED"
+SEQ_E = ("sequence batching (helper E): the model is FAILED, 'config.toml: sequence_batching: unknown key' "
+         "(HTTP 503 / gRPC UNAVAILABLE on the first request)")
+STREAM_D = "ModelStreamInfer (helper D): gRPC UNIMPLEMENTED 'method not found: /inference.GRPCInferenceService/ModelStreamInfer'"
+FORMAT_C = ("input format and classification (helper C): 'unexpected input format FORMAT_NONE' from the model config; "
+            "then class_count, and IMAGE_CONFIG = True")
+NEEDS: dict[str, str] = {
+    "simple_http_health_metadata.py": "server metadata name 'triton' (lead): the example checks name == 'triton', inferd answers "
+                                      "'inferd' (everything else it checks passes)",
+    "simple_grpc_health_metadata.py": "server metadata name 'triton' (lead): as simple_http_health_metadata.py",
+    "simple_http_model_control.py": "load with a configuration override (helper C): a load whose config is not JSON "
+                                    "answers 200; it must fail with 'failed to load'; then max_batch_size 16 from the override",
+    "simple_grpc_model_control.py": "load with a configuration override (helper C): as simple_http_model_control.py; "
+                                    "then files={'file:' + 'A' * 256: ...} must answer INTERNAL 'failed to poll from model repository'",
+    "simple_grpc_infer_client.py gzip": "gRPC compression (helper A): INVALID_ARGUMENT 'compressed messages are not supported'",
+    "simple_http_shm_client.py": SHM_B,
+    "simple_http_shm_string_client.py": SHM_B,
+    "simple_grpc_shm_client.py": SHM_B,
+    "simple_grpc_shm_string_client.py": SHM_B,
+    "reuse_infer_objects_client.py http": SHM_B + "; it also unregisters CUDA shared memory",
+    "reuse_infer_objects_client.py grpc": SHM_B + "; it also unregisters CUDA shared memory",
+    "simple_http_cudashm_client.py": "CUDA shared memory (helper B) and a GPU; the client needs cuda-python "
+                                     "(import tritonclient.utils.cuda_shared_memory raises without it)",
+    "simple_grpc_cudashm_client.py": "CUDA shared memory (helper B), as simple_http_cudashm_client.py",
+    "simple_http_sequence_sync_infer_client.py": SEQ_E,
+    "simple_http_sequence_sync_infer_client.py -d": SEQ_E + " (simple_dyna_sequence: CORRID and END controls)",
+    "simple_grpc_sequence_sync_infer_client.py": SEQ_E,
+    "simple_grpc_sequence_sync_infer_client.py -d": SEQ_E + " (simple_dyna_sequence: CORRID and END controls)",
+    "simple_grpc_sequence_stream_infer_client.py": STREAM_D + "; then " + SEQ_E,
+    "simple_grpc_sequence_stream_infer_client.py -d": STREAM_D + "; then " + SEQ_E,
+    "simple_grpc_aio_sequence_stream_infer_client.py": STREAM_D + "; then " + SEQ_E,
+    "simple_grpc_aio_sequence_stream_infer_client.py -d": STREAM_D + "; then " + SEQ_E,
+    "simple_grpc_custom_repeat.py": STREAM_D + "; then decoupled models: repeat_int32 is FAILED, "
+                                    "'config.toml: model_transaction_policy: unknown key'",
+    "image_client.py densenet": FORMAT_C,
+    "image_client.py inception async": FORMAT_C,
+    "image_client.py grpc inception": FORMAT_C,
+    "image_client.py grpc streaming": FORMAT_C + "; and " + STREAM_D,
+    "grpc_image_client.py densenet": FORMAT_C,
+    "grpc_image_client.py streaming": FORMAT_C + "; and " + STREAM_D,
+}
+
+# The image models' `format` and `label_filename` keys (tests/triton_models.py): True once the
+# loader accepts them (helper C); until then densenet_onnx serves without them (grpc_client.py).
+IMAGE_CONFIG = False
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = triton_models.make_triton_models(tmp_path_factory.mktemp("triton_models"), IMAGE_CONFIG)
+    image = tmp_path_factory.mktemp("images") / "red.png"
+    Image.new("RGB", (64, 48), (230, 30, 20)).save(image)
+    with DaemonProcess(root) as daemon:
+        yield daemon, image
+
+
+def _grpc_address(daemon: DaemonProcess) -> str:
+    [event] = [e for e in daemon.events("listening") if e["frontend"] == "grpc"]
+    return event["address"]
+
+
+def run_example(example: Example, daemon: DaemonProcess, image: Path) -> subprocess.CompletedProcess:
+    url = daemon.url.removeprefix("http://") if example.protocol == "http" else _grpc_address(daemon)
+    args = [str(image) if a == IMAGE else a for a in example.args]
+    return subprocess.run([sys.executable, str(EXAMPLES_DIR / example.script), "-u", url, *args],
+                          capture_output=True, text=True, timeout=120, cwd=EXAMPLES_DIR)
+
+
+def _check(done: subprocess.CompletedProcess, example: Example) -> None:
+    output = f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, output
+    assert example.expect in done.stdout, output
+
+
+@pytest.mark.parametrize("name", [name for name in EXAMPLES if name not in NEEDS])
+def test_example(served, tmp_path, name):
+    example = EXAMPLES[name]
+    daemon, image = served
+    if not example.repository:
+        _check(run_example(example, daemon, image), example)
+        return
+    # The model-control examples count the repository's models, and load and unload `simple`.
+    root = triton_models.make_control_models(tmp_path / "models", example.repository)
+    with DaemonProcess(root) as own:
+        _check(run_example(example, own, image), example)
+
+
+def test_every_waiting_run_is_an_example():
+    """A NEEDS line names a run of EXAMPLES (a typo would silently drop it from the suite)."""
+    assert set(NEEDS) <= set(EXAMPLES), set(NEEDS) - set(EXAMPLES)
