@@ -75,7 +75,7 @@ class Model:
     def infer(self, inputs):
         out = []
         for x, start, end, corrid in zip(inputs["INPUT"], inputs["START"], inputs["END"], inputs["CORRID"]):
-            key = bytes(corrid[0])
+            key = corrid[0]  # bytes (or str): int() reads either
             total = (0 if start[0] else self.sums.get(key, 0)) + int(x[0])
             self.sums[key] = total
             if end[0]:
