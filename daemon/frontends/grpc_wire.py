@@ -33,11 +33,14 @@ RAW_OUTPUT_CONTENTS_TAG = b"\x32"  # ModelInferResponse's field 6, length-delimi
 MAX_TOP_FIELDS = 65536  # top-level fields of a ModelInferRequest (it needs a few dozen)
 
 
-async def receive(stream: Stream, max_bytes: int, key: str) -> bytes | bytearray:
-    """The call's one request message, unparsed; RESOURCE_EXHAUSTED past `max_bytes` (the
-    setting `key`), compressed or not (grpc_compression)."""
+async def receive(stream: Stream, max_bytes: int, key: str, may_end: bool = False) -> bytes | bytearray | None:
+    """The call's (next) request message, unparsed; RESOURCE_EXHAUSTED past `max_bytes` (the
+    setting `key`), compressed or not (grpc_compression). None where the client's stream ended
+    between messages, if it `may_end` (a streaming call)."""
     encoding = request_encoding(stream)
     prefix = await _read(stream, 5)
+    if not prefix and may_end:
+        return None
     if len(prefix) != 5:
         raise invalid("the request carries no message")
     body = await _message(stream, int.from_bytes(prefix[1:], "big"), max_bytes, key)
