@@ -78,6 +78,20 @@ def test_a_zip_bomb_is_refused_at_max_request_bytes_without_holding_the_loop(dae
     _no_traceback(daemon, since)
 
 
+def test_empty_deflate_blocks_are_taken_a_slice_at_a_time(daemon):
+    """60 MiB of empty fixed-Huffman blocks (10 bits each) inflate to nothing: zlib took them in
+    one 1.7 s call before the input was sliced too."""
+    since = len(daemon.lines)
+    data = b"\x78\x9c" + bytes.fromhex("0208208000") * (12 << 20)  # four empty blocks per 5 bytes
+    body = b"\1" + len(data).to_bytes(4, "big") + data
+    with _Probe(daemon) as probe:
+        answer = grpc_call(_port(daemon), body, extra=[("grpc-encoding", "deflate")])
+    print(f"slowest health answer {probe.slowest:.3f} s ({probe.answered} answers)")
+    assert answer.status == "3" and "not one whole deflate stream" in answer.message
+    assert probe.answered > 0 and probe.slowest < 0.5
+    _no_traceback(daemon, since)
+
+
 def test_a_bomb_to_a_small_method_is_capped_at_max_structured_bytes(daemon):
     answer = grpc_call(_port(daemon), framed(b"", compress=lambda _: gzip.compress(bytes(8 << 20))),
                        method="ModelMetadata", extra=[("grpc-encoding", "gzip")])
@@ -98,13 +112,14 @@ def test_an_unknown_encoding_is_unimplemented_and_lists_the_supported_ones(daemo
     (b"\x1f\x8b\x08\x00garbage-not-deflate-data", "gzip", "not valid gzip"),
     (gzip.compress(pb.ServerLiveRequest().SerializeToString() + bytes(4096))[:-12], "gzip", "not one whole gzip"),
     (gzip.compress(b"") + b"trailing", "gzip", "not one whole gzip"),
+    (gzip.compress(b"") + bytes(3 << 20), "gzip", "not one whole gzip"),  # trailing past the first slice
     (b"\x78\x9c\xff\xff\xff", "deflate", "not valid deflate"),
     (zlib.compress(bytes(10)), "gzip", "not valid gzip"),  # deflate data under gzip's name
-], ids=["corrupt", "truncated", "trailing", "corrupt-deflate", "wrong-format"])
+], ids=["corrupt", "truncated", "trailing", "trailing-slices", "corrupt-deflate", "wrong-format"])
 def test_corrupt_compressed_messages_are_invalid_argument(daemon, data, encoding, words):
     since = len(daemon.lines)
     body = b"\1" + len(data).to_bytes(4, "big") + data
-    answer = grpc_call(_port(daemon), body, method="ServerLive", extra=[("grpc-encoding", encoding)])
+    answer = grpc_call(_port(daemon), body, extra=[("grpc-encoding", encoding)])  # (ModelInfer: up to 64 MiB)
     assert answer.status == "3" and words in answer.message, answer  # INVALID_ARGUMENT
     _no_traceback(daemon, since)
 
