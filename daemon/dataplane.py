@@ -18,14 +18,13 @@ import structlog
 
 import inferd
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
+from inferd.daemon.extensions import EXTENSIONS
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.requests import InferRequest, InferResponse
 from inferd.daemon.validation import check_request
 
 log = structlog.get_logger("inferd.dataplane")
-
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 
 Done = Callable[[InferResponse | InferdError], None]
 
@@ -216,7 +215,7 @@ class DataPlane:
     # -- health, metadata, statistics --------------------------------------------------------
 
     def server_metadata(self) -> dict:
-        return {"name": "inferd", "version": inferd.__version__, "extensions": EXTENSIONS}
+        return {"name": "inferd", "version": inferd.__version__, "extensions": list(EXTENSIONS)}
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """Raises NOT_FOUND for an unknown model or version."""

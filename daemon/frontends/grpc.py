@@ -69,7 +69,8 @@ def _rpc(infer: bool = False):
             except Exception as e:
                 error = unexpected(e, "gRPC call failed", method=handler.__name__)
                 raise GRPCError(GRPC_STATUS[error.code], error.message) from None
-            await stream.send_message(reply)
+            if reply is not None:  # (a streaming handler sends its own replies)
+                await stream.send_message(reply)
 
         return rpc
 
