@@ -2,14 +2,15 @@
 names, tensors and arithmetic as the ones the examples were written against, made here with the
 onnx helper API or as inferd Python models (nothing is downloaded).
 
-Configuration that needs a feature still under way (sequence batching, decoupled models,
-classification labels, the input format) is written as Triton's model configuration spells it,
-in TOML; until the feature exists the model it belongs to is FAILED with the key named, and the
-examples that call it are listed in tests/e2e/test_triton_examples.py NEEDS."""
+Configuration that needs a feature still under way is written as its branch reads it: sequence
+batching as helper E's [sequence_batching], decoupled models as helper D's class attribute
+`decoupled = True`, an input's `format` and an output's `label_filename` as helper C's. Until
+the feature merges, the model it belongs to is FAILED with the key named (or, for the decoupled
+one, its warm-up fails), and the examples that call it are listed in
+tests/e2e/test_triton_examples.py NEEDS."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import make_models
@@ -74,7 +75,11 @@ class Model:
 
     def infer(self, inputs):
         out = []
-        for x, start, end, corrid in zip(inputs["INPUT"], inputs["START"], inputs["END"], inputs["CORRID"]):
+        rows = zip(inputs["INPUT"], inputs["START"], inputs["END"], inputs["READY"], inputs["CORRID"])
+        for x, start, end, ready, corrid in rows:
+            if not ready[0]:  # a slot without a request in this batch
+                out.append([0])
+                continue
             key = corrid[0]  # bytes (or str): int() reads either
             total = (0 if start[0] else self.sums.get(key, 0)) + int(x[0])
             self.sums[key] = total
@@ -85,14 +90,16 @@ class Model:
         return {"OUTPUT": np.array(out, np.int32)}
 '''
 
-# repeat_int32 (Triton's backend examples/repeat.cc), decoupled: one response per element of IN,
-# each after its DELAY (milliseconds, times [parameters] delay_scale), then WAIT before the end.
+# repeat_int32 (Triton's backend examples/repeat.cc), decoupled (a generator `infer`): one
+# response per element of IN, each after its DELAY (milliseconds, times [parameters]
+# delay_scale), then WAIT before the end.
 REPEAT = '''
 import time
 import numpy as np
 
 
 class Model:
+    decoupled = True
     inputs = [{"name": "IN", "datatype": "INT32", "shape": [-1]},
               {"name": "DELAY", "datatype": "UINT32", "shape": [-1]},
               {"name": "WAIT", "datatype": "UINT32", "shape": [1]}]
@@ -110,33 +117,24 @@ class Model:
 '''
 
 
-def _toml_control(name: str, kind: str, **extra) -> str:
-    fields = ", ".join([f'kind = "{kind}"'] + [f"{k} = {v}" for k, v in extra.items()])
-    return f'[[sequence_batching.control_input]]\nname = "{name}"\ncontrol = [{{ {fields} }}]\n'
-
-
 def _sequence_config(dyna: bool, corrid_type: str = "TYPE_UINT64") -> str:
-    """Triton's simple_sequence / simple_dyna_sequence config.pbtxt, in TOML."""
-    text = textwrap.dedent("""\
-        max_batch_size = 8
-        [[inputs]]
-        name = "INPUT"
-        datatype = "INT32"
-        shape = [-1, 1]
-        [[outputs]]
-        name = "OUTPUT"
-        datatype = "INT32"
-        shape = [-1, 1]
-        [sequence_batching]
-        max_sequence_idle_microseconds = 5000000
-        """)
+    """Triton's simple_sequence / simple_dyna_sequence config.pbtxt, in inferd's TOML: the
+    control inputs are inputs of the model, which the daemon fills in (callers send INPUT)."""
+    controls = [("START", "CONTROL_SEQUENCE_START"), ("READY", "CONTROL_SEQUENCE_READY")]
     if dyna:
-        text += "oldest = { max_candidate_sequences = 4 }\n"
-    text += _toml_control("START", "CONTROL_SEQUENCE_START", int32_false_true="[0, 1]")
-    text += _toml_control("READY", "CONTROL_SEQUENCE_READY", int32_false_true="[0, 1]")
+        controls.append(("END", "CONTROL_SEQUENCE_END"))
+    tensors = [("INPUT", "INT32")] + [(name, "INT32") for name, _ in controls]
+    text = "max_batch_size = 8\n"
     if dyna:
-        text += _toml_control("END", "CONTROL_SEQUENCE_END", int32_false_true="[0, 1]")
-        text += _toml_control("CORRID", "CONTROL_SEQUENCE_CORRID", data_type=f'"{corrid_type}"')
+        tensors.append(("CORRID", "BYTES" if corrid_type == "TYPE_STRING" else "UINT64"))
+    for name, datatype in tensors:
+        text += f'[[inputs]]\nname = "{name}"\ndatatype = "{datatype}"\nshape = [-1, 1]\n'
+    text += '[[outputs]]\nname = "OUTPUT"\ndatatype = "INT32"\nshape = [-1, 1]\n'
+    text += f'[sequence_batching]\nstrategy = "{"oldest" if dyna else "direct"}"\nmax_sequence_idle_us = 5000000\n'
+    for name, kind in controls:
+        text += f'[[sequence_batching.control_input]]\nname = "{name}"\nkind = "{kind}"\nint32_false_true = [0, 1]\n'
+    if dyna:
+        text += f'[[sequence_batching.control_input]]\nname = "CORRID"\nkind = "CONTROL_SEQUENCE_CORRID"\ndata_type = "{corrid_type}"\n'
     return text
 
 
@@ -222,7 +220,7 @@ def make_triton_models(root: Path, image_config: bool) -> Path:
     _python_model(root, "simple_string_dyna_sequence", STRING_DYNA_SEQUENCE, _sequence_config(dyna=True, corrid_type="TYPE_STRING"))
     # The example sends 10 responses 1 s apart: a tenth of that keeps the stream's shape.
     _python_model(root, "repeat_int32", REPEAT,
-                  "max_batch_size = 0\nmodel_transaction_policy = { decoupled = true }\n[parameters]\ndelay_scale = 0.1\n")
+                  "max_batch_size = 0\n[parameters]\ndelay_scale = 0.1\n")
     make_image_models(root, pending=image_config)
     return root
 

@@ -263,7 +263,7 @@ class ModelRepository:
     async def _load_from_api(self, name: str) -> InferdError | None:
         found = await asyncio.to_thread(scan, self.root, only=name)  # reads files: off the loop
         if not found:
-            return InferdError(ErrorCode.NOT_FOUND, f"failed to load {name!r}: no model {name!r} in the models directory")  # Triton's start
+            return InferdError(ErrorCode.NOT_FOUND, f"no model {name!r} in the models directory")
         self.unloaded.discard(name)
         self.applied = {k: f for k, f in self.applied.items() if k[0] != name} | found
         loads = [self._load(f) for f in found.values()]  # every version at once

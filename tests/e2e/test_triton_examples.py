@@ -107,7 +107,6 @@ NEEDS: dict[str, str] = {
                                     "answers 200; it must fail with 'failed to load'; then max_batch_size 16 from the override",
     "simple_grpc_model_control.py": "load with a configuration override (helper C): as simple_http_model_control.py; "
                                     "then files={'file:' + 'A' * 256: ...} must answer INTERNAL 'failed to poll from model repository'",
-    "simple_grpc_infer_client.py gzip": "gRPC compression (helper A): INVALID_ARGUMENT 'compressed messages are not supported'",
     "simple_http_shm_client.py": SHM_B,
     "simple_http_shm_string_client.py": SHM_B,
     "simple_grpc_shm_client.py": SHM_B,
@@ -125,8 +124,8 @@ NEEDS: dict[str, str] = {
     "simple_grpc_sequence_stream_infer_client.py -d": STREAM_D + "; then " + SEQ_E,
     "simple_grpc_aio_sequence_stream_infer_client.py": STREAM_D + "; then " + SEQ_E,
     "simple_grpc_aio_sequence_stream_infer_client.py -d": STREAM_D + "; then " + SEQ_E,
-    "simple_grpc_custom_repeat.py": STREAM_D + "; then decoupled models: repeat_int32 is FAILED, "
-                                    "'config.toml: model_transaction_policy: unknown key'",
+    "simple_grpc_custom_repeat.py": STREAM_D + "; and decoupled models: repeat_int32 is FAILED, its warm-up says "
+                                    "'infer() must return a dict of outputs, got generator'",
     "image_client.py densenet": FORMAT_C,
     "image_client.py inception async": FORMAT_C,
     "image_client.py grpc inception": FORMAT_C,
