@@ -34,13 +34,8 @@ def _parameters(params) -> dict:
 def decode_infer_request(message: pb.ModelInferRequest, raw: list, deadline: float | None, budget: ValueBudget) -> InferRequest:
     """`raw`: the message's raw_input_contents (grpc_wire keeps them out of the message, as
     views of the bytes received)."""
-    if raw:
-        for tensor in message.inputs:  # Triton's words, which its example clients look for
-            if tensor.HasField("contents"):
-                raise invalid(f"contents field must not be specified when using raw_input_contents for {clip(tensor.name)} "
-                              f"for model {clip(message.model_name)}")
-        if len(raw) != len(message.inputs):
-            raise invalid(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
+    if raw and len(raw) != len(message.inputs):
+        raise invalid(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
     tensors = {}
     for i, tensor in enumerate(message.inputs):
         name = tensor.name
@@ -48,6 +43,8 @@ def decode_infer_request(message: pb.ModelInferRequest, raw: list, deadline: flo
             raise invalid(f"input {clip(name)} appears twice")
         shape = list(tensor.shape)
         if raw:
+            if tensor.HasField("contents"):
+                raise invalid(f"input {clip(name)}: contents given together with raw_input_contents")
             tensors[name] = from_raw(name, tensor.datatype, shape, raw[i], budget)
         else:
             field = _CONTENTS_FIELD.get(tensor.datatype)

@@ -107,6 +107,10 @@ NEEDS: dict[str, str] = {
                                     "answers 200; it must fail with 'failed to load'; then max_batch_size 16 from the override",
     "simple_grpc_model_control.py": "load with a configuration override (helper C): as simple_http_model_control.py; "
                                     "then files={'file:' + 'A' * 256: ...} must answer INTERNAL 'failed to poll from model repository'",
+    "grpc_explicit_int_content_client.py": "Triton's words for contents given beside raw_input_contents (hF, after B's "
+                                           "merge, which rewrites that check): it looks for 'contents field must not be "
+                                           "specified when using raw_input_contents for 'INPUT0' for model 'simple'', "
+                                           "inferd answers 'raw_input_contents has 1 entries for 2 inputs' (the example then exits 0 without its PASS line)",
     "simple_http_shm_client.py": SHM_B,
     "simple_http_shm_string_client.py": SHM_B,
     "simple_grpc_shm_client.py": SHM_B,
