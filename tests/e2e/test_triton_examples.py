@@ -110,7 +110,8 @@ NEEDS: dict[str, str] = {
     "grpc_explicit_int_content_client.py": "Triton's words for contents given beside raw_input_contents (hF, after B's "
                                            "merge, which rewrites that check): it looks for 'contents field must not be "
                                            "specified when using raw_input_contents for 'INPUT0' for model 'simple'', "
-                                           "inferd answers 'raw_input_contents has 1 entries for 2 inputs' (the example then exits 0 without its PASS line)",
+                                           "inferd answers 'raw_input_contents has 1 entries for 2 inputs' (the example "
+                                           "then exits 0 without its PASS line)",
     "simple_http_shm_client.py": SHM_B,
     "simple_http_shm_string_client.py": SHM_B,
     "simple_grpc_shm_client.py": SHM_B,
