@@ -106,7 +106,8 @@ NEEDS: dict[str, str] = {
     "simple_http_model_control.py": "load with a configuration override (helper C): a load whose config is not JSON "
                                     "answers 200; it must fail with 'failed to load'; then max_batch_size 16 from the override",
     "simple_grpc_model_control.py": "load with a configuration override (helper C): as simple_http_model_control.py; "
-                                    "then files={'file:' + 'A' * 256: ...} must answer INTERNAL 'failed to poll from model repository'",
+                                    "then files={'file:' + 'A' * 256: ...} must answer INTERNAL 'failed to poll from model "
+                                    "repository' (C's branch answers FAILED_PRECONDITION)",
     "grpc_explicit_int_content_client.py": "Triton's words for contents given beside raw_input_contents (hF, after B's "
                                            "merge, which rewrites that check): it looks for 'contents field must not be "
                                            "specified when using raw_input_contents for 'INPUT0' for model 'simple'', "
