@@ -17,9 +17,11 @@ import pytest
 import triton_models
 from daemon_process import DaemonProcess
 from PIL import Image
+from test_auth import _self_signed
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "triton_examples"
 IMAGE = "{image}"  # an argument replaced by the path of a red picture
+CERT = "{cert}"  # an argument replaced by the TLS daemon's certificate (the one CA the client trusts)
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Example:
     expect: str  # printed on success (some examples exit 0 on a failed connection)
     args: tuple[str, ...] = ()
     repository: int = 0  # >0: a daemon of its own on a repository of this many models
+    tls: bool = False  # a daemon of its own that serves TLS (on `simple` alone)
 
 
 H, G = "http", "grpc"
@@ -39,6 +42,8 @@ EXAMPLES = {
     "simple_http_infer_client.py gzip": Example(
         "simple_http_infer_client.py", H, "Request for unknown model",
         ("--request-compression-algorithm", "gzip", "--response-compression-algorithm", "deflate")),
+    "simple_http_infer_client.py tls": Example(
+        "simple_http_infer_client.py", H, "Request for unknown model", ("--ssl", "--ca-certs", CERT), tls=True),
     "simple_http_async_infer_client.py": Example("simple_http_async_infer_client.py", H, "0 + 1 = 1"),
     "simple_http_aio_infer_client.py": Example("simple_http_aio_infer_client.py", H, "PASS: infer"),
     "simple_http_health_metadata.py": Example("simple_http_health_metadata.py", H, "'name': 'simple'"),
@@ -56,6 +61,7 @@ EXAMPLES = {
     "image_client.py inception async": Example("image_client.py", H, "= red", ("-m", "inception_graphdef", "-b", "2", "-a", IMAGE)),
     "simple_grpc_infer_client.py": Example("simple_grpc_infer_client.py", G, "PASS: infer"),
     "simple_grpc_infer_client.py gzip": Example("simple_grpc_infer_client.py", G, "PASS: infer", ("-C", "gzip")),
+    "simple_grpc_infer_client.py tls": Example("simple_grpc_infer_client.py", G, "PASS: infer", ("-s", "-r", CERT), tls=True),
     "simple_grpc_async_infer_client.py": Example("simple_grpc_async_infer_client.py", G, "PASS: Async infer"),
     "simple_grpc_aio_infer_client.py": Example("simple_grpc_aio_infer_client.py", G, "PASS: grpc aio infer"),
     "simple_grpc_health_metadata.py": Example("simple_grpc_health_metadata.py", G, 'name: "simple"'),
@@ -159,9 +165,9 @@ def _grpc_address(daemon: DaemonProcess) -> str:
     return event["address"]
 
 
-def run_example(example: Example, daemon: DaemonProcess, image: Path) -> subprocess.CompletedProcess:
+def run_example(example: Example, daemon: DaemonProcess, image: Path, cert: str = "") -> subprocess.CompletedProcess:
     url = daemon.url.removeprefix("http://") if example.protocol == "http" else _grpc_address(daemon)
-    args = [str(image) if a == IMAGE else a for a in example.args]
+    args = [str(image) if a == IMAGE else cert if a == CERT else a for a in example.args]
     return subprocess.run([sys.executable, str(EXAMPLES_DIR / example.script), "-u", url, *args],
                           capture_output=True, text=True, timeout=120, cwd=EXAMPLES_DIR)
 
@@ -176,13 +182,18 @@ def _check(done: subprocess.CompletedProcess, example: Example) -> None:
 def test_example(served, tmp_path, name):
     example = EXAMPLES[name]
     daemon, image = served
-    if not example.repository:
+    if not (example.repository or example.tls):
         _check(run_example(example, daemon, image), example)
         return
     # The model-control examples count the repository's models, and load and unload `simple`.
-    root = triton_models.make_control_models(tmp_path / "models", example.repository)
-    with DaemonProcess(root) as own:
-        _check(run_example(example, own, image), example)
+    root = triton_models.make_control_models(tmp_path / "models", example.repository or 1)
+    config, cert = None, ""
+    if example.tls:
+        cert, key = _self_signed(tmp_path)
+        config = tmp_path / "inferd.toml"
+        config.write_text(f'[auth]\ntls_cert = "{cert}"\ntls_key = "{key}"\n')
+    with DaemonProcess(root, config=config) as own:
+        _check(run_example(example, own, image, cert), example)
 
 
 def test_every_waiting_run_is_an_example():
