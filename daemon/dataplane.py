@@ -18,6 +18,7 @@ import structlog
 
 import inferd
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
+from inferd.daemon import classification
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.requests import InferRequest, InferResponse
@@ -25,7 +26,7 @@ from inferd.daemon.validation import check_request
 
 log = structlog.get_logger("inferd.dataplane")
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
 
 Done = Callable[[InferResponse | InferdError], None]
 
@@ -66,7 +67,8 @@ class _Call:
     is freed at once by reference counting and never waits for the cyclic garbage collector
     (a cycle per request made full collections, and 30-50 ms stalls, at 10,000 requests/s)."""
 
-    __slots__ = ("_mv", "_request", "_protocol", "_done", "_started", "_live", "ticket", "task", "answered")
+    __slots__ = ("_mv", "_request", "_protocol", "_done", "_started", "_live", "ticket", "task", "answered",
+                 "classify")
 
     def __init__(self, mv: ModelVersion, request: InferRequest, protocol: str, done: Done, live: set):
         self._mv, self._request, self._protocol, self._done = mv, request, protocol, done
@@ -75,6 +77,7 @@ class _Call:
         self.ticket = None  # its place in the queue, or
         self.task: asyncio.Task | None = None  # its pipeline's run
         self.answered = False
+        self.classify = None  # (output, k) pairs the caller wants as top-k classes (daemon/classification.py)
 
     def finish(self, outcome) -> None:
         """The request's outputs, or an InferdError (the queue's and a pipeline's answer)."""
@@ -84,6 +87,8 @@ class _Call:
         self.ticket = self.task = None
         self._live.discard(self)
         mv, request = self._mv, self._request
+        if self.classify is not None and not isinstance(outcome, InferdError):
+            outcome = _classified(mv, outcome, self.classify)
         error = outcome if isinstance(outcome, InferdError) else None
         try:
             # Counted after the reply is written: the metrics are off the caller's critical path.
@@ -130,6 +135,15 @@ class _Call:
             self.finish(unexpected(error, "pipeline failed", model=self._mv.name, request_id=self._request.id))
 
 
+def _classified(mv: ModelVersion, outputs: dict, wanted) -> dict | InferdError:
+    try:
+        return classification.classify(outputs, wanted, mv.max_batch_size > 0, mv.serving.labels)
+    except InferdError as e:
+        return e
+    except Exception as e:  # a bug: the caller gets INTERNAL, the others of its batch their answers
+        return unexpected(e, "classification failed", model=mv.name, version=mv.version)
+
+
 class DataPlane:
     def __init__(self, repository: ModelRepository, state: ServerState):
         self.repository = repository
@@ -167,6 +181,9 @@ class DataPlane:
         call = _Call(mv, request, protocol, done, self._live)
         try:
             rows, shape_key = check_request(mv, request)
+            if request.output_parameters:
+                call.classify = classification.plan(request.output_parameters, {t.name: t for t in mv.metadata.outputs},
+                                                    rows, mv.max_batch_size > 0)
             if mv.pipeline is not None:  # its steps await one another: that takes a task
                 call.task = asyncio.ensure_future(mv.pipeline.run(request, self._run_step))
                 call.task.add_done_callback(call.pipeline_done)

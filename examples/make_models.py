@@ -122,6 +122,18 @@ def build_fixed(path: pathlib.Path) -> pathlib.Path:
     return _save(graph, path)
 
 
+def build_scores(path: pathlib.Path) -> pathlib.Path:
+    """A classifier's head, for classification: input "scores" FP32 [-1, -1] -> the same values
+    as "OUT_FP32" (Identity), "OUT_INT64", "OUT_BOOL" and "OUT_BYTES" (Casts)."""
+    casts = {"OUT_INT64": TensorProto.INT64, "OUT_BOOL": TensorProto.BOOL, "OUT_BYTES": TensorProto.STRING}
+    nodes = [helper.make_node("Identity", ["scores"], ["OUT_FP32"])]
+    nodes += [helper.make_node("Cast", ["scores"], [name], to=to) for name, to in casts.items()]
+    outputs = [helper.make_tensor_value_info("OUT_FP32", TensorProto.FLOAT, ["batch", "n"])]
+    outputs += [helper.make_tensor_value_info(name, to, ["batch", "n"]) for name, to in casts.items()]
+    inputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "n"])]
+    return _save(helper.make_graph(nodes, "scores", inputs, outputs), path)
+
+
 def build_slow(path: pathlib.Path, width: int = 1024, layers: int = 24) -> pathlib.Path:
     """A deliberately slow model (a chain of width x width MatMuls on every row): FP32 [-1, width]
     in and out. Tests use it to hold a worker busy long enough to kill it or fill a queue."""
