@@ -299,6 +299,7 @@ def triton_config(mv: ModelVersion) -> dict:
     batch dimension when the model batches)."""
     batching = mv.max_batch_size > 0
     settings = mv.serving.config.settings
+    formats, labels = mv.serving.config.input_formats, mv.serving.config.label_files
 
     def dims(spec):
         return list(spec.shape[1:] if batching else spec.shape)
@@ -309,10 +310,12 @@ def triton_config(mv: ModelVersion) -> dict:
         "backend": mv.metadata.platform.split("_")[0],
         "version_policy": {"latest": {"num_versions": 1}},
         "max_batch_size": mv.max_batch_size,
-        "input": [{"name": t.name, "data_type": _triton_type(t.datatype), "format": "FORMAT_NONE", "dims": dims(t),
+        "input": [{"name": t.name, "data_type": _triton_type(t.datatype), "format": formats.get(t.name, "FORMAT_NONE"),
+                   "dims": dims(t),
                    "is_shape_tensor": False, "allow_ragged_batch": False, "optional": False}
                   for t in mv.metadata.inputs],
-        "output": [{"name": t.name, "data_type": _triton_type(t.datatype), "dims": dims(t), "label_filename": "",
+        "output": [{"name": t.name, "data_type": _triton_type(t.datatype), "dims": dims(t),
+                    "label_filename": labels.get(t.name, ""),
                     "is_shape_tensor": False}
                    for t in mv.metadata.outputs],
         "dynamic_batching": {
@@ -322,6 +325,7 @@ def triton_config(mv: ModelVersion) -> dict:
         } if batching else None,
         "instance_group": [{"name": mv.name, "kind": "KIND_CPU", "count": settings.max_workers}],
         "parameters": _triton_parameters(mv.serving.config.parameters),
-        "model_transaction_policy": {"decoupled": False},
+        # (sequence_batching goes here, for a model with sequence settings: Triton's ModelSequenceBatching)
+        "model_transaction_policy": {"decoupled": False},  # (decoupled: a model that may send 0..N responses)
     }
     return {k: v for k, v in config.items() if v is not None}
