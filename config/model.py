@@ -175,12 +175,20 @@ def _extra_value(key: str, value, file: str, where: str) -> str:
     return value
 
 
-def load_model_config(path: Path | None, defaults: ModelSettings) -> ModelConfig:
-    """A model's config.toml on top of the daemon's [defaults]; no file means the defaults."""
-    if path is None or not path.exists():
+def load_model_config(path: Path | None, defaults: ModelSettings, override: dict | None = None) -> ModelConfig:
+    """A model's config.toml on top of the daemon's [defaults]; no file means the defaults.
+    `override`: keys that replace the file's (a load request's configuration, see
+    config/triton_override.py)."""
+    exists = path is not None and path.exists()
+    if not exists and not override:
         return ModelConfig(defaults)
-    file = str(path)
-    data = read_toml(path)
+    data = read_toml(path) if exists else {}
+    return model_config_from(data | (override or {}), str(path) if exists else "the load request's config", defaults)
+
+
+def model_config_from(data: dict, file: str, defaults: ModelSettings) -> ModelConfig:
+    """config.toml's data (`file` names it in errors) on top of `defaults`."""
+    data = dict(data)
     if "pipeline" in data:
         extra = sorted(set(data) - {"pipeline", "parameters"})
         if extra:

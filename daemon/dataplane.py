@@ -19,6 +19,7 @@ import structlog
 import inferd
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.daemon import classification
+from inferd.daemon.load_request import parse_load
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.requests import InferRequest, InferResponse
@@ -274,9 +275,13 @@ class DataPlane:
         if not name:
             raise invalid("a model name is required")
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(self, name: str, parameters: dict | None = None) -> None:
+        """`parameters`: the load request's (daemon/load_request.py): a configuration override."""
         self._repository_call(name)
-        await self._unless_shutting_down(self.repository.load_model(name))
+        request = parse_load(name, parameters)
+        if request.files:  # (model files in the request: not yet)
+            raise InferdError(ErrorCode.UNIMPLEMENTED, "model files in a load request are not supported by inferd yet")
+        await self._unless_shutting_down(self.repository.load_model(name, request.override))
 
     async def unload_model(self, name: str) -> None:
         self._repository_call(name)

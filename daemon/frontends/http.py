@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from inferd.common.codec import ValueBudget
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.daemon.dataplane import DataPlane
-from inferd.daemon.frontends import http_codec, json_offload
+from inferd.daemon.frontends import http_codec, json_offload, load_codec
 from inferd.daemon.frontends.auth import HTTP_HEALTH, Access
 from inferd.daemon.requests import RequestLimits
 
@@ -235,7 +235,8 @@ async def repository_index(request: web.Request) -> web.Response:
 
 
 async def repository_load(request: web.Request) -> web.Response:
-    await request.app[DATAPLANE].load_model(request.match_info["model"])
+    name = request.match_info["model"]
+    await request.app[DATAPLANE].load_model(name, load_codec.http_load_parameters(await request.read()))
     return web.Response(status=200)
 
 

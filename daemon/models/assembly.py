@@ -59,7 +59,7 @@ class Assembler:
         found = mv.found
         if found.problem:
             raise LoadFailed(found.problem)
-        config = load_model_config(found.config_path, defaults)
+        config = load_model_config(found.config_path, defaults, found.override)
         if found.pipeline:
             return await self._pipeline(mv, config)
         extension = found.path.suffix[1:]
