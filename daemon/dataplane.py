@@ -17,9 +17,11 @@ from collections.abc import Callable
 import structlog
 
 import inferd
-from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
+from inferd.common.errors import ErrorCode, InferdError, clip, invalid, unexpected
+from inferd.config.model import MODEL_NAME
 from inferd.daemon import classification
 from inferd.daemon.load_request import parse_load
+from inferd.daemon.models import upload
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.requests import InferRequest, InferResponse
@@ -146,9 +148,11 @@ def _classified(mv: ModelVersion, outputs: dict, wanted) -> dict | InferdError:
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository, state: ServerState):
+    def __init__(self, repository: ModelRepository, state: ServerState, accept_model_files: bool = False):
         self.repository = repository
         self.state = state
+        self.accept_model_files = accept_model_files  # models.accept_model_files: load requests may carry files
+        self._uploads: set[str] = set()  # models whose files a load request is writing
         self._live: set[_Call] = set()  # inferences not answered yet
         self._closing = asyncio.Event()  # set by answer_all_shutting_down()
 
@@ -279,9 +283,25 @@ class DataPlane:
         """`parameters`: the load request's (daemon/load_request.py): a configuration override."""
         self._repository_call(name)
         request = parse_load(name, parameters)
-        if request.files:  # (model files in the request: not yet)
-            raise InferdError(ErrorCode.UNIMPLEMENTED, "model files in a load request are not supported by inferd yet")
+        if request.files:
+            await self._write_model(name, request)
         await self._unless_shutting_down(self.repository.load_model(name, request.override))
+
+    async def _write_model(self, name: str, request) -> None:
+        """A load request's model files into the models directory (daemon/models/upload.py)."""
+        if not self.accept_model_files:
+            raise InferdError(ErrorCode.FAILED_PRECONDITION, "model files in a load request are refused: "
+                              "the server's models.accept_model_files is off")
+        if not MODEL_NAME.fullmatch(name) or name.startswith("."):
+            raise invalid(f"a model sent as files needs a name of [A-Za-z0-9_.-] not starting with '.', not {clip(name)}")
+        upload.check_files(name, request.files)
+        if name in self._uploads:
+            raise InferdError(ErrorCode.FAILED_PRECONDITION, f"files for model {name!r} are being written by another load")
+        self._uploads.add(name)
+        try:
+            await asyncio.to_thread(upload.write_model, self.repository.root, name, request.files, request.override or {})
+        finally:
+            self._uploads.discard(name)
 
     async def unload_model(self, name: str) -> None:
         self._repository_call(name)
