@@ -7,6 +7,7 @@ short message (inferd.common.errors.unexpected).
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 
@@ -235,8 +236,15 @@ async def repository_index(request: web.Request) -> web.Response:
 
 
 async def repository_load(request: web.Request) -> web.Response:
-    name = request.match_info["model"]
-    await request.app[DATAPLANE].load_model(name, load_codec.http_load_parameters(await request.read()))
+    name, dataplane = request.match_info["model"], request.app[DATAPLANE]
+    small = request.app[LIMITS].max_structured_bytes
+    if (request.content_length or 0) > small and not dataplane.accept_model_files:
+        raise invalid(f"a load request without model files takes at most {small} bytes")
+    body = await request.read()
+    # Model files make a big body: decoded (JSON, base64) in a thread, off the loop's turn.
+    parameters = await asyncio.to_thread(load_codec.http_load_parameters, body) if len(body) > small else \
+        load_codec.http_load_parameters(body)
+    await dataplane.load_model(name, parameters)
     return web.Response(status=200)
 
 

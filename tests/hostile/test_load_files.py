@@ -73,6 +73,9 @@ def test_files_are_refused_where_the_operator_did_not_accept_them(tmp_path, mode
         status, error = _load(d, "fresh", {"config": CONFIG, **_files({"1/model.onnx": model})}, token=None)
         assert status == 400 and "models.accept_model_files is off" in error  # FAILED_PRECONDITION's status
         assert not (tmp_path / "fresh").exists()
+        # A big body is refused from its length, before it is read or parsed.
+        status, error = _load(d, "fresh", {"config": CONFIG, **_files({"1/model.onnx": b"\0" * (2 << 20)})}, token=None)
+        assert status == 400 and "without model files takes at most" in error
         [event] = [e for e in d.events("listening") if e["frontend"] == "grpc"]
         client = grpcclient.InferenceServerClient(event["address"])
         try:
