@@ -267,7 +267,7 @@ class ModelRepository:
     async def _load_from_api(self, name: str, override: dict | None = None) -> InferdError | None:
         found = await asyncio.to_thread(scan, self.root, only=name)  # reads files: off the loop
         if not found:
-            return InferdError(ErrorCode.NOT_FOUND, f"no model {name!r} in the models directory")
+            return InferdError(ErrorCode.NOT_FOUND, f"failed to load: no model {name!r} in the models directory")
         if override:
             found = {k: dataclasses.replace(f, override=override) for k, f in found.items()}
         self.unloaded.discard(name)
