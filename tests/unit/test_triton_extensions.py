@@ -55,7 +55,8 @@ def test_plan_checks_k_type_and_the_result_count():
 def test_the_override_maps_tritons_keys_and_refuses_the_rest():
     data = from_triton("m", '{"max_batch_size": "4", "input": [{"name": "x", "data_type": "TYPE_STRING", "dims": ["3"], '
                             '"format": "FORMAT_NHWC"}], "dynamic_batching": {"max_queue_delay_microseconds": 1500}, '
-                            '"instance_group": [{"count": 2, "kind": "KIND_GPU", "gpus": [1]}, {"count": 1, "kind": "KIND_GPU", "gpus": [1]}], '
+                            '"instance_group": [{"count": 2, "kind": "KIND_GPU", "gpus": [1]}, '
+                            '{"count": 1, "kind": "KIND_GPU", "gpus": [1]}], '
                             '"parameters": {"k": {"string_value": "v"}}}')
     assert data == {"max_batch_size": 4, "inputs": [{"name": "x", "datatype": "BYTES", "shape": [-1, 3], "format": "FORMAT_NHWC"}],
                     "max_queue_delay_ms": 1.5, "max_workers": 3, "device": "cuda:1", "parameters": {"k": "v"}}
