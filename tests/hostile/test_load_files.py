@@ -120,7 +120,12 @@ def test_too_many_files_and_bad_base64_and_files_without_config_are_refused(acce
     assert status == 400 and "need the config parameter too" in error
     status, error = _load(d, "badconfig", {"config": '{"max_batch_size": 2, "warmup": []}', **_files({"1/model.onnx": model})})
     assert status == 400 and "'warmup' is not supported" in error
-    assert not any((root / n).exists() for n in ("many", "b64", "noconfig", "badconfig")) and not _staged(root)
+    status, error = _load(d, "bogus", {"config": CONFIG, "bogus": 1, **_files({"1/model.onnx": model})})
+    assert status == 400 and "unknown load parameter 'bogus'" in error
+    status, error = _load(d, "strconfig", {"config": {"max_batch_size": 2}, **_files({"1/model.onnx": model})})
+    assert status == 400 and "must be a JSON string" in error
+    assert not any((root / n).exists() for n in ("many", "b64", "noconfig", "badconfig", "bogus", "strconfig"))
+    assert not _staged(root)
 
 
 def test_a_body_over_the_request_limit_is_refused_before_it_is_read(tmp_path, model):
