@@ -21,11 +21,12 @@ from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.requests import InferRequest, InferResponse
+from inferd.daemon.shared_memory import CudaSharedMemory, SystemSharedMemory
 from inferd.daemon.validation import check_request
 
 log = structlog.get_logger("inferd.dataplane")
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "system_shared_memory"]
 
 Done = Callable[[InferResponse | InferdError], None]
 
@@ -136,6 +137,8 @@ class DataPlane:
         self.state = state
         self._live: set[_Call] = set()  # inferences not answered yet
         self._closing = asyncio.Event()  # set by answer_all_shutting_down()
+        self.system_shared_memory = SystemSharedMemory()  # regions clients registered (shared_memory.py)
+        self.cuda_shared_memory = CudaSharedMemory()
 
     # -- inference ---------------------------------------------------------------------------
 
