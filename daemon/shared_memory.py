@@ -214,10 +214,9 @@ class OutputTargets:
     def add(self, name: str, region: Region, offset: int, size: int) -> None:
         self._targets[name] = (region, offset, size)
 
-    def write(self, outputs: dict[str, np.ndarray]) -> dict[str, dict]:
-        """Each target output written into its region; returns the parameters to answer for
-        each (the region, the offset, the bytes written)."""
-        written = {}
+    def write(self, outputs: dict[str, np.ndarray]) -> set[str]:
+        """Each target output written into its region; returns their names."""
+        written = set()
         for name, (region, offset, size) in self._targets.items():
             if name not in outputs:
                 continue
@@ -230,8 +229,7 @@ class OutputTargets:
             view, done = memoryview(raw).cast("B"), 0
             while done < len(raw):
                 done += os.pwritev(region.fd, [view[done:]], position + done)
-            written[name] = {"shared_memory_region": region.name, "shared_memory_offset": offset,
-                             "shared_memory_byte_size": len(raw)}
+            written.add(name)
         return written
 
     def release(self) -> None:

@@ -73,24 +73,16 @@ def decode_infer_request(message: pb.ModelInferRequest, raw: list, deadline: flo
     return InferRequest(tensors, outputs, message.id, parameters, deadline, output_parameters)
 
 
-async def encode_infer_response(response: InferResponse, shared: dict[str, dict] | None = None) -> EncodedReply:
+async def encode_infer_response(response: InferResponse, shared: set[str] | None = None) -> EncodedReply:
     """Every output in raw_output_contents (what tritonclient reads), appended to the rest of
     the reply by grpc_wire without protobuf's copies. An output in `shared` was written into a
-    shared memory region: it carries those parameters and an empty raw entry (clients read
-    raw_output_contents by the output's index)."""
+    shared memory region: it has an empty raw entry (clients read raw_output_contents by the
+    output's index)."""
     reply = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
     raws = []
     for name, array in response.outputs.items():
-        output = reply.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        if shared and name in shared:
-            for key, value in shared[name].items():
-                if isinstance(value, str):
-                    output.parameters[key].string_param = value
-                else:
-                    output.parameters[key].int64_param = value
-            raws.append(_EMPTY)
-        else:
-            raws.append(array)
+        reply.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        raws.append(_EMPTY if shared and name in shared else array)
     return await with_raw_contents(reply.SerializeToString(), raws)
 
 

@@ -151,10 +151,11 @@ def _decode_outputs(outputs, fmt: OutputFormat, output_parameters: dict) -> tupl
 
 
 async def encode_response(response: InferResponse, fmt: OutputFormat,
-                          shared: dict[str, dict] | None = None) -> tuple[list[bytes], int | None]:
+                          shared: set[str] | None = None) -> tuple[list[bytes], int | None]:
     """The body as parts to write one after another, and the JSON header's length when binary
     data follows it (else None). An output in `shared` was written into a shared memory region:
-    it goes back without data, with those parameters. A small response is one part, written without giving up the
+    it goes back with neither data nor parameters (Triton's C++ client reads any output
+    parameters as binary data). A small response is one part, written without giving up the
     loop. A big output asked for as JSON is written JSON_SLICE elements per loop turn (4 M
     floats took ~150 ms of orjson in one call), and its parts are never joined into one copy."""
     outputs = []
@@ -163,8 +164,9 @@ async def encode_response(response: InferResponse, fmt: OutputFormat,
     for name, array in response.outputs.items():
         entry = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
         if shared and name in shared:
-            entry["parameters"] = shared[name]
-        elif fmt.is_binary(name):
+            outputs.append(entry)
+            continue
+        if fmt.is_binary(name):
             raw = raw_view(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

@@ -70,10 +70,9 @@ def test_int32_inputs_from_and_outputs_into_regions(client, regions):
     out0 = result.get_output("OUTPUT0")
     shape = list(out0["shape"]) if client.module is httpclient else list(out0.shape)
     assert shape == [1, 16]
-    if client.module is httpclient:  # no data came back, but where it went
-        assert "data" not in out0 and out0["parameters"]["shared_memory_region"] == op_name
+    if client.module is httpclient:  # no data came back (no parameters either, as from Triton)
+        assert "data" not in out0 and "parameters" not in out0
     else:
-        assert out0.parameters["shared_memory_region"].string_param == op_name
         assert result.get_response().raw_output_contents[0] == b""
     np.testing.assert_array_equal(shm.get_contents_as_numpy(op, np.int32, [1, 16]), a + b)
     np.testing.assert_array_equal(shm.get_contents_as_numpy(op, np.int32, [1, 16], offset=size), a - b)

@@ -265,7 +265,7 @@ def test_unregistering_a_region_a_request_still_writes_into(daemon, hc, shm_file
         request.join()
     status, body = answer["reply"]
     assert status == 200, body
-    assert body["outputs"][0]["parameters"]["shared_memory_region"] == "out"
+    assert body["outputs"][0]["name"] == "OUTPUT1" and "data" not in body["outputs"][0]
     with open(path, "rb") as f:
         f.seek(64)
         assert f.read(64) == np.zeros((1, 16), np.int32).tobytes()  # OUTPUT1 = INPUT0 - INPUT1
