@@ -290,3 +290,16 @@ def test_status_of_an_unknown_region_and_shared_memory_on_the_unix_socket(daemon
             data += s.recv(65536)
     reply = msgpack.unpackb(data[4:], raw=False)
     assert reply["error"]["code"] == "invalid_argument" and "carries tensors itself" in reply["error"]["message"]
+
+
+def test_a_big_json_body_naming_a_region_is_refused(daemon, hc, shm_file):
+    """A JSON body over max_structured_bytes is decoded in a decoder process, which has no
+    regions: the input is refused there, not silently dropped."""
+    key, _ = shm_file()
+    hc.register_system_shared_memory("in", key, 2 * ROWS.nbytes)
+    big = {"name": "IN_BYTES", "datatype": "BYTES", "shape": [1, 1], "data": ["x" * (1 << 21)]}
+    region = {"name": "IN_INT32", "datatype": "INT32", "shape": [1, 16], "parameters": {
+        "shared_memory_region": "in", "shared_memory_byte_size": 64}}
+    status, body = _post(daemon, "/v2/models/identity_all/infer", {"inputs": [region, big]})
+    assert status == 400 and "cannot name shared memory regions" in body["error"], body
+    _serves(daemon)
