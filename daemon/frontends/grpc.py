@@ -164,8 +164,8 @@ class InferenceServicer(GRPCInferenceServiceBase):
         infer_request = decode_infer_request(message, raw, deadline, budget, shm.input_reader(budget, self.limits.max_request_bytes))
         with shm.output_targets(infer_request.output_parameters) as targets:
             response = await self.dataplane.infer(message.model_name, message.model_version, infer_request, "grpc")
-            shared = targets.write(response.outputs) if targets else None
-        return await encode_infer_response(response, shared)
+            written = targets.write(response.outputs) if targets else None  # (outputs put in regions)
+        return await encode_infer_response(response, written)
 
     @_status
     async def ModelConfig(self, request, stream):

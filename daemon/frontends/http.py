@@ -183,8 +183,8 @@ async def infer(request: web.Request) -> web.Response:
             req, fmt = await request.app[DECODERS].decode(body)
         else:
             budget = ValueBudget(limits.max_value_elements)
-            shared = request.app[DATAPLANE].system_shared_memory.input_reader(budget, limits.max_request_bytes)
-            req, fmt = http_codec.decode_request(body, json_length, budget, shared)
+            read_region = request.app[DATAPLANE].system_shared_memory.input_reader(budget, limits.max_request_bytes)
+            req, fmt = http_codec.decode_request(body, json_length, budget, read_region)
     except json_offload.TooCostly as e:
         raise web.HTTPRequestEntityTooLarge(len(body), len(body), text=str(e)) from None
     finally:
@@ -195,8 +195,8 @@ async def infer(request: web.Request) -> web.Response:
     dataplane = request.app[DATAPLANE]
     with dataplane.system_shared_memory.output_targets(req.output_parameters) as targets:
         response = await dataplane.infer(name, version, req, "http")
-        shared = targets.write(response.outputs) if targets else None
-    parts, header_length = await http_codec.encode_response(response, fmt, shared)
+        written = targets.write(response.outputs) if targets else None  # (outputs put in regions)
+    parts, header_length = await http_codec.encode_response(response, fmt, written)
     headers = {} if header_length is None else {http_codec.HEADER_LENGTH: str(header_length)}
     content_type = "application/json" if header_length is None else "application/octet-stream"
     if len(parts) == 1:
