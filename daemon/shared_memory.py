@@ -18,13 +18,14 @@ CUDA regions need a GPU and CUDA IPC; without a GPU register says so, and status
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import stat
 from pathlib import Path
 
 import numpy as np
 
-from inferd.common.codec import from_raw, raw_view
+from inferd.common.codec import check_datatype_and_shape, from_raw, raw_view
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid
 
 SHM_DIR = "/dev/shm"
@@ -124,7 +125,7 @@ class SystemSharedMemory:
         self._regions[name] = region
 
     def unregister(self, name: str = "") -> None:
-        """One region, or all ("" names none). An unknown name is no error (as in Triton)."""
+        """One region, or all of them (name ""). An unknown name is no error (as in Triton)."""
         names = [name] if name else list(self._regions)
         for each in names:
             region = self._regions.pop(each, None)
@@ -164,6 +165,11 @@ class SystemSharedMemory:
         if size > left[0]:
             raise invalid(f"input {clip(name)}: shared memory inputs of a request may hold at most "
                           "server.max_request_bytes in all")
+        if datatype != "BYTES":  # a size that cannot fit the shape is refused before reading it
+            dtype, dims = check_datatype_and_shape(name, datatype, shape)
+            if math.prod(dims) * dtype.itemsize != size:
+                raise invalid(f"input {clip(name)}: shape {list(dims)} of {datatype} needs "
+                              f"{math.prod(dims) * dtype.itemsize} bytes, shared_memory_byte_size is {size}")
         left[0] -= size
         buffer = np.empty(size, np.uint8)
         view, done = memoryview(buffer), 0

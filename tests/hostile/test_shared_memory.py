@@ -14,6 +14,7 @@ import struct
 import threading
 import uuid
 
+import make_models
 import msgpack
 import numpy as np
 import orjson
@@ -28,8 +29,14 @@ ROWS = np.arange(16, dtype=np.int32).reshape(1, 16)
 
 
 @pytest.fixture(scope="module")
-def daemon(model_repo):
-    with DaemonProcess(model_repo) as d:
+def daemon(tmp_path_factory):
+    """add_sub, identity_all, and 'held': add_sub waiting up to 5 s for its batch to fill."""
+    root = tmp_path_factory.mktemp("shm-models")
+    make_models.build_add_sub(root / "add_sub" / "1" / "model.onnx")
+    make_models.build_identity_all(root / "identity_all.onnx")
+    make_models.build_add_sub(root / "held" / "1" / "model.onnx")
+    (root / "held" / "config.toml").write_text("max_batch_size = 8\nmax_queue_delay_ms = 5000\n")
+    with DaemonProcess(root) as d:
         yield d
 
 
@@ -241,7 +248,7 @@ def test_registering_without_end_is_bounded(daemon, hc, shm_file):
 
 
 def test_unregistering_a_region_a_request_still_writes_into(daemon, hc, shm_file):
-    """The 'held' model waits up to 1 s for a batch to fill: the output region is unregistered
+    """The 'held' model waits up to 5 s for a batch to fill: the output region is unregistered
     meanwhile. The request still writes its output there (it held the region from its start),
     and the region's descriptor closes once it is answered."""
     key, path = shm_file()
