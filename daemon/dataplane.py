@@ -26,6 +26,7 @@ from inferd.daemon.models import upload
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.requests import InferRequest, InferResponse
+from inferd.daemon.shared_memory import CudaSharedMemory, SystemSharedMemory
 from inferd.daemon.validation import check_request
 
 log = structlog.get_logger("inferd.dataplane")
@@ -154,6 +155,8 @@ class DataPlane:
         self._uploads: set[str] = set()  # models whose files a load request is writing
         self._live: set[_Call] = set()  # inferences not answered yet
         self._closing = asyncio.Event()  # set by answer_all_shutting_down()
+        self.system_shared_memory = SystemSharedMemory()  # regions clients registered (shared_memory.py)
+        self.cuda_shared_memory = CudaSharedMemory()
 
     # -- inference ---------------------------------------------------------------------------
 

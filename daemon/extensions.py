@@ -9,4 +9,5 @@ EXTENSIONS = (
     "model_configuration",  # /v2/models/<m>/config, ModelConfig
     "model_repository",  # /v2/repository/..., RepositoryIndex, RepositoryModelLoad/Unload
     "statistics",  # /v2/models/<m>/stats, ModelStatistics
+    "system_shared_memory",  # /v2/systemsharedmemory/..., SystemSharedMemory* (daemon/shared_memory.py)
 )

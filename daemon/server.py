@@ -204,4 +204,5 @@ class Daemon:
         answered = self.dataplane.answer_all_shutting_down()
         if answered:
             log.warning("answered requests still running as unavailable", requests=answered)
+        self.dataplane.system_shared_memory.close()
         return drained

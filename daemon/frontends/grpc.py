@@ -161,9 +161,13 @@ class InferenceServicer(GRPCInferenceServiceBase):
         deadline = None
         if stream.deadline is not None:
             deadline = time.monotonic() + stream.deadline.time_remaining()
-        infer_request = decode_infer_request(message, raw, deadline, ValueBudget(self.limits.max_value_elements))
-        response = await self.dataplane.infer(message.model_name, message.model_version, infer_request, "grpc")
-        return await encode_infer_response(response)
+        budget = ValueBudget(self.limits.max_value_elements)
+        shm = self.dataplane.system_shared_memory
+        infer_request = decode_infer_request(message, raw, deadline, budget, shm.input_reader(budget, self.limits.max_request_bytes))
+        with shm.output_targets(infer_request.output_parameters) as targets:
+            response = await self.dataplane.infer(message.model_name, message.model_version, infer_request, "grpc")
+            written = targets.write(response.outputs) if targets else None  # (outputs put in regions)
+        return await encode_infer_response(response, written)
 
     @_status
     async def ModelConfig(self, request, stream):
@@ -191,3 +195,39 @@ class InferenceServicer(GRPCInferenceServiceBase):
     async def RepositoryModelUnload(self, request, stream):
         await self.dataplane.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+    # -- the shared-memory extensions (inferd.daemon.shared_memory) ----------------------------
+
+    @_status
+    async def SystemSharedMemoryStatus(self, request, stream):
+        reply = pb.SystemSharedMemoryStatusResponse()
+        for region in self.dataplane.system_shared_memory.status(request.name):
+            reply.regions[region["name"]].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(**region))
+        return reply
+
+    @_status
+    async def SystemSharedMemoryRegister(self, request, stream):
+        self.dataplane.system_shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_status
+    async def SystemSharedMemoryUnregister(self, request, stream):
+        self.dataplane.system_shared_memory.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_status
+    async def CudaSharedMemoryStatus(self, request, stream):
+        reply = pb.CudaSharedMemoryStatusResponse()
+        for region in self.dataplane.cuda_shared_memory.status(request.name):
+            reply.regions[region["name"]].CopyFrom(pb.CudaSharedMemoryStatusResponse.RegionStatus(**region))
+        return reply
+
+    @_status
+    async def CudaSharedMemoryRegister(self, request, stream):
+        self.dataplane.cuda_shared_memory.register(request.name, request.raw_handle, request.device_id, request.byte_size)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @_status
+    async def CudaSharedMemoryUnregister(self, request, stream):
+        self.dataplane.cuda_shared_memory.unregister(request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from inferd.common.codec import ValueBudget
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.daemon.dataplane import DataPlane
-from inferd.daemon.frontends import http_codec, json_offload, load_codec
+from inferd.daemon.frontends import http_codec, http_shm, json_offload, load_codec
 from inferd.daemon.frontends.auth import HTTP_HEALTH, Access
 from inferd.daemon.requests import RequestLimits
 
@@ -183,7 +183,9 @@ async def infer(request: web.Request) -> web.Response:
         if BIG in request:
             req, fmt = await request.app[DECODERS].decode(body)
         else:
-            req, fmt = http_codec.decode_request(body, json_length, ValueBudget(limits.max_value_elements))
+            budget = ValueBudget(limits.max_value_elements)
+            read_region = request.app[DATAPLANE].system_shared_memory.input_reader(budget, limits.max_request_bytes)
+            req, fmt = http_codec.decode_request(body, json_length, budget, read_region)
     except json_offload.TooCostly as e:
         raise web.HTTPRequestEntityTooLarge(len(body), len(body), text=str(e)) from None
     finally:
@@ -191,8 +193,11 @@ async def infer(request: web.Request) -> web.Response:
             request.app[DECODERS].release()
     del body
     name, version = _model_args(request)
-    response = await request.app[DATAPLANE].infer(name, version, req, "http")
-    parts, header_length = await http_codec.encode_response(response, fmt)
+    dataplane = request.app[DATAPLANE]
+    with dataplane.system_shared_memory.output_targets(req.output_parameters) as targets:
+        response = await dataplane.infer(name, version, req, "http")
+        written = targets.write(response.outputs) if targets else None  # (outputs put in regions)
+    parts, header_length = await http_codec.encode_response(response, fmt, written)
     headers = {} if header_length is None else {http_codec.HEADER_LENGTH: str(header_length)}
     content_type = "application/json" if header_length is None else "application/octet-stream"
     if len(parts) == 1:
@@ -285,4 +290,5 @@ def build_app(dataplane: DataPlane, registry, limits: RequestLimits, access: Acc
         app.router.add_get(prefix + "/config", model_config)
         app.router.add_get(prefix + "/stats", model_stats)
     app.router.add_get("/metrics", metrics)
+    http_shm.add_routes(app, DATAPLANE)
     return app
