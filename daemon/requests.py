@@ -19,6 +19,7 @@ class InferRequest:
     id: str = ""
     parameters: dict = dataclasses.field(default_factory=dict)
     deadline: float | None = None  # time.monotonic() after which the request must not run
+    stream: object | None = None  # a decoupled model's request: its ResponseStream (set by the data plane)
 
 
 @dataclasses.dataclass(slots=True, eq=False)

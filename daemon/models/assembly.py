@@ -88,6 +88,7 @@ class Assembler:
             file_metadata.platform,
             _narrowed(file_metadata.inputs, config.inputs, "inputs"),
             _narrowed(file_metadata.outputs, config.outputs, "outputs"),
+            file_metadata.decoupled,
         )
         max_batch_size = _batch_limit(metadata, config)
         fit = await measure(pool, self.memory.probe, max_batch_size, settings.typical_dim_size)

@@ -1,0 +1,145 @@
+"""Streams through real clients: tritonclient.grpc's ModelStreamInfer with a decoupled model
+(Triton's repeat_int32, as its simple_grpc_custom_repeat.py example uses it) and an ordinary
+one; HTTP generate and generate_stream (server-sent events); the Unix socket's streams."""
+
+from __future__ import annotations
+
+import queue
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from daemon_process import DaemonProcess
+from stream_models import stream_models
+from tritonclient.utils import InferenceServerException
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    with DaemonProcess(stream_models(tmp_path_factory.mktemp("models"))) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def grpc_address(daemon) -> str:
+    [event] = [e for e in daemon.events("listening") if e["frontend"] == "grpc"]
+    return event["address"]
+
+
+def repeat_inputs(values, delay_ms=0, wait_ms=0):
+    values = np.asarray(values, np.int32)
+    tensors = []
+    for name, array in (("IN", values), ("DELAY", np.full(len(values), delay_ms, np.uint32)),
+                        ("WAIT", np.array([wait_ms], np.uint32))):
+        tensor = grpcclient.InferInput(name, list(array.shape), "INT32" if name == "IN" else "UINT32")
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
+
+
+def x_input(value: int, shape=(1,)):
+    tensor = grpcclient.InferInput("x", list(shape), "INT64")
+    tensor.set_data_from_numpy(np.full(shape, value, np.int64))
+    return tensor
+
+
+class Stream:
+    """tritonclient's stream, its callback's results in a queue."""
+
+    def __init__(self, address: str):
+        self.client = grpcclient.InferenceServerClient(address)
+        self.results: queue.Queue = queue.Queue()
+        self.client.start_stream(callback=lambda result, error: self.results.put(error or result))
+
+    def take(self, n: int, timeout: float = 30) -> list:
+        return [self.results.get(timeout=timeout) for _ in range(n)]
+
+    def nothing_more(self, wait: float = 0.5) -> bool:
+        try:
+            self.results.get(timeout=wait)
+        except queue.Empty:
+            return True
+        return False
+
+    def close(self):
+        self.client.stop_stream()
+        self.client.close()
+
+
+@pytest.fixture
+def stream(grpc_address):
+    s = Stream(grpc_address)
+    yield s
+    s.close()
+
+
+def final_flag(result) -> bool:
+    return result.get_response().parameters["triton_final_response"].bool_param
+
+
+def test_custom_repeat_example_gets_each_element_as_one_response(stream):
+    """simple_grpc_custom_repeat.py's use: 10 responses, in order, then nothing."""
+    stream.client.async_stream_infer("repeat_int32", repeat_inputs(range(100, 110), delay_ms=5),
+                                     outputs=[grpcclient.InferRequestedOutput("OUT")], request_id="r1")
+    results = stream.take(10)
+    assert [int(r.as_numpy("OUT")[0]) for r in results] == list(range(100, 110))
+    assert all(r.get_response().id == "r1" and not final_flag(r) for r in results)
+    assert results[0].as_numpy("IDX") is None  # only the output asked for
+    assert stream.nothing_more()
+
+
+def test_an_empty_final_response_when_asked(stream):
+    stream.client.async_stream_infer("repeat_int32", repeat_inputs([7, 8]), request_id="f",
+                                     enable_empty_final_response=True)
+    results = stream.take(3)
+    assert [final_flag(r) for r in results] == [False, False, True]
+    assert [int(r.as_numpy("OUT")[0]) for r in results[:2]] == [7, 8]
+    assert results[2].get_response().id == "f" and not results[2].get_response().outputs
+    # Zero responses: the final marker alone.
+    stream.client.async_stream_infer("repeat_int32", repeat_inputs([]), request_id="none",
+                                     enable_empty_final_response=True)
+    [only] = stream.take(1)
+    assert final_flag(only) and only.get_response().id == "none"
+
+
+def test_an_ordinary_model_answers_once_on_a_stream(stream):
+    stream.client.async_stream_infer("double", [x_input(21, (3,))], request_id="d")
+    [result] = stream.take(1)
+    assert result.as_numpy("y").tolist() == [42, 42, 42] and final_flag(result)
+    assert result.get_response().id == "d"
+    assert stream.nothing_more()
+
+
+def test_concurrent_requests_on_one_stream_are_each_answered_with_their_id(stream):
+    for i in range(6):
+        stream.client.async_stream_infer("repeat_int32", repeat_inputs([i, i], delay_ms=20), request_id=f"c{i}")
+        stream.client.async_stream_infer("double", [x_input(i)], request_id=f"d{i}")
+    results = stream.take(18)
+    by_id: dict[str, list] = {}
+    for r in results:
+        by_id.setdefault(r.get_response().id, []).append(r)
+    assert sorted(by_id) == sorted([f"c{i}" for i in range(6)] + [f"d{i}" for i in range(6)])
+    for i in range(6):
+        assert [int(r.as_numpy("OUT")[0]) for r in by_id[f"c{i}"]] == [i, i]
+        assert int(by_id[f"d{i}"][0].as_numpy("y")[0]) == 2 * i
+
+
+def test_a_request_error_is_in_its_response_and_the_stream_goes_on(stream):
+    stream.client.async_stream_infer("no_such_model", [x_input(1)], request_id="bad")
+    stream.client.async_stream_infer("double", [x_input(1, (1, 2))], request_id="badshape")
+    stream.client.async_stream_infer("double", [x_input(5)], request_id="good")
+    first, second, third = stream.take(3)
+    assert isinstance(first, InferenceServerException) and "no_such_model" in first.message()
+    assert isinstance(second, InferenceServerException) and "shape" in second.message()
+    assert int(third.as_numpy("y")[0]) == 10
+
+
+def test_model_infer_refuses_a_decoupled_model_and_its_config_says_decoupled(grpc_address):
+    client = grpcclient.InferenceServerClient(grpc_address)
+    with pytest.raises(InferenceServerException, match="decoupled") as e:
+        client.infer("repeat_int32", repeat_inputs([1]))
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+    config = client.get_model_config("repeat_int32", as_json=True)["config"]
+    assert config["model_transaction_policy"] == {"decoupled": True}
+    assert client.get_model_config("double", as_json=True)["config"]["model_transaction_policy"] == {}
+    client.close()
