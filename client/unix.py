@@ -115,6 +115,41 @@ class UnixTransport:
             reply = self._exchange(frame, request_id)
         return _result(reply)
 
+    def stream(self, op: str, fields: dict):
+        """A streamed request's replies, one by one, up to the one marked final. Leaving early
+        closes the connection: the daemon then stops the model's run (the next call reconnects)."""
+        request_id = next(self._ids)
+        frame = _frame({"id": request_id, "op": op, "stream": True, **fields})
+        try:
+            reply = self._exchange(frame, request_id)
+        except _IdleConnectionDropped:
+            reply = self._exchange(frame, request_id)
+        finished = False
+        try:
+            while True:
+                finished = reply.get("final", True) or not reply.get("ok")
+                yield _result(reply)
+                if finished:
+                    return
+                reply = self._next_reply(request_id)
+        finally:
+            if not finished:
+                self.close()
+
+    def _next_reply(self, request_id: int) -> dict:
+        """The next reply of a stream in progress."""
+        try:
+            return self._read_reply(self._sock, request_id)
+        except TimeoutError:
+            self.close()
+            raise InferdClientError("deadline_exceeded", f"no reply from inferd at {self.path} within {self.timeout} s") from None
+        except (OSError, EOFError) as e:
+            self.close()
+            raise _lost(self.path, e) from None
+        except ValueError as e:
+            self.close()
+            raise _malformed(self.path, e) from None
+
     def _exchange(self, frame: tuple[bytes, bytes], request_id: int) -> dict:
         """Send one request and read its reply; any failure closes the socket, whose stream is
         then out of step."""

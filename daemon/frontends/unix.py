@@ -53,6 +53,7 @@ class _Connection(asyncio.Protocol):
         self._idle: asyncio.Future | None = None  # set by finish(): resolved when nothing is in flight
         self._paused = False  # reading, for too many in flight
         self._write_paused = False  # reading, for unread replies
+        self._held_acks: list[Callable[[], None]] = []  # streams' responses written while paused (_partial)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -112,8 +113,13 @@ class _Connection(asyncio.Protocol):
         self._inflight[serial] = _nothing  # in flight before submit: it may answer at once
         try:
             model, version, request = decode_infer(msg, ValueBudget(self.front.max_values))
-            withdraw = self.front.dataplane.submit(
-                model, version, request, "unix", lambda result: self._infer_done(serial, request_id, result))
+            if field(msg, "stream", bool, False):  # several replies, the last marked final
+                withdraw = self.front.dataplane.submit_stream(
+                    model, version, request, "unix", lambda response, ack: self._partial(request_id, response, ack),
+                    lambda result: self._infer_done(serial, request_id, result, final=True))
+            else:
+                withdraw = self.front.dataplane.submit(
+                    model, version, request, "unix", lambda result: self._infer_done(serial, request_id, result))
         except BaseException:
             del self._inflight[serial]
             raise
@@ -121,17 +127,31 @@ class _Connection(asyncio.Protocol):
             self._inflight[serial] = withdraw
             self._count_inflight()
 
-    def _infer_done(self, serial: int, request_id: int, result: InferResponse | InferdError) -> None:
+    def _infer_done(self, serial: int, request_id: int, result: InferResponse | InferdError, final: bool = False) -> None:
         if self._inflight.pop(serial, None) is None:
             return  # withdrawn: the connection is gone
         try:
-            if isinstance(result, InferdError):
-                self._reply(error_reply(request_id, result))
-            else:
-                self._reply(encode_infer(request_id, result))
+            reply = error_reply(request_id, result) if isinstance(result, InferdError) else encode_infer(request_id, result)
         except Exception as e:  # a bug must still answer this caller, and not fail its batch's others
-            self._reply(error_reply(request_id, unexpected(e, "unix-socket reply failed")))
+            reply = error_reply(request_id, unexpected(e, "unix-socket reply failed"))
+        if final:
+            reply["final"] = True
+        self._reply(reply)
         self._uncount_inflight()
+
+    def _partial(self, request_id: int, response: InferResponse, ack: Callable[[], None]) -> None:
+        """One response of a stream (not its last). The model may run one further once this is
+        written: at once, unless the client leaves its replies unread (then at resume_writing)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        reply = encode_infer(request_id, response)
+        reply["final"] = False
+        payload = msgpack.packb(reply, use_bin_type=True)
+        self.transport.writelines((HEADER.pack(len(payload)), payload))
+        if self._write_paused:
+            self._held_acks.append(ack)
+        else:
+            ack()
 
     async def _awaited_op(self, request_id: int, op: str, msg: dict) -> None:
         dp = self.front.dataplane
@@ -169,6 +189,9 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._update_reading()
+        acks, self._held_acks = self._held_acks, []
+        for ack in acks:  # the streams' responses held in the buffer are written: their models go on
+            ack()
 
     def _update_reading(self) -> None:
         transport = self.transport

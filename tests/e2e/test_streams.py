@@ -143,3 +143,23 @@ def test_model_infer_refuses_a_decoupled_model_and_its_config_says_decoupled(grp
     assert config["model_transaction_policy"] == {"decoupled": True}
     assert client.get_model_config("double", as_json=True)["config"]["model_transaction_policy"] == {}
     client.close()
+
+
+def test_unix_socket_stream_yields_each_response(daemon):
+    from inferd.client import Client, InferdClientError
+
+    with Client(socket=daemon.socket_path) as client:
+        inputs = {"IN": np.array([3, 4, 5], np.int32), "DELAY": np.zeros(3, np.uint32), "WAIT": np.zeros(1, np.uint32)}
+        got = list(client.stream("repeat_int32", inputs, outputs=["OUT"]))
+        assert [r["OUT"].tolist() for r in got] == [[3], [4], [5]] and all(list(r) == ["OUT"] for r in got)
+        assert list(client.stream("repeat_int32", inputs | {"IN": np.zeros(0, np.int32)})) == []
+        # An ordinary model answers once; the connection serves on after streams.
+        assert [r["y"].tolist() for r in client.stream("double", {"x": np.array([1, 2])})] == [[2, 4]]
+        with pytest.raises(InferdClientError, match="decoupled") as e:
+            client.infer("repeat_int32", inputs)
+        assert e.value.code == "invalid_argument"
+        with pytest.raises(InferdClientError) as e:
+            list(client.stream("careless", {"x": np.array([1])}))
+        assert e.value.code == "internal" and "ValueError: midway" in e.value.message
+        assert client.infer("double", {"x": np.array([4])})["y"].tolist() == [8]
+        assert client.connections_opened == 1
