@@ -4,8 +4,10 @@ one; HTTP generate and generate_stream (server-sent events); the Unix socket's s
 
 from __future__ import annotations
 
+import json
 import queue
 
+import aiohttp
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -163,3 +165,47 @@ def test_unix_socket_stream_yields_each_response(daemon):
         assert e.value.code == "internal" and "ValueError: midway" in e.value.message
         assert client.infer("double", {"x": np.array([4])})["y"].tolist() == [8]
         assert client.connections_opened == 1
+
+
+async def _sse(session, url: str, doc: dict) -> tuple[int, str, list]:
+    async with session.post(url, json=doc) as r:
+        if r.content_type != "text/event-stream":
+            return r.status, r.content_type, [await r.json()]
+        events = []
+        async for line in r.content:
+            if line.startswith(b"data: "):
+                events.append(json.loads(line[6:]))
+        return r.status, r.content_type, events
+
+
+async def test_http_generate_stream_sends_each_response_as_an_event(daemon):
+    async with aiohttp.ClientSession() as session:
+        url = f"{daemon.url}/v2/models/repeat_int32/generate_stream"
+        status, kind, events = await _sse(session, url, {"IN": [4, 5, 6], "DELAY": [1, 1, 1], "WAIT": 0})
+        assert (status, kind) == (200, "text/event-stream")
+        assert events == [{"model_name": "repeat_int32", "model_version": "1", "OUT": v, "IDX": i}
+                          for i, v in enumerate([4, 5, 6])]
+        # An ordinary model: one event; the versioned URL too.
+        status, _, events = await _sse(session, f"{daemon.url}/v2/models/double/versions/1/generate_stream", {"x": [1, 2]})
+        assert status == 200 and events == [{"model_name": "double", "model_version": "1", "y": [2, 4]}]
+        # An error after the first event is an event; one before it, an ordinary answer.
+        status, _, events = await _sse(session, f"{daemon.url}/v2/models/careless/generate_stream", {"x": 1})
+        assert status == 200 and [e.get("y") for e in events[:2]] == [1, 2] and "ValueError: midway" in events[2]["error"]
+        status, kind, [error] = await _sse(session, f"{daemon.url}/v2/models/careless/generate_stream", {"x": 3})
+        assert (status, kind) == (500, "application/json") and "generator" in error["error"]
+
+
+async def test_http_generate_answers_one_response(daemon):
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{daemon.url}/v2/models/double/generate", json={"x": 21, "parameters": {"t": 1}}) as r:
+            assert r.status == 200 and await r.json() == {"model_name": "double", "model_version": "1", "y": 42}
+        async with session.post(f"{daemon.url}/v2/models/repeat_int32/generate", json={"IN": [9], "DELAY": [0], "WAIT": 0}) as r:
+            assert r.status == 200 and (await r.json())["OUT"] == 9
+        async with session.post(f"{daemon.url}/v2/models/repeat_int32/generate", json={"IN": [1, 2], "DELAY": [0, 0], "WAIT": 0}) as r:
+            assert r.status == 400 and "exactly one" in (await r.json())["error"]
+        async with session.post(f"{daemon.url}/v2/models/double/generate", json={"x": 1, "text_input": "hi"}) as r:
+            assert r.status == 400 and "'text_input' is not an input of model 'double' (its inputs: 'x')" in (await r.json())["error"]
+        async with session.post(f"{daemon.url}/v2/models/nope/generate", json={"x": 1}) as r:
+            assert r.status == 404
+        async with session.post(f"{daemon.url}/v2/models/double/generate", data=b"[1]") as r:
+            assert r.status == 400
