@@ -113,7 +113,7 @@ class _Connection(asyncio.Protocol):
         self._inflight[serial] = _nothing  # in flight before submit: it may answer at once
         try:
             model, version, request = decode_infer(msg, ValueBudget(self.front.max_values))
-            if field(msg, "stream", bool, False):  # several replies, the last marked final
+            if "stream" in msg and field(msg, "stream", bool, False):  # several replies, the last marked final
                 withdraw = self.front.dataplane.submit_stream(
                     model, version, request, "unix", lambda response, ack: self._partial(request_id, response, ack),
                     lambda result: self._infer_done(serial, request_id, result, final=True))
