@@ -142,7 +142,9 @@ async def generate_stream(request: web.Request, dataplane: DataPlane, budget: Va
             if ack is None:
                 break
             ack()
+        await stream.write_eof()
+    except ConnectionResetError:  # the client went away while an event was written: no failure of ours
+        pass
     finally:
-        withdraw()  # the client went away (the handler is cancelled): the model stops
-    await stream.write_eof()
+        withdraw()  # the client went away (or the handler is cancelled): the model stops
     return stream
