@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from inferd.backends import ipc
-from inferd.common.errors import InferdError
+from inferd.common.errors import InferdError, unexpected
 
 WINDOW = 4  # responses of one request sent by the worker and not yet written to its caller
 
@@ -55,7 +55,11 @@ class ResponseStream:
         """One PARTIAL from the worker."""
         if not self._cancelled:
             self.sent += 1
-            self.on_response(outputs)
+            try:
+                self.on_response(outputs)
+            except Exception as e:  # a front-end's bug: logged; this stream stops, the worker's socket reads on
+                unexpected(e, "answering a stream response failed")
+                self.cancel()
 
     def ack(self) -> None:
         """One response was written to the caller: the worker may send one more."""

@@ -7,7 +7,6 @@ RPC raises (a bug) is INTERNAL with a short message (inferd.common.errors.unexpe
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 
@@ -174,7 +173,7 @@ class InferenceServicer(GRPCInferenceServiceBase):
             await model_stream_infer(self.dataplane, self.limits, stream)
         except InferdError as e:  # the stream itself is unreadable (a message too big, say)
             raise GRPCError(GRPC_STATUS[e.code], e.message) from None
-        except (GRPCError, asyncio.CancelledError):
+        except GRPCError:
             raise
         except Exception as e:
             error = unexpected(e, "gRPC stream failed")
