@@ -4,6 +4,7 @@ one; HTTP generate and generate_stream (server-sent events); the Unix socket's s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 
@@ -209,3 +210,27 @@ async def test_http_generate_answers_one_response(daemon):
             assert r.status == 404
         async with session.post(f"{daemon.url}/v2/models/double/generate", data=b"[1]") as r:
             assert r.status == 400
+
+
+async def test_tritonclient_aio_stream_infer(grpc_address):
+    import tritonclient.grpc.aio as grpcaio
+
+    client = grpcaio.InferenceServerClient(grpc_address)
+    done = asyncio.Event()
+
+    async def requests():
+        yield {"model_name": "repeat_int32", "inputs": repeat_inputs([1, 2, 3]), "request_id": "a"}
+        yield {"model_name": "double", "inputs": [x_input(4)], "request_id": "b"}
+        await done.wait()  # the stream stays open until every answer is in
+
+    got = []
+    responses = client.stream_infer(requests())
+    async for result, error in responses:
+        assert error is None
+        got.append((result.get_response().id, result.as_numpy("OUT" if result.get_response().id == "a" else "y").tolist()))
+        if len(got) == 4:
+            done.set()
+            break
+    responses.cancel()
+    await client.close()
+    assert sorted(got) == [("a", [1]), ("a", [2]), ("a", [3]), ("b", [8])]
