@@ -4,7 +4,7 @@ them, so requests are built and results decoded here, once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -160,6 +160,21 @@ class AsyncClient:
         """As `Client.infer`."""
         fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms)
         return _outputs(await self._transport.call("infer", fields))
+
+    async def stream(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
+                     version: str = "", request_id: str = "", timeout_ms: int | None = None) -> AsyncIterator[dict[str, np.ndarray]]:
+        """As `Client.stream`: `async for outputs in client.stream(...)`. Leaving the loop early
+        cancels the request (its model stops); the connection goes on serving the other calls."""
+        if not hasattr(self._transport, "stream"):
+            raise InferdClientError("unimplemented", "streams need the Unix socket (or HTTP generate_stream, gRPC ModelStreamInfer)")
+        fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms)
+        replies = self._transport.stream("infer", fields)
+        try:
+            async for reply in replies:
+                if reply.get("outputs"):
+                    yield _outputs(reply)
+        finally:
+            await replies.aclose()
 
     async def live(self) -> bool:
         return (await self._transport.call("live", {}))["live"]

@@ -54,6 +54,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False  # reading, for too many in flight
         self._write_paused = False  # reading, for unread replies
         self._held_acks: list[Callable[[], None]] = []  # streams' responses written while paused (_partial)
+        self._streams: dict[int, int] = {}  # streams in flight: request id -> serial (for "cancel")
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -95,6 +96,8 @@ class _Connection(asyncio.Protocol):
         try:
             if op == "infer":
                 return self._infer(request_id, msg)
+            if op == "cancel":
+                return self._cancel(request_id, msg)
             if op in AWAITED_OPS:
                 self._awaited += 1
                 task = self._tasks.spawn(self._awaited_op(request_id, op, msg))
@@ -126,6 +129,8 @@ class _Connection(asyncio.Protocol):
         if serial in self._inflight:  # not answered yet
             self._inflight[serial] = withdraw
             self._count_inflight()
+            if "stream" in msg:
+                self._streams[request_id] = serial
 
     def _infer_done(self, serial: int, request_id: int, result: InferResponse | InferdError, final: bool = False) -> None:
         if self._inflight.pop(serial, None) is None:
@@ -136,6 +141,8 @@ class _Connection(asyncio.Protocol):
             reply = error_reply(request_id, unexpected(e, "unix-socket reply failed"))
         if final:
             reply["final"] = True
+            if self._streams.get(request_id) == serial:
+                del self._streams[request_id]
         self._reply(reply)
         self._uncount_inflight()
 
@@ -152,6 +159,17 @@ class _Connection(asyncio.Protocol):
             self._held_acks.append(ack)
         else:
             ack()
+
+    def _cancel(self, request_id: int, msg: dict) -> None:
+        """Withdraw a stream of this connection (its model stops): its final reply is
+        `cancelled`. Answers whether there was one to cancel."""
+        target = field(msg, "request", int)
+        serial = self._streams.get(target)
+        withdraw = self._inflight.get(serial) if serial is not None else None
+        if withdraw is not None:
+            withdraw()
+            self._infer_done(serial, target, InferdError(ErrorCode.CANCELLED, "cancelled by the client"), final=True)
+        self._reply({"id": request_id, "ok": True, "cancelled": withdraw is not None})
 
     async def _awaited_op(self, request_id: int, op: str, msg: dict) -> None:
         dp = self.front.dataplane

@@ -168,6 +168,22 @@ def test_unix_socket_stream_yields_each_response(daemon):
         assert client.connections_opened == 1
 
 
+async def test_unix_socket_async_streams_share_the_connection(daemon):
+    from inferd.client import AsyncClient, InferdClientError
+
+    async def repeat(client, values):
+        ins = {"IN": np.array(values, np.int32), "DELAY": np.full(len(values), 5, np.uint32), "WAIT": np.zeros(1, np.uint32)}
+        return [int(r["OUT"][0]) async for r in client.stream("repeat_int32", ins)]
+
+    async with AsyncClient(socket=daemon.socket_path) as client:
+        results = await asyncio.gather(repeat(client, [1, 2, 3]), repeat(client, [4, 5]), repeat(client, []),
+                                       client.infer("double", {"x": np.array([6])}))
+        assert results[:3] == [[1, 2, 3], [4, 5], []] and results[3]["y"].tolist() == [12]
+        with pytest.raises(InferdClientError, match="midway"):
+            [r async for r in client.stream("careless", {"x": np.array([1])})]
+        assert client.connections_opened == 1
+
+
 async def _sse(session, url: str, doc: dict) -> tuple[int, str, list]:
     async with session.post(url, json=doc) as r:
         if r.content_type != "text/event-stream":

@@ -27,7 +27,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 from waiting import eventually
 
-from inferd.client import Client, InferdClientError
+from inferd.client import AsyncClient, Client, InferdClientError
 
 MAX_IN_FLIGHT = 100  # daemon/frontends/grpc_stream.py (the tests never import the gRPC front-end)
 
@@ -121,6 +121,14 @@ async def test_a_client_that_goes_away_mid_stream_stops_the_model(daemon):
                 break
     await eventually(lambda: yielded(daemon, 10)[-1:] == ["closed"], 30, "the Unix stream's model to stop")
 
+    async with AsyncClient(socket=daemon.socket_path, timeout=30) as client:  # async: a "cancel" on the same connection
+        async for reply in client.stream("endless", {"x": np.array([13])}):
+            if reply["y"][0] == 3:
+                break
+        await eventually(lambda: yielded(daemon, 13)[-1:] == ["closed"], 30, "the async stream's model to stop")
+        assert (await client.infer("double", {"x": np.array([2])}))["y"].tolist() == [4]
+        assert client.connections_opened == 1
+
     async with aiohttp.ClientSession() as session:  # HTTP: the connection closes after three events
         async with session.post(f"{daemon.url}/v2/models/endless/generate_stream", json={"x": 11}) as r:
             events = 0
@@ -185,3 +193,37 @@ def test_a_careless_model_fails_its_request_after_what_it_sent_and_serves_on(dae
         assert [int(r["y"][0]) for r in client.stream("careless", {"x": np.array([0])})] == [1, 2, 3]
         assert client.connections_opened == 1
     assert not [e for e in daemon.events("worker exited") if e.get("model") == "careless"]
+
+
+async def test_cancel_on_the_unix_socket_ends_the_stream_with_cancelled(daemon):
+    def exactly(sock, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            assert chunk, "the daemon closed the connection"
+            data += chunk
+        return data
+
+    def read(sock) -> dict:
+        (length,) = struct.unpack(">I", exactly(sock, 4))
+        return msgpack.unpackb(exactly(sock, length))
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(daemon.socket_path)
+        sock.sendall(unix_stream_request(14))
+        first = read(sock)
+        assert first["id"] == 1 and first["final"] is False and first["ok"]
+        for request, target in ((2, 1), (3, 99), (4, "x")):
+            payload = msgpack.packb({"id": request, "op": "cancel", "request": target})
+            sock.sendall(struct.pack(">I", len(payload)) + payload)
+        replies = {}
+        while len(replies) < 4:
+            reply = read(sock)
+            if reply["id"] != 1 or reply.get("final"):
+                replies[reply["id"]] = reply
+        assert replies[1]["ok"] is False and replies[1]["final"] is True and replies[1]["error"]["code"] == "cancelled"
+        assert replies[2] == {"id": 2, "ok": True, "cancelled": True}
+        assert replies[3] == {"id": 3, "ok": True, "cancelled": False}
+        assert replies[4]["ok"] is False and replies[4]["error"]["code"] == "invalid_argument"
+    await eventually(lambda: yielded(daemon, 14)[-1:] == ["closed"], 30, "the cancelled stream's model to stop")
