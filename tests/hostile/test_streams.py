@@ -16,6 +16,7 @@ import time
 import aiohttp
 import h2.config
 import h2.connection
+import h2.events
 import msgpack
 import numpy as np
 import pytest
@@ -227,3 +228,52 @@ async def test_cancel_on_the_unix_socket_ends_the_stream_with_cancelled(daemon):
         assert replies[3] == {"id": 3, "ok": True, "cancelled": False}
         assert replies[4]["ok"] is False and replies[4]["error"]["code"] == "invalid_argument"
     await eventually(lambda: yielded(daemon, 14)[-1:] == ["closed"], 30, "the cancelled stream's model to stop")
+
+
+def raw_stream(port: int, body: bytes, end: bool = True) -> tuple[str, list]:
+    """ModelStreamInfer over raw HTTP/2 with `body` (framed messages): (grpc-status, answers)."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "localhost"),
+                          (":path", "/inference.GRPCInferenceService/ModelStreamInfer"),
+                          ("content-type", "application/grpc"), ("te", "trailers")])
+    conn.send_data(1, body, end_stream=end)
+    data, answers = b"", []
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(conn.data_to_send())
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                return "EOF", answers
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2.events.DataReceived):
+                    data += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                    while len(data) >= 5 and len(data) >= 5 + int.from_bytes(data[1:5], "big"):
+                        size = int.from_bytes(data[1:5], "big")
+                        answers.append(pb.ModelStreamInferResponse.FromString(data[5:5 + size]))
+                        data = data[5 + size:]
+                elif isinstance(event, h2.events.TrailersReceived | h2.events.ResponseReceived):
+                    fields = dict(event.headers)
+                    if "grpc-status" in fields:
+                        return fields["grpc-status"] + " " + fields.get("grpc-message", ""), answers
+            sock.sendall(conn.data_to_send())
+
+
+def test_bad_messages_on_a_grpc_stream(daemon):
+    port = grpc_port(daemon)
+    good = pb.ModelInferRequest(model_name="double", id="ok")
+    good.inputs.add(name="x", datatype="INT64", shape=[1], contents=pb.InferTensorContents(int64_contents=[5]))
+    # A message that does not parse is that request's error; the stream goes on and ends OK.
+    status, answers = raw_stream(port, b"\0\0\0\0\3\xff\xff\xff" + framed(good))
+    assert status.startswith("0") and len(answers) == 2
+    assert "not a valid protobuf message" in answers[0].error_message
+    assert answers[1].infer_response.id == "ok" and answers[1].infer_response.raw_output_contents
+    # A message over server.max_request_bytes (64 MiB) ends the stream with a status.
+    status, _ = raw_stream(port, b"\0" + (1 << 30).to_bytes(4, "big"), end=False)
+    assert status.startswith(str(8)) and "server.max_request_bytes" in status  # RESOURCE_EXHAUSTED
+    # A stream cut inside a message: INVALID_ARGUMENT, the daemon serves on.
+    status, _ = raw_stream(port, framed(good)[:-2])
+    assert status.startswith("3 ")
+    with Client(socket=daemon.socket_path, timeout=30) as client:
+        assert client.infer("double", {"x": np.array([1])})["y"].tolist() == [2]
