@@ -11,6 +11,7 @@ import json
 import queue
 import socket
 import struct
+import threading
 import time
 
 import aiohttp
@@ -277,3 +278,38 @@ def test_bad_messages_on_a_grpc_stream(daemon):
     assert status.startswith("3 ")
     with Client(socket=daemon.socket_path, timeout=30) as client:
         assert client.infer("double", {"x": np.array([1])})["y"].tolist() == [2]
+
+
+def test_sigterm_ends_endless_streams_within_the_drain_timeout(tmp_path):
+    """Streams being read (Unix socket, gRPC) of a model that never ends: the drain waits
+    server.drain_timeout_s, then each stream ends with "shutting down", the models stop, and
+    the daemon exits 0."""
+    root = stream_models(tmp_path / "models")
+    (root / "endless" / "config.toml").write_text("execution_timeout_s = 60\nmin_workers = 2\n")
+    with DaemonProcess(root, env={"INFERD_SERVER_DRAIN_TIMEOUT_S": "2"}) as d:
+        errors: queue.Queue = queue.Queue()
+
+        def unix():
+            try:
+                with Client(socket=d.socket_path, timeout=60) as client:
+                    for _ in client.stream("endless", {"x": np.array([20])}):
+                        pass
+            except InferdClientError as e:
+                errors.put(("unix", e.code, e.message))
+
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port(d)}")
+        grpc.start_stream(callback=lambda result, error: error and errors.put(("grpc", "", error.message())))
+        tensor = grpcclient.InferInput("x", [1], "INT64")
+        tensor.set_data_from_numpy(np.array([21], np.int64))
+        grpc.async_stream_infer("endless", [tensor])
+        reader = threading.Thread(target=unix)
+        reader.start()
+        asyncio.run(eventually(lambda: len(yielded(d, 20)) > 10 and len(yielded(d, 21)) > 10, 30, "both streams"))
+        started = time.monotonic()
+        assert d.terminate(timeout=60) == 0
+        assert time.monotonic() - started < 2 + 15
+        reader.join(10)
+        got = [errors.get(timeout=10) for _ in range(2)]
+        assert ("unix", "unavailable", "the server is shutting down") in got
+        assert any(p == "grpc" and "shutting down" in m for p, _, m in got)
+        grpc.close()
