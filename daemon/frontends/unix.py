@@ -35,6 +35,13 @@ def _nothing() -> None:
     pass
 
 
+def _final(reply: dict, final: bool) -> dict:
+    """A stream's last reply says so (a plain infer's carries no `final`)."""
+    if final:
+        reply["final"] = True
+    return reply
+
+
 class _Connection(asyncio.Protocol):
     """One client. Every frame read is one request (`guard.begin`) and gets one reply
     (`guard.end`). Reading stops while too many requests are in flight or while the client
@@ -135,15 +142,15 @@ class _Connection(asyncio.Protocol):
     def _infer_done(self, serial: int, request_id: int, result: InferResponse | InferdError, final: bool = False) -> None:
         if self._inflight.pop(serial, None) is None:
             return  # withdrawn: the connection is gone
+        if final and self._streams.get(request_id) == serial:
+            del self._streams[request_id]
         try:
             reply = error_reply(request_id, result) if isinstance(result, InferdError) else encode_infer(request_id, result)
+            if final:
+                reply["final"] = True
+            self._reply(reply)
         except Exception as e:  # a bug must still answer this caller, and not fail its batch's others
-            reply = error_reply(request_id, unexpected(e, "unix-socket reply failed"))
-        if final:
-            reply["final"] = True
-            if self._streams.get(request_id) == serial:
-                del self._streams[request_id]
-        self._reply(reply)
+            self._reply(_final(error_reply(request_id, unexpected(e, "unix-socket reply failed")), final))
         self._uncount_inflight()
 
     def _partial(self, request_id: int, response: InferResponse, ack: Callable[[], None]) -> None:
