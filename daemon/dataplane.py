@@ -28,10 +28,12 @@ from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.requests import InferRequest, InferResponse
 from inferd.daemon.shared_memory import CudaSharedMemory, SystemSharedMemory
 from inferd.daemon.validation import check_request
+from inferd.scheduler.streams import ResponseStream
 
 log = structlog.get_logger("inferd.dataplane")
 
 Done = Callable[[InferResponse | InferdError], None]
+Respond = Callable[[InferResponse, Callable[[], None]], None]  # a stream's response, and its ack
 
 
 def shutting_down() -> InferdError:
@@ -168,6 +170,31 @@ class DataPlane:
         went away); `done` is then not called."""
         return self._submit(self._serving(name, version), request, protocol, done)
 
+    def submit_stream(self, name: str, version: str, request: InferRequest, protocol: str, on_response: Respond,
+                      done: Done) -> Callable[[], None]:
+        """`submit` for a caller that takes 0..N responses (a stream). A decoupled model's
+        responses go to `on_response(response, ack)` as the model sends them; the caller calls
+        `ack()` once it has written one (its transport's buffer drained): a model runs at most
+        streams.WINDOW responses ahead of its caller. `done` gets the end: an InferResponse
+        (an ordinary model's one response; a decoupled model's has no outputs) or an
+        InferdError. Withdrawing also stops a decoupled model's run."""
+        mv = self._serving(name, version)
+        if not mv.metadata.decoupled:
+            return self._submit(mv, request, protocol, done)
+        stream = request.stream = ResponseStream(
+            lambda outputs: on_response(InferResponse(mv.name, mv.version, outputs, request.id), stream.ack))
+
+        def finished(outcome) -> None:
+            stream.cancel()  # (a deadline passed while it ran: the model stops too)
+            done(outcome)
+
+        withdraw = self._submit(mv, request, protocol, finished)
+
+        def withdraw_stream() -> None:
+            stream.cancel()
+            withdraw()
+        return withdraw_stream
+
     async def infer(self, name: str, version: str, request: InferRequest, protocol: str) -> InferResponse:
         """`submit` for a caller that awaits; raises InferdError. Cancelling it withdraws the request."""
         return await self._infer(self._serving(name, version), request, protocol)
@@ -188,6 +215,9 @@ class DataPlane:
         call = _Call(mv, request, protocol, done, self._live)
         try:
             rows, shape_key = check_request(mv, request)
+            if request.stream is None and mv.metadata.decoupled:
+                raise invalid(f"model {clip(mv.name)} is decoupled (0..N responses per request): use a stream "
+                              "(gRPC ModelStreamInfer, HTTP generate or generate_stream, the Unix socket's streams)")
             if request.output_parameters:
                 call.classify = classification.plan(request.output_parameters, {t.name: t for t in mv.metadata.outputs},
                                                     rows, mv.max_batch_size > 0)
@@ -353,6 +383,6 @@ def triton_config(mv: ModelVersion) -> dict:
         "instance_group": [{"name": mv.name, "kind": "KIND_CPU", "count": settings.max_workers}],
         "parameters": _triton_parameters(mv.serving.config.parameters),
         # (sequence_batching goes here, for a model with sequence settings: Triton's ModelSequenceBatching)
-        "model_transaction_policy": {"decoupled": False},  # (decoupled: a model that may send 0..N responses)
+        "model_transaction_policy": {"decoupled": mv.metadata.decoupled},
     }
     return {k: v for k, v in config.items() if v is not None}

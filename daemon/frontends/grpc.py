@@ -25,10 +25,12 @@ from inferd.daemon.frontends.auth import GRPC_HEALTH, Access
 from inferd.daemon.frontends.grpc_codec import decode_infer_request, encode_infer_response
 from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
 from inferd.daemon.frontends.grpc_gen.inference_grpc import GRPCInferenceServiceBase
+from inferd.daemon.frontends.grpc_stream import model_stream_infer
 from inferd.daemon.frontends.grpc_wire import EncodedReply, receive, split_raw_contents
 from inferd.daemon.requests import RequestLimits
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 GRPC_STATUS = {
     ErrorCode.INVALID_ARGUMENT: Status.INVALID_ARGUMENT,
@@ -126,6 +128,8 @@ class InferenceServicer(GRPCInferenceServiceBase):
         mapping = super().__mapping__()
         infer = mapping[MODEL_INFER]
         mapping[MODEL_INFER] = Handler(infer.func, infer.cardinality, infer.request_type, EncodedReply)
+        streamed = mapping[MODEL_STREAM_INFER]
+        mapping[MODEL_STREAM_INFER] = Handler(streamed.func, streamed.cardinality, streamed.request_type, EncodedReply)
         return mapping
 
     @_status
@@ -168,6 +172,18 @@ class InferenceServicer(GRPCInferenceServiceBase):
             response = await self.dataplane.infer(message.model_name, message.model_version, infer_request, "grpc")
             written = targets.write(response.outputs) if targets else None  # (outputs put in regions)
         return await encode_infer_response(response, written)
+
+    async def ModelStreamInfer(self, stream):
+        """grpc_stream: 0..N responses per request; a request's error goes in its error_message."""
+        try:
+            await model_stream_infer(self.dataplane, self.limits, stream)
+        except InferdError as e:  # the stream itself is unreadable (a message too big, say)
+            raise GRPCError(GRPC_STATUS[e.code], e.message) from None
+        except GRPCError:
+            raise
+        except Exception as e:
+            error = unexpected(e, "gRPC stream failed")
+            raise GRPCError(GRPC_STATUS[error.code], error.message) from None
 
     @_status
     async def ModelConfig(self, request, stream):

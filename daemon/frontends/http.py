@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from inferd.common.codec import ValueBudget
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.daemon.dataplane import DataPlane
-from inferd.daemon.frontends import http_codec, http_shm, json_offload, load_codec
+from inferd.daemon.frontends import http_codec, http_generate, http_shm, json_offload, load_codec
 from inferd.daemon.frontends.auth import HTTP_HEALTH, Access
 from inferd.daemon.requests import RequestLimits
 
@@ -222,6 +222,14 @@ async def _write_in_parts(request: web.Request, parts: list[bytes], content_type
     return response
 
 
+async def generate(request: web.Request) -> web.Response:
+    return await http_generate.generate(request, request.app[DATAPLANE], ValueBudget(request.app[LIMITS].max_value_elements))
+
+
+async def generate_stream(request: web.Request) -> web.StreamResponse:
+    return await http_generate.generate_stream(request, request.app[DATAPLANE], ValueBudget(request.app[LIMITS].max_value_elements))
+
+
 async def model_config(request: web.Request) -> web.Response:
     return _json(request.app[DATAPLANE].model_config(*_model_args(request)))
 
@@ -287,6 +295,8 @@ def build_app(dataplane: DataPlane, registry, limits: RequestLimits, access: Acc
         app.router.add_get(prefix, model_metadata)
         app.router.add_get(prefix + "/ready", model_ready)
         app.router.add_post(prefix + "/infer", infer)
+        app.router.add_post(prefix + "/generate", generate)
+        app.router.add_post(prefix + "/generate_stream", generate_stream)
         app.router.add_get(prefix + "/config", model_config)
         app.router.add_get(prefix + "/stats", model_stats)
     app.router.add_get("/metrics", metrics)

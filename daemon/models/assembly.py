@@ -89,6 +89,7 @@ class Assembler:
             file_metadata.platform,
             _narrowed(file_metadata.inputs, config.inputs, "inputs"),
             _narrowed(file_metadata.outputs, config.outputs, "outputs"),
+            file_metadata.decoupled,
         )
         max_batch_size = _batch_limit(metadata, config)
         labels = await asyncio.to_thread(read_labels, _model_dir(mv.found), config.label_files) if config.label_files else {}

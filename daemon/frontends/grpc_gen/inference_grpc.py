@@ -39,6 +39,10 @@ class GRPCInferenceServiceBase(abc.ABC):
         pass
 
     @abc.abstractmethod
+    async def ModelStreamInfer(self, stream: 'grpclib.server.Stream[inferd.daemon.frontends.grpc_gen.inference_pb2.ModelInferRequest, inferd.daemon.frontends.grpc_gen.inference_pb2.ModelStreamInferResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
     async def ModelConfig(self, stream: 'grpclib.server.Stream[inferd.daemon.frontends.grpc_gen.inference_pb2.ModelConfigRequest, inferd.daemon.frontends.grpc_gen.inference_pb2.ModelConfigResponse]') -> None:
         pass
 
@@ -119,6 +123,12 @@ class GRPCInferenceServiceBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 inferd.daemon.frontends.grpc_gen.inference_pb2.ModelInferRequest,
                 inferd.daemon.frontends.grpc_gen.inference_pb2.ModelInferResponse,
+            ),
+            '/inference.GRPCInferenceService/ModelStreamInfer': grpclib.const.Handler(
+                self.ModelStreamInfer,
+                grpclib.const.Cardinality.STREAM_STREAM,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.ModelInferRequest,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.ModelStreamInferResponse,
             ),
             '/inference.GRPCInferenceService/ModelConfig': grpclib.const.Handler(
                 self.ModelConfig,
@@ -227,6 +237,12 @@ class GRPCInferenceServiceStub:
             '/inference.GRPCInferenceService/ModelInfer',
             inferd.daemon.frontends.grpc_gen.inference_pb2.ModelInferRequest,
             inferd.daemon.frontends.grpc_gen.inference_pb2.ModelInferResponse,
+        )
+        self.ModelStreamInfer = grpclib.client.StreamStreamMethod(
+            channel,
+            '/inference.GRPCInferenceService/ModelStreamInfer',
+            inferd.daemon.frontends.grpc_gen.inference_pb2.ModelInferRequest,
+            inferd.daemon.frontends.grpc_gen.inference_pb2.ModelStreamInferResponse,
         )
         self.ModelConfig = grpclib.client.UnaryUnaryMethod(
             channel,
