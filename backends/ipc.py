@@ -10,6 +10,11 @@ as data (a wire code from ERROR_CODES and a message), never as pickled exception
                       PROFILED (answer to PROFILE: one run on synthetic inputs of `rows` rows)
     either way:       WAKE (an EXECUTE, RESULT or FAILED waits in the mailbox)
 
+A decoupled model's EXECUTE carries `stream` (the credit: how many responses may be unread):
+the worker sends PARTIAL per response while it has credit, the daemon gives CREDIT back as its
+callers' front-ends write them (or CANCEL: the caller went away), and RESULT (no outputs) or
+FAILED ends the request (inferd.backends.decoupled).
+
 At light load an EXECUTE and its answer may instead be posted in a shared-memory mailbox
 (inferd.backends.mailbox), the same payload without the length header.
 """
@@ -41,6 +46,9 @@ LOAD_FAILED = "load_failed"
 RESULT = "result"
 FAILED = "failed"
 WAKE = "wake"  # either way: a message waits in the mailbox (inferd.backends.mailbox)
+PARTIAL = "partial"  # worker -> daemon: one response of a decoupled model's request
+CREDIT = "credit"  # daemon -> worker: `n` more responses of batch `batch` may be sent
+CANCEL = "cancel"  # daemon -> worker: the caller of batch `batch` went away; stop its model
 
 # FAILED's `code`: what a batch's failure means to its callers. A wire format of its own, not
 # the enum's values; a code this table does not know arrives as INTERNAL.
@@ -172,6 +180,15 @@ class Receiver:
             payload = self.mailbox.take() if self.mailbox is not None else None
             if payload is not None:  # else it was taken while polling: the WAKE came after all
                 return self._posted(payload)
+
+    def recv_nowait(self) -> dict | None:
+        """A message that has arrived on the socket, or None at once (a stream's CREDIT and CANCEL)."""
+        if not self.ready and not self.closed:
+            try:
+                self._read(self.sock.recv(self._wanted(), socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                pass
+        return self.ready.pop(0) if self.ready else None
 
     def _posted(self, payload: bytes) -> dict:
         self.posted = True

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inferd.backends import decoupled
 from inferd.backends.base import BackendInputError, BackendOutputError
 from inferd.backends.settings import BackendSettings
 from inferd.common.tensors import DATATYPES, ModelMetadata, TensorSpec, as_bytes, object_tensor
@@ -89,6 +90,7 @@ class PythonBackend:
         self.model = None
         self.outputs: dict[str, TensorSpec] = {}
         self.batching = False  # requests stacked along the first dimension: outputs keep the rows
+        self.decoupled = False  # infer is a generator: 0..N responses per request (backends/decoupled.py)
 
     def load(self) -> ModelMetadata:
         _check_not_writable_by_others(self.path)
@@ -112,11 +114,14 @@ class PythonBackend:
                 "(name, datatype, shape; -1 for a dynamic dimension) in its config.toml"
             )
         self.outputs = {t.name: t for t in outputs}
-        metadata = ModelMetadata(self.platform, inputs, outputs)
-        self.batching = self.settings.max_batch_size > 0 and metadata.batchable
+        self.decoupled = getattr(cls, "decoupled", False) is True
+        metadata = ModelMetadata(self.platform, inputs, outputs, self.decoupled)
+        self.batching = self.settings.max_batch_size > 0 and metadata.batchable and not self.decoupled
         return metadata
 
     def execute(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        if self.decoupled:  # warm-up and profiling only: requests go through responses()
+            return decoupled.first_responses(self, inputs, outputs)
         rows = next(iter(inputs.values())).shape[0] if inputs else 0
         try:
             result = self.model.infer(inputs)
@@ -127,6 +132,27 @@ class PythonBackend:
         if not isinstance(result, dict):
             raise ModelOutputError(f"{self.path.name}: infer() must return a dict of outputs, got {type(result).__name__}")
         return {name: self._output(name, result, rows) for name in outputs}
+
+    def responses(self, inputs: dict[str, np.ndarray], outputs: list[str]):
+        """A decoupled model's responses to one request, each checked as execute's result."""
+        results = None
+        try:
+            results = self.model.infer(inputs)
+            if not hasattr(results, "__next__") or not hasattr(results, "close"):
+                raise ModelOutputError(f"{self.path.name}: a decoupled model's infer() must be a generator "
+                                       f"(yield each response), got {type(results).__name__}")
+            for result in results:
+                if not isinstance(result, dict):
+                    raise ModelOutputError(f"{self.path.name}: infer() must yield dicts of outputs, "
+                                           f"got {type(result).__name__}")
+                yield {name: self._output(name, result, 0) for name in outputs}
+        except (BackendInputError, ModelCodeError):
+            raise
+        except Exception as e:
+            raise ModelCodeError(f"{self.path.name} raised {type(e).__name__}: {e}") from e
+        finally:  # the request was cancelled, or failed: the model's generator stops now (GeneratorExit)
+            if results is not None and hasattr(results, "close"):
+                results.close()
 
     def _output(self, name: str, result: dict, rows: int) -> np.ndarray:
         spec = self.outputs[name]

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from inferd.backends import ipc
+from inferd.backends import decoupled, ipc
 from inferd.backends.base import BackendInputError, BackendOutputError
 from inferd.backends.mailbox import Mailbox, must_ring
 from inferd.backends.output import ModelOutput
@@ -145,6 +145,16 @@ def _reply(sock: socket.socket, mailbox: Mailbox | None, reply: dict, daemon_pol
         ipc.send(sock, {"type": ipc.WAKE})
 
 
+def _failed(msg: dict, e: Exception) -> dict:
+    """The FAILED answer to an EXECUTE whose run raised `e` (logged here)."""
+    code = _error_code(e)
+    if code is ErrorCode.INTERNAL:  # the model author's: where in their code
+        log.error("batch failed", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}", exc_info=_model_traceback(e))
+    if code is ErrorCode.RESOURCE_EXHAUSTED:
+        log.warning("batch ran out of memory", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}")
+    return {"type": ipc.FAILED, "batch": msg["batch"], "code": ipc.ERROR_CODES[code], "message": for_caller(str(e))}
+
+
 def serve(sock: socket.socket) -> int:
     regions, mailbox = _shared_memory(sock)
     receiver = ipc.Receiver(sock, mailbox)
@@ -180,7 +190,9 @@ def serve(sock: socket.socket) -> int:
             log.error("unexpected message", type=msg["type"])
             continue
         try:
-            if regions is None:
+            if msg.get("stream") is not None:  # a decoupled model's request: responses sent as they come
+                reply = decoupled.run(backend, msg, sock, receiver, regions)
+            elif regions is None:
                 outputs = backend.execute(ipc.unpack_tensors(msg["inputs"]), msg["outputs"])
                 reply = {"type": ipc.RESULT, "batch": msg["batch"], "outputs": ipc.pack_tensors(outputs)}
             else:
@@ -190,14 +202,7 @@ def serve(sock: socket.socket) -> int:
                 items = outputs_region.write({name: [array] for name, array in outputs.items()})
                 reply = {"type": ipc.RESULT, "batch": msg["batch"], "outputs": items, "size": outputs_region.size}
         except Exception as e:
-            code = _error_code(e)
-            if code is ErrorCode.INTERNAL:  # the model author's: where in their code
-                log.error("batch failed", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}",
-                          exc_info=_model_traceback(e))
-            if code is ErrorCode.RESOURCE_EXHAUSTED:
-                log.warning("batch ran out of memory", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}")
-            reply = {"type": ipc.FAILED, "batch": msg["batch"], "code": ipc.ERROR_CODES[code],
-                     "message": for_caller(str(e))}
+            reply = _failed(msg, e)
         # Light load (poll_s): the next batch comes soon, so poll for it; the daemon posts it
         # in the mailbox without ringing while it knows this window is open.
         poll_s = msg.get("poll_s", 0.0)

@@ -4,7 +4,7 @@ them, so requests are built and results decoded here, once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -93,6 +93,18 @@ class Client:
         fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms)
         return _outputs(self._transport.call("infer", fields))
 
+    def stream(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
+               version: str = "", request_id: str = "", timeout_ms: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """As `infer`, for a model that may answer 0..N times (a decoupled model; an ordinary
+        one answers once): yields each response's outputs as the model sends it. Unix socket
+        only. Leaving the loop early closes the connection, which stops the model's run."""
+        if not hasattr(self._transport, "stream"):
+            raise InferdClientError("unimplemented", "streams need the Unix socket (or HTTP generate_stream, gRPC ModelStreamInfer)")
+        fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms)
+        for reply in self._transport.stream("infer", fields):
+            if reply.get("outputs"):  # (a decoupled model's end carries none)
+                yield _outputs(reply)
+
     def live(self) -> bool:
         return self._transport.call("live", {})["live"]
 
@@ -148,6 +160,21 @@ class AsyncClient:
         """As `Client.infer`."""
         fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms)
         return _outputs(await self._transport.call("infer", fields))
+
+    async def stream(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
+                     version: str = "", request_id: str = "", timeout_ms: int | None = None) -> AsyncIterator[dict[str, np.ndarray]]:
+        """As `Client.stream`: `async for outputs in client.stream(...)`. Leaving the loop early
+        cancels the request (its model stops); the connection goes on serving the other calls."""
+        if not hasattr(self._transport, "stream"):
+            raise InferdClientError("unimplemented", "streams need the Unix socket (or HTTP generate_stream, gRPC ModelStreamInfer)")
+        fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms)
+        replies = self._transport.stream("infer", fields)
+        try:
+            async for reply in replies:
+                if reply.get("outputs"):
+                    yield _outputs(reply)
+        finally:
+            await replies.aclose()
 
     async def live(self) -> bool:
         return (await self._transport.call("live", {}))["live"]

@@ -115,6 +115,41 @@ class UnixTransport:
             reply = self._exchange(frame, request_id)
         return _result(reply)
 
+    def stream(self, op: str, fields: dict):
+        """A streamed request's replies, one by one, up to the one marked final. Leaving early
+        closes the connection: the daemon then stops the model's run (the next call reconnects)."""
+        request_id = next(self._ids)
+        frame = _frame({"id": request_id, "op": op, "stream": True, **fields})
+        try:
+            reply = self._exchange(frame, request_id)
+        except _IdleConnectionDropped:
+            reply = self._exchange(frame, request_id)
+        finished = False
+        try:
+            while True:
+                finished = reply.get("final", True) or not reply.get("ok")
+                yield _result(reply)
+                if finished:
+                    return
+                reply = self._next_reply(request_id)
+        finally:
+            if not finished:
+                self.close()
+
+    def _next_reply(self, request_id: int) -> dict:
+        """The next reply of a stream in progress."""
+        try:
+            return self._read_reply(self._sock, request_id)
+        except TimeoutError:
+            self.close()
+            raise InferdClientError("deadline_exceeded", f"no reply from inferd at {self.path} within {self.timeout} s") from None
+        except (OSError, EOFError) as e:
+            self.close()
+            raise _lost(self.path, e) from None
+        except ValueError as e:
+            self.close()
+            raise _malformed(self.path, e) from None
+
     def _exchange(self, frame: tuple[bytes, bytes], request_id: int) -> dict:
         """Send one request and read its reply; any failure closes the socket, whose stream is
         then out of step."""
@@ -154,6 +189,7 @@ class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str):
         self.writer = writer
         self.pending: dict[int, asyncio.Future] = {}
+        self.streams: dict[int, asyncio.Queue] = {}  # streamed requests: their replies, as they come
         self.closed = False
         self.reader_task = asyncio.create_task(self._read(reader, path))
 
@@ -165,6 +201,9 @@ class _Connection:
                 reply = _check(msgpack.unpackb(await reader.readexactly(length)))
                 if reply["id"] == 0:  # cannot be matched to a caller, who would wait forever
                     raise ValueError(f"the daemon could not read a request: {reply.get('error')}")
+                if self.streams and (replies := self.streams.get(reply["id"])) is not None:
+                    replies.put_nowait(reply)
+                    continue
                 future = self.pending.pop(reply["id"], None)
                 if future is not None and not future.done():  # else its caller gave up: drop it
                     future.set_result(reply)
@@ -181,6 +220,8 @@ class _Connection:
                 if not future.done():
                     future.set_exception(error)
             self.pending.clear()
+            for replies in self.streams.values():
+                replies.put_nowait(error)
 
 
 class AsyncUnixTransport:
@@ -229,6 +270,32 @@ class AsyncUnixTransport:
         finally:
             conn.pending.pop(request_id, None)  # a cancelled caller's reply is dropped on arrival
         return _result(result)
+
+    async def stream(self, op: str, fields: dict):
+        """A streamed request's replies as they come, up to the one marked final. They are read
+        as they arrive (a consumer slower than the model buffers them here). Leaving early
+        cancels the request: the daemon stops its model; the connection serves on."""
+        conn = await self._connection()
+        request_id = next(self._ids)
+        replies: asyncio.Queue = asyncio.Queue()
+        conn.streams[request_id] = replies
+        final = False
+        try:
+            conn.writer.writelines(_frame({"id": request_id, "op": op, "stream": True, **fields}))
+            while not final:
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        reply = await replies.get()
+                except TimeoutError:
+                    raise InferdClientError("deadline_exceeded", f"no reply from inferd at {self.path} within {self.timeout} s") from None
+                if isinstance(reply, Exception):
+                    raise reply
+                final = reply.get("final", True) or not reply.get("ok")
+                yield _result(reply)
+        finally:
+            conn.streams.pop(request_id, None)
+            if not final and not conn.closed:  # (its reply, and the stream's last, are dropped on arrival)
+                conn.writer.writelines(_frame({"id": next(self._ids), "op": "cancel", "request": request_id}))
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

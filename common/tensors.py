@@ -78,6 +78,7 @@ class ModelMetadata:
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    decoupled: bool = False  # sends 0..N responses per request (a Python model's `decoupled = True`)
 
     @property
     def batchable(self) -> bool:
@@ -89,6 +90,7 @@ class ModelMetadata:
             "platform": self.platform,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
+            "decoupled": self.decoupled,
         }
 
     @classmethod
@@ -97,6 +99,7 @@ class ModelMetadata:
             str(data["platform"]),
             tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
             tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
+            bool(data.get("decoupled", False)),
         )
 
 

@@ -17,16 +17,23 @@ from collections.abc import Callable
 import structlog
 
 import inferd
-from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
+from inferd.common.errors import ErrorCode, InferdError, clip, invalid, unexpected
+from inferd.config.model import MODEL_NAME
+from inferd.daemon import classification
 from inferd.daemon.extensions import EXTENSIONS
+from inferd.daemon.load_request import parse_load
+from inferd.daemon.models import upload
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.requests import InferRequest, InferResponse
+from inferd.daemon.shared_memory import CudaSharedMemory, SystemSharedMemory
 from inferd.daemon.validation import check_request
+from inferd.scheduler.streams import ResponseStream
 
 log = structlog.get_logger("inferd.dataplane")
 
 Done = Callable[[InferResponse | InferdError], None]
+Respond = Callable[[InferResponse, Callable[[], None]], None]  # a stream's response, and its ack
 
 
 def shutting_down() -> InferdError:
@@ -65,7 +72,8 @@ class _Call:
     is freed at once by reference counting and never waits for the cyclic garbage collector
     (a cycle per request made full collections, and 30-50 ms stalls, at 10,000 requests/s)."""
 
-    __slots__ = ("_mv", "_request", "_protocol", "_done", "_started", "_live", "ticket", "task", "answered")
+    __slots__ = ("_mv", "_request", "_protocol", "_done", "_started", "_live", "ticket", "task", "answered",
+                 "classify")
 
     def __init__(self, mv: ModelVersion, request: InferRequest, protocol: str, done: Done, live: set):
         self._mv, self._request, self._protocol, self._done = mv, request, protocol, done
@@ -74,6 +82,7 @@ class _Call:
         self.ticket = None  # its place in the queue, or
         self.task: asyncio.Task | None = None  # its pipeline's run
         self.answered = False
+        self.classify = None  # (output, k) pairs the caller wants as top-k classes (daemon/classification.py)
 
     def finish(self, outcome) -> None:
         """The request's outputs, or an InferdError (the queue's and a pipeline's answer)."""
@@ -83,6 +92,8 @@ class _Call:
         self.ticket = self.task = None
         self._live.discard(self)
         mv, request = self._mv, self._request
+        if self.classify is not None and not isinstance(outcome, InferdError):
+            outcome = _classified(mv, outcome, self.classify)
         error = outcome if isinstance(outcome, InferdError) else None
         try:
             # Counted after the reply is written: the metrics are off the caller's critical path.
@@ -129,12 +140,25 @@ class _Call:
             self.finish(unexpected(error, "pipeline failed", model=self._mv.name, request_id=self._request.id))
 
 
+def _classified(mv: ModelVersion, outputs: dict, wanted) -> dict | InferdError:
+    try:
+        return classification.classify(outputs, wanted, mv.max_batch_size > 0, mv.serving.labels)
+    except InferdError as e:
+        return e
+    except Exception as e:  # a bug: the caller gets INTERNAL, the others of its batch their answers
+        return unexpected(e, "classification failed", model=mv.name, version=mv.version)
+
+
 class DataPlane:
-    def __init__(self, repository: ModelRepository, state: ServerState):
+    def __init__(self, repository: ModelRepository, state: ServerState, accept_model_files: bool = False):
         self.repository = repository
         self.state = state
+        self.accept_model_files = accept_model_files  # models.accept_model_files: load requests may carry files
+        self._uploads: set[str] = set()  # models whose files a load request is writing
         self._live: set[_Call] = set()  # inferences not answered yet
         self._closing = asyncio.Event()  # set by answer_all_shutting_down()
+        self.system_shared_memory = SystemSharedMemory()  # regions clients registered (shared_memory.py)
+        self.cuda_shared_memory = CudaSharedMemory()
 
     # -- inference ---------------------------------------------------------------------------
 
@@ -145,6 +169,31 @@ class DataPlane:
         InferdError here instead. Returns the function that withdraws the request (its caller
         went away); `done` is then not called."""
         return self._submit(self._serving(name, version), request, protocol, done)
+
+    def submit_stream(self, name: str, version: str, request: InferRequest, protocol: str, on_response: Respond,
+                      done: Done) -> Callable[[], None]:
+        """`submit` for a caller that takes 0..N responses (a stream). A decoupled model's
+        responses go to `on_response(response, ack)` as the model sends them; the caller calls
+        `ack()` once it has written one (its transport's buffer drained): a model runs at most
+        streams.WINDOW responses ahead of its caller. `done` gets the end: an InferResponse
+        (an ordinary model's one response; a decoupled model's has no outputs) or an
+        InferdError. Withdrawing also stops a decoupled model's run."""
+        mv = self._serving(name, version)
+        if not mv.metadata.decoupled:
+            return self._submit(mv, request, protocol, done)
+        stream = request.stream = ResponseStream(
+            lambda outputs: on_response(InferResponse(mv.name, mv.version, outputs, request.id), stream.ack))
+
+        def finished(outcome) -> None:
+            stream.cancel()  # (a deadline passed while it ran: the model stops too)
+            done(outcome)
+
+        withdraw = self._submit(mv, request, protocol, finished)
+
+        def withdraw_stream() -> None:
+            stream.cancel()
+            withdraw()
+        return withdraw_stream
 
     async def infer(self, name: str, version: str, request: InferRequest, protocol: str) -> InferResponse:
         """`submit` for a caller that awaits; raises InferdError. Cancelling it withdraws the request."""
@@ -166,6 +215,12 @@ class DataPlane:
         call = _Call(mv, request, protocol, done, self._live)
         try:
             rows, shape_key = check_request(mv, request)
+            if request.stream is None and mv.metadata.decoupled:
+                raise invalid(f"model {clip(mv.name)} is decoupled (0..N responses per request): use a stream "
+                              "(gRPC ModelStreamInfer, HTTP generate or generate_stream, the Unix socket's streams)")
+            if request.output_parameters:
+                call.classify = classification.plan(request.output_parameters, {t.name: t for t in mv.metadata.outputs},
+                                                    rows, mv.max_batch_size > 0)
             if mv.pipeline is not None:  # its steps await one another: that takes a task
                 call.task = asyncio.ensure_future(mv.pipeline.run(request, self._run_step))
                 call.task.add_done_callback(call.pipeline_done)
@@ -256,9 +311,29 @@ class DataPlane:
         if not name:
             raise invalid("a model name is required")
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(self, name: str, parameters: dict | None = None) -> None:
+        """`parameters`: the load request's (daemon/load_request.py): a configuration override."""
         self._repository_call(name)
-        await self._unless_shutting_down(self.repository.load_model(name))
+        request = parse_load(name, parameters)
+        if request.files:
+            await self._write_model(name, request)
+        await self._unless_shutting_down(self.repository.load_model(name, request.override))
+
+    async def _write_model(self, name: str, request) -> None:
+        """A load request's model files into the models directory (daemon/models/upload.py)."""
+        if not self.accept_model_files:
+            raise InferdError(ErrorCode.FAILED_PRECONDITION, "model files in a load request are refused: "
+                              "the server's models.accept_model_files is off")
+        if not MODEL_NAME.fullmatch(name) or name.startswith("."):
+            raise invalid(f"a model sent as files needs a name of [A-Za-z0-9_.-] not starting with '.', not {clip(name)}")
+        upload.check_files(name, request.files)
+        if name in self._uploads:
+            raise InferdError(ErrorCode.FAILED_PRECONDITION, f"files for model {name!r} are being written by another load")
+        self._uploads.add(name)
+        try:
+            await asyncio.to_thread(upload.write_model, self.repository.root, name, request.files, request.override or {})
+        finally:
+            self._uploads.discard(name)
 
     async def unload_model(self, name: str) -> None:
         self._repository_call(name)
@@ -281,6 +356,7 @@ def triton_config(mv: ModelVersion) -> dict:
     batch dimension when the model batches)."""
     batching = mv.max_batch_size > 0
     settings = mv.serving.config.settings
+    formats, labels = mv.serving.config.input_formats, mv.serving.config.label_files
 
     def dims(spec):
         return list(spec.shape[1:] if batching else spec.shape)
@@ -291,10 +367,12 @@ def triton_config(mv: ModelVersion) -> dict:
         "backend": mv.metadata.platform.split("_")[0],
         "version_policy": {"latest": {"num_versions": 1}},
         "max_batch_size": mv.max_batch_size,
-        "input": [{"name": t.name, "data_type": _triton_type(t.datatype), "format": "FORMAT_NONE", "dims": dims(t),
+        "input": [{"name": t.name, "data_type": _triton_type(t.datatype), "format": formats.get(t.name, "FORMAT_NONE"),
+                   "dims": dims(t),
                    "is_shape_tensor": False, "allow_ragged_batch": False, "optional": False}
                   for t in mv.metadata.inputs],
-        "output": [{"name": t.name, "data_type": _triton_type(t.datatype), "dims": dims(t), "label_filename": "",
+        "output": [{"name": t.name, "data_type": _triton_type(t.datatype), "dims": dims(t),
+                    "label_filename": labels.get(t.name, ""),
                     "is_shape_tensor": False}
                    for t in mv.metadata.outputs],
         "dynamic_batching": {
@@ -304,6 +382,7 @@ def triton_config(mv: ModelVersion) -> dict:
         } if batching else None,
         "instance_group": [{"name": mv.name, "kind": "KIND_CPU", "count": settings.max_workers}],
         "parameters": _triton_parameters(mv.serving.config.parameters),
-        "model_transaction_policy": {"decoupled": False},
+        # (sequence_batching goes here, for a model with sequence settings: Triton's ModelSequenceBatching)
+        "model_transaction_policy": {"decoupled": mv.metadata.decoupled},
     }
     return {k: v for k, v in config.items() if v is not None}

@@ -5,7 +5,9 @@ name for (gRPC compression, grpc.health.v1, server reflection) is not listed."""
 
 EXTENSIONS = (
     "binary_tensor_data",  # HTTP's binary tensor data (frontends/http_codec.py); gRPC's raw contents
+    "classification",  # an output's top k (daemon/classification.py), HTTP, gRPC and the Unix socket
     "model_configuration",  # /v2/models/<m>/config, ModelConfig
     "model_repository",  # /v2/repository/..., RepositoryIndex, RepositoryModelLoad/Unload
     "statistics",  # /v2/models/<m>/stats, ModelStatistics
+    "system_shared_memory",  # /v2/systemsharedmemory/..., SystemSharedMemory* (daemon/shared_memory.py)
 )

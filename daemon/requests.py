@@ -22,6 +22,7 @@ class InferRequest:
     # Per requested output, the parameters its caller sent (classification, shared memory...):
     # only outputs that had any. Whoever reads a parameter checks its type.
     output_parameters: dict[str, dict] = dataclasses.field(default_factory=dict)
+    stream: object | None = None  # a decoupled model's request: its ResponseStream (set by the data plane)
 
 
 @dataclasses.dataclass(slots=True, eq=False)

@@ -234,7 +234,10 @@ class ModelQueue:
                 due = decision.seconds
                 break
             worker = self.pool.take()
-            batch = [self._pending.popleft() for _ in range(decision.count)]
+            count = decision.count
+            if count > 1 and self._pending[0].request.stream is not None:
+                count = 1  # a decoupled model's requests run one at a time (inferd.scheduler.streams)
+            batch = [self._pending.popleft() for _ in range(count)]
             self.pool.note_wait(now - batch[0].enqueued_at, now)
             self._start_batch(worker, batch, now)
         if self._with_deadline or self._running_deadlines:  # a deadline that passes is answered then, not later
@@ -274,6 +277,7 @@ class ModelQueue:
                 [item.request.id for item in batch], self._parts(batch), self._wanted_outputs(batch),
                 lambda result: self._finish_batch(worker, batch, now, result),
                 light=len(batch) == 1 and not self._pending and self._running_batches == 1,
+                stream=batch[0].request.stream,
             )
         except Exception as e:  # e.g. tensors that cannot be packed: this batch fails, not the queue
             self._finish_batch(worker, batch, now, unexpected(e, "batch dispatch failed", model=self.pool.spec.model))
@@ -367,6 +371,8 @@ class ModelQueue:
         return [name for name in self.output_names if name in wanted]
 
     def _split(self, batch: list[Ticket], outputs: dict[str, np.ndarray]) -> None:
+        if not outputs:  # a stream's end: its responses went to its caller as they came
+            return batch[0].settle(outputs)
         offset = 0
         for item in batch:
             names = item.request.outputs or outputs.keys()

@@ -20,6 +20,7 @@ class Request(Protocol):
     outputs: tuple[str, ...] | None  # requested output names; None = all
     id: str
     deadline: float | None  # time.monotonic() after which the request must not run
+    stream: object | None  # a decoupled model's request: its ResponseStream (inferd.scheduler.streams)
 
 
 class QueueLimits(Protocol):

@@ -20,7 +20,7 @@ from inferd.backends.shm import Region
 from inferd.common.errors import ErrorCode, InferdError
 from inferd.common.tensors import ModelMetadata, TensorSpec
 from inferd.config.model import ModelSettings
-from inferd.scheduler import busypoll
+from inferd.scheduler import busypoll, streams
 from inferd.scheduler.busypoll import keep_polling
 from inferd.scheduler.spawner import Forked
 
@@ -104,7 +104,7 @@ class WorkerObserver:
     def batch_sent(self, posted: bool, rung: bool) -> None: ...  # through the mailbox? had to ring the worker?
 
 
-class WorkerHandle:
+class WorkerHandle(streams.StreamingWorker):
     """One worker process. Batches are sent with `run_batch` and answered through a callback
     straight from the socket's data callback: no task sits between a worker's reply and the
     callers' futures. `on_exit` is called once if the process goes away, busy or idle."""
@@ -198,7 +198,7 @@ class WorkerHandle:
         return self.metadata
 
     def run_batch(self, request_ids: list[str], inputs: dict[str, list[np.ndarray]], outputs: list[str],
-                  done: BatchDone, light: bool = False) -> None:
+                  done: BatchDone, light: bool = False, stream: streams.ResponseStream | None = None) -> None:
         """Send one batch: per input, the requests' arrays in order, stacked along the first
         dimension on the way (into shared memory, or one concatenation for the socket). `done`
         later gets the outputs or an InferdError (the backend's, or WorkerLost if the worker
@@ -208,9 +208,10 @@ class WorkerHandle:
         from each other."""
         if self._batch is not None or self._profile_reply is not None:
             raise RuntimeError(f"worker {self.pid} is busy: a worker runs one batch at a time")
-        poll_s = self._poll_s if light else 0.0
+        poll_s = self._poll_s if light and stream is None else 0.0  # (a stream's messages go by the socket)
         message = {"type": ipc.EXECUTE, "batch": self._batches + 1, "ids": request_ids, "outputs": outputs,
                    "poll_s": poll_s}
+        done = done if stream is None else self._start_stream(stream, message, done)
         by_mailbox = poll_s > 0 and self._mailbox is not None
         if by_mailbox:
             message["mailbox_until"] = time.monotonic() + poll_s  # this loop polls till then (keep_polling below)
@@ -281,6 +282,8 @@ class WorkerHandle:
     def _on_message(self, msg: dict) -> None:
         if msg["type"] == ipc.WAKE:
             return self._take_posted()  # (or the answer was taken while polling)
+        if msg["type"] == ipc.PARTIAL:
+            return self._on_partial(msg)
         for waiting in (self._load_reply, self._profile_reply):
             if waiting is not None:
                 if not waiting.done():

@@ -20,14 +20,17 @@ from grpclib.server import Stream
 from inferd.common.codec import ValueBudget
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid, unexpected
 from inferd.daemon.dataplane import DataPlane
+from inferd.daemon.frontends import load_codec
 from inferd.daemon.frontends.auth import GRPC_HEALTH, Access
 from inferd.daemon.frontends.grpc_codec import decode_infer_request, encode_infer_response
 from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
 from inferd.daemon.frontends.grpc_gen.inference_grpc import GRPCInferenceServiceBase
+from inferd.daemon.frontends.grpc_stream import model_stream_infer
 from inferd.daemon.frontends.grpc_wire import EncodedReply, receive, split_raw_contents
 from inferd.daemon.requests import RequestLimits
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 GRPC_STATUS = {
     ErrorCode.INVALID_ARGUMENT: Status.INVALID_ARGUMENT,
@@ -125,6 +128,8 @@ class InferenceServicer(GRPCInferenceServiceBase):
         mapping = super().__mapping__()
         infer = mapping[MODEL_INFER]
         mapping[MODEL_INFER] = Handler(infer.func, infer.cardinality, infer.request_type, EncodedReply)
+        streamed = mapping[MODEL_STREAM_INFER]
+        mapping[MODEL_STREAM_INFER] = Handler(streamed.func, streamed.cardinality, streamed.request_type, EncodedReply)
         return mapping
 
     @_status
@@ -160,9 +165,25 @@ class InferenceServicer(GRPCInferenceServiceBase):
         deadline = None
         if stream.deadline is not None:
             deadline = time.monotonic() + stream.deadline.time_remaining()
-        infer_request = decode_infer_request(message, raw, deadline, ValueBudget(self.limits.max_value_elements))
-        response = await self.dataplane.infer(message.model_name, message.model_version, infer_request, "grpc")
-        return await encode_infer_response(response)
+        budget = ValueBudget(self.limits.max_value_elements)
+        shm = self.dataplane.system_shared_memory
+        infer_request = decode_infer_request(message, raw, deadline, budget, shm.input_reader(budget, self.limits.max_request_bytes))
+        with shm.output_targets(infer_request.output_parameters) as targets:
+            response = await self.dataplane.infer(message.model_name, message.model_version, infer_request, "grpc")
+            written = targets.write(response.outputs) if targets else None  # (outputs put in regions)
+        return await encode_infer_response(response, written)
+
+    async def ModelStreamInfer(self, stream):
+        """grpc_stream: 0..N responses per request; a request's error goes in its error_message."""
+        try:
+            await model_stream_infer(self.dataplane, self.limits, stream)
+        except InferdError as e:  # the stream itself is unreadable (a message too big, say)
+            raise GRPCError(GRPC_STATUS[e.code], e.message) from None
+        except GRPCError:
+            raise
+        except Exception as e:
+            error = unexpected(e, "gRPC stream failed")
+            raise GRPCError(GRPC_STATUS[error.code], error.message) from None
 
     @_status
     async def ModelConfig(self, request, stream):
@@ -183,10 +204,46 @@ class InferenceServicer(GRPCInferenceServiceBase):
 
     @_status
     async def RepositoryModelLoad(self, request, stream):
-        await self.dataplane.load_model(request.model_name)
+        await self.dataplane.load_model(request.model_name, load_codec.grpc_load_parameters(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @_status
     async def RepositoryModelUnload(self, request, stream):
         await self.dataplane.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+    # -- the shared-memory extensions (inferd.daemon.shared_memory) ----------------------------
+
+    @_status
+    async def SystemSharedMemoryStatus(self, request, stream):
+        reply = pb.SystemSharedMemoryStatusResponse()
+        for region in self.dataplane.system_shared_memory.status(request.name):
+            reply.regions[region["name"]].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(**region))
+        return reply
+
+    @_status
+    async def SystemSharedMemoryRegister(self, request, stream):
+        self.dataplane.system_shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_status
+    async def SystemSharedMemoryUnregister(self, request, stream):
+        self.dataplane.system_shared_memory.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_status
+    async def CudaSharedMemoryStatus(self, request, stream):
+        reply = pb.CudaSharedMemoryStatusResponse()
+        for region in self.dataplane.cuda_shared_memory.status(request.name):
+            reply.regions[region["name"]].CopyFrom(pb.CudaSharedMemoryStatusResponse.RegionStatus(**region))
+        return reply
+
+    @_status
+    async def CudaSharedMemoryRegister(self, request, stream):
+        self.dataplane.cuda_shared_memory.register(request.name, request.raw_handle, request.device_id, request.byte_size)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @_status
+    async def CudaSharedMemoryUnregister(self, request, stream):
+        self.dataplane.cuda_shared_memory.unregister(request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()

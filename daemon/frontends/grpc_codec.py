@@ -6,6 +6,8 @@ Inputs come as typed `contents` or as `raw_input_contents`; every output goes ba
 
 from __future__ import annotations
 
+import numpy as np
+
 from inferd.common.codec import ValueBudget, check_datatype_and_shape, from_raw, from_values
 from inferd.common.errors import clip, invalid
 from inferd.common.tensors import datatype_of
@@ -31,21 +33,30 @@ def _parameters(params) -> dict:
     return {key: getattr(p, p.WhichOneof("parameter_choice")) for key, p in params.items() if p.WhichOneof("parameter_choice")}
 
 
-def decode_infer_request(message: pb.ModelInferRequest, raw: list, deadline: float | None, budget: ValueBudget) -> InferRequest:
+def decode_infer_request(message: pb.ModelInferRequest, raw: list, deadline: float | None, budget: ValueBudget,
+                         shared=None) -> InferRequest:
     """`raw`: the message's raw_input_contents (grpc_wire keeps them out of the message, as
-    views of the bytes received)."""
-    if raw and len(raw) != len(message.inputs):
-        raise invalid(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
+    views of the bytes received): one per input that names no shared memory region, which
+    `shared` reads instead (shared_memory.input_reader)."""
     tensors = {}
-    for i, tensor in enumerate(message.inputs):
+    used = 0  # raw entries taken
+    for tensor in message.inputs:
         name = tensor.name
         if name in tensors:
             raise invalid(f"input {clip(name)} appears twice")
         shape = list(tensor.shape)
-        if raw:
+        params = _parameters(tensor.parameters) if tensor.parameters else {}
+        if "shared_memory_region" in params:
+            if tensor.HasField("contents"):
+                raise invalid(f"input {clip(name)}: shared_memory_region given together with contents")
+            tensors[name] = shared(name, tensor.datatype, shape, params)
+        elif raw:
             if tensor.HasField("contents"):
                 raise invalid(f"input {clip(name)}: contents given together with raw_input_contents")
-            tensors[name] = from_raw(name, tensor.datatype, shape, raw[i], budget)
+            if used == len(raw):
+                raise invalid(f"raw_input_contents has {len(raw)} entries, fewer than the inputs that need one")
+            tensors[name] = from_raw(name, tensor.datatype, shape, raw[used], budget)
+            used += 1
         else:
             field = _CONTENTS_FIELD.get(tensor.datatype)
             if field is None:
@@ -53,6 +64,8 @@ def decode_infer_request(message: pb.ModelInferRequest, raw: list, deadline: flo
                     raise invalid(f"input {clip(name)}: FP16 data must be sent in raw_input_contents")
                 check_datatype_and_shape(name, tensor.datatype, shape)  # names what is wrong
             tensors[name] = from_values(name, tensor.datatype, shape, getattr(tensor.contents, field), budget)
+    if used != len(raw):
+        raise invalid(f"raw_input_contents has {len(raw)} entries for {used} inputs that take one")
     # (Empty repeated fields and maps are the common case: skip building anything from them.)
     outputs = tuple(o.name for o in message.outputs) if message.outputs else None
     output_parameters = {o.name: _parameters(o.parameters) for o in message.outputs if o.parameters}
@@ -60,10 +73,17 @@ def decode_infer_request(message: pb.ModelInferRequest, raw: list, deadline: flo
     return InferRequest(tensors, outputs, message.id, parameters, deadline, output_parameters)
 
 
-async def encode_infer_response(response: InferResponse) -> EncodedReply:
+async def encode_infer_response(response: InferResponse, shared: set[str] | None = None) -> EncodedReply:
     """Every output in raw_output_contents (what tritonclient reads), appended to the rest of
-    the reply by grpc_wire without protobuf's copies."""
+    the reply by grpc_wire without protobuf's copies. An output in `shared` was written into a
+    shared memory region: it has an empty raw entry (clients read raw_output_contents by the
+    output's index)."""
     reply = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+    raws = []
     for name, array in response.outputs.items():
         reply.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-    return await with_raw_contents(reply.SerializeToString(), list(response.outputs.values()))
+        raws.append(_EMPTY if shared and name in shared else array)
+    return await with_raw_contents(reply.SerializeToString(), raws)
+
+
+_EMPTY = np.empty(0, np.uint8)

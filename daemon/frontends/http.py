@@ -7,6 +7,7 @@ short message (inferd.common.errors.unexpected).
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 
@@ -18,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from inferd.common.codec import ValueBudget
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.daemon.dataplane import DataPlane
-from inferd.daemon.frontends import http_codec, json_offload
+from inferd.daemon.frontends import http_codec, http_generate, http_shm, json_offload, load_codec
 from inferd.daemon.frontends.auth import HTTP_HEALTH, Access
 from inferd.daemon.requests import RequestLimits
 
@@ -182,7 +183,9 @@ async def infer(request: web.Request) -> web.Response:
         if BIG in request:
             req, fmt = await request.app[DECODERS].decode(body)
         else:
-            req, fmt = http_codec.decode_request(body, json_length, ValueBudget(limits.max_value_elements))
+            budget = ValueBudget(limits.max_value_elements)
+            read_region = request.app[DATAPLANE].system_shared_memory.input_reader(budget, limits.max_request_bytes)
+            req, fmt = http_codec.decode_request(body, json_length, budget, read_region)
     except json_offload.TooCostly as e:
         raise web.HTTPRequestEntityTooLarge(len(body), len(body), text=str(e)) from None
     finally:
@@ -190,8 +193,11 @@ async def infer(request: web.Request) -> web.Response:
             request.app[DECODERS].release()
     del body
     name, version = _model_args(request)
-    response = await request.app[DATAPLANE].infer(name, version, req, "http")
-    parts, header_length = await http_codec.encode_response(response, fmt)
+    dataplane = request.app[DATAPLANE]
+    with dataplane.system_shared_memory.output_targets(req.output_parameters) as targets:
+        response = await dataplane.infer(name, version, req, "http")
+        written = targets.write(response.outputs) if targets else None  # (outputs put in regions)
+    parts, header_length = await http_codec.encode_response(response, fmt, written)
     headers = {} if header_length is None else {http_codec.HEADER_LENGTH: str(header_length)}
     content_type = "application/json" if header_length is None else "application/octet-stream"
     if len(parts) == 1:
@@ -216,6 +222,14 @@ async def _write_in_parts(request: web.Request, parts: list[bytes], content_type
     return response
 
 
+async def generate(request: web.Request) -> web.Response:
+    return await http_generate.generate(request, request.app[DATAPLANE], ValueBudget(request.app[LIMITS].max_value_elements))
+
+
+async def generate_stream(request: web.Request) -> web.StreamResponse:
+    return await http_generate.generate_stream(request, request.app[DATAPLANE], ValueBudget(request.app[LIMITS].max_value_elements))
+
+
 async def model_config(request: web.Request) -> web.Response:
     return _json(request.app[DATAPLANE].model_config(*_model_args(request)))
 
@@ -235,7 +249,15 @@ async def repository_index(request: web.Request) -> web.Response:
 
 
 async def repository_load(request: web.Request) -> web.Response:
-    await request.app[DATAPLANE].load_model(request.match_info["model"])
+    name, dataplane = request.match_info["model"], request.app[DATAPLANE]
+    small = request.app[LIMITS].max_structured_bytes
+    if (request.content_length or 0) > small and not dataplane.accept_model_files:
+        raise invalid(f"a load request without model files takes at most {small} bytes")
+    body = await request.read()
+    # Model files make a big body: decoded (JSON, base64) in a thread, off the loop's turn.
+    parameters = await asyncio.to_thread(load_codec.http_load_parameters, body) if len(body) > small else \
+        load_codec.http_load_parameters(body)
+    await dataplane.load_model(name, parameters)
     return web.Response(status=200)
 
 
@@ -273,7 +295,10 @@ def build_app(dataplane: DataPlane, registry, limits: RequestLimits, access: Acc
         app.router.add_get(prefix, model_metadata)
         app.router.add_get(prefix + "/ready", model_ready)
         app.router.add_post(prefix + "/infer", infer)
+        app.router.add_post(prefix + "/generate", generate)
+        app.router.add_post(prefix + "/generate_stream", generate_stream)
         app.router.add_get(prefix + "/config", model_config)
         app.router.add_get(prefix + "/stats", model_stats)
     app.router.add_get("/metrics", metrics)
+    http_shm.add_routes(app, DATAPLANE)
     return app

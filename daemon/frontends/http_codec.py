@@ -52,13 +52,16 @@ def json_length(header_length: str | None) -> int | None:
     return int(header_length)
 
 
-def decode_request(body: bytes | bytearray, header_length: int | None, budget: ValueBudget) -> tuple[InferRequest, OutputFormat]:
-    """A body (JSON, or a JSON header of `header_length` bytes and binary tensors after it)."""
+def decode_request(body: bytes | bytearray, header_length: int | None, budget: ValueBudget,
+                   shared=None) -> tuple[InferRequest, OutputFormat]:
+    """A body (JSON, or a JSON header of `header_length` bytes and binary tensors after it).
+    `shared`: reads an input that names a shared memory region (shared_memory.input_reader);
+    None where regions cannot be read (a decoder process)."""
     doc, binary = _split_body(body, header_length)
     inputs = doc.get("inputs", [])
     if not isinstance(inputs, list):
         raise invalid("'inputs' must be a list")  # which inputs the model needs is the data plane's check
-    tensors = _decode_inputs(inputs, binary, budget)
+    tensors = _decode_inputs(inputs, binary, budget, shared)
     fmt = OutputFormat(bool(_params(doc, "request").get("binary_data_output", False)))
     output_parameters = {}
     requested = _decode_outputs(doc.get("outputs"), fmt, output_parameters)
@@ -92,13 +95,21 @@ def _split_body(body: bytes | bytearray, n: int | None) -> tuple[dict, memoryvie
     return doc, binary
 
 
-def _decode_inputs(inputs: list, binary: memoryview, budget: ValueBudget) -> dict:
-    """Each input from its JSON `data`, or from the next `binary_data_size` bytes of `binary`."""
+def _decode_inputs(inputs: list, binary: memoryview, budget: ValueBudget, shared) -> dict:
+    """Each input from its JSON `data`, from the next `binary_data_size` bytes of `binary`, or
+    from a shared memory region."""
     tensors = {}
     offset = 0
     for name, item in named_items(inputs):
         params = _params(item, f"input {clip(name)}")
-        if "binary_data_size" in params:
+        if "shared_memory_region" in params:
+            if "data" in item or "binary_data_size" in params:
+                raise invalid(f"input {clip(name)}: shared_memory_region given together with data")
+            if shared is None:
+                raise invalid(f"input {clip(name)}: a JSON body over server.max_structured_bytes cannot name "
+                              "shared memory regions")
+            tensors[name] = shared(name, item.get("datatype"), item.get("shape"), params)
+        elif "binary_data_size" in params:
             size = params["binary_data_size"]
             if type(size) is not int or size < 0:
                 raise invalid(f"input {clip(name)}: binary_data_size must be a non-negative integer")
@@ -139,9 +150,12 @@ def _decode_outputs(outputs, fmt: OutputFormat, output_parameters: dict) -> tupl
     return tuple(requested) or None
 
 
-async def encode_response(response: InferResponse, fmt: OutputFormat) -> tuple[list[bytes], int | None]:
+async def encode_response(response: InferResponse, fmt: OutputFormat,
+                          shared: set[str] | None = None) -> tuple[list[bytes], int | None]:
     """The body as parts to write one after another, and the JSON header's length when binary
-    data follows it (else None). A small response is one part, written without giving up the
+    data follows it (else None). An output in `shared` was written into a shared memory region:
+    it goes back with neither data nor parameters (Triton's C++ client reads any output
+    parameters as binary data). A small response is one part, written without giving up the
     loop. A big output asked for as JSON is written JSON_SLICE elements per loop turn (4 M
     floats took ~150 ms of orjson in one call), and its parts are never joined into one copy."""
     outputs = []
@@ -149,6 +163,9 @@ async def encode_response(response: InferResponse, fmt: OutputFormat) -> tuple[l
     sliced = []  # the JSON parts of each big output, in order
     for name, array in response.outputs.items():
         entry = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        if shared and name in shared:
+            outputs.append(entry)
+            continue
         if fmt.is_binary(name):
             raw = raw_view(array)
             entry["parameters"] = {"binary_data_size": len(raw)}

@@ -35,6 +35,13 @@ def _nothing() -> None:
     pass
 
 
+def _final(reply: dict, final: bool) -> dict:
+    """A stream's last reply says so (a plain infer's carries no `final`)."""
+    if final:
+        reply["final"] = True
+    return reply
+
+
 class _Connection(asyncio.Protocol):
     """One client. Every frame read is one request (`guard.begin`) and gets one reply
     (`guard.end`). Reading stops while too many requests are in flight or while the client
@@ -53,6 +60,8 @@ class _Connection(asyncio.Protocol):
         self._idle: asyncio.Future | None = None  # set by finish(): resolved when nothing is in flight
         self._paused = False  # reading, for too many in flight
         self._write_paused = False  # reading, for unread replies
+        self._held_acks: list[Callable[[], None]] = []  # streams' responses written while paused (_partial)
+        self._streams: dict[int, int] = {}  # streams in flight: request id -> serial (for "cancel")
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -94,6 +103,8 @@ class _Connection(asyncio.Protocol):
         try:
             if op == "infer":
                 return self._infer(request_id, msg)
+            if op == "cancel":
+                return self._cancel(request_id, msg)
             if op in AWAITED_OPS:
                 self._awaited += 1
                 task = self._tasks.spawn(self._awaited_op(request_id, op, msg))
@@ -112,26 +123,60 @@ class _Connection(asyncio.Protocol):
         self._inflight[serial] = _nothing  # in flight before submit: it may answer at once
         try:
             model, version, request = decode_infer(msg, ValueBudget(self.front.max_values))
-            withdraw = self.front.dataplane.submit(
-                model, version, request, "unix", lambda result: self._infer_done(serial, request_id, result))
+            if "stream" in msg and field(msg, "stream", bool, False):  # several replies, the last marked final
+                withdraw = self.front.dataplane.submit_stream(
+                    model, version, request, "unix", lambda response, ack: self._partial(request_id, response, ack),
+                    lambda result: self._infer_done(serial, request_id, result, final=True))
+            else:
+                withdraw = self.front.dataplane.submit(
+                    model, version, request, "unix", lambda result: self._infer_done(serial, request_id, result))
         except BaseException:
             del self._inflight[serial]
             raise
         if serial in self._inflight:  # not answered yet
             self._inflight[serial] = withdraw
             self._count_inflight()
+            if "stream" in msg:
+                self._streams[request_id] = serial
 
-    def _infer_done(self, serial: int, request_id: int, result: InferResponse | InferdError) -> None:
+    def _infer_done(self, serial: int, request_id: int, result: InferResponse | InferdError, final: bool = False) -> None:
         if self._inflight.pop(serial, None) is None:
             return  # withdrawn: the connection is gone
+        if final and self._streams.get(request_id) == serial:
+            del self._streams[request_id]
         try:
-            if isinstance(result, InferdError):
-                self._reply(error_reply(request_id, result))
-            else:
-                self._reply(encode_infer(request_id, result))
+            reply = error_reply(request_id, result) if isinstance(result, InferdError) else encode_infer(request_id, result)
+            if final:
+                reply["final"] = True
+            self._reply(reply)
         except Exception as e:  # a bug must still answer this caller, and not fail its batch's others
-            self._reply(error_reply(request_id, unexpected(e, "unix-socket reply failed")))
+            self._reply(_final(error_reply(request_id, unexpected(e, "unix-socket reply failed")), final))
         self._uncount_inflight()
+
+    def _partial(self, request_id: int, response: InferResponse, ack: Callable[[], None]) -> None:
+        """One response of a stream (not its last). The model may run one further once this is
+        written: at once, unless the client leaves its replies unread (then at resume_writing)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        reply = encode_infer(request_id, response)
+        reply["final"] = False
+        payload = msgpack.packb(reply, use_bin_type=True)
+        self.transport.writelines((HEADER.pack(len(payload)), payload))
+        if self._write_paused:
+            self._held_acks.append(ack)
+        else:
+            ack()
+
+    def _cancel(self, request_id: int, msg: dict) -> None:
+        """Withdraw a stream of this connection (its model stops): its final reply is
+        `cancelled`. Answers whether there was one to cancel."""
+        target = field(msg, "request", int)
+        serial = self._streams.get(target)
+        withdraw = self._inflight.get(serial) if serial is not None else None
+        if withdraw is not None:
+            withdraw()
+            self._infer_done(serial, target, InferdError(ErrorCode.CANCELLED, "cancelled by the client"), final=True)
+        self._reply({"id": request_id, "ok": True, "cancelled": withdraw is not None})
 
     async def _awaited_op(self, request_id: int, op: str, msg: dict) -> None:
         dp = self.front.dataplane
@@ -169,6 +214,9 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._update_reading()
+        acks, self._held_acks = self._held_acks, []
+        for ack in acks:  # the streams' responses held in the buffer are written: their models go on
+            ack()
 
     def _update_reading(self) -> None:
         transport = self.transport

@@ -99,6 +99,8 @@ def _requested_outputs(outputs: list | None) -> tuple[tuple[str, ...] | None, di
             names.append(item["name"])
             if item.get("parameters"):
                 parameters[item["name"]] = item["parameters"]
+            if "shared_memory_region" in parameters.get(item["name"], ()):  # (not written: refused)
+                raise invalid("shared memory regions are for HTTP and gRPC; the Unix socket carries tensors itself")
         elif isinstance(item, str):
             names.append(item)
         else:

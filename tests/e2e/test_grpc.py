@@ -39,7 +39,7 @@ def test_model_ready_is_false_not_an_error_for_an_unknown_or_failed_model(grpc_a
     client.close()
 
 
-@pytest.mark.parametrize("service, method", [("inference.GRPCInferenceService", "SystemSharedMemoryStatus"),
+@pytest.mark.parametrize("service, method", [("inference.GRPCInferenceService", "NoSuchMethod"),
                                              ("grpc.channelz.v1.Channelz", "GetTopChannels")])
 def test_an_unimplemented_method_answers_with_a_content_type(grpc_address, service, method):
     """grpcurl (Go) reads a gRPC answer without a content-type as a malformed header."""

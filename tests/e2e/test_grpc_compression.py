@@ -47,3 +47,22 @@ async def test_a_compressed_message_inflating_past_a_slice_comes_back_whole(grpc
         assert np.array_equal(result.as_numpy("OUT_FP32"), big)
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_a_compressed_stream_is_inflated_message_by_message(grpc_address, reference, algorithm):
+    """ModelStreamInfer reads its messages through the same inflating reader as ModelInfer."""
+    answers = []
+    client = grpcclient.InferenceServerClient(grpc_address)
+    client.start_stream(callback=lambda result, error: answers.append((result, error)), compression_algorithm=algorithm)
+    xs = [RNG.standard_normal((2, 512)).astype(np.float32) for _ in range(3)]
+    for i, x in enumerate(xs):
+        tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        client.async_stream_infer("mlp", [tensor], request_id=str(i))
+    client.stop_stream()  # waits until every answer has come
+    client.close()
+    assert [error for _, error in answers] == [None] * 3
+    for result, _ in answers:
+        x = xs[int(result.get_response().id)]
+        np.testing.assert_allclose(result.as_numpy("output"), reference("mlp", {"input": x})["output"], atol=1e-5)

@@ -39,6 +39,10 @@ class GRPCInferenceServiceBase(abc.ABC):
         pass
 
     @abc.abstractmethod
+    async def ModelStreamInfer(self, stream: 'grpclib.server.Stream[inferd.daemon.frontends.grpc_gen.inference_pb2.ModelInferRequest, inferd.daemon.frontends.grpc_gen.inference_pb2.ModelStreamInferResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
     async def ModelConfig(self, stream: 'grpclib.server.Stream[inferd.daemon.frontends.grpc_gen.inference_pb2.ModelConfigRequest, inferd.daemon.frontends.grpc_gen.inference_pb2.ModelConfigResponse]') -> None:
         pass
 
@@ -56,6 +60,30 @@ class GRPCInferenceServiceBase(abc.ABC):
 
     @abc.abstractmethod
     async def RepositoryModelUnload(self, stream: 'grpclib.server.Stream[inferd.daemon.frontends.grpc_gen.inference_pb2.RepositoryModelUnloadRequest, inferd.daemon.frontends.grpc_gen.inference_pb2.RepositoryModelUnloadResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SystemSharedMemoryStatus(self, stream: 'grpclib.server.Stream[inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryStatusRequest, inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryStatusResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SystemSharedMemoryRegister(self, stream: 'grpclib.server.Stream[inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryRegisterRequest, inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryRegisterResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SystemSharedMemoryUnregister(self, stream: 'grpclib.server.Stream[inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryUnregisterRequest, inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryUnregisterResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def CudaSharedMemoryStatus(self, stream: 'grpclib.server.Stream[inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryStatusRequest, inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryStatusResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def CudaSharedMemoryRegister(self, stream: 'grpclib.server.Stream[inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryRegisterRequest, inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryRegisterResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def CudaSharedMemoryUnregister(self, stream: 'grpclib.server.Stream[inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryUnregisterRequest, inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryUnregisterResponse]') -> None:
         pass
 
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
@@ -96,6 +124,12 @@ class GRPCInferenceServiceBase(abc.ABC):
                 inferd.daemon.frontends.grpc_gen.inference_pb2.ModelInferRequest,
                 inferd.daemon.frontends.grpc_gen.inference_pb2.ModelInferResponse,
             ),
+            '/inference.GRPCInferenceService/ModelStreamInfer': grpclib.const.Handler(
+                self.ModelStreamInfer,
+                grpclib.const.Cardinality.STREAM_STREAM,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.ModelInferRequest,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.ModelStreamInferResponse,
+            ),
             '/inference.GRPCInferenceService/ModelConfig': grpclib.const.Handler(
                 self.ModelConfig,
                 grpclib.const.Cardinality.UNARY_UNARY,
@@ -125,6 +159,42 @@ class GRPCInferenceServiceBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 inferd.daemon.frontends.grpc_gen.inference_pb2.RepositoryModelUnloadRequest,
                 inferd.daemon.frontends.grpc_gen.inference_pb2.RepositoryModelUnloadResponse,
+            ),
+            '/inference.GRPCInferenceService/SystemSharedMemoryStatus': grpclib.const.Handler(
+                self.SystemSharedMemoryStatus,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryStatusRequest,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryStatusResponse,
+            ),
+            '/inference.GRPCInferenceService/SystemSharedMemoryRegister': grpclib.const.Handler(
+                self.SystemSharedMemoryRegister,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryRegisterRequest,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryRegisterResponse,
+            ),
+            '/inference.GRPCInferenceService/SystemSharedMemoryUnregister': grpclib.const.Handler(
+                self.SystemSharedMemoryUnregister,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryUnregisterRequest,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryUnregisterResponse,
+            ),
+            '/inference.GRPCInferenceService/CudaSharedMemoryStatus': grpclib.const.Handler(
+                self.CudaSharedMemoryStatus,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryStatusRequest,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryStatusResponse,
+            ),
+            '/inference.GRPCInferenceService/CudaSharedMemoryRegister': grpclib.const.Handler(
+                self.CudaSharedMemoryRegister,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryRegisterRequest,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryRegisterResponse,
+            ),
+            '/inference.GRPCInferenceService/CudaSharedMemoryUnregister': grpclib.const.Handler(
+                self.CudaSharedMemoryUnregister,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryUnregisterRequest,
+                inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryUnregisterResponse,
             ),
         }
 
@@ -168,6 +238,12 @@ class GRPCInferenceServiceStub:
             inferd.daemon.frontends.grpc_gen.inference_pb2.ModelInferRequest,
             inferd.daemon.frontends.grpc_gen.inference_pb2.ModelInferResponse,
         )
+        self.ModelStreamInfer = grpclib.client.StreamStreamMethod(
+            channel,
+            '/inference.GRPCInferenceService/ModelStreamInfer',
+            inferd.daemon.frontends.grpc_gen.inference_pb2.ModelInferRequest,
+            inferd.daemon.frontends.grpc_gen.inference_pb2.ModelStreamInferResponse,
+        )
         self.ModelConfig = grpclib.client.UnaryUnaryMethod(
             channel,
             '/inference.GRPCInferenceService/ModelConfig',
@@ -197,4 +273,40 @@ class GRPCInferenceServiceStub:
             '/inference.GRPCInferenceService/RepositoryModelUnload',
             inferd.daemon.frontends.grpc_gen.inference_pb2.RepositoryModelUnloadRequest,
             inferd.daemon.frontends.grpc_gen.inference_pb2.RepositoryModelUnloadResponse,
+        )
+        self.SystemSharedMemoryStatus = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
+            inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryStatusRequest,
+            inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryStatusResponse,
+        )
+        self.SystemSharedMemoryRegister = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/inference.GRPCInferenceService/SystemSharedMemoryRegister',
+            inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryRegisterRequest,
+            inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryRegisterResponse,
+        )
+        self.SystemSharedMemoryUnregister = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/inference.GRPCInferenceService/SystemSharedMemoryUnregister',
+            inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryUnregisterRequest,
+            inferd.daemon.frontends.grpc_gen.inference_pb2.SystemSharedMemoryUnregisterResponse,
+        )
+        self.CudaSharedMemoryStatus = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/inference.GRPCInferenceService/CudaSharedMemoryStatus',
+            inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryStatusRequest,
+            inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryStatusResponse,
+        )
+        self.CudaSharedMemoryRegister = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/inference.GRPCInferenceService/CudaSharedMemoryRegister',
+            inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryRegisterRequest,
+            inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryRegisterResponse,
+        )
+        self.CudaSharedMemoryUnregister = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/inference.GRPCInferenceService/CudaSharedMemoryUnregister',
+            inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryUnregisterRequest,
+            inferd.daemon.frontends.grpc_gen.inference_pb2.CudaSharedMemoryUnregisterResponse,
         )

@@ -1,0 +1,173 @@
+"""ModelStreamInfer: the bidirectional stream of ModelInferRequest -> ModelStreamInferResponse.
+
+Requests on one stream run concurrently and are answered as they finish, each response carrying
+its request's id. An ordinary model answers one response per request; a decoupled model 0..N
+(inferd.scheduler.streams). Every response carries the parameter `triton_final_response`
+(false while more follow), as Triton's do; a decoupled request's end is an empty response
+marked final, sent only when the request asks with `triton_enable_empty_final_response`. A
+request's error goes in `error_message` and the stream goes on.
+
+Bounds: messages are read as ModelInfer's (grpc_wire: server.max_request_bytes); at most
+MAX_IN_FLIGHT requests of one stream run at once (one more is answered RESOURCE_EXHAUSTED in
+its error_message); a decoupled model's responses wait for the writer to hand the previous
+ones to HTTP/2 (whose flow control holds them when the client does not read) before the model
+may run further ahead (streams.WINDOW). When the client ends the stream, its requests still
+running are answered and then the call ends; when it cancels, they are withdrawn (a decoupled
+model stops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from google.protobuf.message import DecodeError
+from grpclib.server import Stream
+
+from inferd.common.codec import ValueBudget
+from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
+from inferd.common.tensors import datatype_of
+from inferd.daemon.dataplane import DataPlane
+from inferd.daemon.frontends.grpc_codec import decode_infer_request
+from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
+from inferd.daemon.frontends.grpc_wire import EncodedReply, _encode_varint, receive, split_raw_contents, with_raw_contents
+from inferd.daemon.requests import InferResponse, RequestLimits
+
+MAX_IN_FLIGHT = 100  # requests of one stream running at once (as server.http2_max_streams' default)
+INFER_RESPONSE_TAG = b"\x12"  # ModelStreamInferResponse's field 2 (infer_response), length-delimited
+FINAL = "triton_final_response"
+WANTS_EMPTY_FINAL = "triton_enable_empty_final_response"
+
+
+async def _encode(response: InferResponse, final: bool) -> EncodedReply:
+    reply = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+    for name, array in response.outputs.items():
+        reply.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+    reply.parameters[FINAL].bool_param = final
+    inner = (await with_raw_contents(reply.SerializeToString(), list(response.outputs.values()))).data
+    body = bytearray(INFER_RESPONSE_TAG)
+    body += _encode_varint(len(inner))
+    body += inner
+    return EncodedReply(body)
+
+
+def _error(message: str, request_id: str) -> EncodedReply:
+    reply = pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(id=request_id))
+    return EncodedReply(reply.SerializeToString())
+
+
+class _StreamCall:
+    """One ModelStreamInfer call: reads requests, submits them, writes their responses in order
+    of arrival (one writer: grpclib sends one message at a time)."""
+
+    def __init__(self, dataplane: DataPlane, limits: RequestLimits, stream: Stream):
+        self.dataplane, self.limits, self.stream = dataplane, limits, stream
+        self.replies: asyncio.Queue = asyncio.Queue()  # (response, final, ack) | (error text, request id, None)
+        self.running: dict[int, object] = {}  # request number -> its withdraw function
+        self.idle = asyncio.Event()  # no request running
+        self.idle.set()
+        self.room = asyncio.Event()  # the writer has caught up with the reader's refusals
+        self.count = 0
+
+    async def serve(self) -> None:
+        writer = asyncio.ensure_future(self._write(asyncio.current_task()))
+        try:
+            while (body := await receive(self.stream, self.limits.max_request_bytes, "server.max_request_bytes",
+                                         may_end=True)) is not None:
+                self._start(body)
+                while self.replies.qsize() >= MAX_IN_FLIGHT:  # the client does not read: neither do we
+                    self.room.clear()
+                    await self.room.wait()
+            await self.idle.wait()  # the client ended its side: answer what runs, then end
+            self.replies.put_nowait(None)
+            await writer
+        finally:
+            for withdraw in list(self.running.values()):
+                if withdraw is not None:
+                    withdraw()
+            writer.cancel()
+
+    def _start(self, body) -> None:
+        """Decode and submit one request; a refusal is answered on the stream."""
+        self.count += 1
+        number, message = self.count, None
+        try:
+            rest, raw = split_raw_contents(body, self.limits.max_structured_bytes)
+            try:
+                message = pb.ModelInferRequest.FromString(rest)
+            except DecodeError:
+                raise invalid("the request is not a valid protobuf message") from None
+            if len(self.running) >= MAX_IN_FLIGHT:
+                raise InferdError(ErrorCode.RESOURCE_EXHAUSTED, f"this stream has {MAX_IN_FLIGHT} requests running, the most "
+                                  "one stream may have: wait for their responses, or open another stream")
+            self._submit(number, message, raw)
+        except InferdError as e:
+            self._reply_error(e, message)
+        except Exception as e:
+            self._reply_error(unexpected(e, "gRPC stream request failed"), message)
+
+    def _submit(self, number: int, message: pb.ModelInferRequest, raw) -> None:
+        deadline = None
+        if self.stream.deadline is not None:
+            deadline = time.monotonic() + self.stream.deadline.time_remaining()
+        request = decode_infer_request(message, raw, deadline, ValueBudget(self.limits.max_value_elements))
+        wants_empty_final = _bool_parameter(message, WANTS_EMPTY_FINAL)
+        model = message.model_name
+
+        def on_response(response: InferResponse, ack) -> None:
+            self.replies.put_nowait((response, False, ack))
+
+        def done(outcome) -> None:
+            self.running.pop(number, None)
+            if not self.running:
+                self.idle.set()
+            if isinstance(outcome, InferdError):
+                self._reply_error(outcome, message)
+            elif outcome.outputs or wants_empty_final:
+                self.replies.put_nowait((outcome, True, None))
+
+        self.running[number] = None
+        self.idle.clear()
+        try:
+            withdraw = self.dataplane.submit_stream(model, message.model_version, request, "grpc", on_response, done)
+        except InferdError:
+            self.running.pop(number, None)
+            if not self.running:
+                self.idle.set()
+            raise
+        if number in self.running:
+            self.running[number] = withdraw
+
+    def _reply_error(self, error: InferdError, message) -> None:
+        self.replies.put_nowait((error.message, message.id if message is not None else "", None))
+
+    async def _write(self, call: asyncio.Task) -> None:
+        """Sends the replies in order; if the stream breaks, the call ends (`call` is cancelled)."""
+        while (item := await self.replies.get()) is not None:
+            self.room.set()
+            try:
+                if isinstance(item[0], str):
+                    reply = _error(item[0], item[1])
+                else:
+                    try:
+                        reply = await _encode(item[0], item[1])
+                    except Exception as e:
+                        reply = _error(unexpected(e, "encoding a stream response failed").message, item[0].id)
+                await self.stream.send_message(reply)
+            except Exception:  # the client went away
+                call.cancel()
+                return
+            if item[2] is not None:
+                item[2]()  # the response is written: its model may run one further
+
+
+def _bool_parameter(message: pb.ModelInferRequest, name: str) -> bool:
+    if name not in message.parameters:
+        return False
+    p = message.parameters[name]
+    return p.WhichOneof("parameter_choice") == "bool_param" and p.bool_param
+
+
+async def model_stream_infer(dataplane: DataPlane, limits: RequestLimits, stream: Stream) -> None:
+    """The handler of ModelStreamInfer (a grpclib stream-stream method)."""
+    await _StreamCall(dataplane, limits, stream).serve()

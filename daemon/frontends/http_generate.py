@@ -1,0 +1,150 @@
+"""Triton's generate extension (docs/protocol/extension_generate.md in triton-inference-server):
+POST /v2/models/{m}[/versions/{v}]/generate answers one JSON object; .../generate_stream
+answers server-sent events, `data: {json}` per response, as the model sends them.
+
+The request is a JSON object whose fields are named like the model's inputs (a scalar or a
+list, nested for more dimensions; strings for BYTES), plus an optional `parameters` object of
+scalars; any other field is refused (400). A leading dimension of 1 is added where the model's
+input has one more (its batch dimension). A response is `{"model_name", "model_version", <each
+output>}`: an output of one element as that value, else as a flat list; BYTES as text.
+
+`/generate` takes exactly one response: a decoupled model that sends none or several is an
+error. `/generate_stream` sends each as an event; an error before the first is an ordinary JSON
+error with its status, one after it an event `{"error": "..."}` (the status, 200, is sent).
+Each event is handed to the socket before the model may run further (streams.WINDOW): a client
+that does not read stops the model, not the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import orjson
+from aiohttp import web
+
+from inferd.common.codec import ValueBudget, from_list, to_list
+from inferd.common.errors import ErrorCode, InferdError, clip, invalid
+from inferd.daemon.dataplane import DataPlane
+from inferd.daemon.requests import InferRequest, InferResponse
+
+SSE = "text/event-stream; charset=utf-8"
+
+
+def _shape(value) -> list[int]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape
+
+
+def _tensor(spec: dict, value, budget: ValueBudget) -> np.ndarray:
+    name, rank = spec["name"], len(spec["shape"])
+    data = value if isinstance(value, list) else [value]
+    shape = _shape(data)
+    if len(shape) < rank:  # the batch dimension (and a scalar's)
+        shape = [1] * (rank - len(shape)) + shape
+    return from_list(name, spec["datatype"], shape, data, budget)
+
+
+def decode(body: bytes, metadata: dict, budget: ValueBudget) -> InferRequest:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise invalid(f"the body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise invalid("the body must be a JSON object whose fields are named like the model's inputs")
+    specs = {t["name"]: t for t in metadata["inputs"]}
+    inputs, parameters = {}, {}
+    for key, value in doc.items():
+        if key == "parameters":
+            if not isinstance(value, dict) or not all(isinstance(v, str | int | float | bool) for v in value.values()):
+                raise invalid("'parameters' must be an object of strings, numbers and booleans")
+            parameters = value
+        elif key in specs:
+            inputs[key] = _tensor(specs[key], value, budget)
+        else:
+            names = ", ".join(map(clip, list(specs)[:10])) + (", ..." if len(specs) > 10 else "")
+            raise invalid(f"{clip(key)} is not an input of model {clip(metadata['name'])} (its inputs: {names}) "
+                          "nor 'parameters'")
+    return InferRequest(inputs, None, "", parameters)
+
+
+def encode(response: InferResponse) -> bytes:
+    doc = {"model_name": response.model_name, "model_version": response.model_version}
+    for name, array in response.outputs.items():
+        values = to_list(name, array)
+        values = values.tolist() if isinstance(values, np.ndarray) else list(values)
+        doc[name] = values[0] if len(values) == 1 else values
+    return orjson.dumps(doc)
+
+
+class _Responses:
+    """A request's responses as they come, for a handler to await: (response, ack), then
+    (final response or error, None)."""
+
+    def __init__(self) -> None:
+        self.items: asyncio.Queue = asyncio.Queue()  # bounded by streams.WINDOW (+1, the end)
+
+    def response(self, response: InferResponse, ack) -> None:
+        self.items.put_nowait((response, ack))
+
+    def done(self, outcome) -> None:
+        self.items.put_nowait((outcome, None))
+
+
+async def _submit(request: web.Request, dataplane: DataPlane, budget: ValueBudget):
+    name, version = request.match_info["model"], request.match_info.get("version", "")
+    metadata = dataplane.model_metadata(name, version)
+    infer_request = decode(await request.read(), metadata, budget)
+    responses = _Responses()
+    withdraw = dataplane.submit_stream(name, version, infer_request, "http", responses.response, responses.done)
+    return responses, withdraw
+
+
+async def generate(request: web.Request, dataplane: DataPlane, budget: ValueBudget) -> web.Response:
+    responses, withdraw = await _submit(request, dataplane, budget)
+    answers = []
+    try:
+        while True:
+            outcome, ack = await responses.items.get()
+            if isinstance(outcome, InferdError):
+                raise outcome
+            if outcome.outputs:
+                answers.append(outcome)
+            if len(answers) > 1 or ack is None:  # (a second response: refused now, the model stops)
+                break
+            ack()
+    finally:
+        withdraw()  # (nothing, once answered)
+    if len(answers) != 1:
+        raise InferdError(ErrorCode.INVALID_ARGUMENT, f"the model sent {len(answers)} responses: /generate takes "
+                                                      "exactly one (use /generate_stream)")
+    return web.Response(body=encode(answers[0]), content_type="application/json")
+
+
+async def generate_stream(request: web.Request, dataplane: DataPlane, budget: ValueBudget) -> web.StreamResponse:
+    responses, withdraw = await _submit(request, dataplane, budget)
+    stream: web.StreamResponse | None = None
+    try:
+        while True:
+            outcome, ack = await responses.items.get()
+            if isinstance(outcome, InferdError) and stream is None:
+                raise outcome  # before the first event: an ordinary error answer
+            if stream is None:
+                stream = web.StreamResponse(headers={"Content-Type": SSE, "Cache-Control": "no-cache"})
+                await stream.prepare(request)
+            if isinstance(outcome, InferdError):
+                await stream.write(b"data: " + orjson.dumps({"error": outcome.message}) + b"\n\n")
+            elif outcome.outputs:
+                await stream.write(b"data: " + encode(outcome) + b"\n\n")  # (waits for the socket to drain)
+            if ack is None:
+                break
+            ack()
+        await stream.write_eof()
+    except ConnectionResetError:  # the client went away while an event was written: no failure of ours
+        pass
+    finally:
+        withdraw()  # the client went away (or the handler is cancelled): the model stops
+    return stream

@@ -1,0 +1,274 @@
+"""The shared-memory extensions (Triton's extension_shared_memory.md): regions a client
+registers by name, then names in an input's or an output's parameters instead of sending data.
+
+A system region is a file in /dev/shm (a POSIX shm_open key such as "/input_simple") that the
+client created. It is opened once at register time and read and written with pread/pwrite on
+that descriptor, never mapped: the client may shrink the file at any moment, and a mapped read
+past its end is a SIGBUS that kills the daemon, checked beforehand or not (the check races the
+copy). A short pread is a clear error instead. An input costs one kernel copy into a buffer of
+the daemon's, which the scheduler then stacks into the worker's batch like any other tensor.
+
+Which files a client may name (it may be any network caller, and the daemon reads and writes
+what it names): only a regular file directly in /dev/shm, not a symlink, owned by the daemon's
+own user; other users' files are refused even where their mode would let the daemon open them.
+
+CUDA regions need a GPU and CUDA IPC; without a GPU register says so, and status lists none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+
+from inferd.common.codec import check_datatype_and_shape, from_raw, raw_view
+from inferd.common.errors import ErrorCode, InferdError, clip, invalid
+
+SHM_DIR = "/dev/shm"
+MAX_REGIONS = 256  # registered system regions at once
+MAX_NAME_CHARS = 128  # a region's name
+MAX_KEY_CHARS = 255  # NAME_MAX of a file in /dev/shm
+PARAMS = ("shared_memory_region", "shared_memory_offset", "shared_memory_byte_size")
+
+
+def _integer(value, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise invalid(f"{what} must be a non-negative integer")
+    return value
+
+
+class Region:
+    """A registered system region: `byte_size` bytes at `offset` in the file open on `fd`.
+    Unregistered while an inference still holds it (its outputs to write), the descriptor
+    closes when the last holder lets go."""
+
+    __slots__ = ("name", "key", "offset", "byte_size", "fd", "holders", "registered")
+
+    def __init__(self, name: str, key: str, offset: int, byte_size: int, fd: int):
+        self.name, self.key, self.offset, self.byte_size, self.fd = name, key, offset, byte_size, fd
+        self.holders = 0
+        self.registered = True
+
+    def status(self) -> dict:
+        return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
+
+    def release(self) -> None:
+        self.holders -= 1
+        if not self.registered and self.holders == 0:
+            os.close(self.fd)
+
+    def span(self, what: str, offset: int, size: int) -> int:
+        """The file position of `size` bytes at `offset` in the region, refused if they do not
+        fit in it."""
+        if offset + size > self.byte_size:
+            raise invalid(f"{what}: {size} bytes at offset {offset} run past the end of shared memory region "
+                          f"{clip(self.name)} ({self.byte_size} bytes)")
+        return self.offset + offset
+
+    def file_ends_before(self, end: int) -> bool:
+        return os.fstat(self.fd).st_size < end
+
+    def shrunk(self) -> InferdError:
+        return invalid(f"the file of shared memory region {clip(self.name)} ({clip(self.key)}) is smaller than "
+                       "the region now: the client shrank it after registering")
+
+
+def _open_key(key: str) -> int:
+    """The descriptor of /dev/shm/<key>, read-write, after the checks in the module's docstring."""
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_CHARS:
+        raise invalid(f"a shared memory key must be a string of 1 to {MAX_KEY_CHARS} characters")
+    name = key.lstrip("/")  # shm_open's convention: "/name" is /dev/shm/name
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise invalid(f"shared memory key {clip(key)} must name a file directly in {SHM_DIR}, e.g. \"/input0\"")
+    try:
+        dir_fd = os.open(SHM_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise InferdError(ErrorCode.FAILED_PRECONDITION, f"{SHM_DIR} cannot be opened: {e.strerror}") from None
+    try:  # O_NONBLOCK: a FIFO someone put there must not block the loop on open
+        fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError as e:
+        why = "it is a symbolic link" if e.errno == 40 else e.strerror  # ELOOP: O_NOFOLLOW met a link
+        raise invalid(f"unable to open shared memory key {clip(key)}: {why}") from None
+    finally:
+        os.close(dir_fd)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        os.close(fd)
+        raise invalid(f"shared memory key {clip(key)} must be a regular file owned by the server's user")
+    return fd
+
+
+class SystemSharedMemory:
+    """The registered system regions, by name."""
+
+    def __init__(self, max_regions: int = MAX_REGIONS):
+        self._regions: dict[str, Region] = {}
+        self._max = max_regions
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
+            raise invalid(f"a shared memory region's name must be a string of 1 to {MAX_NAME_CHARS} characters")
+        offset, byte_size = _integer(offset, "offset"), _integer(byte_size, "byte_size")
+        if name in self._regions:
+            raise invalid(f"shared memory region {clip(name)} is already registered")
+        if len(self._regions) >= self._max:
+            raise InferdError(ErrorCode.RESOURCE_EXHAUSTED, f"{self._max} shared memory regions are registered already")
+        fd = _open_key(key)
+        region = Region(name, key, offset, byte_size, fd)
+        if region.file_ends_before(offset + byte_size):
+            os.close(fd)
+            raise invalid(f"shared memory key {clip(key)} is smaller than offset + byte_size ({offset + byte_size})")
+        self._regions[name] = region
+
+    def unregister(self, name: str = "") -> None:
+        """One region, or all of them (name ""). An unknown name is no error (as in Triton)."""
+        names = [name] if name else list(self._regions)
+        for each in names:
+            region = self._regions.pop(each, None)
+            if region is not None:
+                region.registered = False
+                region.holders += 1
+                region.release()
+
+    def status(self, name: str = "") -> list[dict]:
+        if not name:
+            return [region.status() for region in self._regions.values()]
+        return [self.get(name).status()]
+
+    def get(self, name) -> Region:
+        region = self._regions.get(name) if isinstance(name, str) else None
+        if region is None:
+            raise InferdError(ErrorCode.NOT_FOUND, f"no shared memory region {clip(str(name))} is registered")
+        return region
+
+    def close(self) -> None:
+        """The daemon stops: every region goes."""
+        self.unregister()
+
+    # -- inference ------------------------------------------------------------------------
+
+    def input_reader(self, budget, max_bytes: int):
+        """What a codec calls for each input with a shared_memory_region parameter:
+        (name, datatype, shape, parameters) -> the tensor; at most `max_bytes` in all."""
+        left = [max_bytes]
+        return lambda name, datatype, shape, params: self.read_input(name, datatype, shape, params, budget, left)
+
+    def read_input(self, name: str, datatype, shape, params: dict, budget, left: list[int]) -> np.ndarray:
+        """The input `name` from the region its parameters name (copied out of it). `left`:
+        the bytes this request may still read (server.max_request_bytes), decreased."""
+        region, offset, size = self._target(f"input {clip(name)}", params)
+        position = region.span(f"input {clip(name)}", offset, size)
+        if size > left[0]:
+            raise invalid(f"input {clip(name)}: shared memory inputs of a request may hold at most "
+                          "server.max_request_bytes in all")
+        if datatype != "BYTES":  # a size that cannot fit the shape is refused before reading it
+            dtype, dims = check_datatype_and_shape(name, datatype, shape)
+            if math.prod(dims) * dtype.itemsize != size:
+                raise invalid(f"input {clip(name)}: shape {list(dims)} of {datatype} needs "
+                              f"{math.prod(dims) * dtype.itemsize} bytes, shared_memory_byte_size is {size}")
+        left[0] -= size
+        buffer = np.empty(size, np.uint8)
+        view, done = memoryview(buffer), 0
+        while done < size:
+            got = os.preadv(region.fd, [view[done:]], position + done)
+            if got == 0:
+                raise region.shrunk()
+            done += got
+        return from_raw(name, datatype, shape, buffer.data, budget)
+
+    def _target(self, what: str, params: dict) -> tuple[Region, int, int]:
+        if "shared_memory_byte_size" not in params:
+            raise invalid(f"{what}: shared_memory_region needs shared_memory_byte_size")
+        size = _integer(params["shared_memory_byte_size"], f"{what}: shared_memory_byte_size")
+        offset = _integer(params.get("shared_memory_offset", 0), f"{what}: shared_memory_offset")
+        region = self._regions.get(params["shared_memory_region"]) if isinstance(params["shared_memory_region"], str) else None
+        if region is None:
+            raise invalid(f"{what}: no shared memory region {clip(str(params['shared_memory_region']))} is registered")
+        region.span(what, offset, size)
+        return region, offset, size
+
+    def output_targets(self, output_parameters: dict[str, dict]) -> OutputTargets:
+        """The outputs to write into regions, each region held until `release`."""
+        targets = OutputTargets()
+        try:
+            for name, params in output_parameters.items():
+                if "shared_memory_region" in params:
+                    region, offset, size = self._target(f"output {clip(name)}", params)
+                    region.holders += 1
+                    targets.add(name, region, offset, size)
+        except InferdError:
+            targets.release()
+            raise
+        return targets
+
+
+class OutputTargets:
+    """The outputs of one inference that go into shared memory regions."""
+
+    __slots__ = ("_targets",)
+
+    def __init__(self):
+        self._targets: dict[str, tuple[Region, int, int]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._targets)
+
+    def add(self, name: str, region: Region, offset: int, size: int) -> None:
+        self._targets[name] = (region, offset, size)
+
+    def write(self, outputs: dict[str, np.ndarray]) -> set[str]:
+        """Each target output written into its region; returns their names."""
+        written = set()
+        for name, (region, offset, size) in self._targets.items():
+            if name not in outputs:
+                continue
+            raw = raw_view(outputs[name])
+            if len(raw) > size:
+                raise invalid(f"output {clip(name)} has {len(raw)} bytes, more than its shared_memory_byte_size ({size})")
+            position = region.offset + offset
+            if region.file_ends_before(position + len(raw)):
+                raise region.shrunk()  # (pwrite would grow the file again: refused instead)
+            view, done = memoryview(raw).cast("B"), 0
+            while done < len(raw):
+                done += os.pwritev(region.fd, [view[done:]], position + done)
+            written.add(name)
+        return written
+
+    def release(self) -> None:
+        targets, self._targets = self._targets, {}
+        for region, _, _ in targets.values():
+            region.release()
+
+    def __enter__(self) -> OutputTargets:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def has_gpu() -> bool:
+    """Whether an NVIDIA GPU's driver is present (without importing a CUDA library)."""
+    with contextlib.suppress(OSError):
+        return any(Path("/proc/driver/nvidia/gpus").iterdir())
+    return False
+
+
+class CudaSharedMemory:
+    """CUDA regions: registering one needs a GPU, and CUDA IPC that inferd does not implement yet."""
+
+    def register(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        if not has_gpu():
+            raise invalid("CUDA shared memory needs a GPU; this server has none")
+        raise InferdError(ErrorCode.UNIMPLEMENTED, "CUDA shared memory is not supported yet; use system shared memory")
+
+    def unregister(self, name: str = "") -> None:
+        """Nothing is ever registered: unregistering is a no-op, as for an unknown system region."""
+
+    def status(self, name: str = "") -> list[dict]:
+        if name:
+            raise InferdError(ErrorCode.NOT_FOUND, f"no CUDA shared memory region {clip(name)} is registered")
+        return []
