@@ -2,12 +2,9 @@
 names, tensors and arithmetic as the ones the examples were written against, made here with the
 onnx helper API or as inferd Python models (nothing is downloaded).
 
-Configuration that needs a feature still under way is written as its branch reads it: sequence
-batching as helper E's [sequence_batching], decoupled models as helper D's class attribute
-`decoupled = True`, an input's `format` and an output's `label_filename` as helper C's. Until
-the feature merges, the model it belongs to is FAILED with the key named (or, for the decoupled
-one, its warm-up fails), and the examples that call it are listed in
-tests/e2e/test_triton_examples.py NEEDS."""
+Sequence batching is written as helper E's branch reads it ([sequence_batching]); until it
+merges, those models are FAILED with the key named, and the examples that call them are listed
+in tests/e2e/test_triton_examples.py NEEDS."""
 
 from __future__ import annotations
 
@@ -181,19 +178,16 @@ def _python_model(root: Path, name: str, code: str, config: str) -> None:
     _write(root / name / "config.toml", config)
 
 
-def _image_config(batching: int, tensors: tuple, pending: bool) -> str:
-    """max_batch_size, and with `pending` the tensors with Triton's `format` (on the input) and
-    `label_filename` (on the output): what image_client reads and classification needs (helper
-    C). Today's loader refuses those two keys, so they are written only when asked for."""
-    text = f"max_batch_size = {batching}\n"
-    if not pending:
-        return text
+def _image_config(batching: int, tensors: tuple) -> str:
+    """max_batch_size and the tensors, with Triton's `format` on the input and `label_filename` on
+    the output: what image_client reads, and what classification labels with."""
     (name, shape, fmt), (out, out_shape, labels) = tensors
+    text = f"max_batch_size = {batching}\n"
     text += f'[[inputs]]\nname = "{name}"\ndatatype = "FP32"\nshape = {shape}\nformat = "{fmt}"\n'
     return text + f'[[outputs]]\nname = "{out}"\ndatatype = "FP32"\nshape = {out_shape}\nlabel_filename = "{labels}"\n'
 
 
-def make_image_models(root: Path, pending: bool) -> None:
+def make_image_models(root: Path) -> None:
     """densenet_onnx (no batching, NCHW 3x224x224, as Triton's quickstart model) and
     inception_graphdef (batching, NHWC 299x299x3): the models image_client and grpc_client call."""
     build_classifier(root / "densenet_onnx" / "1" / "model.onnx", "data_0", "fc6_1", [3, 224, 224], 0)
@@ -204,11 +198,11 @@ def make_image_models(root: Path, pending: bool) -> None:
     inception = (("input", [-1, 299, 299, 3], "FORMAT_NHWC"), ("InceptionV3/Predictions/Softmax", [-1, n], "inception_labels.txt"))
     for name, batching, tensors in (("densenet_onnx", 0, densenet), ("inception_graphdef", 8, inception)):
         _write(root / name / tensors[1][2], "\n".join(LABELS) + "\n")
-        _write(root / name / "config.toml", _image_config(batching, tensors, pending))
+        _write(root / name / "config.toml", _image_config(batching, tensors))
 
 
-def make_triton_models(root: Path, image_config: bool) -> Path:
-    """Every model the examples call, in `root` (`image_config`: see make_image_models)."""
+def make_triton_models(root: Path) -> Path:
+    """Every model the examples call, in `root`."""
     make_models.build_add_sub(root / "simple" / "1" / "model.onnx")
     _write(root / "simple" / "config.toml", "max_batch_size = 8\n")
     build_add_sub_int8(root / "simple_int8" / "1" / "model.onnx")
@@ -221,7 +215,7 @@ def make_triton_models(root: Path, image_config: bool) -> Path:
     # The example sends 10 responses 1 s apart: a tenth of that keeps the stream's shape.
     _python_model(root, "repeat_int32", REPEAT,
                   "max_batch_size = 0\n[parameters]\ndelay_scale = 0.1\n")
-    make_image_models(root, pending=image_config)
+    make_image_models(root)
     return root
 
 

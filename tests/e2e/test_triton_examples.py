@@ -99,61 +99,32 @@ EXAMPLES = {
 
 # The runs that wait for a feature: (the feature, who builds it) and the first error each gives
 # on main today. The lead deletes a line when its feature merges.
-SHM_B = "system shared memory (helper B): unregister_system_shared_memory() answers HTTP 404 / gRPC UNIMPLEMENTED"
 SEQ_E = ("sequence batching (helper E): the model is FAILED, 'config.toml: sequence_batching: unknown key' "
          "(HTTP 503 / gRPC UNAVAILABLE on the first request)")
-STREAM_D = "ModelStreamInfer (helper D): gRPC UNIMPLEMENTED 'method not found: /inference.GRPCInferenceService/ModelStreamInfer'"
-FORMAT_C = ("input format and classification (helper C): 'unexpected input format FORMAT_NONE' from the model config; "
-            "then class_count, and IMAGE_CONFIG = True")
+CUDA_B = ("CUDA shared memory and a GPU (helper B's register answers that a GPU is needed); the client also needs "
+          "cuda-python: without it, import tritonclient.utils.cuda_shared_memory raises RuntimeError")
 NEEDS: dict[str, str] = {
     "simple_http_health_metadata.py": "server metadata name 'triton' (lead): the example checks name == 'triton', inferd answers "
                                       "'inferd' (everything else it checks passes)",
     "simple_grpc_health_metadata.py": "server metadata name 'triton' (lead): as simple_http_health_metadata.py",
-    "simple_http_model_control.py": "load with a configuration override (helper C): a load whose config is not JSON "
-                                    "answers 200; it must fail with 'failed to load'; then max_batch_size 16 from the override",
-    "simple_grpc_model_control.py": "load with a configuration override (helper C): as simple_http_model_control.py; "
-                                    "then files={'file:' + 'A' * 256: ...} must answer INTERNAL 'failed to poll from model "
-                                    "repository' (C's branch answers FAILED_PRECONDITION)",
-    "grpc_explicit_int_content_client.py": "Triton's words for contents given beside raw_input_contents (hF, after B's "
-                                           "merge, which rewrites that check): it looks for 'contents field must not be "
-                                           "specified when using raw_input_contents for 'INPUT0' for model 'simple'', "
-                                           "inferd answers 'raw_input_contents has 1 entries for 2 inputs' (the example "
-                                           "then exits 0 without its PASS line)",
-    "simple_http_shm_client.py": SHM_B,
-    "simple_http_shm_string_client.py": SHM_B,
-    "simple_grpc_shm_client.py": SHM_B,
-    "simple_grpc_shm_string_client.py": SHM_B,
-    "reuse_infer_objects_client.py http": SHM_B + "; it also unregisters CUDA shared memory",
-    "reuse_infer_objects_client.py grpc": SHM_B + "; it also unregisters CUDA shared memory",
-    "simple_http_cudashm_client.py": "CUDA shared memory (helper B) and a GPU; the client needs cuda-python "
-                                     "(import tritonclient.utils.cuda_shared_memory raises without it)",
-    "simple_grpc_cudashm_client.py": "CUDA shared memory (helper B), as simple_http_cudashm_client.py",
+    "simple_grpc_model_control.py": "load with model files (helper C): files={'file:' + 'A' * 256: ...} must answer INTERNAL "
+                                    "'failed to poll from model repository'; inferd answers FAILED_PRECONDITION",
+    "simple_http_cudashm_client.py": CUDA_B,
+    "simple_grpc_cudashm_client.py": CUDA_B,
     "simple_http_sequence_sync_infer_client.py": SEQ_E,
     "simple_http_sequence_sync_infer_client.py -d": SEQ_E + " (simple_dyna_sequence: CORRID and END controls)",
     "simple_grpc_sequence_sync_infer_client.py": SEQ_E,
     "simple_grpc_sequence_sync_infer_client.py -d": SEQ_E + " (simple_dyna_sequence: CORRID and END controls)",
-    "simple_grpc_sequence_stream_infer_client.py": STREAM_D + "; then " + SEQ_E,
-    "simple_grpc_sequence_stream_infer_client.py -d": STREAM_D + "; then " + SEQ_E,
-    "simple_grpc_aio_sequence_stream_infer_client.py": STREAM_D + "; then " + SEQ_E,
-    "simple_grpc_aio_sequence_stream_infer_client.py -d": STREAM_D + "; then " + SEQ_E,
-    "simple_grpc_custom_repeat.py": STREAM_D + "; and decoupled models: repeat_int32 is FAILED, its warm-up says "
-                                    "'infer() must return a dict of outputs, got generator'",
-    "image_client.py densenet": FORMAT_C,
-    "image_client.py inception async": FORMAT_C,
-    "image_client.py grpc inception": FORMAT_C,
-    "image_client.py grpc streaming": FORMAT_C + "; and " + STREAM_D,
-    "grpc_image_client.py densenet": FORMAT_C,
-    "grpc_image_client.py streaming": FORMAT_C + "; and " + STREAM_D,
+    "simple_grpc_sequence_stream_infer_client.py": SEQ_E + ", over ModelStreamInfer",
+    "simple_grpc_sequence_stream_infer_client.py -d": SEQ_E + ", over ModelStreamInfer",
+    "simple_grpc_aio_sequence_stream_infer_client.py": SEQ_E + ", over ModelStreamInfer",
+    "simple_grpc_aio_sequence_stream_infer_client.py -d": SEQ_E + ", over ModelStreamInfer",
 }
-
-# The image models' `format` and `label_filename` keys (tests/triton_models.py): True once the
-# loader accepts them (helper C); until then densenet_onnx serves without them (grpc_client.py).
-IMAGE_CONFIG = False
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    root = triton_models.make_triton_models(tmp_path_factory.mktemp("triton_models"), IMAGE_CONFIG)
+    root = triton_models.make_triton_models(tmp_path_factory.mktemp("triton_models"))
     image = tmp_path_factory.mktemp("images") / "red.png"
     Image.new("RGB", (64, 48), (230, 30, 20)).save(image)
     with DaemonProcess(root) as daemon:

@@ -1,6 +1,6 @@
 """The errors answered in Triton's words (which its example clients look for) quote what the
-client sent: a version string of any length comes back clipped, with the protocol's status, and
-the daemon keeps serving."""
+client sent: a version string or an input name of any length comes back clipped, with the
+protocol's status, and the daemon keeps serving."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ def _grpc_port(daemon) -> int:
     return int(event["address"].rsplit(":", 1)[1])
 
 
-def _add_sub(version: str) -> bytes:
+def _add_sub(version: str = "", contents: bool = False, name: str = "INPUT0") -> bytes:
     request = pb.ModelInferRequest(model_name="add_sub", model_version=version)
-    for tensor in ("INPUT0", "INPUT1"):
-        request.inputs.add(name=tensor, datatype="INT32", shape=[1, 16])
+    for tensor in (name, "INPUT1"):
+        entry = request.inputs.add(name=tensor, datatype="INT32", shape=[1, 16])
+        if contents:
+            entry.contents.int_contents.extend(range(16))
         request.raw_input_contents.append(bytes(64))
     return framed(request)
 
@@ -46,3 +48,9 @@ def test_a_version_that_is_not_a_number_is_invalid_over_http(daemon):
     assert response.status == 400, body
     assert b"failed to get model version from specified version string" in body and len(body) < MAX_MESSAGE
 
+
+def test_contents_beside_raw_contents_names_the_input_clipped(daemon):
+    answer = grpc_call(_grpc_port(daemon), _add_sub(contents=True, name=LONG))
+    assert answer.status == "3"
+    assert answer.message.startswith("contents field must not be specified when using raw_input_contents for 'vvv")
+    assert answer.message.endswith("for model 'add_sub'") and len(answer.message) < MAX_MESSAGE
