@@ -11,6 +11,7 @@ from pathlib import Path
 from inferd.common.errors import ConfigError
 from inferd.common.tensors import DATATYPES, TensorSpec
 from inferd.config.loader import at_least, between, build, field, read_toml
+from inferd.config.sequence import SequenceBatching, sequence_batching
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -105,6 +106,7 @@ class ModelConfig:
     explicit: frozenset[str] = frozenset()  # keys the model's own file set
     parameters: dict = dataclasses.field(default_factory=dict)  # [parameters]: free-form, for the model's code
     pipeline: tuple[PipelineStep, ...] = ()  # a model made of other models, step by step
+    sequence_batching: SequenceBatching | None = None  # a stateful model (config/sequence.py)
 
 
 def _pipeline(items, file: str) -> tuple[PipelineStep, ...]:
@@ -165,5 +167,7 @@ def load_model_config(path: Path | None, defaults: ModelSettings) -> ModelConfig
     parameters = data.pop("parameters", {})
     if not isinstance(parameters, dict):
         raise ConfigError(file, "parameters", "expected a table of values for the model's code")
+    sequences = sequence_batching(data.pop("sequence_batching"), file) if "sequence_batching" in data else None
     merged = dataclasses.asdict(defaults) | data
-    return ModelConfig(build(ModelSettings, merged, file), policy, inputs, outputs, frozenset(data), parameters)
+    return ModelConfig(build(ModelSettings, merged, file), policy, inputs, outputs, frozenset(data), parameters,
+                       sequence_batching=sequences)

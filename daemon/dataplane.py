@@ -18,6 +18,7 @@ import structlog
 
 import inferd
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
+from inferd.config.sequence import triton_view
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.requests import InferRequest, InferResponse
@@ -307,4 +308,7 @@ def triton_config(mv: ModelVersion) -> dict:
         "parameters": _triton_parameters(mv.serving.config.parameters),
         "model_transaction_policy": {"decoupled": False},
     }
+    if (sequences := mv.serving.config.sequence_batching) is not None:  # Triton has one or the other
+        config["dynamic_batching"] = None
+        config["sequence_batching"] = triton_view(sequences, int(settings.max_queue_delay_ms * 1000))
     return {k: v for k, v in config.items() if v is not None}

@@ -87,8 +87,15 @@ def decode_infer(msg: dict, budget: ValueBudget) -> tuple[str, str, InferRequest
         raise invalid("'outputs' must be a list of names")
     timeout_ms = field(msg, "timeout_ms", int)
     deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
-    request = InferRequest(tensors, tuple(outputs) if outputs else None, field(msg, "request_id", str, ""), {}, deadline)
+    request = InferRequest(tensors, tuple(outputs) if outputs else None, field(msg, "request_id", str, ""),
+                           _sequence_parameters(msg), deadline)
     return model, field(msg, "version", str, ""), request
+
+
+def _sequence_parameters(msg: dict) -> dict:
+    """A stateful model's sequence_id (int or str), sequence_start and sequence_end, as the
+    other front-ends' request parameters (checked by the scheduler: inferd.scheduler.sequence_flags)."""
+    return {k: msg[k] for k in ("sequence_id", "sequence_start", "sequence_end") if k in msg}
 
 
 def encode_infer(request_id: int, response: InferResponse) -> dict:
