@@ -48,7 +48,7 @@ class SequenceBatching:
 
     @property
     def corrid(self) -> Control | None:
-        return next((c for c in self.controls if c.kind == CORRID), None)
+        return next((c for c in self.controls if c.kind == "CORRID"), None)
 
 
 def _int(table: dict, key: str, default: int, low: int, high: int, file: str) -> int:
