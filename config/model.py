@@ -11,7 +11,7 @@ from pathlib import Path
 from inferd.common.errors import ConfigError
 from inferd.common.tensors import DATATYPES, TensorSpec
 from inferd.config.loader import at_least, between, build, field, read_toml
-from inferd.config.sequence import SequenceBatching, sequence_batching
+from inferd.config.sequence import SequenceBatching, check_idle, sequence_batching
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -168,6 +168,7 @@ def load_model_config(path: Path | None, defaults: ModelSettings) -> ModelConfig
     if not isinstance(parameters, dict):
         raise ConfigError(file, "parameters", "expected a table of values for the model's code")
     sequences = sequence_batching(data.pop("sequence_batching"), file) if "sequence_batching" in data else None
-    merged = dataclasses.asdict(defaults) | data
-    return ModelConfig(build(ModelSettings, merged, file), policy, inputs, outputs, frozenset(data), parameters,
-                       sequence_batching=sequences)
+    settings = build(ModelSettings, dataclasses.asdict(defaults) | data, file)
+    if sequences is not None:
+        check_idle(sequences, settings.idle_timeout_s, file)
+    return ModelConfig(settings, policy, inputs, outputs, frozenset(data), parameters, sequence_batching=sequences)

@@ -81,6 +81,14 @@ def _control(item, where: str, file: str) -> Control:
     return Control(item["name"], kind.removeprefix("CONTROL_SEQUENCE_"), _FLAG_VALUES[given[0]], tuple(values))
 
 
+def check_idle(batching: SequenceBatching, idle_timeout_s: float, file: str) -> None:
+    """A worker holding sequences must not be stopped as idle before they may be."""
+    if idle_timeout_s > 0 and batching.max_sequence_idle_us > idle_timeout_s * 1e6:
+        raise ConfigError(file, "sequence_batching.max_sequence_idle_us",
+                          f"{batching.max_sequence_idle_us} us exceeds idle_timeout_s ({idle_timeout_s:g} s): an idle worker "
+                          "would stop while its sequences live")
+
+
 def sequence_batching(table, file: str) -> SequenceBatching:
     if not isinstance(table, dict):
         raise ConfigError(file, "sequence_batching", "expected a table")
@@ -102,8 +110,9 @@ def sequence_batching(table, file: str) -> SequenceBatching:
         _int(table, "max_candidate_sequences", 0, 0, 1 << 16, file), controls)
 
 
-def triton_view(batching: SequenceBatching, max_delay_us: int) -> dict:
-    """model_config.proto's ModelSequenceBatching, as a model configuration reports it."""
+def triton_view(batching: SequenceBatching) -> dict:
+    """model_config.proto's ModelSequenceBatching, as a model configuration reports it (a batch
+    starts as soon as its worker is free: no queue delay)."""
     kinds = {"INT32": "int32_false_true", "FP32": "fp32_false_true", "BOOL": "bool_false_true"}
     types = {v: k for k, v in _CORRID_TYPES.items()}
     controls = []
@@ -116,7 +125,7 @@ def triton_view(batching: SequenceBatching, max_delay_us: int) -> dict:
     view = {"max_sequence_idle_microseconds": batching.max_sequence_idle_us, "control_input": controls}
     if batching.strategy == "oldest":
         view["oldest"] = {"max_candidate_sequences": batching.max_candidate_sequences, "preferred_batch_size": [],
-                          "max_queue_delay_microseconds": max_delay_us, "preserve_ordering": False}
+                          "max_queue_delay_microseconds": 0, "preserve_ordering": False}
     else:
-        view["direct"] = {"max_queue_delay_microseconds": max_delay_us, "minimum_slot_utilization": 0.0}
+        view["direct"] = {"max_queue_delay_microseconds": 0, "minimum_slot_utilization": 0.0}
     return view

@@ -310,5 +310,5 @@ def triton_config(mv: ModelVersion) -> dict:
     }
     if (sequences := mv.serving.config.sequence_batching) is not None:  # Triton has one or the other
         config["dynamic_batching"] = None
-        config["sequence_batching"] = triton_view(sequences, int(settings.max_queue_delay_ms * 1000))
+        config["sequence_batching"] = triton_view(sequences)
     return {k: v for k, v in config.items() if v is not None}

@@ -96,7 +96,8 @@ class SequenceQueue:
             raise InferdError(ErrorCode.UNAVAILABLE, self.pool.broken_reason)
         flags = read_flags(getattr(request, "parameters", {}) or {}, self.model, self.batching)
         if self.batch_dim and rows != 1:
-            raise invalid(f"a request of a sequence carries one row (batch size 1); this one has {rows}")
+            raise invalid(f"inference request to model {clip(self.model)} must specify batch-size 1 due to requirements "
+                          f"of sequence batcher (it has {rows} rows)")
         seq = self._sequences.get(flags.id)
         if not flags.start and (seq is None or seq.ending):
             raise self._not_started(flags.id, seq)
