@@ -60,13 +60,15 @@ class Model:
             if end[i] and self.mode != "simple":
                 out[i] += int(key)
                 self.sums.pop(key, None)
-        return {"OUTPUT": out.reshape(-1, 1), "PID": np.full((len(x), 1), os.getpid(), np.int32)}
+        return {"OUTPUT": out.reshape(-1, 1), "PID": np.full((len(x), 1), os.getpid(), np.int32),
+                "ROWS": np.full((len(x), 1), len(x), np.int32)}
 '''
 
 
 def write_python(root: pathlib.Path, name: str, mode: str, corrid: str = "", extra: str = "",
-                 max_batch_size: int = 8, idle_us: int = 1_000_000) -> None:
-    """A Python sequence model: INPUT INT32 [-1, 1] -> OUTPUT, PID (the worker's pid)."""
+                 max_batch_size: int = 8, idle_us: int = 1_000_000, strategy: str = "direct") -> None:
+    """A Python sequence model: INPUT INT32 [-1, 1] -> OUTPUT, PID (the worker's pid), ROWS
+    (the rows of the batch it ran in)."""
     version = root / name / "1"
     version.mkdir(parents=True)
     (version / "model.py").write_text(MODEL)
@@ -76,10 +78,10 @@ def write_python(root: pathlib.Path, name: str, mode: str, corrid: str = "", ext
         tensors.append(("CORRID", "UINT64" if corrid == "TYPE_UINT64" else "BYTES"))
         controls += f'\n[[sequence_batching.control_input]]\nname = "CORRID"\nkind = "CONTROL_SEQUENCE_CORRID"\ndata_type = "{corrid}"\n'
     inputs = "".join(f'[[inputs]]\nname = "{n}"\ndatatype = "{t}"\nshape = [-1, 1]\n' for n, t in tensors)
-    outputs = "".join(f'[[outputs]]\nname = "{n}"\ndatatype = "INT32"\nshape = [-1, 1]\n' for n in ("OUTPUT", "PID"))
+    outputs = "".join(f'[[outputs]]\nname = "{n}"\ndatatype = "INT32"\nshape = [-1, 1]\n' for n in ("OUTPUT", "PID", "ROWS"))
     (root / name / "config.toml").write_text(
         f"max_batch_size = {max_batch_size}\n{extra}\n[parameters]\nmode = \"{mode}\"\n\n{inputs}{outputs}\n"
-        f"[sequence_batching]\nmax_sequence_idle_us = {idle_us}\n{controls}")
+        f"[sequence_batching]\nstrategy = \"{strategy}\"\nmax_sequence_idle_us = {idle_us}\n{controls}")
 
 
 def write_onnx_controls(root: pathlib.Path, name: str, strategy: str = "direct") -> None:

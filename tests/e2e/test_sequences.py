@@ -30,6 +30,9 @@ def served(tmp_path_factory):
     write_python(root, "crashing", "crash", corrid="TYPE_UINT64", extra="max_workers = 1")
     write_python(root, "short_idle", "accumulate", corrid="TYPE_UINT64", extra="max_workers = 1",
                  max_batch_size=1, idle_us=300_000)
+    for strategy in ("direct", "oldest"):
+        write_python(root, f"rows_{strategy}", "accumulate", corrid="TYPE_UINT64", extra="max_workers = 1",
+                     strategy=strategy)
     write_onnx_controls(root, "controls_direct")
     write_onnx_controls(root, "controls_oldest", strategy="oldest")
     make_plain(root)
@@ -119,6 +122,35 @@ def test_the_daemon_fills_the_control_inputs(served, model):
     with pytest.raises(InferenceServerException, match="must specify the START flag"):
         infer(client, model, 1, 77)  # it ended
     infer(client, model, 1, 78, end=True)
+
+
+@pytest.mark.parametrize("strategy", ["direct", "oldest"])
+def test_direct_batches_carry_idle_slots_and_oldest_do_not(served, strategy):
+    """Sequences 1 and 2 take slots 0 and 1; once 1 has ended, a request of sequence 2 runs
+    alone under oldest, and beside an idle slot 0 (READY false) under direct."""
+    client, model = clients(served)[0], f"rows_{strategy}"
+    infer(client, model, 1, 61, start=True)
+    infer(client, model, 2, 62, start=True)
+    infer(client, model, 3, 61, end=True)
+    assert infer(client, model, 4, 62, output="ROWS") == (2 if strategy == "direct" else 1)
+    assert infer(client, model, 5, 62, end=True) == 2 + 4 + 5 + 62
+
+
+def test_requests_of_one_sequence_sent_at_once_run_one_at_a_time(served):
+    """Ten requests of one sequence in flight together: each runs alone (ROWS 1: never two of
+    one sequence in a batch), each sees the state the previous left (distinct partial sums)."""
+    client = httpclient.InferenceServerClient(served[2], concurrency=10, network_timeout=30)
+    infer(client, "rows_direct", 100, 81, start=True)
+    done = []
+    for v in range(1, 11):
+        x = httpclient.InferInput("INPUT", [1, 1], "INT32")
+        x.set_data_from_numpy(ints(v))
+        done.append(client.async_infer("rows_direct", [x], sequence_id=81))
+    results = [d.get_result() for d in done]
+    assert [int(r.as_numpy("ROWS")[0][0]) for r in results] == [1] * 10
+    sums = sorted(int(r.as_numpy("OUTPUT")[0][0]) for r in results)
+    assert len(set(sums)) == 10 and sums[-1] == 100 + 55
+    infer(client, "rows_direct", 0, 81, end=True)
 
 
 def test_start_on_a_running_sequence_restarts_it(served):
