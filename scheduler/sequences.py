@@ -94,7 +94,7 @@ class SequenceQueue:
             raise InferdError(ErrorCode.UNAVAILABLE, "the model is shutting down")
         if self.pool.broken_reason:
             raise InferdError(ErrorCode.UNAVAILABLE, self.pool.broken_reason)
-        flags = read_flags(getattr(request, "parameters", {}) or {}, self.model, self.batching)
+        flags = read_flags(request.parameters, self.model, self.batching)
         if self.batch_dim and rows != 1:
             raise invalid(f"inference request to model {clip(self.model)} must specify batch-size 1 due to requirements "
                           f"of sequence batcher (it has {rows} rows)")

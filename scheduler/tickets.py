@@ -20,6 +20,7 @@ class Request(Protocol):
     outputs: tuple[str, ...] | None  # requested output names; None = all
     id: str
     deadline: float | None  # time.monotonic() after which the request must not run
+    parameters: dict  # the request's parameters (a stateful model's queue reads sequence_id and its flags)
 
 
 class QueueLimits(Protocol):

@@ -84,14 +84,14 @@ def write_python(root: pathlib.Path, name: str, mode: str, corrid: str = "", ext
         f"[sequence_batching]\nstrategy = \"{strategy}\"\nmax_sequence_idle_us = {idle_us}\n{controls}")
 
 
-def write_onnx_controls(root: pathlib.Path, name: str, strategy: str = "direct") -> None:
+def write_onnx_controls(root: pathlib.Path, name: str, strategy: str = "direct", batching: bool = True) -> None:
     """ONNX: OUTPUT = INPUT + 1000 START + 100 END + 10 READY, CORRID_OUT = CORRID, so a test
-    reads every control the daemon filled in."""
+    reads every control the daemon filled in (`batching` False: shapes [1], max_batch_size 0)."""
     import onnx
     from onnx import TensorProto, helper
 
     def tensor(n, t=TensorProto.INT32):
-        return helper.make_tensor_value_info(n, t, ["batch", 1])
+        return helper.make_tensor_value_info(n, t, ["batch", 1] if batching else [1])
 
     consts = [helper.make_tensor(f"k{v}", TensorProto.INT32, [], [v]) for v in (1000, 100, 10)]
     nodes = [helper.make_node("Mul", ["START", "k1000"], ["s"]), helper.make_node("Mul", ["END", "k100"], ["e"]),
@@ -107,7 +107,7 @@ def write_onnx_controls(root: pathlib.Path, name: str, strategy: str = "direct")
     onnx.save(model, root / name / "1" / "model.onnx")
     corrid = '\n[[sequence_batching.control_input]]\nname = "CORRID"\nkind = "CONTROL_SEQUENCE_CORRID"\ndata_type = "TYPE_UINT64"\n'
     (root / name / "config.toml").write_text(
-        f'max_batch_size = 4\nmax_workers = 1\n[sequence_batching]\nstrategy = "{strategy}"\n{CONTROLS}{corrid}')
+        f'max_batch_size = {4 if batching else 0}\nmax_workers = 1\n[sequence_batching]\nstrategy = "{strategy}"\n{CONTROLS}{corrid}')
 
 
 def ints(value: int) -> np.ndarray:

@@ -35,6 +35,7 @@ def served(tmp_path_factory):
                      strategy=strategy)
     write_onnx_controls(root, "controls_direct")
     write_onnx_controls(root, "controls_oldest", strategy="oldest")
+    write_onnx_controls(root, "controls_unbatched", batching=False)
     make_plain(root)
     with DaemonProcess(root) as d:
         [event] = [e for e in d.events("listening") if e["frontend"] == "grpc"]
@@ -54,11 +55,12 @@ def clients(served):
 
 def infer(client, model, value, sid, start=False, end=False, output="OUTPUT"):
     mod = grpcclient if isinstance(client, grpcclient.InferenceServerClient) else httpclient
-    x = mod.InferInput("INPUT", [1, 1], "INT32")
-    x.set_data_from_numpy(ints(value))
+    data = ints(value)[0] if model == "controls_unbatched" else ints(value)
+    x = mod.InferInput("INPUT", list(data.shape), "INT32")
+    x.set_data_from_numpy(data)
     timeout = {"client_timeout": 30} if mod is grpcclient else {}
     result = client.infer(model, [x], sequence_id=sid, sequence_start=start, sequence_end=end, **timeout)
-    return int(result.as_numpy(output)[0][0])
+    return int(result.as_numpy(output).ravel()[0])
 
 
 def sync_send(client, model, values, sid):
@@ -151,6 +153,14 @@ def test_requests_of_one_sequence_sent_at_once_run_one_at_a_time(served):
     sums = sorted(int(r.as_numpy("OUTPUT")[0][0]) for r in results)
     assert len(set(sums)) == 10 and sums[-1] == 100 + 55
     infer(client, "rows_direct", 0, 81, end=True)
+
+
+def test_a_model_without_a_batch_dimension_gets_controls_of_shape_1(served):
+    """max_batch_size 0: one request a batch, controls shaped [1]; one worker, so one slot."""
+    client = clients(served)[1]
+    assert infer(client, "controls_unbatched", 5, 91, start=True) == 5 + 1000 + 10
+    assert infer(client, "controls_unbatched", 6, 91) == 6 + 10
+    assert infer(client, "controls_unbatched", 7, 91, end=True, output="CORRID_OUT") == 91
 
 
 def test_start_on_a_running_sequence_restarts_it(served):
