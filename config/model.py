@@ -107,6 +107,8 @@ class ModelConfig:
     parameters: dict = dataclasses.field(default_factory=dict)  # [parameters]: free-form, for the model's code
     pipeline: tuple[PipelineStep, ...] = ()  # a model made of other models, step by step
     sequence_batching: SequenceBatching | None = None  # a stateful model (config/sequence.py)
+    input_formats: dict[str, str] = dataclasses.field(default_factory=dict)  # [[inputs]] format (image layout)
+    label_files: dict[str, str] = dataclasses.field(default_factory=dict)  # [[outputs]] label_filename
 
 
 def _pipeline(items, file: str) -> tuple[PipelineStep, ...]:
@@ -130,14 +132,23 @@ def _pipeline(items, file: str) -> tuple[PipelineStep, ...]:
     return tuple(steps)
 
 
-def _tensor_specs(items, file: str, key: str) -> tuple[TensorSpec, ...]:
+# What a tensor table may say beside name, datatype and shape: an input's image layout
+# (Triton's config `format`, read by image clients) and an output's label file (classification).
+FORMATS = ("FORMAT_NONE", "FORMAT_NCHW", "FORMAT_NHWC")
+_EXTRA = {"inputs": "format", "outputs": "label_filename"}
+
+
+def _tensor_specs(items, file: str, key: str, extras: dict | None = None) -> tuple[TensorSpec, ...]:
+    """The tensors of `key`; each one's optional extra key (format / label_filename) into `extras`."""
     if not isinstance(items, list):
         raise ConfigError(file, key, "expected an array of tables {name, datatype, shape}")
     specs = []
+    extra = _EXTRA.get(key)
     for i, item in enumerate(items):
         where = f"{key}[{i}]"
-        if not isinstance(item, dict) or set(item) != {"name", "datatype", "shape"}:
-            raise ConfigError(file, where, "expected a table with exactly name, datatype, shape")
+        if not isinstance(item, dict) or not {"name", "datatype", "shape"} <= set(item) <= {"name", "datatype", "shape", extra}:
+            also = f" and optionally {extra}" if extra else ""
+            raise ConfigError(file, where, f"expected a table with exactly name, datatype, shape{also}")
         name, datatype, shape = item["name"], item["datatype"], item["shape"]
         if not isinstance(name, str) or not name:
             raise ConfigError(file, f"{where}.name", "expected a non-empty string")
@@ -146,23 +157,49 @@ def _tensor_specs(items, file: str, key: str) -> tuple[TensorSpec, ...]:
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape):
             raise ConfigError(file, f"{where}.shape", "expected an array of integers >= -1 (-1 = dynamic)")
         specs.append(TensorSpec(name, datatype, tuple(shape)))
+        if extra in item and extras is not None:
+            extras[name] = _extra_value(extra, item[extra], file, f"{where}.{extra}")
     return tuple(specs)
 
 
-def load_model_config(path: Path | None, defaults: ModelSettings) -> ModelConfig:
-    """A model's config.toml on top of the daemon's [defaults]; no file means the defaults."""
-    if path is None or not path.exists():
+def _extra_value(key: str, value, file: str, where: str) -> str:
+    if key == "format":
+        if value not in FORMATS:
+            raise ConfigError(file, where, f"expected one of {', '.join(FORMATS)}, got {value!r}")
+        return value
+    # A label file: a plain relative path inside the model's directory (read at load, see
+    # daemon/models/labels.py, which also refuses a symlink that leads out of it).
+    if not isinstance(value, str) or not value or len(value) > 255 or value.startswith("/") or "\\" in value or "\0" in value or any(
+        part in ("", ".", "..") or part.startswith(".") for part in value.split("/")
+    ):
+        raise ConfigError(file, where, "expected a file name relative to the model's directory "
+                          "(no absolute path, no '..', no hidden parts)")
+    return value
+
+
+def load_model_config(path: Path | None, defaults: ModelSettings, override: dict | None = None) -> ModelConfig:
+    """A model's config.toml on top of the daemon's [defaults]; no file means the defaults.
+    `override`: keys that replace the file's (a load request's configuration, see
+    config/triton_override.py)."""
+    exists = path is not None and path.exists()
+    if not exists and not override:
         return ModelConfig(defaults)
-    file = str(path)
-    data = read_toml(path)
+    data = read_toml(path) if exists else {}
+    return model_config_from(data | (override or {}), str(path) if exists else "the load request's config", defaults)
+
+
+def model_config_from(data: dict, file: str, defaults: ModelSettings) -> ModelConfig:
+    """config.toml's data (`file` names it in errors) on top of `defaults`."""
+    data = dict(data)
     if "pipeline" in data:
         extra = sorted(set(data) - {"pipeline", "parameters"})
         if extra:
             raise ConfigError(file, extra[0], "a pipeline's config.toml holds only [[pipeline]] steps and [parameters]: "
                               "batching, workers and tensors are its steps' own")
         return ModelConfig(defaults, parameters=data.get("parameters", {}), pipeline=_pipeline(data["pipeline"], file))
-    inputs = _tensor_specs(data.pop("inputs"), file, "inputs") if "inputs" in data else ()
-    outputs = _tensor_specs(data.pop("outputs"), file, "outputs") if "outputs" in data else ()
+    formats, labels = {}, {}
+    inputs = _tensor_specs(data.pop("inputs"), file, "inputs", formats) if "inputs" in data else ()
+    outputs = _tensor_specs(data.pop("outputs"), file, "outputs", labels) if "outputs" in data else ()
     policy = _version_policy(data.pop("version_policy"), file) if "version_policy" in data else VersionPolicy()
     parameters = data.pop("parameters", {})
     if not isinstance(parameters, dict):
@@ -171,4 +208,5 @@ def load_model_config(path: Path | None, defaults: ModelSettings) -> ModelConfig
     settings = build(ModelSettings, dataclasses.asdict(defaults) | data, file)
     if sequences is not None:
         check_idle(sequences, settings.idle_timeout_s, file)
-    return ModelConfig(settings, policy, inputs, outputs, frozenset(data), parameters, sequence_batching=sequences)
+    return ModelConfig(settings, policy, inputs, outputs, frozenset(data), parameters,
+                       input_formats=formats, label_files=labels, sequence_batching=sequences)

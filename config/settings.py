@@ -110,6 +110,7 @@ class ModelsSection:
     settle_ms: int = field(500, between(0, 600_000))
     poll_interval_s: float = field(2.0, between(0.05, 3600))  # control = "poll" only
     max_concurrent_loads: int = field(4, between(1, 256))  # model loads that start workers at once
+    accept_model_files: bool = False  # a load request may carry model files (docs/triton-features.md)
 
 
 @dataclasses.dataclass(frozen=True)

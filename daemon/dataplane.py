@@ -17,16 +17,19 @@ from collections.abc import Callable
 import structlog
 
 import inferd
-from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
+from inferd.common.errors import ErrorCode, InferdError, clip, invalid, unexpected
+from inferd.config.model import MODEL_NAME
 from inferd.config.sequence import triton_view
+from inferd.daemon import classification
+from inferd.daemon.extensions import EXTENSIONS
+from inferd.daemon.load_request import parse_load
+from inferd.daemon.models import upload
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.requests import InferRequest, InferResponse
 from inferd.daemon.validation import check_request
 
 log = structlog.get_logger("inferd.dataplane")
-
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 
 Done = Callable[[InferResponse | InferdError], None]
 
@@ -67,7 +70,8 @@ class _Call:
     is freed at once by reference counting and never waits for the cyclic garbage collector
     (a cycle per request made full collections, and 30-50 ms stalls, at 10,000 requests/s)."""
 
-    __slots__ = ("_mv", "_request", "_protocol", "_done", "_started", "_live", "ticket", "task", "answered")
+    __slots__ = ("_mv", "_request", "_protocol", "_done", "_started", "_live", "ticket", "task", "answered",
+                 "classify")
 
     def __init__(self, mv: ModelVersion, request: InferRequest, protocol: str, done: Done, live: set):
         self._mv, self._request, self._protocol, self._done = mv, request, protocol, done
@@ -76,6 +80,7 @@ class _Call:
         self.ticket = None  # its place in the queue, or
         self.task: asyncio.Task | None = None  # its pipeline's run
         self.answered = False
+        self.classify = None  # (output, k) pairs the caller wants as top-k classes (daemon/classification.py)
 
     def finish(self, outcome) -> None:
         """The request's outputs, or an InferdError (the queue's and a pipeline's answer)."""
@@ -85,6 +90,8 @@ class _Call:
         self.ticket = self.task = None
         self._live.discard(self)
         mv, request = self._mv, self._request
+        if self.classify is not None and not isinstance(outcome, InferdError):
+            outcome = _classified(mv, outcome, self.classify)
         error = outcome if isinstance(outcome, InferdError) else None
         try:
             # Counted after the reply is written: the metrics are off the caller's critical path.
@@ -131,10 +138,21 @@ class _Call:
             self.finish(unexpected(error, "pipeline failed", model=self._mv.name, request_id=self._request.id))
 
 
+def _classified(mv: ModelVersion, outputs: dict, wanted) -> dict | InferdError:
+    try:
+        return classification.classify(outputs, wanted, mv.max_batch_size > 0, mv.serving.labels)
+    except InferdError as e:
+        return e
+    except Exception as e:  # a bug: the caller gets INTERNAL, the others of its batch their answers
+        return unexpected(e, "classification failed", model=mv.name, version=mv.version)
+
+
 class DataPlane:
-    def __init__(self, repository: ModelRepository, state: ServerState):
+    def __init__(self, repository: ModelRepository, state: ServerState, accept_model_files: bool = False):
         self.repository = repository
         self.state = state
+        self.accept_model_files = accept_model_files  # models.accept_model_files: load requests may carry files
+        self._uploads: set[str] = set()  # models whose files a load request is writing
         self._live: set[_Call] = set()  # inferences not answered yet
         self._closing = asyncio.Event()  # set by answer_all_shutting_down()
 
@@ -168,6 +186,9 @@ class DataPlane:
         call = _Call(mv, request, protocol, done, self._live)
         try:
             rows, shape_key = check_request(mv, request)
+            if request.output_parameters:
+                call.classify = classification.plan(request.output_parameters, {t.name: t for t in mv.metadata.outputs},
+                                                    rows, mv.max_batch_size > 0)
             if mv.pipeline is not None:  # its steps await one another: that takes a task
                 call.task = asyncio.ensure_future(mv.pipeline.run(request, self._run_step))
                 call.task.add_done_callback(call.pipeline_done)
@@ -217,7 +238,7 @@ class DataPlane:
     # -- health, metadata, statistics --------------------------------------------------------
 
     def server_metadata(self) -> dict:
-        return {"name": "inferd", "version": inferd.__version__, "extensions": EXTENSIONS}
+        return {"name": "inferd", "version": inferd.__version__, "extensions": list(EXTENSIONS)}
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """Raises NOT_FOUND for an unknown model or version."""
@@ -258,9 +279,29 @@ class DataPlane:
         if not name:
             raise invalid("a model name is required")
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(self, name: str, parameters: dict | None = None) -> None:
+        """`parameters`: the load request's (daemon/load_request.py): a configuration override."""
         self._repository_call(name)
-        await self._unless_shutting_down(self.repository.load_model(name))
+        request = parse_load(name, parameters)
+        if request.files:
+            await self._write_model(name, request)
+        await self._unless_shutting_down(self.repository.load_model(name, request.override))
+
+    async def _write_model(self, name: str, request) -> None:
+        """A load request's model files into the models directory (daemon/models/upload.py)."""
+        if not self.accept_model_files:
+            raise InferdError(ErrorCode.FAILED_PRECONDITION, "model files in a load request are refused: "
+                              "the server's models.accept_model_files is off")
+        if not MODEL_NAME.fullmatch(name) or name.startswith("."):
+            raise invalid(f"a model sent as files needs a name of [A-Za-z0-9_.-] not starting with '.', not {clip(name)}")
+        upload.check_files(name, request.files)
+        if name in self._uploads:
+            raise InferdError(ErrorCode.FAILED_PRECONDITION, f"files for model {name!r} are being written by another load")
+        self._uploads.add(name)
+        try:
+            await asyncio.to_thread(upload.write_model, self.repository.root, name, request.files, request.override or {})
+        finally:
+            self._uploads.discard(name)
 
     async def unload_model(self, name: str) -> None:
         self._repository_call(name)
@@ -283,6 +324,8 @@ def triton_config(mv: ModelVersion) -> dict:
     batch dimension when the model batches)."""
     batching = mv.max_batch_size > 0
     settings = mv.serving.config.settings
+    formats, labels = mv.serving.config.input_formats, mv.serving.config.label_files
+    sequences = mv.serving.config.sequence_batching
 
     def dims(spec):
         return list(spec.shape[1:] if batching else spec.shape)
@@ -293,22 +336,22 @@ def triton_config(mv: ModelVersion) -> dict:
         "backend": mv.metadata.platform.split("_")[0],
         "version_policy": {"latest": {"num_versions": 1}},
         "max_batch_size": mv.max_batch_size,
-        "input": [{"name": t.name, "data_type": _triton_type(t.datatype), "format": "FORMAT_NONE", "dims": dims(t),
+        "input": [{"name": t.name, "data_type": _triton_type(t.datatype), "format": formats.get(t.name, "FORMAT_NONE"),
+                   "dims": dims(t),
                    "is_shape_tensor": False, "allow_ragged_batch": False, "optional": False}
                   for t in mv.metadata.inputs],
-        "output": [{"name": t.name, "data_type": _triton_type(t.datatype), "dims": dims(t), "label_filename": "",
+        "output": [{"name": t.name, "data_type": _triton_type(t.datatype), "dims": dims(t),
+                    "label_filename": labels.get(t.name, ""),
                     "is_shape_tensor": False}
                    for t in mv.metadata.outputs],
         "dynamic_batching": {
             "preferred_batch_size": [],
             "max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000),
             "preserve_ordering": False,
-        } if batching else None,
+        } if batching and sequences is None else None,  # (Triton has one or the other)
         "instance_group": [{"name": mv.name, "kind": "KIND_CPU", "count": settings.max_workers}],
         "parameters": _triton_parameters(mv.serving.config.parameters),
-        "model_transaction_policy": {"decoupled": False},
+        "sequence_batching": triton_view(sequences) if sequences is not None else None,
+        "model_transaction_policy": {"decoupled": False},  # (decoupled: a model that may send 0..N responses)
     }
-    if (sequences := mv.serving.config.sequence_batching) is not None:  # Triton has one or the other
-        config["dynamic_batching"] = None
-        config["sequence_batching"] = triton_view(sequences)
     return {k: v for k, v in config.items() if v is not None}

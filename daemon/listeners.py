@@ -20,6 +20,8 @@ from inferd.config.settings import AuthSection, ServerSection, parse_address, so
 from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.frontends.auth import Access, tls_context
 from inferd.daemon.frontends.grpc import InferenceServicer, answer_unknown_methods, require_token
+from inferd.daemon.frontends.grpc_health import HealthServicer
+from inferd.daemon.frontends.grpc_reflection import with_reflection
 from inferd.daemon.frontends.guard import GuardedListener, Limits, fit_to_descriptors
 from inferd.daemon.frontends.h2_limits import GrpcListener, finish_calls
 from inferd.daemon.frontends.http import build_app
@@ -132,7 +134,9 @@ class Listeners:
 
     async def _start_grpc(self, sock: socket.socket, activated: dict) -> None:
         server = self.server
-        self._grpc = grpclib.server.Server([InferenceServicer(self.dataplane, RequestLimits.of(server))])
+        limits = RequestLimits.of(server)
+        services = [InferenceServicer(self.dataplane, limits), HealthServicer(self.dataplane, limits)]
+        self._grpc = grpclib.server.Server(with_reflection(services, limits))
         answer_unknown_methods(self._grpc)
         if self.access.required:
             require_token(self._grpc, self.access)

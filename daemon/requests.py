@@ -19,6 +19,9 @@ class InferRequest:
     id: str = ""
     parameters: dict = dataclasses.field(default_factory=dict)
     deadline: float | None = None  # time.monotonic() after which the request must not run
+    # Per requested output, the parameters its caller sent (classification, shared memory...):
+    # only outputs that had any. Whoever reads a parameter checks its type.
+    output_parameters: dict[str, dict] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(slots=True, eq=False)

@@ -122,6 +122,42 @@ def build_fixed(path: pathlib.Path) -> pathlib.Path:
     return _save(graph, path)
 
 
+def build_scores(path: pathlib.Path) -> pathlib.Path:
+    """A classifier's head, for classification: input "scores" FP32 [-1, -1] -> the same values
+    as "OUT_FP32" (Identity), "OUT_INT64", "OUT_BOOL" and "OUT_BYTES" (Casts)."""
+    casts = {"OUT_INT64": TensorProto.INT64, "OUT_BOOL": TensorProto.BOOL, "OUT_BYTES": TensorProto.STRING}
+    nodes = [helper.make_node("Identity", ["scores"], ["OUT_FP32"])]
+    nodes += [helper.make_node("Cast", ["scores"], [name], to=to) for name, to in casts.items()]
+    outputs = [helper.make_tensor_value_info("OUT_FP32", TensorProto.FLOAT, ["batch", "n"])]
+    outputs += [helper.make_tensor_value_info(name, to, ["batch", "n"]) for name, to in casts.items()]
+    inputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "n"])]
+    return _save(helper.make_graph(nodes, "scores", inputs, outputs), path)
+
+
+def build_image_classifier(path: pathlib.Path, chw=(3, 4, 4), classes: int = 5, nhwc: bool = False,
+                           batching: bool = True) -> pathlib.Path:
+    """What Triton's image_client expects: one image input FP32 ([batch,] C, H, W, or H, W, C
+    with `nhwc`) -> one FP32 vector of `classes` scores ([batch,] classes): a linear layer over
+    the flattened pixels."""
+    c, h, w = chw
+    image = [h, w, c] if nhwc else [c, h, w]
+    weights = np.random.default_rng(3).standard_normal((c * h * w, classes)).astype(np.float32)
+    inits = [numpy_helper.from_array(weights, "w"),
+             numpy_helper.from_array(np.array([-1 if batching else 1, c * h * w], np.int64), "flat")]
+    nodes = [helper.make_node("Reshape", ["image", "flat"], ["pixels"]),
+             helper.make_node("MatMul", ["pixels", "w"], ["scores" if batching else "row"])]
+    if not batching:
+        inits.append(numpy_helper.from_array(np.array([classes], np.int64), "vector"))
+        nodes.append(helper.make_node("Reshape", ["row", "vector"], ["scores"]))
+    graph = helper.make_graph(
+        nodes, "image_classifier",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, (["batch"] if batching else []) + image)],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, (["batch"] if batching else []) + [classes])],
+        inits,
+    )
+    return _save(graph, path)
+
+
 def build_slow(path: pathlib.Path, width: int = 1024, layers: int = 24) -> pathlib.Path:
     """A deliberately slow model (a chain of width x width MatMuls on every row): FP32 [-1, width]
     in and out. Tests use it to hold a worker busy long enough to kill it or fill a queue."""

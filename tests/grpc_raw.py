@@ -21,6 +21,7 @@ class Answer:
     message: str
     sent: int  # bytes of the body sent before the answer came
     content_type: str = ""  # of the response's headers ("" without one: Go clients refuse that)
+    headers: dict = dataclasses.field(default_factory=dict)  # the response's headers and trailers
 
 
 def infer_message(model: str, inputs: list[tuple[str, str, list[int], bytes]]) -> bytes:
@@ -40,24 +41,28 @@ def pb_request(model: str, inputs: list[tuple[str, str, list[int], dict]]) -> by
     return framed(request)
 
 
-def framed(message) -> bytes:
-    """Any protobuf message with its 5-byte gRPC prefix."""
-    data = message.SerializeToString()
+def framed(message, compress=None) -> bytes:
+    """Any protobuf message (or bytes) with its 5-byte gRPC prefix; `compress(data)` makes the
+    message's bytes and sets the compressed flag."""
+    data = message if isinstance(message, bytes) else message.SerializeToString()
+    if compress is not None:
+        return b"\1" + struct.pack(">I", len(compress(data))) + compress(data)
     return b"\0" + struct.pack(">I", len(data)) + data
 
 
 def grpc_call(port: int, body: bytes, token: str | None = None, method: str = "ModelInfer",
-              service: str = "inference.GRPCInferenceService") -> Answer:
-    """POST `body` (already framed) to `service`'s `method` on 127.0.0.1:`port`."""
+              service: str = "inference.GRPCInferenceService", extra: tuple = ()) -> Answer:
+    """POST `body` (already framed) to `service`'s `method` on 127.0.0.1:`port`, with the
+    `extra` headers (pairs)."""
     connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
     connection.initiate_connection()
     headers = [(":method", "POST"), (":scheme", "http"), (":path", f"/{service}/{method}"),
-               (":authority", "localhost"), ("content-type", "application/grpc"), ("te", "trailers")]
+               (":authority", "localhost"), ("content-type", "application/grpc"), ("te", "trailers"), *extra]
     if token:
         headers.append(("authorization", f"Bearer {token}"))
     with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
         connection.send_headers(1, headers, end_stream=not body)
-        sent, ended, content_type = 0, not body, ""
+        sent, ended, content_type, seen = 0, not body, "", {}
         while True:
             if not ended:
                 sent = _send_what_fits(connection, body, sent)
@@ -71,9 +76,10 @@ def grpc_call(port: int, body: bytes, token: str | None = None, method: str = "M
             for event in connection.receive_data(data):
                 if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
                     fields = dict(event.headers)
+                    seen.update(fields)
                     content_type = fields.get("content-type", content_type)
                     if "grpc-status" in fields:
-                        return Answer(fields["grpc-status"], fields.get("grpc-message", ""), sent, content_type)
+                        return Answer(fields["grpc-status"], fields.get("grpc-message", ""), sent, content_type, seen)
                 elif isinstance(event, h2.events.StreamReset):
                     return Answer("RST", str(event.error_code), sent)
 

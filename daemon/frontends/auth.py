@@ -10,7 +10,8 @@ import ssl
 from prometheus_client import Counter
 
 HTTP_HEALTH = frozenset({"/v2/health/live", "/v2/health/ready"})
-GRPC_HEALTH = frozenset({"/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"})
+GRPC_HEALTH = frozenset({"/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady",
+                         "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
 
 class Access:

@@ -20,6 +20,7 @@ from grpclib.server import Stream
 from inferd.common.codec import ValueBudget
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid, unexpected
 from inferd.daemon.dataplane import DataPlane
+from inferd.daemon.frontends import load_codec
 from inferd.daemon.frontends.auth import GRPC_HEALTH, Access
 from inferd.daemon.frontends.grpc_codec import decode_infer_request, encode_infer_response
 from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
@@ -69,7 +70,8 @@ def _rpc(infer: bool = False):
             except Exception as e:
                 error = unexpected(e, "gRPC call failed", method=handler.__name__)
                 raise GRPCError(GRPC_STATUS[error.code], error.message) from None
-            await stream.send_message(reply)
+            if reply is not None:  # (a streaming handler sends its own replies)
+                await stream.send_message(reply)
 
         return rpc
 
@@ -182,7 +184,7 @@ class InferenceServicer(GRPCInferenceServiceBase):
 
     @_status
     async def RepositoryModelLoad(self, request, stream):
-        await self.dataplane.load_model(request.model_name)
+        await self.dataplane.load_model(request.model_name, load_codec.grpc_load_parameters(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @_status

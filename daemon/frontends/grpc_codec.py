@@ -55,8 +55,9 @@ def decode_infer_request(message: pb.ModelInferRequest, raw: list, deadline: flo
             tensors[name] = from_values(name, tensor.datatype, shape, getattr(tensor.contents, field), budget)
     # (Empty repeated fields and maps are the common case: skip building anything from them.)
     outputs = tuple(o.name for o in message.outputs) if message.outputs else None
+    output_parameters = {o.name: _parameters(o.parameters) for o in message.outputs if o.parameters}
     parameters = _parameters(message.parameters) if message.parameters else {}
-    return InferRequest(tensors, outputs, message.id, parameters, deadline)
+    return InferRequest(tensors, outputs, message.id, parameters, deadline, output_parameters)
 
 
 async def encode_infer_response(response: InferResponse) -> EncodedReply:

@@ -25,6 +25,7 @@ from grpclib.server import Stream
 
 from inferd.common.codec import raw_view
 from inferd.common.errors import ErrorCode, InferdError, invalid
+from inferd.daemon.frontends.grpc_compression import inflate, request_encoding
 
 RECV_SLICE = 1 << 20  # bytes of a message read per loop turn (~5 ms)
 RAW_INPUT_CONTENTS = 7  # ModelInferRequest's field number (inference.proto)
@@ -32,15 +33,21 @@ RAW_OUTPUT_CONTENTS_TAG = b"\x32"  # ModelInferResponse's field 6, length-delimi
 MAX_TOP_FIELDS = 65536  # top-level fields of a ModelInferRequest (it needs a few dozen)
 
 
-async def receive(stream: Stream, max_bytes: int, key: str) -> bytes | bytearray:
-    """The call's one request message, unparsed; RESOURCE_EXHAUSTED past `max_bytes` (the
-    setting `key`)."""
+async def receive(stream: Stream, max_bytes: int, key: str, may_end: bool = False) -> bytes | bytearray | None:
+    """The call's (next) request message, unparsed; RESOURCE_EXHAUSTED past `max_bytes` (the
+    setting `key`), compressed or not (grpc_compression). None where the client's stream ended
+    between messages, if it `may_end` (a streaming call)."""
+    encoding = request_encoding(stream)
     prefix = await _read(stream, 5)
+    if not prefix and may_end:
+        return None
     if len(prefix) != 5:
         raise invalid("the request carries no message")
-    if prefix[0]:
-        raise invalid("compressed messages are not supported")
-    size = int.from_bytes(prefix[1:], "big")
+    body = await _message(stream, int.from_bytes(prefix[1:], "big"), max_bytes, key)
+    return await inflate(body, encoding, max_bytes, key) if prefix[0] else body
+
+
+async def _message(stream: Stream, size: int, max_bytes: int, key: str) -> bytes | bytearray:
     if size > max_bytes:
         raise InferdError(ErrorCode.RESOURCE_EXHAUSTED,
                           f"a message of {size:,} bytes is larger than {key} ({max_bytes:,} bytes)")

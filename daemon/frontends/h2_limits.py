@@ -85,10 +85,12 @@ class GrpcListener(GuardedListener):
 
 
 def _count_streams(guard: Guard, handler) -> None:
-    """Each stream grpclib accepts is a request in progress until grpclib releases it."""
+    """Each stream grpclib accepts is a request in progress until grpclib releases it; the
+    stream keeps its request headers."""
     accept = handler.accept
 
     def accept_counted(stream, headers, release_stream):
+        stream.headers = headers  # grpclib gives a handler no headers (grpc_compression reads grpc-encoding)
         guard.begin()
         released = False
 

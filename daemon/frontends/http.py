@@ -7,6 +7,7 @@ short message (inferd.common.errors.unexpected).
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 
@@ -18,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from inferd.common.codec import ValueBudget
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
 from inferd.daemon.dataplane import DataPlane
-from inferd.daemon.frontends import http_codec, json_offload
+from inferd.daemon.frontends import http_codec, json_offload, load_codec
 from inferd.daemon.frontends.auth import HTTP_HEALTH, Access
 from inferd.daemon.requests import RequestLimits
 
@@ -235,7 +236,15 @@ async def repository_index(request: web.Request) -> web.Response:
 
 
 async def repository_load(request: web.Request) -> web.Response:
-    await request.app[DATAPLANE].load_model(request.match_info["model"])
+    name, dataplane = request.match_info["model"], request.app[DATAPLANE]
+    small = request.app[LIMITS].max_structured_bytes
+    if (request.content_length or 0) > small and not dataplane.accept_model_files:
+        raise invalid(f"a load request without model files takes at most {small} bytes")
+    body = await request.read()
+    # Model files make a big body: decoded (JSON, base64) in a thread, off the loop's turn.
+    parameters = await asyncio.to_thread(load_codec.http_load_parameters, body) if len(body) > small else \
+        load_codec.http_load_parameters(body)
+    await dataplane.load_model(name, parameters)
     return web.Response(status=200)
 
 

@@ -60,7 +60,8 @@ def decode_request(body: bytes | bytearray, header_length: int | None, budget: V
         raise invalid("'inputs' must be a list")  # which inputs the model needs is the data plane's check
     tensors = _decode_inputs(inputs, binary, budget)
     fmt = OutputFormat(bool(_params(doc, "request").get("binary_data_output", False)))
-    requested = _decode_outputs(doc.get("outputs"), fmt)
+    output_parameters = {}
+    requested = _decode_outputs(doc.get("outputs"), fmt, output_parameters)
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):
         raise invalid("'id' must be a string")
@@ -71,7 +72,7 @@ def decode_request(body: bytes | bytearray, header_length: int | None, budget: V
         if type(timeout) is not int or timeout < 0:
             raise invalid("parameters.timeout must be a non-negative integer (microseconds)")
         deadline = time.monotonic() + timeout / 1e6
-    return InferRequest(tensors, requested, request_id, parameters, deadline), fmt
+    return InferRequest(tensors, requested, request_id, parameters, deadline, output_parameters), fmt
 
 
 def _split_body(body: bytes | bytearray, n: int | None) -> tuple[dict, memoryview]:
@@ -118,8 +119,9 @@ def _decode_inputs(inputs: list, binary: memoryview, budget: ValueBudget) -> dic
     return tensors
 
 
-def _decode_outputs(outputs, fmt: OutputFormat) -> tuple[str, ...] | None:
-    """The requested outputs' names (None: all), noting in `fmt` which ones go back as binary."""
+def _decode_outputs(outputs, fmt: OutputFormat, output_parameters: dict) -> tuple[str, ...] | None:
+    """The requested outputs' names (None: all), noting in `fmt` which ones go back as binary
+    and in `output_parameters` the parameters of each that has some."""
     if outputs is None:
         return None
     if not isinstance(outputs, list):
@@ -132,6 +134,8 @@ def _decode_outputs(outputs, fmt: OutputFormat) -> tuple[str, ...] | None:
         params = _params(item, f"output {clip(item['name'])}")
         if "binary_data" in params:
             fmt.binary[item["name"]] = bool(params["binary_data"])
+        if params:
+            output_parameters[item["name"]] = params
     return tuple(requested) or None
 
 

@@ -82,14 +82,29 @@ def decode_infer(msg: dict, budget: ValueBudget) -> tuple[str, str, InferRequest
         if not isinstance(data, bytes):
             raise invalid(f"input {clip(name)}: 'data' must be bin (raw little-endian bytes)")
         tensors[name] = from_raw(name, item.get("datatype"), item.get("shape"), data, budget)
-    outputs = field(msg, "outputs", list)
-    if outputs is not None and not all(isinstance(o, str) for o in outputs):
-        raise invalid("'outputs' must be a list of names")
+    outputs, output_parameters = _requested_outputs(field(msg, "outputs", list))
     timeout_ms = field(msg, "timeout_ms", int)
     deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
-    request = InferRequest(tensors, tuple(outputs) if outputs else None, field(msg, "request_id", str, ""),
-                           _sequence_parameters(msg), deadline)
+    request = InferRequest(tensors, outputs, field(msg, "request_id", str, ""), _sequence_parameters(msg), deadline,
+                           output_parameters)
     return model, field(msg, "version", str, ""), request
+
+
+def _requested_outputs(outputs: list | None) -> tuple[tuple[str, ...] | None, dict]:
+    """`outputs`: names, or maps {"name": ..., "parameters": {...}} for an output with parameters."""
+    if not outputs:
+        return None, {}
+    names, parameters = [], {}
+    for item in outputs:
+        if isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get("parameters", {}), dict):
+            names.append(item["name"])
+            if item.get("parameters"):
+                parameters[item["name"]] = item["parameters"]
+        elif isinstance(item, str):
+            names.append(item)
+        else:
+            raise invalid("'outputs' must be a list of names or of {name, parameters} maps")
+    return tuple(names), parameters
 
 
 def _sequence_parameters(msg: dict) -> dict:

@@ -13,6 +13,7 @@ import structlog
 from inferd.backends import backend_path
 from inferd.common.tensors import DATATYPES, ModelMetadata, TensorSpec
 from inferd.config.model import ModelConfig, ModelSettings, load_model_config
+from inferd.daemon.models.labels import read_labels
 from inferd.daemon.models.pipeline import Pipeline, PipelineError
 from inferd.daemon.models.scan import Found
 from inferd.daemon.models.steps import PipelineSteps
@@ -61,7 +62,7 @@ class Assembler:
         found = mv.found
         if found.problem:
             raise LoadFailed(found.problem)
-        config = load_model_config(found.config_path, defaults)
+        config = load_model_config(found.config_path, defaults, found.override)
         if found.pipeline:
             return await self._pipeline(mv, config)
         extension = found.path.suffix[1:]
@@ -95,6 +96,7 @@ class Assembler:
         if config.sequence_batching is not None:
             metadata = dataclasses.replace(metadata, inputs=_client_inputs(metadata, config.sequence_batching))
         max_batch_size = _batch_limit(metadata, config)
+        labels = await asyncio.to_thread(read_labels, _model_dir(mv.found), config.label_files) if config.label_files else {}
         fit = await measure(pool, self.memory.probe, max_batch_size, settings.typical_dim_size)
         if fit is not None:
             log.info("memory fit", model=mv.name, version=mv.version, device=fit.device, base_bytes=fit.base,
@@ -125,7 +127,7 @@ class Assembler:
             # after idle_timeout_s (a directory of many models would otherwise hold one each).
             await pool.scale_to_zero("validated; min_workers = 0", cause="idle")
         queue.start()
-        return Serving(config, metadata, max_batch_size, pool, queue, tenant)
+        return Serving(config, metadata, max_batch_size, pool, queue, tenant, labels=labels)
 
     async def _pipeline(self, mv: ModelVersion, config: ModelConfig) -> Serving:
         if not config.pipeline:
@@ -143,8 +145,13 @@ def _worker_spec(found: Found, backend: str, config: ModelConfig, gpu: int | Non
     """What the version's workers are told: the settings, the tensors config.toml declares (for
     files that do not carry them), the model's directory and its [parameters]."""
     return WorkerSpec.of(found.name, found.version, found.path, backend, config.settings,
-                         model_dir=found.config_path.parent if found.config_path else found.path.parent, gpu=gpu,
+                         model_dir=_model_dir(found), gpu=gpu,
                          inputs=config.inputs, outputs=config.outputs, parameters=config.parameters)
+
+
+def _model_dir(found: Found):
+    """The model's own directory (models/<name>/), or the models directory for a lone file."""
+    return found.config_path.parent if found.config_path else found.path.parent
 
 
 def _narrowed(file_specs: tuple[TensorSpec, ...], overrides: tuple[TensorSpec, ...], kind: str) -> tuple[TensorSpec, ...]:

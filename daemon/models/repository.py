@@ -13,6 +13,8 @@ selected version is READY, never before. Building a generation is the assembler'
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 from pathlib import Path
 
 import structlog
@@ -247,23 +249,27 @@ class ModelRepository:
 
     # -- the repository API ------------------------------------------------------------------
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(self, name: str, override: dict | None = None) -> None:
         """Load (or load again) model `name` from the directory as it is now, beside what
         serves; return once it serves. Raises NOT_FOUND or FAILED_PRECONDITION. Calls for a
-        model whose load through this API is in progress share that load and its outcome."""
-        task = self._api_loads.get(name)
+        model whose load through this API is in progress share that load and its outcome
+        (when they ask for the same `override`: config.toml keys over the file's, for this load)."""
+        key = (name, json.dumps(override, sort_keys=True) if override else "")
+        task = self._api_loads.get(key)
         if task is None:
-            task = self._tasks.spawn(self._load_from_api(name))
-            self._api_loads[name] = task
-            task.add_done_callback(lambda t: self._api_loads.pop(name, None) if self._api_loads.get(name) is t else None)
+            task = self._tasks.spawn(self._load_from_api(name, override))
+            self._api_loads[key] = task
+            task.add_done_callback(lambda t: self._api_loads.pop(key, None) if self._api_loads.get(key) is t else None)
         error = await asyncio.shield(task)  # a caller that goes away leaves the load to the others
         if error is not None:
             raise error
 
-    async def _load_from_api(self, name: str) -> InferdError | None:
+    async def _load_from_api(self, name: str, override: dict | None = None) -> InferdError | None:
         found = await asyncio.to_thread(scan, self.root, only=name)  # reads files: off the loop
         if not found:
-            return InferdError(ErrorCode.NOT_FOUND, f"no model {name!r} in the models directory")
+            return InferdError(ErrorCode.NOT_FOUND, f"failed to load: no model {name!r} in the models directory")
+        if override:
+            found = {k: dataclasses.replace(f, override=override) for k, f in found.items()}
         self.unloaded.discard(name)
         self.applied = {k: f for k, f in self.applied.items() if k[0] != name} | found
         loads = [self._load(f) for f in found.values()]  # every version at once

@@ -63,6 +63,9 @@ class Found:
     config_stamp: tuple = ()
     pipeline: bool = False  # defined by config.toml alone (path is None)
     untrusted: bool = False  # code that others could change: it must not run, nor keep serving
+    # A load request's configuration (config.toml keys) over the file's; not part of what
+    # the directory says, so a later scan neither compares nor keeps it.
+    override: dict | None = dataclasses.field(default=None, compare=False)
 
     @property
     def key(self) -> Key:

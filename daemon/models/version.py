@@ -51,6 +51,7 @@ class Serving:
     queue: ModelQueue | None = None
     tenant: Tenant | None = None
     pipeline: Pipeline | None = None
+    labels: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # output -> class labels
 
 
 Assemble = Callable[["ModelVersion"], Awaitable[Serving]]

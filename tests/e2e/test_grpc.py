@@ -40,7 +40,7 @@ def test_model_ready_is_false_not_an_error_for_an_unknown_or_failed_model(grpc_a
 
 
 @pytest.mark.parametrize("service, method", [("inference.GRPCInferenceService", "SystemSharedMemoryStatus"),
-                                             ("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo")])
+                                             ("grpc.channelz.v1.Channelz", "GetTopChannels")])
 def test_an_unimplemented_method_answers_with_a_content_type(grpc_address, service, method):
     """grpcurl (Go) reads a gRPC answer without a content-type as a malformed header."""
     answer = grpc_call(int(grpc_address.rsplit(":", 1)[1]), framed(pb.ServerLiveRequest()), method=method, service=service)

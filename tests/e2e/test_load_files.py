@@ -1,0 +1,76 @@
+"""Load with model files in the request (Triton's repository extension) through tritonclient's
+load_model(config=..., files=...), HTTP and gRPC, on a daemon whose operator turned
+models.accept_model_files on and requires a token: the files become a model in the models
+directory, with the request's configuration as its config.toml, and serve."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import make_models
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from daemon_process import DaemonProcess
+
+TOKEN = "upload-token"
+
+
+def _headers() -> dict:
+    """A fresh dict each call: tritonclient's HTTP client adds its own headers to the one given."""
+    return {"authorization": f"Bearer {TOKEN}"}  # (gRPC metadata keys are lower case)
+CONFIG = json.dumps({"name": "{name}", "max_batch_size": 4,
+                     "output": [{"name": "OUTPUT0", "data_type": "TYPE_INT32", "dims": [16], "label_filename": "labels.txt"}]})
+
+
+def accepting_daemon(root, tmp) -> DaemonProcess:
+    (tmp / "token").write_text(TOKEN + "\n")
+    (tmp / "token").chmod(0o600)
+    config = tmp / "inferd.toml"
+    config.write_text(f'[models]\naccept_model_files = true\n[auth]\ntoken_file = "{tmp / "token"}"\n')
+    return DaemonProcess(root, config=config)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root, tmp = tmp_path_factory.mktemp("upload_models"), tmp_path_factory.mktemp("upload_etc")
+    model = make_models.build_add_sub(tmp / "add_sub.onnx").read_bytes()
+    with accepting_daemon(root, tmp) as d:
+        [event] = [e for e in d.events("listening") if e["frontend"] == "grpc"]
+        http = httpclient.InferenceServerClient(d.url.removeprefix("http://"))
+        grpc = grpcclient.InferenceServerClient(event["address"])
+        yield d, root, model, http, grpc
+        http.close()
+        grpc.close()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_files_in_a_load_request_become_a_model_that_serves(served, protocol):
+    d, root, model, http, grpc = served
+    client, module = (http, httpclient) if protocol == "http" else (grpc, grpcclient)
+    name = f"sent_{protocol}"
+    client.load_model(name, headers=_headers(), config=CONFIG.replace("{name}", name),
+                      files={"file:1/model.onnx": model, "file:labels.txt": b"zero\none\n"})
+    assert client.is_model_ready(name, headers=_headers())
+    # On disk: the files, the configuration as config.toml, nothing left staged.
+    assert (root / name / "1" / "model.onnx").read_bytes() == model
+    written = tomllib.loads((root / name / "config.toml").read_text())
+    assert written["max_batch_size"] == 4 and written["outputs"][0]["label_filename"] == "labels.txt"
+    assert not [p for p in root.iterdir() if p.name.startswith((".upload", ".replaced"))]
+    a = np.ones((2, 16), np.int32)
+    inputs = [module.InferInput(n, [2, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+    for tensor in inputs:
+        tensor.set_data_from_numpy(a)
+    result = client.infer(name, inputs, headers=_headers(), outputs=[module.InferRequestedOutput("OUTPUT0", class_count=1)])
+    assert result.as_numpy("OUTPUT0").tolist() == [[b"2:0:zero"], [b"2:0:zero"]]
+
+
+def test_a_model_sent_as_files_can_be_sent_again(served):
+    d, root, model, http, grpc = served
+    for batch in (2, 3):
+        config = json.dumps({"max_batch_size": batch})
+        grpc.load_model("resent", headers=_headers(), config=config, files={"file:1/model.onnx": model})
+        assert grpc.get_model_config("resent", headers=_headers()).config.max_batch_size == batch
+    assert sorted(p.name for p in (root / "resent").iterdir()) == [".uploaded", "1", "config.toml"]
