@@ -6,7 +6,7 @@ from __future__ import annotations
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-EXPECTED = {"binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics"}
+EXPECTED = {"binary_tensor_data", "classification", "model_configuration", "model_repository", "sequence", "statistics"}
 
 
 def test_server_metadata_lists_exactly_the_implemented_extensions(daemon):
