@@ -17,6 +17,8 @@ from daemon_process import DaemonProcess
 from sequence_models import ints, write_onnx_controls, write_python
 from tritonclient.utils import InferenceServerException
 
+from inferd.client import Client, InferdClientError
+
 VALUES = [11, 7, 5, 3, 2, 0, 1]
 
 
@@ -236,3 +238,19 @@ def test_a_plain_model_refuses_a_sequence_id(served):
     with pytest.raises(InferenceServerException, match="does not batch sequences"):
         client.infer("plain", xs, sequence_id=5, sequence_start=True)
     assert client.infer("plain", xs).as_numpy("OUTPUT1").shape == (1, 16)
+
+
+def test_inferds_client_sends_sequences_on_the_unix_socket_and_http(served):
+    d = served[0]
+    for sid, where in ((701, {"socket": d.socket_path}), (702, {"url": d.url})):
+        with Client(**where) as client:
+            _sequence_through(client, sid)
+
+
+def _sequence_through(client, sid):
+    assert client.infer("accumulate", {"INPUT": ints(3)}, sequence_id=sid, sequence_start=True)["OUTPUT"].tolist() == [[3]]
+    assert client.infer("accumulate", {"INPUT": ints(4)}, sequence_id=sid)["OUTPUT"].tolist() == [[7]]
+    end = client.infer("accumulate", {"INPUT": ints(1)}, sequence_id=sid, sequence_end=True)
+    assert end["OUTPUT"].tolist() == [[8 + sid]]
+    with pytest.raises(InferdClientError, match="must specify the START flag"):
+        client.infer("accumulate", {"INPUT": ints(1)}, sequence_id=sid)
