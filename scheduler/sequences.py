@@ -211,6 +211,8 @@ class SequenceQueue:
         live = self.pool.workers
         for worker in live:
             self._slots.setdefault(worker, [None] * self.slots_per_worker)
+        for seq in [s for s in self._backlog if not s.waiting]:  # its requests timed out or were withdrawn
+            self._end(seq, "its requests left the queue before it got a slot")
         while self._backlog:
             free = [(sum(s is not None for s in table), w) for w, table in self._slots.items() if None in table]
             if not free:

@@ -199,6 +199,23 @@ def test_an_idle_sequence_ends_and_frees_its_slot(served):
     time.sleep(0.4)
 
 
+def test_a_request_waiting_for_a_slot_past_its_deadline_is_answered_then(served):
+    client = clients(served)[0]
+    assert infer(client, "short_idle", 4, 11, start=True) == 4  # holds the one slot for 0.3 s
+    x = grpcclient.InferInput("INPUT", [1, 1], "INT32")
+    x.set_data_from_numpy(ints(1))
+    began = time.monotonic()
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("short_idle", [x], sequence_id=12, sequence_start=True, client_timeout=0.1)
+    assert raised.value.status() == "StatusCode.DEADLINE_EXCEEDED" and time.monotonic() - began < 0.25
+    time.sleep(0.4)
+    began = time.monotonic()  # sequence 12 never started, so it holds no slot: 13 runs at once
+    assert infer(client, "short_idle", 5, 13, start=True, end=True) == 5 + 13
+    assert time.monotonic() - began < 0.2
+    with pytest.raises(InferenceServerException, match="left the queue before it got a slot"):
+        infer(client, "short_idle", 1, 12)
+
+
 def test_a_worker_crash_ends_its_sequences(served):
     client = clients(served)[0]
     assert infer(client, "crashing", 2, 31, start=True) == 2
