@@ -19,6 +19,7 @@ import structlog
 import inferd
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid, unexpected
 from inferd.config.model import MODEL_NAME
+from inferd.config.sequence import triton_view
 from inferd.daemon import classification
 from inferd.daemon.extensions import EXTENSIONS
 from inferd.daemon.load_request import parse_load
@@ -357,6 +358,7 @@ def triton_config(mv: ModelVersion) -> dict:
     batching = mv.max_batch_size > 0
     settings = mv.serving.config.settings
     formats, labels = mv.serving.config.input_formats, mv.serving.config.label_files
+    sequences = mv.serving.config.sequence_batching
 
     def dims(spec):
         return list(spec.shape[1:] if batching else spec.shape)
@@ -379,10 +381,10 @@ def triton_config(mv: ModelVersion) -> dict:
             "preferred_batch_size": [],
             "max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000),
             "preserve_ordering": False,
-        } if batching else None,
+        } if batching and sequences is None else None,  # (Triton has one or the other)
         "instance_group": [{"name": mv.name, "kind": "KIND_CPU", "count": settings.max_workers}],
         "parameters": _triton_parameters(mv.serving.config.parameters),
-        # (sequence_batching goes here, for a model with sequence settings: Triton's ModelSequenceBatching)
+        "sequence_batching": triton_view(sequences) if sequences is not None else None,
         "model_transaction_policy": {"decoupled": mv.metadata.decoupled},
     }
     return {k: v for k, v in config.items() if v is not None}
