@@ -1,10 +1,6 @@
 """The models Triton's example clients (tests/triton_examples/) call, rebuilt for inferd: same
 names, tensors and arithmetic as the ones the examples were written against, made here with the
-onnx helper API or as inferd Python models (nothing is downloaded).
-
-Sequence batching is written as helper E's branch reads it ([sequence_batching]); until it
-merges, those models are FAILED with the key named, and the examples that call them are listed
-in tests/e2e/test_triton_examples.py NEEDS."""
+onnx helper API or as inferd Python models (nothing is downloaded)."""
 
 from __future__ import annotations
 

@@ -99,8 +99,6 @@ EXAMPLES = {
 
 # The runs that wait for a feature: (the feature, who builds it) and the first error each gives
 # on main today. The lead deletes a line when its feature merges.
-SEQ_E = ("sequence batching (helper E): the model is FAILED, 'config.toml: sequence_batching: unknown key' "
-         "(HTTP 503 / gRPC UNAVAILABLE on the first request)")
 CUDA_B = ("CUDA shared memory and a GPU (helper B's register answers that a GPU is needed); the client also needs "
           "cuda-python: without it, import tritonclient.utils.cuda_shared_memory raises RuntimeError")
 NEEDS: dict[str, str] = {
@@ -111,14 +109,6 @@ NEEDS: dict[str, str] = {
                                     "'failed to poll from model repository'; inferd answers FAILED_PRECONDITION",
     "simple_http_cudashm_client.py": CUDA_B,
     "simple_grpc_cudashm_client.py": CUDA_B,
-    "simple_http_sequence_sync_infer_client.py": SEQ_E,
-    "simple_http_sequence_sync_infer_client.py -d": SEQ_E + " (simple_dyna_sequence: CORRID and END controls)",
-    "simple_grpc_sequence_sync_infer_client.py": SEQ_E,
-    "simple_grpc_sequence_sync_infer_client.py -d": SEQ_E + " (simple_dyna_sequence: CORRID and END controls)",
-    "simple_grpc_sequence_stream_infer_client.py": SEQ_E + ", over ModelStreamInfer",
-    "simple_grpc_sequence_stream_infer_client.py -d": SEQ_E + ", over ModelStreamInfer",
-    "simple_grpc_aio_sequence_stream_infer_client.py": SEQ_E + ", over ModelStreamInfer",
-    "simple_grpc_aio_sequence_stream_infer_client.py -d": SEQ_E + ", over ModelStreamInfer",
 }
 
 
