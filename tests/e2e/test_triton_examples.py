@@ -105,8 +105,10 @@ NEEDS: dict[str, str] = {
     "simple_http_health_metadata.py": "server metadata name 'triton' (lead): the example checks name == 'triton', inferd answers "
                                       "'inferd' (everything else it checks passes)",
     "simple_grpc_health_metadata.py": "server metadata name 'triton' (lead): as simple_http_health_metadata.py",
-    "simple_grpc_model_control.py": "load with model files (helper C): files={'file:' + 'A' * 256: ...} must answer INTERNAL "
-                                    "'failed to poll from model repository'; inferd answers FAILED_PRECONDITION",
+    "simple_grpc_model_control.py": "load with model files (lead, helper C): files={'file:' + 'A' * 256: ...} must answer "
+                                    "INTERNAL 'failed to poll from model repository'; inferd answers FAILED_PRECONDITION "
+                                    "(models.accept_model_files off), INVALID_ARGUMENT with it on, which the example's own "
+                                    "TODO calls more appropriate",
     "simple_http_cudashm_client.py": CUDA_B,
     "simple_grpc_cudashm_client.py": CUDA_B,
 }
