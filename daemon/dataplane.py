@@ -151,8 +151,10 @@ def _classified(mv: ModelVersion, outputs: dict, wanted) -> dict | InferdError:
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository, state: ServerState, accept_model_files: bool = False):
+    def __init__(self, repository: ModelRepository, state: ServerState, accept_model_files: bool = False,
+                 name: str = "inferd"):
         self.repository = repository
+        self.name = name  # server.name: server metadata's name
         self.state = state
         self.accept_model_files = accept_model_files  # models.accept_model_files: load requests may carry files
         self._uploads: set[str] = set()  # models whose files a load request is writing
@@ -271,7 +273,7 @@ class DataPlane:
     # -- health, metadata, statistics --------------------------------------------------------
 
     def server_metadata(self) -> dict:
-        return {"name": "inferd", "version": inferd.__version__, "extensions": list(EXTENSIONS)}
+        return {"name": self.name, "version": inferd.__version__, "extensions": list(EXTENSIONS)}
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """Raises NOT_FOUND for an unknown model or version."""

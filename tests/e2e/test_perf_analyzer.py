@@ -2,8 +2,8 @@
 a short measurement at concurrency 1 and 2 that must end with a throughput for both.
 
 perf_analyzer is a C++ binary outside the test extras: bench/perf_analyzer_setup.sh installs it
-(about 35 s) and CI names it in PERF_ANALYZER. Without that variable the test looks on PATH, and
-is skipped, saying so, when it finds none."""
+(about 35 s), and `./dev.sh test` does that once and names it in PERF_ANALYZER. Without that
+variable the test looks on PATH, and is skipped, saying so, when it finds none."""
 
 from __future__ import annotations
 
