@@ -92,7 +92,7 @@ class _Call:
         self.ticket = self.task = None
         self._live.discard(self)
         mv, request = self._mv, self._request
-        if self.classify is not None and not isinstance(outcome, InferdError):
+        if self.classify is not None and not isinstance(outcome, InferdError) and outcome:  # (a stream's end has none)
             outcome = _classified(mv, outcome, self.classify)
         error = outcome if isinstance(outcome, InferdError) else None
         try:
@@ -181,12 +181,24 @@ class DataPlane:
         mv = self._serving(name, version)
         if not mv.metadata.decoupled:
             return self._submit(mv, request, protocol, done)
-        stream = request.stream = ResponseStream(
-            lambda outputs: on_response(InferResponse(mv.name, mv.version, outputs, request.id), stream.ack))
+        if any("shared_memory_region" in p for p in request.output_parameters.values()):
+            raise invalid(f"model {clip(mv.name)} is decoupled: its responses cannot go into shared memory regions "
+                          "(each would overwrite the last before the client read it); take its outputs as data")
+        failed: list[InferdError] = []  # a response that could not be classified: the stream ends with it
+
+        def respond(outputs: dict) -> None:
+            plan = withdraw.__self__.classify  # (the request's _Call: its classification, planned once queued)
+            if plan is not None:
+                outputs = _classified(mv, outputs, plan)
+                if isinstance(outputs, InferdError):
+                    failed.append(outputs)
+                    return stream.cancel()
+            on_response(InferResponse(mv.name, mv.version, outputs, request.id), stream.ack)
+        stream = request.stream = ResponseStream(respond)
 
         def finished(outcome) -> None:
             stream.cancel()  # (a deadline passed while it ran: the model stops too)
-            done(outcome)
+            done(failed[0] if failed and not isinstance(outcome, InferdError) else outcome)
 
         withdraw = self._submit(mv, request, protocol, finished)
 

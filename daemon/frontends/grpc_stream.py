@@ -5,7 +5,9 @@ its request's id. An ordinary model answers one response per request; a decouple
 (inferd.scheduler.streams). Every response carries the parameter `triton_final_response`
 (false while more follow), as Triton's do; a decoupled request's end is an empty response
 marked final, sent only when the request asks with `triton_enable_empty_final_response`. A
-request's error goes in `error_message` and the stream goes on.
+request's error goes in `error_message` and the stream goes on. Inputs may come from shared
+memory regions and an ordinary model's outputs go into them, as in ModelInfer; a decoupled
+model's outputs may not (the data plane refuses: each response would overwrite the last).
 
 Bounds: messages are read as ModelInfer's (grpc_wire: server.max_request_bytes); at most
 MAX_IN_FLIGHT requests of one stream run at once (one more is answered RESOURCE_EXHAUSTED in
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 from google.protobuf.message import DecodeError
 from grpclib.server import Stream
 
@@ -39,16 +42,23 @@ FINAL = "triton_final_response"
 WANTS_EMPTY_FINAL = "triton_enable_empty_final_response"
 
 
-async def _encode(response: InferResponse, final: bool) -> EncodedReply:
+async def _encode(response: InferResponse, final: bool, shared: set[str] | None) -> EncodedReply:
+    """As ModelInfer's reply (an output in `shared` was written into a region: an empty raw
+    entry), with the final flag, inside a ModelStreamInferResponse."""
     reply = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+    raws = []
     for name, array in response.outputs.items():
         reply.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        raws.append(_EMPTY if shared and name in shared else array)
     reply.parameters[FINAL].bool_param = final
-    inner = (await with_raw_contents(reply.SerializeToString(), list(response.outputs.values()))).data
+    inner = (await with_raw_contents(reply.SerializeToString(), raws)).data
     body = bytearray(INFER_RESPONSE_TAG)
     body += _encode_varint(len(inner))
     body += inner
     return EncodedReply(body)
+
+
+_EMPTY = np.empty(0, np.uint8)
 
 
 def _error(message: str, request_id: str) -> EncodedReply:
@@ -62,7 +72,8 @@ class _StreamCall:
 
     def __init__(self, dataplane: DataPlane, limits: RequestLimits, stream: Stream):
         self.dataplane, self.limits, self.stream = dataplane, limits, stream
-        self.replies: asyncio.Queue = asyncio.Queue()  # (response, final, ack) | (error text, request id, None)
+        # (response, final, ack, outputs written into regions) | (error text, request id, None, None)
+        self.replies: asyncio.Queue = asyncio.Queue()
         self.running: dict[int, object] = {}  # request number -> its withdraw function
         self.idle = asyncio.Event()  # no request running
         self.idle.set()
@@ -110,36 +121,45 @@ class _StreamCall:
         deadline = None
         if self.stream.deadline is not None:
             deadline = time.monotonic() + self.stream.deadline.time_remaining()
-        request = decode_infer_request(message, raw, deadline, ValueBudget(self.limits.max_value_elements))
+        budget = ValueBudget(self.limits.max_value_elements)
+        shm = self.dataplane.system_shared_memory  # (inputs and outputs in regions, as ModelInfer's)
+        request = decode_infer_request(message, raw, deadline, budget, shm.input_reader(budget, self.limits.max_request_bytes))
         wants_empty_final = _bool_parameter(message, WANTS_EMPTY_FINAL)
-        model = message.model_name
+        targets = shm.output_targets(request.output_parameters)  # held until its end (a decoupled model's: none)
 
         def on_response(response: InferResponse, ack) -> None:
-            self.replies.put_nowait((response, False, ack))
+            self.replies.put_nowait((response, False, ack, None))
 
         def done(outcome) -> None:
             self.running.pop(number, None)
             if not self.running:
                 self.idle.set()
+            with targets:
+                try:
+                    written = targets.write(outcome.outputs) if targets and not isinstance(outcome, InferdError) else None
+                except InferdError as e:
+                    outcome = e
             if isinstance(outcome, InferdError):
                 self._reply_error(outcome, message)
             elif outcome.outputs or wants_empty_final:
-                self.replies.put_nowait((outcome, True, None))
+                self.replies.put_nowait((outcome, True, None, written))
 
         self.running[number] = None
         self.idle.clear()
         try:
-            withdraw = self.dataplane.submit_stream(model, message.model_version, request, "grpc", on_response, done)
+            withdraw = self.dataplane.submit_stream(message.model_name, message.model_version, request, "grpc",
+                                                    on_response, done)
         except InferdError:
+            targets.release()
             self.running.pop(number, None)
             if not self.running:
                 self.idle.set()
             raise
         if number in self.running:
-            self.running[number] = withdraw
+            self.running[number] = lambda: (withdraw(), targets.release())
 
     def _reply_error(self, error: InferdError, message) -> None:
-        self.replies.put_nowait((error.message, message.id if message is not None else "", None))
+        self.replies.put_nowait((error.message, message.id if message is not None else "", None, None))
 
     async def _write(self, call: asyncio.Task) -> None:
         """Sends the replies in order; if the stream breaks, the call ends (`call` is cancelled)."""
@@ -150,7 +170,7 @@ class _StreamCall:
                     reply = _error(item[0], item[1])
                 else:
                     try:
-                        reply = await _encode(item[0], item[1])
+                        reply = await _encode(item[0], item[1], item[3])
                     except Exception as e:
                         reply = _error(unexpected(e, "encoding a stream response failed").message, item[0].id)
                 await self.stream.send_message(reply)
