@@ -181,9 +181,6 @@ class DataPlane:
         mv = self._serving(name, version)
         if not mv.metadata.decoupled:
             return self._submit(mv, request, protocol, done)
-        if any("shared_memory_region" in p for p in request.output_parameters.values()):
-            raise invalid(f"model {clip(mv.name)} is decoupled: its responses cannot go into shared memory regions "
-                          "(each would overwrite the last before the client read it); take its outputs as data")
         failed: list[InferdError] = []  # a response that could not be classified: the stream ends with it
 
         def respond(outputs: dict) -> None:

@@ -1,12 +1,17 @@
 """Where the protocol features meet, through real clients: system shared memory on gRPC streams
-(tritonclient's start_stream with regions from tritonclient.utils.shared_memory), for ordinary
-and decoupled models; classification of each response a decoupled model streams (gRPC, the
-Unix socket); one output classified and another written into a region in the same request
-(HTTP and gRPC ModelInfer, and on a stream)."""
+(tritonclient's start_stream with regions from tritonclient.utils.shared_memory, and
+perf_analyzer --streaming --shared-memory system), for ordinary and decoupled models;
+classification of each response a decoupled model streams (gRPC, the Unix socket); one output
+classified and another written into a region in the same request (HTTP and gRPC ModelInfer,
+and on a stream)."""
 
 from __future__ import annotations
 
+import os
 import queue
+import re
+import shutil
+import subprocess
 import uuid
 
 import make_models
@@ -188,21 +193,24 @@ def test_decoupled_model_on_a_stream_reads_its_inputs_from_a_region(stream, regi
     assert stream.nothing_more()
 
 
-def test_decoupled_model_refuses_outputs_into_a_region_and_the_stream_goes_on(stream, regions):
-    """Each response would overwrite the last in the one region before the client read it:
-    refused, clearly, before the model runs."""
+def test_decoupled_model_writes_each_response_into_the_region(stream, regions):
+    """As Triton does (perf_analyzer --streaming --shared-memory system relies on it): every
+    response goes into the one region, just before it is sent; after the last, it holds the last."""
     op, op_name, op_key = regions(64)
     stream.client.register_system_shared_memory(op_name, op_key, 64)
-    out = grpcclient.InferRequestedOutput("OUT")
-    out.set_shared_memory(op_name, 4)
-    inputs = [int_input(grpcclient, "IN", np.array([1, 2], np.int32)),
-              int_input(grpcclient, "DELAY", np.zeros(2, np.uint32)), int_input(grpcclient, "WAIT", np.zeros(1, np.uint32))]
-    stream.client.async_stream_infer("repeat_int32", inputs, outputs=[out], request_id="shm")
-    stream.client.async_stream_infer("repeat_int32", inputs, request_id="plain")
-    first, *rest = stream.take(3)
-    assert isinstance(first, InferenceServerException)
-    assert "decoupled" in first.message() and "shared memory" in first.message()
-    assert [int(r.as_numpy("OUT")[0]) for r in rest] == [1, 2]
+    for values in ([1, 2, 3], [9]):
+        out = grpcclient.InferRequestedOutput("OUT")
+        out.set_shared_memory(op_name, 4, offset=8)
+        inputs = [int_input(grpcclient, "IN", np.array(values, np.int32)),
+                  int_input(grpcclient, "DELAY", np.zeros(len(values), np.uint32)),
+                  int_input(grpcclient, "WAIT", np.zeros(1, np.uint32))]
+        stream.client.async_stream_infer("repeat_int32", inputs, outputs=[out], request_id="shm",
+                                         enable_empty_final_response=True)
+        results = stream.take(len(values) + 1)
+        assert [final(r) for r in results] == [False] * len(values) + [True]
+        for r in results[:-1]:
+            assert [list(o.shape) for o in r.get_response().outputs] == [[1]] and r.get_response().raw_output_contents == [b""]
+        assert int(shm.get_contents_as_numpy(op, np.int32, [1], offset=8)[0]) == values[-1]
     assert stream.nothing_more()
 
 
@@ -294,3 +302,27 @@ def test_one_output_classified_another_into_a_region_on_a_stream(stream, regions
     assert [o.name for o in result.get_response().outputs] == ["OUT_FP32", "OUT_INT64"]
     assert result.get_response().raw_output_contents[1] == b""
     np.testing.assert_array_equal(shm.get_contents_as_numpy(op, np.int64, [2, 4]), as_int)
+
+
+# -- perf_analyzer: streaming with shared memory ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def perf_analyzer() -> str:
+    """As tests/e2e/test_perf_analyzer.py finds it: PERF_ANALYZER, else on PATH, else skipped."""
+    path = os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
+    if not path:
+        pytest.skip("perf_analyzer is not installed: bench/perf_analyzer_setup.sh DIR, then PERF_ANALYZER=DIR/bin/perf_analyzer")
+    return path
+
+
+@pytest.mark.parametrize("model, shapes", [("add_sub", ()), ("repeat_int32", ("--shape", "IN:3", "--shape", "DELAY:3"))])
+def test_perf_analyzer_streaming_with_shared_memory(perf_analyzer, served, model, shapes):
+    """Inputs from and outputs into its regions, on a stream: an ordinary model and a decoupled
+    one (each of whose responses goes into the output regions)."""
+    done = subprocess.run([perf_analyzer, "-m", model, "-u", grpc_address(served), "-i", "grpc", "--streaming",
+                           "--shared-memory", "system", "--output-shared-memory-size", "256", "--input-data", "zero",
+                           "--concurrency-range", "1", "--measurement-interval", "300", "--stability-percentage", "1000",
+                           *shapes], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rates = re.findall(r"Concurrency: 1, throughput: ([\d.]+) infer/sec", done.stdout)
+    assert len(rates) == 1 and float(rates[0]) > 0, done.stdout[-3000:]

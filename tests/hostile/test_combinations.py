@@ -3,8 +3,8 @@ shared memory region and as classification (tritonclient refuses it; a client th
 check gets 400 / INVALID_ARGUMENT, as from Triton's server); bad regions on a gRPC stream (each
 its request's error, the stream goes on); a stream cancelled while its requests hold output
 regions (the regions' descriptors are still released); a decoupled model whose streamed
-response asks for more classes than allowed (the stream ends with the error and the model is
-stopped); a pipeline with a decoupled step (FAILED at load, with the reason)."""
+response asks for more classes than allowed, or does not fit its output region (the request ends
+with the error and the model is stopped); a pipeline with a decoupled step (FAILED at load, with the reason)."""
 
 from __future__ import annotations
 
@@ -242,6 +242,32 @@ def test_a_streamed_response_with_too_many_classes_ends_the_stream(daemon, strea
     with Client(socket=daemon.socket_path) as c, pytest.raises(InferdClientError, match="at most 16384") as e:
         list(c.stream("widening", {"x": np.array([1], np.int64)}, outputs=[{"name": "scores", "parameters": {"classification": 20000}}]))
     assert e.value.code == "invalid_argument"
+
+
+def test_a_streamed_response_too_big_for_its_region_ends_the_request(daemon, stream, shm_file):
+    """A decoupled model's responses go into the region one after another; the second does not
+    fit: the request ends with that error, its model is stopped, the region is let go, and the
+    stream serves on."""
+    key, path = shm_file(64)
+    stream.client.register_system_shared_memory("w", key, 64)
+    x = grpcclient.InferInput("x", [1], "INT64")
+    x.set_data_from_numpy(np.array([8], np.int64))
+    out = grpcclient.InferRequestedOutput("scores")
+    out.set_shared_memory("w", 64)
+    stream.client.async_stream_infer("widening", [x], outputs=[out], request_id="big")
+    first, error = stream.take(2)
+    assert first.get_response().raw_output_contents == [b""] and list(first.get_response().outputs[0].shape) == [4]
+    with open(path, "rb") as f:
+        assert np.frombuffer(f.read(16), np.float32).tolist() == [0, 1, 2, 3]
+    assert isinstance(error, InferenceServerException)
+    assert "has 80000 bytes, more than its shared_memory_byte_size (64)" in error.message()
+    log = daemon.models / "widening" / "widening.log"
+    asyncio.run(eventually(lambda: log.exists() and "8 closed after" in log.read_text(), 10, "the model stopped"))
+    stream.client.unregister_system_shared_memory("w")
+    asyncio.run(eventually(lambda: _daemon_fds_on(daemon, path) == 0, 10, "the region's descriptor closed"))
+    stream.client.async_stream_infer("add_sub", [_rows(grpcclient, "INPUT0"), _rows(grpcclient, "INPUT1")])
+    [after] = stream.take(1)
+    assert after.as_numpy("OUTPUT0").tolist() == (2 * ROWS).tolist()
 
 
 def _int32(name: str, values, dtype=np.int32):
