@@ -185,9 +185,10 @@ class _StreamCall:
         try:
             written = item.targets.write(item.payload.outputs) if item.targets is not None else None
         except InferdError as e:  # (a region too small for this response): the request ends with the error
-            if not item.final and (withdraw := self.running.get(item.number)) is not None:
-                withdraw()  # (a decoupled model: it stops, and its regions are released)
+            if (withdraw := self.running.get(item.number)) is not None:
+                withdraw()  # (a decoupled model still running stops)
                 self._ended(item.number)
+            item.targets.release()  # (its answers still queued are not sent)
             return _error(e.message, item.request_id)
         try:
             return await _encode(item.payload, item.final, written)
