@@ -36,6 +36,12 @@ case "$command" in
     exec "$VENV/bin/inferd" serve --models examples/models "$@" ;;
   test)
     setup test
+    # Triton's perf_analyzer for tests/e2e/test_perf_analyzer.py (no registry wheel runs here as is)
+    if [ ! -x .perf-analyzer/bin/perf_analyzer ]; then
+      say "installing perf_analyzer into .perf-analyzer (once, about 35 s)"
+      bench/perf_analyzer_setup.sh .perf-analyzer >/dev/null
+    fi
+    export PERF_ANALYZER=${PERF_ANALYZER:-$PWD/.perf-analyzer/bin/perf_analyzer}
     exec "$VENV/bin/python" -m pytest "$@" ;;
   bench)
     setup test

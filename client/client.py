@@ -37,8 +37,11 @@ def _tensor(name: str, value) -> dict:
         raise InferdClientError("invalid_argument", f"input {name!r}: {e}") from None
 
 
-def _infer_fields(model: str, inputs: Mapping, outputs, version: str, request_id: str, timeout_ms) -> dict:
+def _infer_fields(model: str, inputs: Mapping, outputs, version: str, request_id: str, timeout_ms,
+                  sequence: tuple = (0, False, False)) -> dict:
     fields = {"model": model, "inputs": [_tensor(name, value) for name, value in inputs.items()]}
+    if sequence[0]:  # a stateful model's sequence (docs/sequences.md)
+        fields.update(zip(("sequence_id", "sequence_start", "sequence_end"), sequence, strict=True))
     if outputs is not None:
         fields["outputs"] = [outputs] if isinstance(outputs, str) else list(outputs)
     if version:
@@ -84,13 +87,16 @@ class Client:
         return self._transport.connections_opened
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
-              version: str = "", request_id: str = "", timeout_ms: int | None = None) -> dict[str, np.ndarray]:
+              version: str = "", request_id: str = "", timeout_ms: int | None = None, *,
+              sequence_id: int | str = 0, sequence_start: bool = False, sequence_end: bool = False) -> dict[str, np.ndarray]:
         """Run `model` on named arrays; returns the outputs by name (all of them, or `outputs`),
         as read-only arrays over the reply (copy one to change it). BYTES tensors are object
         arrays of bytes; str elements are sent as UTF-8. `timeout_ms` (Unix socket only): a
         request not answered after this long fails with "deadline_exceeded" (if it was still
-        queued, it never runs)."""
-        fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms)
+        queued, it never runs). `sequence_id` (non-zero), `sequence_start`, `sequence_end`: a
+        request of a stateful model's sequence."""
+        fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms,
+                               (sequence_id, sequence_start, sequence_end))
         return _outputs(self._transport.call("infer", fields))
 
     def stream(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
@@ -156,9 +162,12 @@ class AsyncClient:
         return self._transport.connections_opened
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
-                    version: str = "", request_id: str = "", timeout_ms: int | None = None) -> dict[str, np.ndarray]:
+                    version: str = "", request_id: str = "", timeout_ms: int | None = None, *,
+                    sequence_id: int | str = 0, sequence_start: bool = False,
+                    sequence_end: bool = False) -> dict[str, np.ndarray]:
         """As `Client.infer`."""
-        fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms)
+        fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms,
+                               (sequence_id, sequence_start, sequence_end))
         return _outputs(await self._transport.call("infer", fields))
 
     async def stream(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,

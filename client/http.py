@@ -37,6 +37,9 @@ def _infer_body(fields: dict) -> tuple[bytes, dict]:
         doc["id"] = fields["request_id"]
     if "timeout_ms" in fields:  # the V2 REST convention (Triton's): microseconds
         doc["parameters"]["timeout"] = fields["timeout_ms"] * 1000
+    for key in ("sequence_id", "sequence_start", "sequence_end"):  # a stateful model's sequence
+        if key in fields:
+            doc["parameters"][key] = fields[key]
     header = json.dumps(doc).encode()
     body = b"".join([header, *(t["data"] for t in inputs)])
     return body, {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"}

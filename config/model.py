@@ -11,6 +11,7 @@ from pathlib import Path
 from inferd.common.errors import ConfigError
 from inferd.common.tensors import DATATYPES, TensorSpec
 from inferd.config.loader import at_least, between, build, field, read_toml
+from inferd.config.sequence import SequenceBatching, check_idle, sequence_batching
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -105,6 +106,7 @@ class ModelConfig:
     explicit: frozenset[str] = frozenset()  # keys the model's own file set
     parameters: dict = dataclasses.field(default_factory=dict)  # [parameters]: free-form, for the model's code
     pipeline: tuple[PipelineStep, ...] = ()  # a model made of other models, step by step
+    sequence_batching: SequenceBatching | None = None  # a stateful model (config/sequence.py)
     input_formats: dict[str, str] = dataclasses.field(default_factory=dict)  # [[inputs]] format (image layout)
     label_files: dict[str, str] = dataclasses.field(default_factory=dict)  # [[outputs]] label_filename
 
@@ -202,6 +204,9 @@ def model_config_from(data: dict, file: str, defaults: ModelSettings) -> ModelCo
     parameters = data.pop("parameters", {})
     if not isinstance(parameters, dict):
         raise ConfigError(file, "parameters", "expected a table of values for the model's code")
-    merged = dataclasses.asdict(defaults) | data
-    return ModelConfig(build(ModelSettings, merged, file), policy, inputs, outputs, frozenset(data), parameters,
-                       input_formats=formats, label_files=labels)
+    sequences = sequence_batching(data.pop("sequence_batching"), file) if "sequence_batching" in data else None
+    settings = build(ModelSettings, dataclasses.asdict(defaults) | data, file)
+    if sequences is not None:
+        check_idle(sequences, settings.idle_timeout_s, file)
+    return ModelConfig(settings, policy, inputs, outputs, frozenset(data), parameters,
+                       input_formats=formats, label_files=labels, sequence_batching=sequences)

@@ -37,6 +37,12 @@ def parse_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _server_name(value: str) -> str | None:
+    if 0 < len(value) <= 64 and value.isascii() and value.isprintable():
+        return None
+    return "must be 1 to 64 printable ASCII characters"
+
+
 def socket_path(value: str, environ: Mapping[str, str] | None = None) -> str:
     """server.socket: "auto" is $RUNTIME_DIRECTORY/inferd.sock under systemd, else
     $XDG_RUNTIME_DIR/inferd.sock, else /tmp/inferd-<uid>/inferd.sock; anything else is a path."""
@@ -83,6 +89,7 @@ class ServerSection:
     socket: str = "auto"  # see socket_path()
     http_socket: str = ""
     socket_group: str = "inferd"
+    name: str = field("inferd", _server_name)  # server metadata's name (MLServer's server_name)
     drain_timeout_s: float = field(30.0, between(0, 3600))
     max_request_bytes: int = field(64 * 1024 * 1024, at_least(1024))
     # What one request may cost to decode on the event loop (see docs/operations.md):

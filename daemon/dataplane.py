@@ -19,6 +19,7 @@ import structlog
 import inferd
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid, unexpected
 from inferd.config.model import MODEL_NAME
+from inferd.config.sequence import triton_view
 from inferd.daemon import classification
 from inferd.daemon.extensions import EXTENSIONS
 from inferd.daemon.load_request import parse_load
@@ -150,8 +151,10 @@ def _classified(mv: ModelVersion, outputs: dict, wanted) -> dict | InferdError:
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository, state: ServerState, accept_model_files: bool = False):
+    def __init__(self, repository: ModelRepository, state: ServerState, accept_model_files: bool = False,
+                 name: str = "inferd"):
         self.repository = repository
+        self.name = name  # server.name: server metadata's name
         self.state = state
         self.accept_model_files = accept_model_files  # models.accept_model_files: load requests may carry files
         self._uploads: set[str] = set()  # models whose files a load request is writing
@@ -279,7 +282,7 @@ class DataPlane:
     # -- health, metadata, statistics --------------------------------------------------------
 
     def server_metadata(self) -> dict:
-        return {"name": "inferd", "version": inferd.__version__, "extensions": list(EXTENSIONS)}
+        return {"name": self.name, "version": inferd.__version__, "extensions": list(EXTENSIONS)}
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """Raises NOT_FOUND for an unknown model or version."""
@@ -366,6 +369,7 @@ def triton_config(mv: ModelVersion) -> dict:
     batching = mv.max_batch_size > 0
     settings = mv.serving.config.settings
     formats, labels = mv.serving.config.input_formats, mv.serving.config.label_files
+    sequences = mv.serving.config.sequence_batching
 
     def dims(spec):
         return list(spec.shape[1:] if batching else spec.shape)
@@ -388,10 +392,10 @@ def triton_config(mv: ModelVersion) -> dict:
             "preferred_batch_size": [],
             "max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000),
             "preserve_ordering": False,
-        } if batching else None,
+        } if batching and sequences is None else None,  # (Triton has one or the other)
         "instance_group": [{"name": mv.name, "kind": "KIND_CPU", "count": settings.max_workers}],
         "parameters": _triton_parameters(mv.serving.config.parameters),
-        # (sequence_batching goes here, for a model with sequence settings: Triton's ModelSequenceBatching)
+        "sequence_batching": triton_view(sequences) if sequences is not None else None,
         "model_transaction_policy": {"decoupled": mv.metadata.decoupled},
     }
     return {k: v for k, v in config.items() if v is not None}

@@ -8,6 +8,7 @@ EXTENSIONS = (
     "classification",  # an output's top k (daemon/classification.py), HTTP, gRPC and the Unix socket
     "model_configuration",  # /v2/models/<m>/config, ModelConfig
     "model_repository",  # /v2/repository/..., RepositoryIndex, RepositoryModelLoad/Unload
+    "sequence",  # sequence_id/sequence_start/sequence_end for [sequence_batching] models (scheduler/sequences.py)
     "statistics",  # /v2/models/<m>/stats, ModelStatistics
     "system_shared_memory",  # /v2/systemsharedmemory/..., SystemSharedMemory* (daemon/shared_memory.py)
 )

@@ -57,7 +57,8 @@ class Daemon:
                                           config.server.drain_timeout_s, explicit=models.control == "explicit",
                                           max_concurrent_loads=models.max_concurrent_loads)
         self.watcher = self._make_watcher()
-        self.dataplane = DataPlane(self.repository, self.state, accept_model_files=models.accept_model_files)
+        self.dataplane = DataPlane(self.repository, self.state, accept_model_files=models.accept_model_files,
+                                   name=config.server.name)
         access = Access(token, config.auth.open_health, self.metrics.unauthenticated)
         self.listeners = Listeners(config.server, config.auth, self.dataplane, self.registry, access)
         self._tasks = TaskSet("daemon")  # the watchdog, the reloads

@@ -7,6 +7,7 @@ from inferd.common.errors import clip, invalid
 from inferd.common.tensors import datatype_of
 from inferd.daemon.models.version import ModelVersion
 from inferd.daemon.requests import InferRequest
+from inferd.scheduler.sequence_flags import refuse_on_plain_model
 
 
 def check_request(mv: ModelVersion, request: InferRequest) -> tuple[int, tuple]:
@@ -41,6 +42,8 @@ def check_request(mv: ModelVersion, request: InferRequest) -> tuple[int, tuple]:
             raise invalid(f"batch of {rows} rows exceeds the model's max_batch_size {mv.max_batch_size}")
     if request.outputs is not None:
         _check_outputs(mv, request.outputs)
+    if request.parameters and mv.serving.config.sequence_batching is None:
+        refuse_on_plain_model(request.parameters, mv.name)
     return rows, tuple(shape_key)
 
 

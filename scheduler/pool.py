@@ -96,6 +96,11 @@ class WorkerPool:
         return sorted(w.pid for w in self._workers if w.pid)
 
     @property
+    def workers(self) -> frozenset[WorkerHandle]:
+        """The running workers (a sequence model's slots belong to one of them)."""
+        return frozenset(self._workers)
+
+    @property
     def has_idle(self) -> bool:
         return bool(self._idle)
 
@@ -164,6 +169,21 @@ class WorkerPool:
     def give_back(self, worker: WorkerHandle) -> None:
         if not worker.dead and worker in self._workers:  # a dead one was dealt with by _worker_exited
             self._idle.append(worker)
+
+    def take_this(self, worker: WorkerHandle) -> bool:
+        """Take this worker if it is idle (a sequence's requests run where its state is)."""
+        if worker not in self._idle:
+            return False
+        self.last_used = time.monotonic()
+        self._idle.remove(worker)
+        return True
+
+    def grow(self, reason: str) -> None:
+        """Start one more worker (up to max_workers), unless one is starting already: new
+        sequences wait for a slot."""
+        if (not self._starting and len(self._workers) < self.scaling.max_workers and not self.broken_reason
+                and not self._stopping):
+            self._own(self._grow(reason, cold=not self._workers))
 
     def demand(self) -> None:
         """Requests are waiting and no worker is idle: with none running or starting, start

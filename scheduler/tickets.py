@@ -21,6 +21,7 @@ class Request(Protocol):
     id: str
     deadline: float | None  # time.monotonic() after which the request must not run
     stream: object | None  # a decoupled model's request: its ResponseStream (inferd.scheduler.streams)
+    parameters: dict  # the request's parameters (a stateful model's queue reads sequence_id and its flags)
 
 
 class QueueLimits(Protocol):

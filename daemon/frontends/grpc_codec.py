@@ -52,7 +52,9 @@ def decode_infer_request(message: pb.ModelInferRequest, raw: list, deadline: flo
             tensors[name] = shared(name, tensor.datatype, shape, params)
         elif raw:
             if tensor.HasField("contents"):
-                raise invalid(f"input {clip(name)}: contents given together with raw_input_contents")
+                # Triton's words, which its example clients look for
+                raise invalid(f"contents field must not be specified when using raw_input_contents for {clip(name)} "
+                              f"for model {clip(message.model_name)}")
             if used == len(raw):
                 raise invalid(f"raw_input_contents has {len(raw)} entries, fewer than the inputs that need one")
             tensors[name] = from_raw(name, tensor.datatype, shape, raw[used], budget)

@@ -85,7 +85,8 @@ def decode_infer(msg: dict, budget: ValueBudget) -> tuple[str, str, InferRequest
     outputs, output_parameters = _requested_outputs(field(msg, "outputs", list))
     timeout_ms = field(msg, "timeout_ms", int)
     deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
-    request = InferRequest(tensors, outputs, field(msg, "request_id", str, ""), {}, deadline, output_parameters)
+    request = InferRequest(tensors, outputs, field(msg, "request_id", str, ""), _sequence_parameters(msg), deadline,
+                           output_parameters)
     return model, field(msg, "version", str, ""), request
 
 
@@ -106,6 +107,12 @@ def _requested_outputs(outputs: list | None) -> tuple[tuple[str, ...] | None, di
         else:
             raise invalid("'outputs' must be a list of names or of {name, parameters} maps")
     return tuple(names), parameters
+
+
+def _sequence_parameters(msg: dict) -> dict:
+    """A stateful model's sequence_id (int or str), sequence_start and sequence_end, as the
+    other front-ends' request parameters (checked by the scheduler: inferd.scheduler.sequence_flags)."""
+    return {k: msg[k] for k in ("sequence_id", "sequence_start", "sequence_end") if k in msg}
 
 
 def encode_infer(request_id: int, response: InferResponse) -> dict:

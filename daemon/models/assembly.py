@@ -6,6 +6,7 @@ failure goes up, so a failed load leaves nothing running."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import structlog
 
@@ -21,6 +22,8 @@ from inferd.scheduler.limits import MemoryManager, Tenant, measure
 from inferd.scheduler.memory import CPU, MemoryFit
 from inferd.scheduler.pool import Refusal, Scaling, WorkerPool
 from inferd.scheduler.queue import ModelQueue
+from inferd.scheduler.sequence_flags import client_inputs
+from inferd.scheduler.sequences import SequenceQueue
 from inferd.scheduler.worker import LoadFailed, WorkerSpec
 
 log = structlog.get_logger("inferd.repository")
@@ -91,6 +94,8 @@ class Assembler:
             _narrowed(file_metadata.outputs, config.outputs, "outputs"),
             file_metadata.decoupled,
         )
+        if config.sequence_batching is not None:
+            metadata = dataclasses.replace(metadata, inputs=_client_inputs(metadata, config.sequence_batching))
         max_batch_size = _batch_limit(metadata, config)
         labels = await asyncio.to_thread(read_labels, _model_dir(mv.found), config.label_files) if config.label_files else {}
         fit = await measure(pool, self.memory.probe, max_batch_size, settings.typical_dim_size)
@@ -105,11 +110,18 @@ class Assembler:
             min_workers=settings.min_workers, device=pool.device, fit=fit, recompute=self.memory.recompute,
             observer=mv.observer,
         )
-        queue = ModelQueue(
-            pool, tenant, output_names=[t.name for t in metadata.outputs],
-            max_delay_s=settings.max_queue_delay_ms / 1000, wakeup=wakeup, retry_crashed=settings.idempotent,
-            cold_start_timeout_s=settings.cold_start_timeout_s, observer=mv.observer,
-        )
+        if config.sequence_batching is not None:
+            queue = SequenceQueue(
+                pool, tenant, model=mv.name, output_names=[t.name for t in metadata.outputs],
+                input_names=[t.name for t in metadata.inputs], batching=config.sequence_batching,
+                max_batch_size=max_batch_size, max_workers=settings.max_workers, wakeup=wakeup, observer=mv.observer,
+            )
+        else:
+            queue = ModelQueue(
+                pool, tenant, output_names=[t.name for t in metadata.outputs],
+                max_delay_s=settings.max_queue_delay_ms / 1000, wakeup=wakeup, retry_crashed=settings.idempotent,
+                cold_start_timeout_s=settings.cold_start_timeout_s, observer=mv.observer,
+            )
         self.memory.add(tenant)  # sets the queue's limits
         if settings.min_workers == 0 and settings.idle_timeout_s > 0:
             # Scale-to-zero: the worker that validated and measured the model goes now, not
@@ -158,6 +170,13 @@ def _narrowed(file_specs: tuple[TensorSpec, ...], overrides: tuple[TensorSpec, .
     if by_name:
         raise LoadFailed(f"config.toml names {kind} the model file does not have: {', '.join(by_name)}")
     return tuple(out)
+
+
+def _client_inputs(metadata: ModelMetadata, batching) -> tuple[TensorSpec, ...]:
+    try:
+        return client_inputs(metadata.inputs, batching)
+    except ValueError as e:
+        raise LoadFailed(str(e)) from None
 
 
 def _batch_limit(metadata: ModelMetadata, config: ModelConfig) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from inferd.common.errors import ErrorCode, InferdError
+from inferd.common.errors import ErrorCode, InferdError, clip
 from inferd.common.tasks import TaskSet
 from inferd.config.model import ModelSettings
 from inferd.daemon.models.assembly import Assembler
@@ -331,8 +331,10 @@ class ModelRepository:
         """The version to serve: the named one, or the newest READY one. Raises InferdError."""
         versions = self.models.get(name)
         if not versions:
-            raise InferdError(ErrorCode.NOT_FOUND, f"unknown model {name!r}")
+            raise InferdError(ErrorCode.NOT_FOUND, f"Request for unknown model {name!r}")  # Triton's words: clients look for them
         if version:
+            if not version.isdigit():  # Triton's words and status, which its example clients look for
+                raise InferdError(ErrorCode.INVALID_ARGUMENT, f"failed to get model version from specified version string {clip(version)}")
             mv = versions.get(version)
             if mv is None:
                 raise InferdError(ErrorCode.NOT_FOUND, f"model {name!r} has no version {version!r}")

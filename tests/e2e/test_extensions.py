@@ -6,7 +6,7 @@ from __future__ import annotations
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-EXPECTED = {"binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics",
+EXPECTED = {"binary_tensor_data", "classification", "model_configuration", "model_repository", "sequence", "statistics",
             "system_shared_memory"}
 
 

@@ -47,6 +47,9 @@ def test_precedence_file_then_environment_then_flags(tmp_path):
     ("[server]\nhttp = 'localhost'\n", "server.http", "HOST:PORT"),
     ("[server]\nhttp = '127.0.0.1:70000'\n", "server.http", "HOST:PORT"),
     ("[models]\ncontrol = 'sometimes'\n", "models.control", "one of"),
+    ("[server]\nname = ''\n", "server.name", "printable ASCII"),
+    ('[server]\nname = "a\\tb"\n', "server.name", "printable ASCII"),
+    (f"[server]\nname = '{'x' * 65}'\n", "server.name", "1 to 64"),
     ("server = 3\n", "server", "expected a table"),
     ("[server\n", "(syntax)", ""),
 ])
