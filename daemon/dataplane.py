@@ -94,7 +94,7 @@ class _Call:
         self._live.discard(self)
         mv, request = self._mv, self._request
         if self.classify is not None and not isinstance(outcome, InferdError) and outcome:  # (a stream's end has none)
-            outcome = _classified(mv, outcome, self.classify)
+            outcome = classification.of_version(mv, outcome, self.classify)
         error = outcome if isinstance(outcome, InferdError) else None
         try:
             # Counted after the reply is written: the metrics are off the caller's critical path.
@@ -141,15 +141,6 @@ class _Call:
             self.finish(unexpected(error, "pipeline failed", model=self._mv.name, request_id=self._request.id))
 
 
-def _classified(mv: ModelVersion, outputs: dict, wanted) -> dict | InferdError:
-    try:
-        return classification.classify(outputs, wanted, mv.max_batch_size > 0, mv.serving.labels)
-    except InferdError as e:
-        return e
-    except Exception as e:  # a bug: the caller gets INTERNAL, the others of its batch their answers
-        return unexpected(e, "classification failed", model=mv.name, version=mv.version)
-
-
 class DataPlane:
     def __init__(self, repository: ModelRepository, state: ServerState, accept_model_files: bool = False,
                  name: str = "inferd"):
@@ -188,11 +179,10 @@ class DataPlane:
 
         def respond(outputs: dict) -> None:
             plan = withdraw.__self__.classify  # (the request's _Call: its classification, planned once queued)
-            if plan is not None:
-                outputs = _classified(mv, outputs, plan)
-                if isinstance(outputs, InferdError):
-                    failed.append(outputs)
-                    return stream.cancel()
+            outputs = outputs if plan is None else classification.of_version(mv, outputs, plan)
+            if isinstance(outputs, InferdError):
+                failed.append(outputs)
+                return stream.cancel()
             on_response(InferResponse(mv.name, mv.version, outputs, request.id), stream.ack)
         stream = request.stream = ResponseStream(respond)
 
