@@ -3,8 +3,9 @@ shared memory region and as classification (tritonclient refuses it; a client th
 check gets 400 / INVALID_ARGUMENT, as from Triton's server); bad regions on a gRPC stream (each
 its request's error, the stream goes on); a stream cancelled while its requests hold output
 regions (the regions' descriptors are still released); a decoupled model whose streamed
-response asks for more classes than allowed, or does not fit its output region (the request ends
-with the error and the model is stopped); a pipeline with a decoupled step (FAILED at load, with the reason)."""
+response asks for more classes than allowed, or does not fit its output region (the request
+ends with the error and the model is stopped); a pipeline with a decoupled step, and a
+decoupled model with sequence batching (each FAILED at load, with the reason)."""
 
 from __future__ import annotations
 
@@ -54,11 +55,32 @@ class Model:
                     f.write(f"{x} closed after {n}\\n")
 '''
 
+# A decoupled model that declares [sequence_batching]: inferd's sequence queue runs a request for
+# one answer, so it is refused at load rather than answering with one of its responses.
+SEQUENCE_DECOUPLED = ("""
+import numpy as np
+
+class Model:
+    decoupled = True
+    inputs = [{"name": "x", "datatype": "INT64", "shape": [1]}, {"name": "START", "datatype": "INT32", "shape": [1]}]
+    outputs = [{"name": "y", "datatype": "INT64", "shape": [1]}]
+
+    def infer(self, inputs):
+        for i in range(2):
+            yield {"y": inputs["x"] + i}
+""", """max_batch_size = 0
+[sequence_batching]
+[[sequence_batching.control_input]]
+name = "START"
+kind = "CONTROL_SEQUENCE_START"
+int32_false_true = [0, 1]
+""")
+
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
     """add_sub; 'held' (add_sub waiting up to 5 s for its batch to fill); classes; widening; a
-    pipeline whose step is decoupled."""
+    pipeline whose step is decoupled; a decoupled model with sequence batching."""
     root = tmp_path_factory.mktemp("combo-models")
     make_models.build_add_sub(root / "add_sub" / "1" / "model.onnx")
     make_models.build_add_sub(root / "held" / "1" / "model.onnx")
@@ -66,6 +88,7 @@ def daemon(tmp_path_factory):
     make_models.build_scores(root / "classes.onnx")
     place(root, "repeat_int32", REPEAT)
     place(root, "widening", WIDENING)
+    place(root, "sequence_decoupled", *SEQUENCE_DECOUPLED)
     (root / "via_repeat").mkdir()
     (root / "via_repeat" / "config.toml").write_text('[[pipeline]]\nmodel = "repeat_int32"\n')
     with DaemonProcess(root) as d:
@@ -284,4 +307,14 @@ def test_a_pipeline_with_a_decoupled_step_fails_to_load_with_the_reason(daemon):
         assert "step 1 ('repeat_int32') is a decoupled model" in index["via_repeat"]["reason"]
         with pytest.raises(InferdClientError):
             c.infer("via_repeat", {"IN": np.array([1], np.int32)})
+    _serves(daemon)
+
+
+def test_a_decoupled_model_with_sequence_batching_fails_to_load_with_the_reason(daemon):
+    with Client(socket=daemon.socket_path) as c:
+        index = {r["name"]: r for r in c.models()}
+        assert index["sequence_decoupled"]["state"] == "FAILED"
+        assert "a decoupled model (0..N responses per request) cannot have [sequence_batching]" in index["sequence_decoupled"]["reason"]
+        with pytest.raises(InferdClientError, match="FAILED"):
+            list(c.stream("sequence_decoupled", {"x": np.array([5], np.int64)}))
     _serves(daemon)
