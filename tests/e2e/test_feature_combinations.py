@@ -17,6 +17,7 @@ import uuid
 import make_models
 import numpy as np
 import pytest
+import sequence_models
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
@@ -69,6 +70,7 @@ def served(tmp_path_factory):
     (root / "classes" / "labels.txt").write_text(LABELS)
     place(root, "repeat_int32", REPEAT)
     place(root, "streamed_scores", STREAMED_SCORES, STREAMED_CONFIG)
+    sequence_models.write_python(root, "accumulate", "accumulate", corrid="TYPE_UINT64")
     (root / "streamed_scores" / "labels.txt").write_text(LABELS)
     with DaemonProcess(root) as d:
         yield d
@@ -224,6 +226,32 @@ def test_stream_input_naming_an_unknown_region_is_its_request_error(stream):
     bad, good = stream.take(2)
     assert isinstance(bad, InferenceServerException) and "no shared memory region 'no_such_region'" in bad.message()
     assert good.as_numpy("OUTPUT0").tolist() == [[2] * 16]
+
+
+def test_a_sequence_on_a_stream_with_its_inputs_and_outputs_in_regions(stream, regions):
+    """Sequence batching, a gRPC stream and shared memory together (as a stateful client
+    feeding frames through regions would): the running sum of sequence 42, each request's input
+    read from its place in one region, each answer written into a region of its own; the END
+    answer adds the correlation id (the accumulate model)."""
+    values = np.array([3, 4, 5], np.int32)
+    ip, ip_name, ip_key = regions(values.nbytes)
+    shm.set_shared_memory_region(ip, [values])
+    stream.client.register_system_shared_memory(ip_name, ip_key, values.nbytes)
+    outs = []
+    for i in range(3):
+        op, op_name, op_key = regions(4)
+        stream.client.register_system_shared_memory(op_name, op_key, 4)
+        outs.append(op)
+        tensor = grpcclient.InferInput("INPUT", [1, 1], "INT32")
+        tensor.set_shared_memory(ip_name, 4, offset=4 * i)
+        out = grpcclient.InferRequestedOutput("OUTPUT")
+        out.set_shared_memory(op_name, 4)
+        stream.client.async_stream_infer("accumulate", [tensor], outputs=[out], request_id=f"q{i}", sequence_id=42,
+                                         sequence_start=i == 0, sequence_end=i == 2)
+    results = stream.take(3)
+    assert [r.get_response().id for r in results] == ["q0", "q1", "q2"]
+    assert all(r.get_response().raw_output_contents == [b""] for r in results)
+    assert [int(shm.get_contents_as_numpy(op, np.int32, [1, 1])[0, 0]) for op in outs] == [3, 7, 12 + 42]
 
 
 # -- classification of streamed responses ------------------------------------------------------
