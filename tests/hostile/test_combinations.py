@@ -4,8 +4,8 @@ check gets 400 / INVALID_ARGUMENT, as from Triton's server); bad regions on a gR
 its request's error, the stream goes on); a stream cancelled while its requests hold output
 regions (the regions' descriptors are still released); a decoupled model whose streamed
 response asks for more classes than allowed, or does not fit its output region (the request
-ends with the error and the model is stopped); a pipeline with a decoupled step, and a
-decoupled model with sequence batching (each FAILED at load, with the reason)."""
+ends with the error and the model is stopped); a pipeline with a decoupled or a stateful step,
+and a decoupled model with sequence batching (each FAILED at load, with the reason)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import make_models
 import numpy as np
 import orjson
 import pytest
+import sequence_models
 import tritonclient.grpc as grpcclient
 from daemon_process import DaemonProcess
 from stream_models import REPEAT, place
@@ -91,6 +92,9 @@ def daemon(tmp_path_factory):
     place(root, "sequence_decoupled", *SEQUENCE_DECOUPLED)
     (root / "via_repeat").mkdir()
     (root / "via_repeat" / "config.toml").write_text('[[pipeline]]\nmodel = "repeat_int32"\n')
+    sequence_models.write_python(root, "accumulate", "accumulate", corrid="TYPE_UINT64")
+    (root / "via_accumulate").mkdir()
+    (root / "via_accumulate" / "config.toml").write_text('[[pipeline]]\nmodel = "accumulate"\n')
     with DaemonProcess(root) as d:
         yield d
 
@@ -300,13 +304,17 @@ def _int32(name: str, values, dtype=np.int32):
     return tensor
 
 
-def test_a_pipeline_with_a_decoupled_step_fails_to_load_with_the_reason(daemon):
+@pytest.mark.parametrize("pipeline, step, why", [("via_repeat", "repeat_int32", "is a decoupled model"),
+                                                  ("via_accumulate", "accumulate", "is stateful ([sequence_batching])")])
+def test_a_pipeline_with_a_decoupled_or_stateful_step_fails_to_load_with_the_reason(daemon, pipeline, step, why):
+    """Its steps are requests that await one answer each, outside any sequence: such a step
+    could never serve, so the pipeline says why at load instead of failing every request."""
     with Client(socket=daemon.socket_path) as c:
         index = {r["name"]: r for r in c.models()}
-        assert index["via_repeat"]["state"] == "FAILED"
-        assert "step 1 ('repeat_int32') is a decoupled model" in index["via_repeat"]["reason"]
-        with pytest.raises(InferdClientError):
-            c.infer("via_repeat", {"IN": np.array([1], np.int32)})
+        assert index[pipeline]["state"] == "FAILED"
+        assert f"step 1 ({step!r}) {why}" in index[pipeline]["reason"] or f"step model {step!r} {why}" in index[pipeline]["reason"]
+        with pytest.raises(InferdClientError, match="FAILED"):
+            c.infer(pipeline, {"IN": np.array([1], np.int32)})
     _serves(daemon)
 
 
