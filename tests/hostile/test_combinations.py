@@ -326,3 +326,34 @@ def test_a_decoupled_model_with_sequence_batching_fails_to_load_with_the_reason(
         with pytest.raises(InferdClientError, match="FAILED"):
             list(c.stream("sequence_decoupled", {"x": np.array([5], np.int64)}))
     _serves(daemon)
+
+
+@pytest.mark.parametrize("endpoint", ["generate", "generate_stream"])
+@pytest.mark.parametrize("parameter", [{"classification": 2}, {"shared_memory_region": "r", "shared_memory_byte_size": 64},
+                                       {"binary_data": True}])
+def test_generate_refuses_a_tensors_parameters_it_cannot_apply(daemon, endpoint, parameter):
+    """generate answers every output as JSON data: classification, a region or binary data
+    asked there would do nothing, so they are refused (400) rather than ignored."""
+    status, body = _post(daemon, f"/v2/models/repeat_int32/{endpoint}",
+                         {"IN": [1], "DELAY": [0], "WAIT": 0, "parameters": parameter})
+    assert status == 400 and "which generate does not take" in body["error"] and "use /infer" in body["error"]
+    connection = http.client.HTTPConnection(*daemon.address, timeout=60)
+    try:  # (other parameters are accepted, as by Triton, which hands them to the model)
+        connection.request("POST", f"/v2/models/repeat_int32/{endpoint}",
+                           body=orjson.dumps({"IN": [1], "DELAY": [0], "WAIT": 0, "parameters": {"t": 1}}))
+        response = connection.getresponse()
+        assert response.status == 200 and b'"OUT":1' in response.read()
+    finally:
+        connection.close()
+
+
+def test_unix_socket_stream_refuses_an_output_into_a_region(daemon):
+    """The socket carries tensors itself (a stream as an infer): refused, not written nowhere."""
+    with Client(socket=daemon.socket_path) as c:
+        with pytest.raises(InferdClientError, match="carries tensors itself") as e:
+            list(c.stream("repeat_int32", {"IN": np.array([1], np.int32), "DELAY": np.zeros(1, np.uint32),
+                                           "WAIT": np.zeros(1, np.uint32)},
+                          outputs=[{"name": "OUT", "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 4}}]))
+        assert e.value.code == "invalid_argument"
+        assert [r["OUT"].tolist() for r in c.stream("repeat_int32", {"IN": np.array([2], np.int32), "DELAY": np.zeros(1, np.uint32),
+                                                                     "WAIT": np.zeros(1, np.uint32)})] == [[2]]
