@@ -136,7 +136,10 @@ def _parameters(name: str, value, out: dict, doc: dict) -> None:
 
 
 def _transaction_policy(name: str, value, out: dict, doc: dict) -> None:
-    _restated(name, value, "model_transaction_policy", set() if value.get("decoupled") else {"decoupled"})
+    if value.get("decoupled") is True:  # (what a decoupled model's configuration shows: not a setting)
+        raise _bad(name, "model_transaction_policy: 'decoupled' = true is not supported in a configuration: a model "
+                         "is decoupled by its own code (a Python model's `decoupled = True`); leave the key out")
+    _restated(name, value, "model_transaction_policy", {"decoupled"})
 
 
 _KEYS = {"name": _name, "max_batch_size": _max_batch_size, "input": _tensors("input", "format"),

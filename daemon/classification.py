@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from inferd.common.errors import clip, invalid
+from inferd.common.errors import InferdError, clip, invalid, unexpected
 from inferd.common.tensors import TensorSpec, object_tensor
 
 # Result strings one request may ask for (rows x k): each is formatted on the event loop.
@@ -49,6 +49,17 @@ def plan(output_parameters: dict[str, dict], specs: dict[str, TensorSpec], rows:
                           f"more than {MAX_RESULTS} results")
         wanted.append((name, k))
     return tuple(wanted) or None
+
+
+def of_version(mv, outputs: dict, wanted: tuple[tuple[str, int], ...]) -> dict | InferdError:
+    """`classify` for a request (or a streamed response) of model version `mv`: its error returned,
+    not raised (a bug: INTERNAL, logged), so that the others of its batch get their answers."""
+    try:
+        return classify(outputs, wanted, mv.max_batch_size > 0, mv.serving.labels)
+    except InferdError as e:
+        return e
+    except Exception as e:
+        return unexpected(e, "classification failed", model=mv.name, version=mv.version)
 
 
 def classify(outputs: dict, wanted: tuple[tuple[str, int], ...], batching: bool, labels: dict) -> dict:

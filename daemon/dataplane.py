@@ -93,8 +93,8 @@ class _Call:
         self.ticket = self.task = None
         self._live.discard(self)
         mv, request = self._mv, self._request
-        if self.classify is not None and not isinstance(outcome, InferdError):
-            outcome = _classified(mv, outcome, self.classify)
+        if self.classify is not None and not isinstance(outcome, InferdError) and outcome:  # (a stream's end has none)
+            outcome = classification.of_version(mv, outcome, self.classify)
         error = outcome if isinstance(outcome, InferdError) else None
         try:
             # Counted after the reply is written: the metrics are off the caller's critical path.
@@ -141,15 +141,6 @@ class _Call:
             self.finish(unexpected(error, "pipeline failed", model=self._mv.name, request_id=self._request.id))
 
 
-def _classified(mv: ModelVersion, outputs: dict, wanted) -> dict | InferdError:
-    try:
-        return classification.classify(outputs, wanted, mv.max_batch_size > 0, mv.serving.labels)
-    except InferdError as e:
-        return e
-    except Exception as e:  # a bug: the caller gets INTERNAL, the others of its batch their answers
-        return unexpected(e, "classification failed", model=mv.name, version=mv.version)
-
-
 class DataPlane:
     def __init__(self, repository: ModelRepository, state: ServerState, accept_model_files: bool = False,
                  name: str = "inferd"):
@@ -184,12 +175,20 @@ class DataPlane:
         mv = self._serving(name, version)
         if not mv.metadata.decoupled:
             return self._submit(mv, request, protocol, done)
-        stream = request.stream = ResponseStream(
-            lambda outputs: on_response(InferResponse(mv.name, mv.version, outputs, request.id), stream.ack))
+        failed: list[InferdError] = []  # a response that could not be classified: the stream ends with it
+
+        def respond(outputs: dict) -> None:
+            plan = withdraw.__self__.classify  # (the request's _Call: its classification, planned once queued)
+            outputs = outputs if plan is None else classification.of_version(mv, outputs, plan)
+            if isinstance(outputs, InferdError):
+                failed.append(outputs)
+                return stream.cancel()
+            on_response(InferResponse(mv.name, mv.version, outputs, request.id), stream.ack)
+        stream = request.stream = ResponseStream(respond)
 
         def finished(outcome) -> None:
             stream.cancel()  # (a deadline passed while it ran: the model stops too)
-            done(outcome)
+            done(failed[0] if failed and not isinstance(outcome, InferdError) else outcome)
 
         withdraw = self._submit(mv, request, protocol, finished)
 

@@ -197,6 +197,8 @@ class SystemSharedMemory:
         try:
             for name, params in output_parameters.items():
                 if "shared_memory_region" in params:
+                    if "classification" in params:  # (Triton's server and clients refuse it too)
+                        raise invalid(f"output {clip(name)} can't set both 'shared_memory_region' and 'classification'")
                     region, offset, size = self._target(f"output {clip(name)}", params)
                     region.holders += 1
                     targets.add(name, region, offset, size)

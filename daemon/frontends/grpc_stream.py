@@ -5,7 +5,10 @@ its request's id. An ordinary model answers one response per request; a decouple
 (inferd.scheduler.streams). Every response carries the parameter `triton_final_response`
 (false while more follow), as Triton's do; a decoupled request's end is an empty response
 marked final, sent only when the request asks with `triton_enable_empty_final_response`. A
-request's error goes in `error_message` and the stream goes on.
+request's error goes in `error_message` and the stream goes on. Inputs may come from shared
+memory regions and outputs go into them, as in ModelInfer; each response of a decoupled model
+is written into its regions just before it is sent (so they hold the latest one sent, as from
+Triton, which writes each response there too).
 
 Bounds: messages are read as ModelInfer's (grpc_wire: server.max_request_bytes); at most
 MAX_IN_FLIGHT requests of one stream run at once (one more is answered RESOURCE_EXHAUSTED in
@@ -20,7 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
+import numpy as np
 from google.protobuf.message import DecodeError
 from grpclib.server import Stream
 
@@ -32,6 +38,7 @@ from inferd.daemon.frontends.grpc_codec import decode_infer_request
 from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
 from inferd.daemon.frontends.grpc_wire import EncodedReply, _encode_varint, receive, split_raw_contents, with_raw_contents
 from inferd.daemon.requests import InferResponse, RequestLimits
+from inferd.daemon.shared_memory import OutputTargets
 
 MAX_IN_FLIGHT = 100  # requests of one stream running at once (as server.http2_max_streams' default)
 INFER_RESPONSE_TAG = b"\x12"  # ModelStreamInferResponse's field 2 (infer_response), length-delimited
@@ -39,21 +46,41 @@ FINAL = "triton_final_response"
 WANTS_EMPTY_FINAL = "triton_enable_empty_final_response"
 
 
-async def _encode(response: InferResponse, final: bool) -> EncodedReply:
+async def _encode(response: InferResponse, final: bool, shared: set[str] | None) -> EncodedReply:
+    """As ModelInfer's reply (an output in `shared` was written into a region: an empty raw
+    entry), with the final flag, inside a ModelStreamInferResponse."""
     reply = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+    raws = []
     for name, array in response.outputs.items():
         reply.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        raws.append(_EMPTY if shared and name in shared else array)
     reply.parameters[FINAL].bool_param = final
-    inner = (await with_raw_contents(reply.SerializeToString(), list(response.outputs.values()))).data
+    inner = (await with_raw_contents(reply.SerializeToString(), raws)).data
     body = bytearray(INFER_RESPONSE_TAG)
     body += _encode_varint(len(inner))
     body += inner
     return EncodedReply(body)
 
 
+_EMPTY = np.empty(0, np.uint8)
+
+
 def _error(message: str, request_id: str) -> EncodedReply:
     reply = pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(id=request_id))
     return EncodedReply(reply.SerializeToString())
+
+
+class _Item(NamedTuple):
+    """What the writer sends next: a response, an error's text, or nothing (None: a request's end
+    that only releases its regions). `targets`: the request's output regions, written just
+    before its response is sent and released at its final item."""
+
+    payload: InferResponse | str | None
+    request_id: str
+    final: bool
+    number: int = 0  # the request's number on this stream (0: refused before it ran)
+    ack: Callable[[], None] | None = None
+    targets: OutputTargets | None = None
 
 
 class _StreamCall:
@@ -62,7 +89,7 @@ class _StreamCall:
 
     def __init__(self, dataplane: DataPlane, limits: RequestLimits, stream: Stream):
         self.dataplane, self.limits, self.stream = dataplane, limits, stream
-        self.replies: asyncio.Queue = asyncio.Queue()  # (response, final, ack) | (error text, request id, None)
+        self.replies: asyncio.Queue[_Item | None] = asyncio.Queue()
         self.running: dict[int, object] = {}  # request number -> its withdraw function
         self.idle = asyncio.Event()  # no request running
         self.idle.set()
@@ -86,6 +113,9 @@ class _StreamCall:
                 if withdraw is not None:
                     withdraw()
             writer.cancel()
+            while not self.replies.empty():  # (answers never sent: their requests' regions are let go)
+                if (item := self.replies.get_nowait()) is not None and item.targets is not None:
+                    item.targets.release()
 
     def _start(self, body) -> None:
         """Decode and submit one request; a refusal is answered on the stream."""
@@ -102,63 +132,86 @@ class _StreamCall:
                                   "one stream may have: wait for their responses, or open another stream")
             self._submit(number, message, raw)
         except InferdError as e:
-            self._reply_error(e, message)
+            self.replies.put_nowait(_Item(e.message, message.id if message is not None else "", True))
         except Exception as e:
-            self._reply_error(unexpected(e, "gRPC stream request failed"), message)
+            self.replies.put_nowait(_Item(unexpected(e, "gRPC stream request failed").message,
+                                          message.id if message is not None else "", True))
 
     def _submit(self, number: int, message: pb.ModelInferRequest, raw) -> None:
         deadline = None
         if self.stream.deadline is not None:
             deadline = time.monotonic() + self.stream.deadline.time_remaining()
-        request = decode_infer_request(message, raw, deadline, ValueBudget(self.limits.max_value_elements))
+        budget = ValueBudget(self.limits.max_value_elements)
+        shm = self.dataplane.system_shared_memory  # (inputs and outputs in regions, as ModelInfer's)
+        request = decode_infer_request(message, raw, deadline, budget, shm.input_reader(budget, self.limits.max_request_bytes))
         wants_empty_final = _bool_parameter(message, WANTS_EMPTY_FINAL)
-        model = message.model_name
+        held = shm.output_targets(request.output_parameters)
+        targets = held if held else None  # held until the writer has sent the request's last response
 
         def on_response(response: InferResponse, ack) -> None:
-            self.replies.put_nowait((response, False, ack))
+            self.replies.put_nowait(_Item(response, message.id, False, number, ack, targets))
 
         def done(outcome) -> None:
-            self.running.pop(number, None)
-            if not self.running:
-                self.idle.set()
+            self._ended(number)
             if isinstance(outcome, InferdError):
-                self._reply_error(outcome, message)
-            elif outcome.outputs or wants_empty_final:
-                self.replies.put_nowait((outcome, True, None))
+                self.replies.put_nowait(_Item(outcome.message, message.id, True, number, None, targets))
+            elif outcome.outputs or wants_empty_final or targets:  # (or only the regions' release)
+                send = outcome if outcome.outputs or wants_empty_final else None
+                self.replies.put_nowait(_Item(send, message.id, True, number, None, targets))
 
         self.running[number] = None
         self.idle.clear()
         try:
-            withdraw = self.dataplane.submit_stream(model, message.model_version, request, "grpc", on_response, done)
+            withdraw = self.dataplane.submit_stream(message.model_name, message.model_version, request, "grpc",
+                                                    on_response, done)
         except InferdError:
-            self.running.pop(number, None)
-            if not self.running:
-                self.idle.set()
+            held.release()
+            self._ended(number)
             raise
         if number in self.running:
-            self.running[number] = withdraw
+            self.running[number] = lambda: (withdraw(), held.release())
 
-    def _reply_error(self, error: InferdError, message) -> None:
-        self.replies.put_nowait((error.message, message.id if message is not None else "", None))
+    def _ended(self, number: int) -> None:
+        self.running.pop(number, None)
+        if not self.running:
+            self.idle.set()
+
+    async def _message(self, item: _Item) -> EncodedReply | None:
+        """The message for `item`, its outputs written into their regions first; None: nothing to send."""
+        if isinstance(item.payload, str):
+            return _error(item.payload, item.request_id)
+        if item.payload is None or item.targets is not None and not item.targets:  # (released: the request stopped)
+            return None
+        try:
+            written = item.targets.write(item.payload.outputs) if item.targets is not None else None
+        except InferdError as e:  # (a region too small for this response): the request ends with the error
+            if (withdraw := self.running.get(item.number)) is not None:
+                withdraw()  # (a decoupled model still running stops)
+                self._ended(item.number)
+            item.targets.release()  # (its answers still queued are not sent)
+            return _error(e.message, item.request_id)
+        try:
+            return await _encode(item.payload, item.final, written)
+        except Exception as e:
+            return _error(unexpected(e, "encoding a stream response failed").message, item.request_id)
 
     async def _write(self, call: asyncio.Task) -> None:
         """Sends the replies in order; if the stream breaks, the call ends (`call` is cancelled)."""
         while (item := await self.replies.get()) is not None:
             self.room.set()
             try:
-                if isinstance(item[0], str):
-                    reply = _error(item[0], item[1])
-                else:
-                    try:
-                        reply = await _encode(item[0], item[1])
-                    except Exception as e:
-                        reply = _error(unexpected(e, "encoding a stream response failed").message, item[0].id)
-                await self.stream.send_message(reply)
+                reply = await self._message(item)
+            finally:
+                if item.final and item.targets is not None:
+                    item.targets.release()
+            try:
+                if reply is not None:
+                    await self.stream.send_message(reply)
             except Exception:  # the client went away
                 call.cancel()
                 return
-            if item[2] is not None:
-                item[2]()  # the response is written: its model may run one further
+            if item.ack is not None:
+                item.ack()  # the response is written: its model may run one further
 
 
 def _bool_parameter(message: pb.ModelInferRequest, name: str) -> bool:

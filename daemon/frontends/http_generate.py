@@ -4,7 +4,8 @@ answers server-sent events, `data: {json}` per response, as the model sends them
 
 The request is a JSON object whose fields are named like the model's inputs (a scalar or a
 list, nested for more dimensions; strings for BYTES), plus an optional `parameters` object of
-scalars; any other field is refused (400). A leading dimension of 1 is added where the model's
+scalars (not a tensor's parameters: classification, shared memory, binary data, which generate
+cannot apply); any other field is refused (400). A leading dimension of 1 is added where the model's
 input has one more (its batch dimension). A response is `{"model_name", "model_version", <each
 output>}`: an output of one element as that value, else as a flat list; BYTES as text.
 
@@ -29,6 +30,9 @@ from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.requests import InferRequest, InferResponse
 
 SSE = "text/event-stream; charset=utf-8"
+# The V2 protocol's parameters of one tensor (classification, shared memory, binary data).
+TENSOR_PARAMETERS = frozenset({"classification", "shared_memory_region", "shared_memory_offset", "shared_memory_byte_size",
+                               "binary_data", "binary_data_size"})
 
 
 def _shape(value) -> list[int]:
@@ -61,6 +65,9 @@ def decode(body: bytes, metadata: dict, budget: ValueBudget) -> InferRequest:
         if key == "parameters":
             if not isinstance(value, dict) or not all(isinstance(v, str | int | float | bool) for v in value.values()):
                 raise invalid("'parameters' must be an object of strings, numbers and booleans")
+            if tensor_keys := sorted(TENSOR_PARAMETERS.intersection(value)):  # (they would do nothing here)
+                raise invalid(f"parameters.{tensor_keys[0]} is a parameter of an input or output, which generate does not "
+                              "take (it answers every output as data): use /infer")
             parameters = value
         elif key in specs:
             inputs[key] = _tensor(specs[key], value, budget)

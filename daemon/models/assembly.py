@@ -173,6 +173,8 @@ def _narrowed(file_specs: tuple[TensorSpec, ...], overrides: tuple[TensorSpec, .
 
 
 def _client_inputs(metadata: ModelMetadata, batching) -> tuple[TensorSpec, ...]:
+    if metadata.decoupled:  # (the sequence queue runs a request for one answer: a stream's others would be lost)
+        raise LoadFailed("a decoupled model (0..N responses per request) cannot have [sequence_batching] in inferd")
     try:
         return client_inputs(metadata.inputs, batching)
     except ValueError as e:

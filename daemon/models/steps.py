@@ -58,4 +58,7 @@ class PipelineSteps:
             raise PipelineError(f"step model {step.model!r}: {e.message}") from None
         if mv.pipeline is not None:
             raise PipelineError(f"step model {step.model!r} is a pipeline; a step must be a model")
+        if mv.serving.config.sequence_batching is not None:  # (its requests need a sequence id a step never has)
+            raise PipelineError(f"step model {step.model!r} is stateful ([sequence_batching]); a pipeline's step "
+                                "must take requests outside sequences")
         return mv.metadata, mv.max_batch_size
