@@ -151,6 +151,7 @@ def test_cuda_shared_memory_needs_a_gpu(client):
     client.unregister_cuda_shared_memory()
 
 
-def test_server_metadata_lists_system_shared_memory(daemon):
+def test_server_metadata_lists_both_shared_memory_extensions(daemon):
+    """As Triton's: the CUDA one is listed with or without a GPU (register says which)."""
     extensions = httpclient.InferenceServerClient(daemon.url[len("http://"):]).get_server_metadata()["extensions"]
-    assert "system_shared_memory" in extensions and "cuda_shared_memory" not in extensions
+    assert "system_shared_memory" in extensions and "cuda_shared_memory" in extensions
