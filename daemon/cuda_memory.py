@@ -39,7 +39,10 @@ LAZY_ENABLE_PEER_ACCESS = 1  # CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
 
 
 def has_gpu() -> bool:
-    """Whether an NVIDIA GPU's driver is present (without loading a CUDA library)."""
+    """Whether an NVIDIA GPU and its driver are present (without loading a CUDA library): its
+    device node, or the driver's entry in /proc (a container may show either)."""
+    if any(Path("/dev").glob("nvidia[0-9]*")):
+        return True
     with contextlib.suppress(OSError):
         return any(Path("/proc/driver/nvidia/gpus").iterdir())
     return False
@@ -196,10 +199,11 @@ class CudaRegion:
     shared_memory.Region: span, holders, release). Unregistered while an inference holds it,
     its handle closes when the last holder lets go."""
 
-    __slots__ = ("name", "device_id", "byte_size", "ptr", "holders", "registered", "_driver")
+    __slots__ = ("name", "device_id", "byte_size", "ptr", "handle", "holders", "registered", "_driver")
 
-    def __init__(self, name: str, device_id: int, byte_size: int, ptr: int, driver: Driver):
+    def __init__(self, name: str, device_id: int, byte_size: int, ptr: int, driver: Driver, handle: bytes = b""):
         self.name, self.device_id, self.byte_size, self.ptr, self._driver = name, device_id, byte_size, ptr, driver
+        self.handle = handle
         self.holders = 0
         self.registered = True
 
@@ -261,6 +265,9 @@ class CudaSharedMemory:
             raise invalid(f"shared memory region {clip(name)} is already registered")
         if len(self._regions) >= self._max:
             raise InferdError(ErrorCode.RESOURCE_EXHAUSTED, f"{self._max} CUDA shared memory regions are registered already")
+        # One mapping per handle: closing one of two would unmap the other's memory under it.
+        if any(region.handle == raw_handle for region in self._regions.values()):
+            raise invalid(f"this CUDA IPC handle is registered already, under another name than {clip(name)}")
         driver = self.driver()
         if device_id >= driver.device_count:
             raise invalid(f"device_id {device_id}: this server sees {driver.device_count} GPU(s)")
@@ -269,7 +276,7 @@ class CudaSharedMemory:
             driver.close(device_id, ptr)
             raise invalid(f"byte_size {byte_size} runs past the end of the GPU allocation the handle names "
                           f"({available} bytes from its start)")
-        self._regions[name] = CudaRegion(name, device_id, byte_size, ptr, driver)
+        self._regions[name] = CudaRegion(name, device_id, byte_size, ptr, driver, raw_handle)
 
     def _system_has(self, name: str) -> bool:
         if self._system is None:

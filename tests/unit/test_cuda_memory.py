@@ -115,18 +115,21 @@ def test_with_a_gpu_but_no_driver_library_register_says_what_is_missing():
     assert cuda.status() == []
 
 
-def test_names_are_unique_across_system_and_cuda_regions_and_counted(tmp_path):
+def test_names_and_handles_are_unique_and_regions_counted(tmp_path):
     system = SystemSharedMemory()
-    cuda = CudaSharedMemory(system, gpu=lambda: True, max_regions=0, load=lambda: pytest.fail("not loaded"))
+    cuda = CudaSharedMemory(system, gpu=lambda: True, max_regions=2, load=lambda: pytest.fail("not loaded"))
     key = f"/inferd_cuda_test_{tmp_path.name}"
     with open(f"/dev/shm{key}", "wb") as f:
         f.write(b"\0" * 64)
     try:
         system.register("taken", key, 0, 64)
         _refused(ErrorCode.INVALID_ARGUMENT, "'taken' is already registered", cuda.register, "taken", HANDLE, 0, 64)
-        _refused(ErrorCode.RESOURCE_EXHAUSTED, "0 CUDA shared memory regions", cuda.register, "other", HANDLE, 0, 64)
-        cuda._regions["gpu"] = CudaRegion("gpu", 0, 64, 0, _Driver())
+        cuda._regions["gpu"] = CudaRegion("gpu", 0, 64, 0, _Driver(), HANDLE)
         _refused(ErrorCode.INVALID_ARGUMENT, "'gpu' is already registered", system.register, "gpu", key, 0, 64)
+        _refused(ErrorCode.INVALID_ARGUMENT, "this CUDA IPC handle is registered already, under another name than 'again'",
+                 cuda.register, "again", HANDLE, 0, 64)
+        cuda._regions["gpu2"] = CudaRegion("gpu2", 0, 64, 0, _Driver(), HANDLE[::-1])
+        _refused(ErrorCode.RESOURCE_EXHAUSTED, "2 CUDA shared memory regions", cuda.register, "other", HANDLE, 0, 64)
     finally:
         system.close()
         os.unlink(f"/dev/shm{key}")
