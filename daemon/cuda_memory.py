@@ -27,6 +27,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import structlog
 
 from inferd.common.codec import check_datatype_and_shape, from_raw
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid
@@ -36,6 +37,8 @@ MAX_REGIONS = 256  # registered CUDA regions at once
 MAX_NAME_CHARS = 128  # a region's name (as for system regions)
 LIBRARIES = ("libcuda.so.1",)  # the driver's soname, found by the dynamic loader
 LAZY_ENABLE_PEER_ACCESS = 1  # CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
+
+log = structlog.get_logger("inferd.cuda_memory")
 
 
 def has_gpu() -> bool:
@@ -216,7 +219,10 @@ class CudaRegion:
     def release(self) -> None:
         self.holders -= 1
         if not self.registered and self.holders == 0:
-            self._driver.close(self.device_id, self.ptr)
+            try:  # (after an answer or an unregister that succeeded: logged, not theirs to fail)
+                self._driver.close(self.device_id, self.ptr)
+            except InferdError as e:
+                log.error("CUDA IPC handle not closed", region=self.name, error=e.message)
 
     def span(self, what: str, offset: int, size: int) -> int:
         """`offset`, refused if `size` bytes there do not fit in the region."""

@@ -210,3 +210,16 @@ def test_an_output_past_its_cuda_region_is_refused_before_inference():
     assert cuda.status() == [{"name": "gpu", "device_id": 1, "byte_size": 64}]
     cuda.close()
     assert driver.calls == [("close", 1, 0x1000)] and cuda.status() == []
+
+
+def test_a_handle_that_fails_to_close_is_logged_not_raised(capsys):
+    class Failing(_Driver):
+        def close(self, device, ptr):
+            raise InferdError(ErrorCode.INTERNAL, "closing a CUDA IPC handle failed (CUDA_ERROR_INVALID_VALUE)")
+
+    system, cuda, driver = _linked()
+    cuda._regions["gpu"]._driver = Failing()
+    cuda.unregister("gpu")
+    assert cuda.status() == []
+    out = capsys.readouterr()
+    assert "CUDA IPC handle not closed" in out.out + out.err
