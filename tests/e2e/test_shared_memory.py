@@ -15,6 +15,8 @@ import tritonclient.utils.shared_memory as shm
 from samples import EVERY_DATATYPE
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
 
+from inferd.daemon.cuda_memory import has_gpu
+
 
 @pytest.fixture(params=["http", "grpc"])
 def client(request, daemon):
@@ -142,6 +144,7 @@ def test_status_of_one_region_and_unregister_all(client, regions):
     assert (status == []) if client.module is httpclient else (len(status.regions) == 0)
 
 
+@pytest.mark.skipif(has_gpu(), reason="this machine has a GPU: tests/e2e/test_cuda_shared_memory.py")
 def test_cuda_shared_memory_needs_a_gpu(client):
     """No GPU here: register says so; status lists nothing."""
     status = client.get_cuda_shared_memory_status()
