@@ -223,3 +223,71 @@ def test_a_handle_that_fails_to_close_is_logged_not_raised(capsys):
     assert cuda.status() == []
     out = capsys.readouterr()
     assert "CUDA IPC handle not closed" in out.out + out.err
+
+
+# -- the ctypes calls, through a stand-in for libcuda (tests/unit/libcuda_stand_in.c) ---------------
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    """libcuda_stand_in.c built into a shared library: the driver's symbols over host memory."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build tests/unit/libcuda_stand_in.c")
+    library = tmp_path_factory.mktemp("libcuda") / "libcuda_stand_in.so"
+    source = Path(__file__).with_name("libcuda_stand_in.c")
+    subprocess.run([compiler, "-shared", "-fPIC", "-O1", "-o", str(library), str(source)], check=True)
+    return str(library)
+
+
+def _handle(memory: np.ndarray, pattern: bool = True) -> bytes:
+    tail = bytes((i * 3) % 256 for i in range(16, 64)) if pattern else bytes(48)
+    return memory.ctypes.data.to_bytes(8, "little") + memory.nbytes.to_bytes(8, "little") + tail
+
+
+def test_the_driver_calls_cross_ctypes_as_cuda_h_declares_them(stand_in):
+    lib = ctypes.CDLL(stand_in)
+    memory = np.arange(32, dtype=np.int32)  # the client's "GPU" allocation: 128 bytes
+    system = SystemSharedMemory()
+    cuda = CudaSharedMemory(system, gpu=lambda: True, load=lambda: lib)
+    _refused(ErrorCode.INVALID_ARGUMENT, "opening the CUDA IPC handle failed \\(CUDA_ERROR_INVALID_VALUE: invalid "
+             "argument, CUresult 1\\)", cuda.register, "junk", _handle(memory, pattern=False), 0, 64)
+    _refused(ErrorCode.INVALID_ARGUMENT, "this server sees 1 GPU", cuda.register, "dev", _handle(memory), 1, 64)
+    _refused(ErrorCode.INVALID_ARGUMENT, "byte_size 129 runs past the end of the GPU allocation the handle names "
+             "\\(128 bytes from its start\\)", cuda.register, "big", _handle(memory), 0, 129)
+    assert lib.stand_in_closes() == 1  # (the handle opened for "big" was closed again)
+    b64 = {"b64": base64.b64encode(_handle(memory)).decode()}
+    cuda.register("gpu", b64, 0, 128)
+    assert cuda.status() == [{"name": "gpu", "device_id": 0, "byte_size": 128}]
+
+    read = system.input_reader(None, 1 << 20)
+    tensor = read("IN", "INT32", [2, 4], {"shared_memory_region": "gpu", "shared_memory_offset": 16,
+                                          "shared_memory_byte_size": 32})
+    np.testing.assert_array_equal(tensor, memory[4:12].reshape(2, 4))
+    targets = system.output_targets({"OUT": {"shared_memory_region": "gpu", "shared_memory_offset": 96,
+                                             "shared_memory_byte_size": 32}})
+    with targets:
+        assert targets.write({"OUT": np.array([-1, -2, -3], np.int32)}) == {"OUT"}
+    np.testing.assert_array_equal(memory[24:27], [-1, -2, -3])
+    assert memory[27] == 27 and tensor[0, 0] == 4  # (nothing past the output; the input a copy)
+    cuda.unregister()
+    assert lib.stand_in_closes() == 2 and cuda.status() == []
+
+
+def test_a_failed_copy_names_the_cuda_error(stand_in):
+    """A copy the driver refuses (here: past what the stand-in mapped) is a clear error."""
+    lib = ctypes.CDLL(stand_in)
+    memory = np.zeros(16, np.uint8)
+    driver = Driver(lib)
+    ptr, available = driver.open(0, _handle(memory))
+    assert (ptr, available) == (memory.ctypes.data, 16)
+    region = CudaRegion("r", 0, 32, ptr, driver)  # (a size register would have refused)
+    with pytest.raises(InferdError, match="copying from GPU memory failed \\(CUDA_ERROR_ILLEGAL_ADDRESS: an illegal "
+                       "memory access was encountered, CUresult 700\\)") as caught:
+        region.read(0, 32)
+    assert caught.value.code is ErrorCode.INTERNAL
+    driver.close(0, ptr)
