@@ -1,6 +1,7 @@
 """CUDA shared memory's parts that run without a GPU (daemon/cuda_memory.py): the register
-request's checks, the driver library's loading, CUDA errors as clear errors, a region's bounds
-and the lookup through the system registry. The GPU path itself: tests/e2e/test_cuda_shared_memory.py."""
+request's checks, the driver library's loading, CUDA errors as clear errors, a region's bounds,
+the lookup through the system registry, and the ctypes calls through libcuda_stand_in.c (libcuda's
+C signatures over host memory). On a GPU, for real: tests/e2e/test_cuda_shared_memory.py."""
 
 from __future__ import annotations
 
