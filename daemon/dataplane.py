@@ -21,13 +21,14 @@ from inferd.common.errors import ErrorCode, InferdError, clip, invalid, unexpect
 from inferd.config.model import MODEL_NAME
 from inferd.config.sequence import triton_view
 from inferd.daemon import classification
+from inferd.daemon.cuda_memory import CudaSharedMemory
 from inferd.daemon.extensions import EXTENSIONS
 from inferd.daemon.load_request import parse_load
 from inferd.daemon.models import upload
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.requests import InferRequest, InferResponse
-from inferd.daemon.shared_memory import CudaSharedMemory, SystemSharedMemory
+from inferd.daemon.shared_memory import SystemSharedMemory
 from inferd.daemon.validation import check_request
 from inferd.scheduler.streams import ResponseStream
 
@@ -152,7 +153,7 @@ class DataPlane:
         self._live: set[_Call] = set()  # inferences not answered yet
         self._closing = asyncio.Event()  # set by answer_all_shutting_down()
         self.system_shared_memory = SystemSharedMemory()  # regions clients registered (shared_memory.py)
-        self.cuda_shared_memory = CudaSharedMemory()
+        self.cuda_shared_memory = CudaSharedMemory(self.system_shared_memory)  # (cuda_memory.py)
 
     # -- inference ---------------------------------------------------------------------------
 

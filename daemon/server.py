@@ -206,4 +206,5 @@ class Daemon:
         if answered:
             log.warning("answered requests still running as unavailable", requests=answered)
         self.dataplane.system_shared_memory.close()
+        self.dataplane.cuda_shared_memory.close()
         return drained

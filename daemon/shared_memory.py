@@ -12,16 +12,14 @@ Which files a client may name (it may be any network caller, and the daemon read
 what it names): only a regular file directly in /dev/shm, not a symlink, owned by the daemon's
 own user; other users' files are refused even where their mode would let the daemon open them.
 
-CUDA regions need a GPU and CUDA IPC; without a GPU register says so, and status lists none.
+CUDA regions are daemon/cuda_memory.py's; `cuda` links that registry here, where names are looked up.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import stat
-from pathlib import Path
 
 import numpy as np
 
@@ -108,12 +106,13 @@ class SystemSharedMemory:
     def __init__(self, max_regions: int = MAX_REGIONS):
         self._regions: dict[str, Region] = {}
         self._max = max_regions
+        self.cuda = None  # the CudaSharedMemory registry (cuda_memory.py), which sets it
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
             raise invalid(f"a shared memory region's name must be a string of 1 to {MAX_NAME_CHARS} characters")
         offset, byte_size = _integer(offset, "offset"), _integer(byte_size, "byte_size")
-        if name in self._regions:
+        if name in self._regions or (self.cuda is not None and self.cuda.get_region(name) is not None):
             raise invalid(f"shared memory region {clip(name)} is already registered")
         if len(self._regions) >= self._max:
             raise InferdError(ErrorCode.RESOURCE_EXHAUSTED, f"{self._max} shared memory regions are registered already")
@@ -155,7 +154,13 @@ class SystemSharedMemory:
         """What a codec calls for each input with a shared_memory_region parameter:
         (name, datatype, shape, parameters) -> the tensor; at most `max_bytes` in all."""
         left = [max_bytes]
-        return lambda name, datatype, shape, params: self.read_input(name, datatype, shape, params, budget, left)
+
+        def read(name, datatype, shape, params):
+            if self.cuda is not None and self.cuda.get_region(params["shared_memory_region"]) is not None:
+                target = self._target(f"input {clip(name)}", params)
+                return self.cuda.read_input(name, datatype, shape, target, budget, left)
+            return self.read_input(name, datatype, shape, params, budget, left)
+        return read
 
     def read_input(self, name: str, datatype, shape, params: dict, budget, left: list[int]) -> np.ndarray:
         """The input `name` from the region its parameters name (copied out of it). `left`:
@@ -186,6 +191,8 @@ class SystemSharedMemory:
         size = _integer(params["shared_memory_byte_size"], f"{what}: shared_memory_byte_size")
         offset = _integer(params.get("shared_memory_offset", 0), f"{what}: shared_memory_offset")
         region = self._regions.get(params["shared_memory_region"]) if isinstance(params["shared_memory_region"], str) else None
+        if region is None and self.cuda is not None:  # Triton looks a name up in both registries
+            region = self.cuda.get_region(params["shared_memory_region"])
         if region is None:
             raise invalid(f"{what}: no shared memory region {clip(str(params['shared_memory_region']))} is registered")
         region.span(what, offset, size)
@@ -231,6 +238,10 @@ class OutputTargets:
             raw = raw_view(outputs[name])
             if len(raw) > size:
                 raise invalid(f"output {clip(name)} has {len(raw)} bytes, more than its shared_memory_byte_size ({size})")
+            if not isinstance(region, Region):  # a CUDA region (cuda_memory.py): one copy to the GPU
+                region.write(raw, offset)
+                written.add(name)
+                continue
             position = region.offset + offset
             if region.file_ends_before(position + len(raw)):
                 raise region.shrunk()  # (pwrite would grow the file again: refused instead)
@@ -250,27 +261,3 @@ class OutputTargets:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def has_gpu() -> bool:
-    """Whether an NVIDIA GPU's driver is present (without importing a CUDA library)."""
-    with contextlib.suppress(OSError):
-        return any(Path("/proc/driver/nvidia/gpus").iterdir())
-    return False
-
-
-class CudaSharedMemory:
-    """CUDA regions: registering one needs a GPU, and CUDA IPC that inferd does not implement yet."""
-
-    def register(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
-        if not has_gpu():
-            raise invalid("CUDA shared memory needs a GPU; this server has none")
-        raise InferdError(ErrorCode.UNIMPLEMENTED, "CUDA shared memory is not supported yet; use system shared memory")
-
-    def unregister(self, name: str = "") -> None:
-        """Nothing is ever registered: unregistering is a no-op, as for an unknown system region."""
-
-    def status(self, name: str = "") -> list[dict]:
-        if name:
-            raise InferdError(ErrorCode.NOT_FOUND, f"no CUDA shared memory region {clip(name)} is registered")
-        return []

@@ -6,8 +6,8 @@ from __future__ import annotations
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-EXPECTED = {"binary_tensor_data", "classification", "model_configuration", "model_repository", "sequence", "statistics",
-            "system_shared_memory"}
+EXPECTED = {"binary_tensor_data", "classification", "cuda_shared_memory", "model_configuration", "model_repository",
+            "sequence", "statistics", "system_shared_memory"}
 
 
 def test_server_metadata_lists_exactly_the_implemented_extensions(daemon):

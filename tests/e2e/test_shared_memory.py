@@ -15,6 +15,8 @@ import tritonclient.utils.shared_memory as shm
 from samples import EVERY_DATATYPE
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
 
+from inferd.daemon.cuda_memory import has_gpu
+
 
 @pytest.fixture(params=["http", "grpc"])
 def client(request, daemon):
@@ -142,6 +144,7 @@ def test_status_of_one_region_and_unregister_all(client, regions):
     assert (status == []) if client.module is httpclient else (len(status.regions) == 0)
 
 
+@pytest.mark.skipif(has_gpu(), reason="this machine has a GPU: tests/e2e/test_cuda_shared_memory.py")
 def test_cuda_shared_memory_needs_a_gpu(client):
     """No GPU here: register says so; status lists nothing."""
     status = client.get_cuda_shared_memory_status()
@@ -151,6 +154,7 @@ def test_cuda_shared_memory_needs_a_gpu(client):
     client.unregister_cuda_shared_memory()
 
 
-def test_server_metadata_lists_system_shared_memory(daemon):
+def test_server_metadata_lists_both_shared_memory_extensions(daemon):
+    """As Triton's: the CUDA one is listed with or without a GPU (register says which)."""
     extensions = httpclient.InferenceServerClient(daemon.url[len("http://"):]).get_server_metadata()["extensions"]
-    assert "system_shared_memory" in extensions and "cuda_shared_memory" not in extensions
+    assert "system_shared_memory" in extensions and "cuda_shared_memory" in extensions

@@ -101,15 +101,15 @@ EXAMPLES = {
 
 # The runs that wait for a feature: (the feature, who builds it) and the first error each gives
 # on main today. The lead deletes a line when its feature merges.
-CUDA_B = ("CUDA shared memory and a GPU (helper B's register answers that a GPU is needed); the client also needs "
-          "cuda-python: without it, import tritonclient.utils.cuda_shared_memory raises RuntimeError")
+CUDA_GPU = ("a GPU, and cuda-python for the client (without it, import tritonclient.utils.cuda_shared_memory raises "
+            "RuntimeError): tests/e2e/test_cuda_shared_memory.py runs it where both are (gpu marker)")
 NEEDS: dict[str, str] = {
     "simple_grpc_model_control.py": "load with model files (lead, helper C): files={'file:' + 'A' * 256: ...} must answer "
                                     "INTERNAL 'failed to poll from model repository'; inferd answers FAILED_PRECONDITION "
                                     "(models.accept_model_files off), INVALID_ARGUMENT with it on, which the example's own "
                                     "TODO calls more appropriate",
-    "simple_http_cudashm_client.py": CUDA_B,
-    "simple_grpc_cudashm_client.py": CUDA_B,
+    "simple_http_cudashm_client.py": CUDA_GPU,
+    "simple_grpc_cudashm_client.py": CUDA_GPU,
 }
 
 
