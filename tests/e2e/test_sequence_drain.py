@@ -7,6 +7,7 @@ request's arrival, and a request's deadline answers it while its sequence's batc
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 import pytest
@@ -121,3 +122,26 @@ def test_idle_time_counts_from_the_last_request_arrival_and_deadlines_answer_run
         assert infer(grpc, 1, 2, end=True, model="slow")[0] == 6 + 2  # ran after the late one, in order
         grpc.close()
         http.close()
+
+
+def test_an_unload_lets_running_sequences_finish_and_returns_when_they_have(tmp_path):
+    write_python(tmp_path, "acc", "accumulate", corrid="TYPE_UINT64", extra="max_workers = 1", idle_us=20_000_000)
+    with DaemonProcess(tmp_path, env=FAST) as d:
+        grpc = grpc_client(d)
+        assert infer(grpc, 5, 1, start=True)[0] == 5
+        unloaded, other = [], grpc_client(d)
+        unloading = threading.Thread(target=lambda: unloaded.append(other.unload_model("acc")))
+        unloading.start()
+        deadline = time.monotonic() + 30
+        while "UNLOADING" not in states(d) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(InferenceServerException, match="unknown model") as refused:
+            infer(grpc, 1, 2, start=True)  # the model is gone for new sequences
+        assert refused.value.status() == "StatusCode.NOT_FOUND"
+        assert infer(grpc, 2, 1)[0] == 7  # the running one goes on
+        assert not unloaded and unloading.is_alive()
+        assert infer(grpc, 1, 1, end=True)[0] == 8 + 1
+        unloading.join(15)
+        assert unloaded == [None] and "UNLOADED" in states(d)
+        grpc.close()
+        other.close()
