@@ -76,6 +76,7 @@ async def test_a_new_file_mid_sequence_leaves_running_sequences_on_the_old_gener
         with pytest.raises(InferenceServerException, match="must specify the START flag"):
             infer(grpc, 1, 1)  # it ended
         assert infer(grpc, 5, 4, end=True) == (15 + 4, new_pid)
+        assert infer(grpc, 1, 3, end=True) == (4 + 3, new_pid)  # (an open sequence would hold the stop)
         grpc.close()
         http.close()
 
@@ -145,3 +146,27 @@ def test_an_unload_lets_running_sequences_finish_and_returns_when_they_have(tmp_
         assert unloaded == [None] and "UNLOADED" in states(d)
         grpc.close()
         other.close()
+
+
+async def test_a_new_version_number_takes_new_sequences_while_the_old_version_finishes_its_own(tmp_path):
+    write_python(tmp_path, "acc", "accumulate", corrid="TYPE_UINT64", extra="max_workers = 1", idle_us=20_000_000)
+    with DaemonProcess(tmp_path, env=FAST) as d:
+        grpc = grpc_client(d)
+        out, old_pid = infer(grpc, 5, 1, start=True)
+        (tmp_path / "acc" / "2").mkdir()
+        (tmp_path / "acc" / "2" / "model.py").write_text((tmp_path / "acc" / "1" / "model.py").read_text())
+        await eventually(lambda: loads(d) == 2, 60, "version 2")
+        assert grpc.get_model_metadata("acc").versions == ["2"]
+        assert infer(grpc, 3, 1) == (8, old_pid)  # unversioned, it goes where its state is: version 1
+        result = grpc.infer("acc", [_input(1)], sequence_id=2, sequence_start=True)
+        assert result.get_response().model_version == "2"
+        grpc.infer("acc", [_input(1)], sequence_id=2, sequence_end=True)  # (an open sequence would hold the stop)
+        assert infer(grpc, 1, 1, end=True) == (9 + 1, old_pid)
+        await eventually(lambda: "UNLOADED" in states(d), 15, "version 1 unloaded")
+        grpc.close()
+
+
+def _input(value: int) -> grpcclient.InferInput:
+    x = grpcclient.InferInput("INPUT", [1, 1], "INT32")
+    x.set_data_from_numpy(ints(value))
+    return x
