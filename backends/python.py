@@ -81,6 +81,15 @@ def _declared(theirs: tuple[TensorSpec, ...], in_class, kind: str) -> tuple[Tens
     return theirs
 
 
+def _decoupled(cls, said: bool | None) -> bool:
+    """The class's `decoupled` attribute, or config.toml's `decoupled` (which may say it, not
+    contradict it)."""
+    attribute = getattr(cls, "decoupled", False) is True
+    if said is False and attribute:
+        raise RuntimeError("config.toml says decoupled = false, but the model's class sets decoupled = True")
+    return attribute or bool(said)
+
+
 class PythonBackend:
     platform = "python"
 
@@ -114,7 +123,7 @@ class PythonBackend:
                 "(name, datatype, shape; -1 for a dynamic dimension) in its config.toml"
             )
         self.outputs = {t.name: t for t in outputs}
-        self.decoupled = getattr(cls, "decoupled", False) is True
+        self.decoupled = _decoupled(cls, self.settings.decoupled)
         metadata = ModelMetadata(self.platform, inputs, outputs, self.decoupled)
         self.batching = self.settings.max_batch_size > 0 and metadata.batchable and not self.decoupled
         return metadata

@@ -20,6 +20,7 @@ class BackendSettings:
     inputs: tuple[TensorSpec, ...]  # config.toml's tensors, for files that do not carry them
     outputs: tuple[TensorSpec, ...]
     parameters: dict  # config.toml's free-form [parameters], for the model's code
+    decoupled: bool | None  # config.toml's decoupled (None: unsaid; a Python model's class attribute says)
 
     def to_wire(self) -> dict:
         return dataclasses.asdict(self) | {"inputs": [t.to_dict() for t in self.inputs],

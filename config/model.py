@@ -109,6 +109,7 @@ class ModelConfig:
     sequence_batching: SequenceBatching | None = None  # a stateful model (config/sequence.py)
     input_formats: dict[str, str] = dataclasses.field(default_factory=dict)  # [[inputs]] format (image layout)
     label_files: dict[str, str] = dataclasses.field(default_factory=dict)  # [[outputs]] label_filename
+    decoupled: bool | None = None  # 0..N responses per request (None: unsaid, a Python model's class says)
 
 
 def _pipeline(items, file: str) -> tuple[PipelineStep, ...]:
@@ -205,8 +206,11 @@ def model_config_from(data: dict, file: str, defaults: ModelSettings) -> ModelCo
     if not isinstance(parameters, dict):
         raise ConfigError(file, "parameters", "expected a table of values for the model's code")
     sequences = sequence_batching(data.pop("sequence_batching"), file) if "sequence_batching" in data else None
+    decoupled = data.pop("decoupled", None)
+    if decoupled is not None and not isinstance(decoupled, bool):
+        raise ConfigError(file, "decoupled", f"expected true or false, got {decoupled!r}")
     settings = build(ModelSettings, dataclasses.asdict(defaults) | data, file)
     if sequences is not None:
         check_idle(sequences, settings.idle_timeout_s, file)
     return ModelConfig(settings, policy, inputs, outputs, frozenset(data), parameters,
-                       input_formats=formats, label_files=labels, sequence_batching=sequences)
+                       input_formats=formats, label_files=labels, sequence_batching=sequences, decoupled=decoupled)

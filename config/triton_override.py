@@ -3,7 +3,7 @@ parameter, a JSON model_config.proto) as config.toml keys.
 
 Each Triton key either maps onto an inferd key or is refused with the reason: nothing is
 ignored. Keys that only restate what inferd does anyway (`"optional": false`,
-`"preserve_ordering": false`, `"decoupled": false`...) are accepted when they say so.
+`"preserve_ordering": false`...) are accepted when they say so.
 
     max_batch_size                         max_batch_size
     input[] {name, data_type, dims, format}   [[inputs]] (shape = [-1] + dims when batching)
@@ -11,6 +11,7 @@ ignored. Keys that only restate what inferd does anyway (`"optional": false`,
     dynamic_batching.max_queue_delay_microseconds      max_queue_delay_ms
     instance_group[] {count, kind, gpus}   max_workers (the counts' sum), device
     parameters {key: {string_value}}       [parameters]
+    model_transaction_policy.decoupled     decoupled
 """
 
 from __future__ import annotations
@@ -136,10 +137,11 @@ def _parameters(name: str, value, out: dict, doc: dict) -> None:
 
 
 def _transaction_policy(name: str, value, out: dict, doc: dict) -> None:
-    if value.get("decoupled") is True:  # (what a decoupled model's configuration shows: not a setting)
-        raise _bad(name, "model_transaction_policy: 'decoupled' = true is not supported in a configuration: a model "
-                         "is decoupled by its own code (a Python model's `decoupled = True`); leave the key out")
     _restated(name, value, "model_transaction_policy", {"decoupled"})
+    if "decoupled" in value:
+        if not isinstance(value["decoupled"], bool):
+            raise ValueError("decoupled")
+        out["decoupled"] = value["decoupled"]
 
 
 _KEYS = {"name": _name, "max_batch_size": _max_batch_size, "input": _tensors("input", "format"),

@@ -28,6 +28,7 @@ from inferd.daemon.models import upload
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.requests import InferRequest, InferResponse
+from inferd.daemon.sequence_routing import draining_holder
 from inferd.daemon.shared_memory import SystemSharedMemory
 from inferd.daemon.validation import check_request
 from inferd.scheduler.streams import ResponseStream
@@ -163,7 +164,7 @@ class DataPlane:
         before this returns (a deadline already passed). A request refused at once raises
         InferdError here instead. Returns the function that withdraws the request (its caller
         went away); `done` is then not called."""
-        return self._submit(self._serving(name, version), request, protocol, done)
+        return self._submit(self._serving(name, version, request), request, protocol, done)
 
     def submit_stream(self, name: str, version: str, request: InferRequest, protocol: str, on_response: Respond,
                       done: Done) -> Callable[[], None]:
@@ -173,7 +174,7 @@ class DataPlane:
         streams.WINDOW responses ahead of its caller. `done` gets the end: an InferResponse
         (an ordinary model's one response; a decoupled model's has no outputs) or an
         InferdError. Withdrawing also stops a decoupled model's run."""
-        mv = self._serving(name, version)
+        mv = self._serving(name, version, request)
         if not mv.metadata.decoupled:
             return self._submit(mv, request, protocol, done)
         failed: list[InferdError] = []  # a response that could not be classified: the stream ends with it
@@ -200,7 +201,7 @@ class DataPlane:
 
     async def infer(self, name: str, version: str, request: InferRequest, protocol: str) -> InferResponse:
         """`submit` for a caller that awaits; raises InferdError. Cancelling it withdraws the request."""
-        return await self._infer(self._serving(name, version), request, protocol)
+        return await self._infer(self._serving(name, version, request), request, protocol)
 
     async def _infer(self, mv: ModelVersion, request: InferRequest, protocol: str) -> InferResponse:
         future = asyncio.get_running_loop().create_future()
@@ -265,7 +266,11 @@ class DataPlane:
         response = await self._infer(self.repository.get_ready(step.model, step.version), request, "pipeline")
         return response.outputs
 
-    def _serving(self, name: str, version: str) -> ModelVersion:
+    def _serving(self, name: str, version: str, request: InferRequest) -> ModelVersion:
+        if request.parameters and (self.repository.retiring or self.state.draining):  # a sequence's next request
+            holder = draining_holder(self.repository, name, version, request.parameters, self.state.draining)
+            if holder is not None:  # goes where its state is (daemon/sequence_routing.py)
+                return holder
         if not self.state.ready:
             raise InferdError(ErrorCode.UNAVAILABLE, "the server is not ready (starting or shutting down)")
         return self.repository.get_ready(name, version)

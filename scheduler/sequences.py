@@ -4,9 +4,14 @@ Each sequence (a correlation id, from a START request to an END request) holds a
 worker from its start to its end, so the model's state for it stays in one process. Its
 requests run there in order, one at a time: the next waits for the previous one's answer.
 A new sequence with no free slot waits in a backlog for one (bounded with the other queued
-requests by the queue's row limit). A sequence that stays idle for max_sequence_idle_us ends
-and frees its slot; so does one whose worker exits. Its next request is then refused, saying
-why. The daemon fills the model's control inputs (START, END, READY, CORRID) in every row.
+requests by the queue's row limit). A sequence that gets no request for max_sequence_idle_us
+(counted from its last request's arrival, as Triton's reaper does) ends and frees its slot; so
+does one whose worker exits. Its next request is then refused, saying why. The daemon fills the
+model's control inputs (START, END, READY, CORRID) in every row.
+
+Draining (a new generation replaced this one, or the daemon stops), the queue refuses new
+sequences but serves the requests of those it holds until they end or go idle (Triton's
+sequence batcher does the same when it stops); the data plane routes them here.
 
 - direct: a worker's batch has a row for each of its slots up to the highest one with a
   request ready; slots without one carry a READY=0 row of zeros (when the model batches).
@@ -39,12 +44,13 @@ ENDED_KEPT = 4096  # ended sequences remembered, to say why their next request i
 @dataclasses.dataclass(eq=False)
 class _Sequence:
     key: int | str
-    idle_since: float  # when its last request was answered (or it was created)
+    idle_since: float  # when its last request arrived
     worker: object | None = None  # the WorkerHandle whose slot it holds (None: in the backlog)
     slot: int = -1
     waiting: deque = dataclasses.field(default_factory=deque)  # (Ticket, Flags), in arrival order
     running: tuple[Ticket, Flags] | None = None
-    ending: bool = False  # its END request is queued or running
+    ending: bool = False  # its END request is queued or running (or it moved)
+    moved: bool = False  # it started again on the generation replacing this one
 
 
 class SequenceQueue:
@@ -72,7 +78,8 @@ class SequenceQueue:
         self._ended: OrderedDict[int | str, str] = OrderedDict()  # recently ended: why
         self._running_batches = 0
         self._running_requests = 0
-        self._closing = False
+        self._closing = False  # draining: only the sequences held go on
+        self._aborted = False
         self._dispatch_scheduled = False
         self._loop_task: asyncio.Task | None = None
 
@@ -88,9 +95,23 @@ class SequenceQueue:
     def inflight_count(self) -> int:
         return len(self._where) + self._running_requests
 
+    def holds(self, key) -> bool:
+        """Whether a request without START for sequence `key` continues a sequence here."""
+        seq = self._sequences.get(key)
+        return seq is not None and not seq.ending and not self._aborted
+
+    def forget(self, key) -> None:
+        """The sequence started again elsewhere (on the generation replacing this one): it ends
+        here, at once or once its requests queued here have run."""
+        seq = self._sequences.get(key)
+        if seq is not None:
+            seq.ending = seq.moved = True
+            if not seq.waiting and seq.running is None:
+                self._end(seq, "it started again on the model's new version")
+
     def enqueue(self, request: Request, rows: int, shape_key: Hashable, then: Outcome) -> Ticket:
         """Queue one request of a sequence; raises InferdError when it cannot be queued."""
-        if self._closing:
+        if self._aborted:
             raise InferdError(ErrorCode.UNAVAILABLE, "the model is shutting down")
         if self.pool.broken_reason:
             raise InferdError(ErrorCode.UNAVAILABLE, self.pool.broken_reason)
@@ -99,6 +120,9 @@ class SequenceQueue:
             raise invalid(f"inference request to model {clip(self.model)} must specify batch-size 1 due to requirements "
                           f"of sequence batcher (it has {rows} rows)")
         seq = self._sequences.get(flags.id)
+        if self._closing and (flags.start or seq is None):  # (Triton's words when its scheduler stops)
+            raise InferdError(ErrorCode.UNAVAILABLE, "the model version is stopping: it has stopped accepting new "
+                              "sequences (it finishes those it holds)", retry_after_s=1.0)
         if not flags.start and (seq is None or seq.ending):
             raise self._not_started(flags.id, seq)
         if len(self._where) + 1 > self.limits.queue_rows:
@@ -110,6 +134,7 @@ class SequenceQueue:
             self._ended.pop(flags.id, None)
             self._backlog.append(seq)
         ticket = Ticket(request, rows, shape_key, self.clock(), then)
+        seq.idle_since = ticket.enqueued_at
         seq.waiting.append((ticket, flags))
         seq.ending = flags.end
         self._where[ticket] = seq
@@ -144,10 +169,13 @@ class SequenceQueue:
             await self._loop_task
 
     def abort(self, error: InferdError) -> None:
-        self._closing = True
+        """The drain's budget is spent: what waits fails, and every sequence ends."""
+        self._closing = self._aborted = True
         if self._loop_task is not None:
             self._loop_task.cancel()
         self._fail_waiting(lambda seq: True, error)
+        for seq in list(self._sequences.values()):
+            self._end(seq, "its model version stopped (the drain's budget, drain_timeout_s, was spent)")
 
     # -- sequences and slots -----------------------------------------------------------------
 
@@ -188,8 +216,9 @@ class SequenceQueue:
             log.warning("sequences ended: their worker exited", model=self.model, sequences=len(lost))
 
     def _expire(self, now: float) -> float | None:
-        """End the sequences idle for max_sequence_idle_us; fail requests past their deadline.
-        Returns the seconds until the next of these is due."""
+        """End the sequences idle for max_sequence_idle_us; answer requests past their deadline
+        (one running: its batch runs on, and its sequence's state includes it, as with any
+        answer the caller did not wait for). Returns the seconds until the next is due."""
         due = None
         for seq in list(self._sequences.values()):
             for ticket, _ in [w for w in seq.waiting if w[0].request.deadline is not None]:
@@ -198,6 +227,13 @@ class SequenceQueue:
                     ticket.settle(InferdError(ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while it was queued"))
                 else:
                     due = _sooner(due, ticket.request.deadline - now)
+            running = seq.running[0] if seq.running else None
+            if running is not None and running.request.deadline is not None and not running.answered:
+                if running.request.deadline <= now:
+                    running.settle(InferdError(ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while its "
+                                               "batch was running (the model ran it: its sequence's state includes it)"))
+                else:
+                    due = _sooner(due, running.request.deadline - now)
             if seq.waiting or seq.running:
                 continue
             if now - seq.idle_since >= self.idle_s:
@@ -303,15 +339,15 @@ class SequenceQueue:
             if seq is None:
                 continue
             ticket, flags = seq.running
-            seq.running, seq.idle_since = None, now
+            seq.running = None
             try:
                 names = ticket.request.outputs or result
                 outcome = {n: result[n][i : i + 1] if self.batch_dim else result[n] for n in names} if ok else result
             except Exception as e:  # a bug here must not leave the caller waiting
                 outcome = unexpected(e, "splitting a sequence batch failed", model=self.model)
             ticket.settle(outcome)
-            if flags.end and not seq.waiting:
-                self._end(seq, None)
+            if (flags.end or seq.moved) and not seq.waiting:
+                self._end(seq, None if flags.end else "it started again on the model's new version")
         if worker.dead:
             self._lose(worker)
         chosen = sum(s is not None for s in rows)
@@ -336,7 +372,7 @@ class SequenceQueue:
         worker started or lost, the drain finishing."""
         while True:
             self._wakeup.clear()
-            if self._closing and not self._where and not self._running_batches:
+            if self._closing and not self._where and not self._running_batches and not self._sequences:
                 return
             timeout = self._dispatch()
             try:

@@ -43,13 +43,13 @@ class WorkerSpec:
     @classmethod
     def of(cls, model: str, version: str, path: Path, backend: str, settings: ModelSettings, *,
            model_dir: Path | None = None, gpu: int | None = None, inputs: tuple[TensorSpec, ...] = (),
-           outputs: tuple[TensorSpec, ...] = (), parameters: dict | None = None) -> WorkerSpec:
+           outputs: tuple[TensorSpec, ...] = (), parameters: dict | None = None, decoupled: bool | None = None) -> WorkerSpec:
         """The spec of a model's workers from its settings; `gpu`: where "auto" placed it;
-        `inputs`/`outputs`/`parameters`: what its config.toml declares."""
+        `inputs`/`outputs`/`parameters`/`decoupled`: what its config.toml declares."""
         backend_settings = BackendSettings(
             model_dir=str(model_dir or path.parent), max_batch_size=settings.max_batch_size, device=settings.device,
             gpu=gpu, intra_op_threads=settings.intra_op_threads, intra_op_spinning=settings.intra_op_spinning,
-            inputs=inputs, outputs=outputs, parameters=parameters or {},
+            inputs=inputs, outputs=outputs, parameters=parameters or {}, decoupled=decoupled,
         )
         return cls(model, version, path, backend, backend_settings, settings.shared_memory, settings.busy_poll_us,
                    settings.execution_timeout_s)

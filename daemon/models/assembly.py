@@ -94,6 +94,7 @@ class Assembler:
             _narrowed(file_metadata.outputs, config.outputs, "outputs"),
             file_metadata.decoupled,
         )
+        _check_decoupled(config, metadata)
         if config.sequence_batching is not None:
             metadata = dataclasses.replace(metadata, inputs=_client_inputs(metadata, config.sequence_batching))
         max_batch_size = _batch_limit(metadata, config)
@@ -147,7 +148,8 @@ def _worker_spec(found: Found, backend: str, config: ModelConfig, gpu: int | Non
     files that do not carry them), the model's directory and its [parameters]."""
     return WorkerSpec.of(found.name, found.version, found.path, backend, config.settings,
                          model_dir=_model_dir(found), gpu=gpu,
-                         inputs=config.inputs, outputs=config.outputs, parameters=config.parameters)
+                         inputs=config.inputs, outputs=config.outputs, parameters=config.parameters,
+                         decoupled=config.decoupled)
 
 
 def _model_dir(found: Found):
@@ -172,9 +174,18 @@ def _narrowed(file_specs: tuple[TensorSpec, ...], overrides: tuple[TensorSpec, .
     return tuple(out)
 
 
+def _check_decoupled(config: ModelConfig, metadata: ModelMetadata) -> None:
+    """config.toml's `decoupled = true` needs a backend that streams (a Python model); a
+    decoupled model's requests run alone, each a stream, which sequence batching does not do."""
+    if config.decoupled and not metadata.decoupled:
+        raise LoadFailed(f"config.toml says decoupled = true, but a {metadata.platform} model answers once per request: "
+                         "only a Python model whose infer yields its responses can be decoupled")
+    if metadata.decoupled and config.sequence_batching is not None:
+        raise LoadFailed("a decoupled model cannot have [sequence_batching]: inferd runs a sequence's requests as rows "
+                         "of batches answered once each; remove decoupled or [sequence_batching]")
+
+
 def _client_inputs(metadata: ModelMetadata, batching) -> tuple[TensorSpec, ...]:
-    if metadata.decoupled:  # (the sequence queue runs a request for one answer: a stream's others would be lost)
-        raise LoadFailed("a decoupled model (0..N responses per request) cannot have [sequence_batching] in inferd")
     try:
         return client_inputs(metadata.inputs, batching)
     except ValueError as e:

@@ -63,9 +63,6 @@ class Pipeline:
                 raise PipelineError(f"step {index + 1} names {what}"
                                     f" ({step.model!r}); each step is a different model")
             metadata, limit = metadata_of(step)
-            if metadata.decoupled:  # (its steps await one answer per request)
-                raise PipelineError(f"step {index + 1} ({step.model!r}) is a decoupled model (0..N responses per "
-                                    "request); a pipeline's step must answer each request once")
             limits.append(limit)
             mapping = dict(step.inputs)
             if unknown := set(mapping) - {t.name for t in metadata.inputs}:

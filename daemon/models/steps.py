@@ -58,7 +58,10 @@ class PipelineSteps:
             raise PipelineError(f"step model {step.model!r}: {e.message}") from None
         if mv.pipeline is not None:
             raise PipelineError(f"step model {step.model!r} is a pipeline; a step must be a model")
-        if mv.serving.config.sequence_batching is not None:  # (its requests need a sequence id a step never has)
-            raise PipelineError(f"step model {step.model!r} is stateful ([sequence_batching]); a pipeline's step "
-                                "must take requests outside sequences")
+        if mv.serving.config.sequence_batching is not None:  # (its state would have no sequence to belong to)
+            raise PipelineError(f"step model {step.model!r} batches sequences ([sequence_batching]): a pipeline's "
+                                "steps carry no sequence id, so a stateful model cannot be a step")
+        if mv.metadata.decoupled:
+            raise PipelineError(f"step model {step.model!r} is decoupled (0..N responses per request): "
+                                "a step must answer each request once")
         return mv.metadata, mv.max_batch_size

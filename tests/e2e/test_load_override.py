@@ -100,7 +100,8 @@ def test_tensors_batching_and_instances_map_onto_inferds_keys(served):
      '"label_filename": "../../etc/passwd"}]}', "relative to the model's directory"),
     ('{"dynamic_batching": {"preferred_batch_size": [4, 8]}}', "no preferred sizes"),
     ('{"instance_group": [{"count": 1, "kind": "KIND_GPU", "gpus": [0, 1]}]}', "is not supported by inferd"),
-    ('{"model_transaction_policy": {"decoupled": true}}', "'decoupled' = true is not supported"),
+    ('{"model_transaction_policy": {"decoupled": "yes"}}', "'model_transaction_policy' has a value of the wrong shape"),
+    ('{"model_transaction_policy": {"decoupled": false, "x": 1}}', "'x' = 1 is not supported"),
 ])
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_a_bad_override_is_refused_with_its_reason_and_changes_nothing(served, protocol, config, reason):

@@ -304,8 +304,8 @@ def _int32(name: str, values, dtype=np.int32):
     return tensor
 
 
-@pytest.mark.parametrize("pipeline, step, why", [("via_repeat", "repeat_int32", "is a decoupled model"),
-                                                  ("via_accumulate", "accumulate", "is stateful ([sequence_batching])")])
+@pytest.mark.parametrize("pipeline, step, why", [("via_repeat", "repeat_int32", "is decoupled (0..N responses per request)"),
+                                                  ("via_accumulate", "accumulate", "batches sequences ([sequence_batching])")])
 def test_a_pipeline_with_a_decoupled_or_stateful_step_fails_to_load_with_the_reason(daemon, pipeline, step, why):
     """Its steps are requests that await one answer each, outside any sequence: such a step
     could never serve, so the pipeline says why at load instead of failing every request."""
@@ -322,7 +322,7 @@ def test_a_decoupled_model_with_sequence_batching_fails_to_load_with_the_reason(
     with Client(socket=daemon.socket_path) as c:
         index = {r["name"]: r for r in c.models()}
         assert index["sequence_decoupled"]["state"] == "FAILED"
-        assert "a decoupled model (0..N responses per request) cannot have [sequence_batching]" in index["sequence_decoupled"]["reason"]
+        assert "a decoupled model cannot have [sequence_batching]" in index["sequence_decoupled"]["reason"]
         with pytest.raises(InferdClientError, match="FAILED"):
             list(c.stream("sequence_decoupled", {"x": np.array([5], np.int64)}))
     _serves(daemon)
