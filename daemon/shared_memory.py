@@ -5,8 +5,10 @@ A system region is a file in /dev/shm (a POSIX shm_open key such as "/input_simp
 client created. It is opened once at register time and read and written with pread/pwrite on
 that descriptor, never mapped: the client may shrink the file at any moment, and a mapped read
 past its end is a SIGBUS that kills the daemon, checked beforehand or not (the check races the
-copy). A short pread is a clear error instead. An input costs one kernel copy into a buffer of
-the daemon's, which the scheduler then stacks into the worker's batch like any other tensor.
+copy). A short pread is a clear error instead. An input (but BYTES) is not read when the request
+arrives: it becomes a common.deferred.FileSlice, which the scheduler reads with one preadv
+straight into the worker's batch region when it stacks the batch (one kernel copy, no buffer
+of the daemon's in between); the region stays held, its descriptor open, while the slice lives.
 
 Which files a client may name (it may be any network caller, and the daemon reads and writes
 what it names): only a regular file directly in /dev/shm, not a symlink, owned by the daemon's
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from inferd.common.codec import check_datatype_and_shape, from_raw, raw_view
+from inferd.common.deferred import FileSlice
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid
 
 SHM_DIR = "/dev/shm"
@@ -43,8 +46,8 @@ def _integer(value, what: str) -> int:
 
 class Region:
     """A registered system region: `byte_size` bytes at `offset` in the file open on `fd`.
-    Unregistered while an inference still holds it (its outputs to write), the descriptor
-    closes when the last holder lets go."""
+    Unregistered while an inference still holds it (its outputs to write, its inputs not read
+    yet), the descriptor closes when the last holder lets go."""
 
     __slots__ = ("name", "key", "offset", "byte_size", "fd", "holders", "registered")
 
@@ -55,6 +58,9 @@ class Region:
 
     def status(self) -> dict:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
+
+    def hold(self) -> None:
+        self.holders += 1
 
     def release(self) -> None:
         self.holders -= 1
@@ -157,20 +163,24 @@ class SystemSharedMemory:
         left = [max_bytes]
         return lambda name, datatype, shape, params: self.read_input(name, datatype, shape, params, budget, left)
 
-    def read_input(self, name: str, datatype, shape, params: dict, budget, left: list[int]) -> np.ndarray:
-        """The input `name` from the region its parameters name (copied out of it). `left`:
-        the bytes this request may still read (server.max_request_bytes), decreased."""
+    def read_input(self, name: str, datatype, shape, params: dict, budget, left: list[int]) -> np.ndarray | FileSlice:
+        """The input `name` from the region its parameters name: a FileSlice, read when its batch
+        is stacked (BYTES, parsed now, is read now). `left`: the bytes this request may still
+        read (server.max_request_bytes), decreased."""
         region, offset, size = self._target(f"input {clip(name)}", params)
         position = region.span(f"input {clip(name)}", offset, size)
         if size > left[0]:
             raise invalid(f"input {clip(name)}: shared memory inputs of a request may hold at most "
                           "server.max_request_bytes in all")
+        left[0] -= size
         if datatype != "BYTES":  # a size that cannot fit the shape is refused before reading it
             dtype, dims = check_datatype_and_shape(name, datatype, shape)
             if math.prod(dims) * dtype.itemsize != size:
                 raise invalid(f"input {clip(name)}: shape {list(dims)} of {datatype} needs "
                               f"{math.prod(dims) * dtype.itemsize} bytes, shared_memory_byte_size is {size}")
-        left[0] -= size
+            if region.file_ends_before(position + size):  # (shrunk already: said now, not at stacking)
+                raise region.shrunk()
+            return FileSlice(region, position, dtype, dims)
         buffer = np.empty(size, np.uint8)
         view, done = memoryview(buffer), 0
         while done < size:
