@@ -29,9 +29,11 @@ WIDTH = 2048  # 8 KiB an INT32 row: above backends.shm.INLINE_BYTES, stacked int
 MODELS = {  # name: config.toml
     "wide": "max_batch_size = 8\nmax_queue_delay_ms = 400\n",
     "wide_pipe": "max_batch_size = 8\nmax_queue_delay_ms = 400\nshared_memory = false\n",
-    "held": "max_batch_size = 8\nmax_queue_delay_ms = 3000\n",
-    "held_pipe": "max_batch_size = 8\nmax_queue_delay_ms = 3000\nshared_memory = false\n",
+    "held": "max_batch_size = 8\nmax_queue_delay_ms = 30000\n",  # (a batch goes when full: see _fill)
+    "held_pipe": "max_batch_size = 8\nmax_queue_delay_ms = 30000\nshared_memory = false\n",
 }
+# A pipeline: INPUT0 + INPUT1, then (that) + INPUT1 and (that) - INPUT1 (INPUT1 read twice).
+CHAIN = '[[pipeline]]\nmodel = "held"\n[[pipeline]]\nmodel = "wide_pipe"\ninputs = { INPUT0 = "held.OUTPUT0" }\n'
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,8 @@ def daemon(tmp_path_factory):
     for name, config in MODELS.items():
         make_models.build_add_sub(root / name / "1" / "model.onnx", width=WIDTH)
         (root / name / "config.toml").write_text(config)
+    (root / "chain").mkdir()
+    (root / "chain" / "config.toml").write_text(CHAIN)
     with DaemonProcess(root) as d:
         yield d
 
@@ -103,6 +107,17 @@ def _queued(daemon, model: str, n: int) -> None:
     asyncio.run(eventually(lambda: queued in daemon.http_get("/metrics").decode(), 10, f"{n} rows queued"))
 
 
+def _fill(pool, daemon, model: str, n: int) -> concurrent.futures.Future:
+    """A request of `n` rows sent, to fill a held model's batch (8 rows) so that it goes now."""
+    a, b = rows(90, n), rows(91, n)
+
+    def run():
+        status, body = _infer(daemon, model, [_sent("INPUT0", a), _sent("INPUT1", b)])
+        assert status == 200, body
+        np.testing.assert_array_equal(_outputs(body)["OUTPUT0"], a + b)
+    return pool.submit(run)
+
+
 def _fds_on(daemon, path: str) -> int:
     fd_dir = f"/proc/{daemon.proc.pid}/fd"
     return sum(1 for fd in os.listdir(fd_dir) if os.readlink(os.path.join(fd_dir, fd)) == path)
@@ -127,8 +142,11 @@ def test_a_file_shrunk_while_its_request_is_queued_fails_that_request_alone(daem
         other = pool.submit(_infer, daemon, model, [_sent("INPUT0", rows(3, 2)), _sent("INPUT1", rows(4, 2))])
         _queued(daemon, model, 3)
         os.truncate(path, 100)
+        filler = _fill(pool, daemon, model, 5)
         status, body = mine.result()
         assert status == 400 and "shrank" in body["error"], body
+        _fill(pool, daemon, model, 1).result()  # (the rest of the batch is queued again: 7 rows)
+        filler.result()
         status, body = other.result()  # the same batch's other request runs, its data intact
         assert status == 200, body
         out = _outputs(body)
@@ -148,12 +166,13 @@ def test_unregistering_a_region_a_queued_request_reads_from(daemon, hc, files, m
     is still read (the descriptor stays open while the request holds it), then closed."""
     key, path = files(np.concatenate([rows(7), rows(8)]))
     hc.register_system_shared_memory("in", key, 2 * WIDTH * 4)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
         mine = pool.submit(_infer, daemon, model, [_from_region("INPUT0", "in"), _from_region("INPUT1", "in", offset=WIDTH * 4)])
         _queued(daemon, model, 1)
         hc.unregister_system_shared_memory("in")
         assert hc.get_system_shared_memory_status() == []
         assert _fds_on(daemon, path) == 1  # held by the queued request
+        _fill(pool, daemon, model, 7).result()
         status, body = mine.result()
     assert status == 200, body
     out = _outputs(body)
@@ -224,7 +243,7 @@ def test_the_region_is_let_go_when_requests_fail_before_their_batch(daemon, hc, 
     asyncio.run(eventually(lambda: _fds_on(daemon, path) == 0, 10, "the descriptor closed"))
 
 
-def test_many_threads_shrinking_and_unregistering_under_load(daemon, hc, files):
+def test_a_file_flipping_size_under_concurrent_requests(daemon, hc, files):
     """Requests from a region whose file flips between empty and whole while they are read
     (at decode and at stacking): each is answered 200 or 400, and the daemon lives."""
     data = np.concatenate([rows(1), rows(2)])
@@ -254,3 +273,28 @@ def test_many_threads_shrinking_and_unregistering_under_load(daemon, hc, files):
     assert daemon.proc.poll() is None
     status, body = _infer(daemon, "wide", [_sent("INPUT0", rows(5)), _sent("INPUT1", rows(6))])
     assert status == 200 and (_outputs(body)["OUTPUT0"] == rows(5) + rows(6)).all()
+
+
+def test_a_pipeline_reads_its_shared_memory_inputs_in_its_steps(daemon, hc, files):
+    """A pipeline's inputs from a region go on to its steps unread; each step's batch reads
+    them (INPUT1 twice), and a file shrunk meanwhile is that step's clear error."""
+    key, path = files(np.concatenate([rows(1), rows(2)]))
+    hc.register_system_shared_memory("in", key, 2 * WIDTH * 4)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        mine = pool.submit(_infer, daemon, "chain", [_from_region("INPUT0", "in"), _from_region("INPUT1", "in", offset=WIDTH * 4)])
+        _queued(daemon, "held", 1)
+        _fill(pool, daemon, "held", 7).result()
+        status, body = mine.result()
+    assert status == 200, body
+    out = _outputs(body)
+    np.testing.assert_array_equal(out["OUTPUT0"], rows(1) + 2 * rows(2))
+    np.testing.assert_array_equal(out["OUTPUT1"], rows(1))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # shrunk while step 1 waits for its batch
+        mine = pool.submit(_infer, daemon, "chain", [_from_region("INPUT0", "in"), _from_region("INPUT1", "in", offset=WIDTH * 4)])
+        _queued(daemon, "held", 1)
+        os.truncate(path, 100)
+        filler = _fill(pool, daemon, "held", 7)
+        status, body = mine.result()
+        _fill(pool, daemon, "held", 1).result()  # (the rest of the batch is queued again: 7 rows)
+        filler.result()
+    assert status == 400 and "step 1" in body["error"] and "shrank" in body["error"], body
