@@ -19,9 +19,10 @@ from inferd.common.errors import InferdError, invalid
 
 class FileSlice:
     """`nbytes` bytes at `position` of the file open on `source.fd`: a tensor of `dtype` and
-    `shape`, read when needed. `source` (the daemon's registered region) is held while this
-    lives, so its descriptor stays open even if the region is unregistered meanwhile; it has
-    `hold()`, `release()` and `shrunk() -> InferdError` (the file is shorter than the region)."""
+    `shape`, read when needed. `source` (the daemon's registered region) is held until
+    `release` (its request is done; at the latest when this is collected), so its descriptor
+    stays open even if the region is unregistered meanwhile; it has `hold()`, `release()` and
+    `shrunk() -> InferdError` (the file is shorter than the region)."""
 
     __slots__ = ("source", "position", "dtype", "shape", "nbytes")
 
@@ -31,10 +32,14 @@ class FileSlice:
         source.hold()
         self.source = source  # (set last: __del__ releases only what was held)
 
-    def __del__(self) -> None:
-        source = getattr(self, "source", None)
+    def release(self) -> None:
+        """Let go of the source: read no more (an exception's traceback may keep this alive in
+        a reference cycle long after its request is done)."""
+        source, self.source = getattr(self, "source", None), None
         if source is not None:
             source.release()
+
+    __del__ = release
 
     @property
     def ndim(self) -> int:
@@ -47,6 +52,8 @@ class FileSlice:
         """The values into `out`, a C-contiguous array of `nbytes` bytes (its dtype aside)."""
         if not out.flags.c_contiguous or out.nbytes != self.nbytes:
             raise ValueError(f"read_into needs a contiguous destination of {self.nbytes} bytes")
+        if self.source is None:
+            raise invalid("a shared memory input was read after its request was done")
         view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
         while done < self.nbytes:
             try:

@@ -157,11 +157,12 @@ class SystemSharedMemory:
 
     # -- inference ------------------------------------------------------------------------
 
-    def input_reader(self, budget, max_bytes: int):
+    def input_reader(self, budget, max_bytes: int) -> InputReader:
         """What a codec calls for each input with a shared_memory_region parameter:
-        (name, datatype, shape, parameters) -> the tensor; at most `max_bytes` in all."""
-        left = [max_bytes]
-        return lambda name, datatype, shape, params: self.read_input(name, datatype, shape, params, budget, left)
+        (name, datatype, shape, parameters) -> the tensor; at most `max_bytes` in all. Used as
+        a context manager around the request's whole life: its inputs' regions are let go
+        at its end."""
+        return InputReader(self, budget, max_bytes)
 
     def read_input(self, name: str, datatype, shape, params: dict, budget, left: list[int]) -> np.ndarray | FileSlice:
         """The input `name` from the region its parameters name: a FileSlice, read when its batch
@@ -214,6 +215,30 @@ class SystemSharedMemory:
             targets.release()
             raise
         return targets
+
+
+class InputReader:
+    """The shared-memory inputs of one request, read (FileSlice) as its codec meets them and
+    let go when the request is done (`with`)."""
+
+    __slots__ = ("_shm", "_budget", "_left", "_slices")
+
+    def __init__(self, shm: SystemSharedMemory, budget, max_bytes: int):
+        self._shm, self._budget, self._left, self._slices = shm, budget, [max_bytes], []
+
+    def __call__(self, name: str, datatype, shape, params: dict):
+        tensor = self._shm.read_input(name, datatype, shape, params, self._budget, self._left)
+        if type(tensor) is FileSlice:
+            self._slices.append(tensor)
+        return tensor
+
+    def __enter__(self) -> InputReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        slices, self._slices = self._slices, []
+        for each in slices:
+            each.release()
 
 
 class OutputTargets:

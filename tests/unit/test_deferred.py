@@ -59,8 +59,15 @@ def test_a_slice_reads_into_a_destination_and_materializes(make_source):
     assert not out[0].any()
     with pytest.raises(ValueError, match="contiguous destination"):
         piece.read_into(np.zeros((12, 4), np.float32)[:, :2])  # (a copy would swallow the data)
-    del piece
-    assert source.holders == 0  # the region goes when the last slice of it does
+    other = FileSlice(source, 4, np.dtype(np.float32), (2, 12))
+    assert source.holders == 2
+    other.release()  # its request is done: let go, and read no more
+    other.release()
+    assert source.holders == 1
+    with pytest.raises(Exception, match="after its request was done"):
+        other.materialize()
+    del piece, other
+    assert source.holders == 0  # (a slice never released lets go when it is collected)
 
 
 def test_a_short_read_is_the_sources_error_and_names_its_part(make_source):
