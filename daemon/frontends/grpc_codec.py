@@ -49,6 +49,9 @@ def decode_infer_request(message: pb.ModelInferRequest, raw: list, deadline: flo
         if "shared_memory_region" in params:
             if tensor.HasField("contents"):
                 raise invalid(f"input {clip(name)}: shared_memory_region given together with contents")
+            if shared is None:  # (ModelStreamInfer: its requests do not hold regions yet)
+                raise invalid(f"input {clip(name)}: shared memory inputs are not supported on ModelStreamInfer yet; "
+                              "use ModelInfer")
             tensors[name] = shared(name, tensor.datatype, shape, params)
         elif raw:
             if tensor.HasField("contents"):

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import http.client
 import os
+import queue
 import re
 import threading
 import uuid
@@ -299,3 +300,26 @@ def test_a_pipeline_reads_its_shared_memory_inputs_in_its_steps(daemon, hc, file
         _fill(pool, daemon, "held", 1).result()  # (the rest of the batch is queued again: 7 rows)
         filler.result()
     assert status == 400 and "step 1" in body["error"] and "shrank" in body["error"], body
+
+
+def test_a_shared_memory_input_on_a_grpc_stream_is_a_clear_error(daemon, hc, files):
+    """ModelStreamInfer's requests do not read regions (yet): a clear INVALID_ARGUMENT in the
+    stream's error, not an internal error, and the stream serves on."""
+    key, _ = files(np.concatenate([rows(1), rows(2)]))
+    hc.register_system_shared_memory("in", key, 2 * WIDTH * 4)
+    [listening] = [e for e in daemon.events("listening") if e["frontend"] == "grpc"]
+    results = queue.Queue()
+    with grpcclient.InferenceServerClient(listening["address"]) as client:
+        client.start_stream(callback=lambda result, error: results.put(error or result))
+        shared = grpcclient.InferInput("INPUT0", [1, WIDTH], "INT32")
+        shared.set_shared_memory("in", WIDTH * 4)
+        sent = grpcclient.InferInput("INPUT1", [1, WIDTH], "INT32")
+        sent.set_data_from_numpy(rows(2))
+        client.async_stream_infer("wide", [shared, sent], request_id="shm")
+        error = results.get(timeout=30)
+        assert "not supported on ModelStreamInfer" in str(error) and "internal" not in str(error).lower(), error
+        both = grpcclient.InferInput("INPUT0", [1, WIDTH], "INT32")
+        both.set_data_from_numpy(rows(1))
+        client.async_stream_infer("wide", [both, sent], request_id="plain")
+        np.testing.assert_array_equal(results.get(timeout=30).as_numpy("OUTPUT0"), rows(1) + rows(2))
+        client.stop_stream()
