@@ -74,6 +74,8 @@ def decode_infer_request(message: pb.ModelInferRequest, raw: list, deadline: flo
     # (Empty repeated fields and maps are the common case: skip building anything from them.)
     outputs = tuple(o.name for o in message.outputs) if message.outputs else None
     output_parameters = {o.name: _parameters(o.parameters) for o in message.outputs if o.parameters}
+    if shared is None and any("shared_memory_region" in p for p in output_parameters.values()):
+        raise invalid("shared memory outputs are not supported on ModelStreamInfer yet; use ModelInfer")
     parameters = _parameters(message.parameters) if message.parameters else {}
     return InferRequest(tensors, outputs, message.id, parameters, deadline, output_parameters)
 

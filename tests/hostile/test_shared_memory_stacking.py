@@ -303,8 +303,9 @@ def test_a_pipeline_reads_its_shared_memory_inputs_in_its_steps(daemon, hc, file
 
 
 def test_a_shared_memory_input_on_a_grpc_stream_is_a_clear_error(daemon, hc, files):
-    """ModelStreamInfer's requests do not read regions (yet): a clear INVALID_ARGUMENT in the
-    stream's error, not an internal error, and the stream serves on."""
+    """ModelStreamInfer's requests do not read or write regions (yet): a clear INVALID_ARGUMENT
+    in the stream's error (not an internal error, nor a region silently ignored), and the
+    stream serves on."""
     key, _ = files(np.concatenate([rows(1), rows(2)]))
     hc.register_system_shared_memory("in", key, 2 * WIDTH * 4)
     [listening] = [e for e in daemon.events("listening") if e["frontend"] == "grpc"]
@@ -320,6 +321,11 @@ def test_a_shared_memory_input_on_a_grpc_stream_is_a_clear_error(daemon, hc, fil
         assert "not supported on ModelStreamInfer" in str(error) and "internal" not in str(error).lower(), error
         both = grpcclient.InferInput("INPUT0", [1, WIDTH], "INT32")
         both.set_data_from_numpy(rows(1))
+        output = grpcclient.InferRequestedOutput("OUTPUT0")
+        output.set_shared_memory("in", WIDTH * 4)  # (was answered inline, the region ignored)
+        client.async_stream_infer("wide", [both, sent], outputs=[output], request_id="out")
+        error = results.get(timeout=30)
+        assert "outputs are not supported on ModelStreamInfer" in str(error), error
         client.async_stream_infer("wide", [both, sent], request_id="plain")
         np.testing.assert_array_equal(results.get(timeout=30).as_numpy("OUTPUT0"), rows(1) + rows(2))
         client.stop_stream()
