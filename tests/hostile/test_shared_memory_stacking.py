@@ -36,6 +36,20 @@ MODELS = {  # name: config.toml
 # A pipeline: INPUT0 + INPUT1, then (that) + INPUT1 and (that) - INPUT1 (INPUT1 read twice).
 CHAIN = '[[pipeline]]\nmodel = "held"\n[[pipeline]]\nmodel = "wide_pipe"\ninputs = { INPUT0 = "held.OUTPUT0" }\n'
 
+DIES_ONCE = f'''
+import os
+
+class Model:
+    inputs = [{{"name": n, "datatype": "INT32", "shape": [-1, {WIDTH}]}} for n in ("INPUT0", "INPUT1")]
+    outputs = [{{"name": "OUTPUT0", "datatype": "INT32", "shape": [-1, {WIDTH}]}}]
+
+    def infer(self, inputs):
+        if inputs["INPUT0"][0, 0] == 100000 and not os.path.exists("MARKER"):  # (rows(1): not at load)
+            open("MARKER", "w").close()
+            os._exit(3)
+        return {{"OUTPUT0": inputs["INPUT0"] + inputs["INPUT1"]}}
+'''
+
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
@@ -45,6 +59,9 @@ def daemon(tmp_path_factory):
         (root / name / "config.toml").write_text(config)
     (root / "chain").mkdir()
     (root / "chain" / "config.toml").write_text(CHAIN)
+    (root / "dies_once" / "1").mkdir(parents=True)  # its first worker dies in its first batch
+    (root / "dies_once" / "1" / "model.py").write_text(DIES_ONCE.replace("MARKER", str(root / "died")))
+    (root / "dies_once" / "config.toml").write_text("max_batch_size = 8\n")
     with DaemonProcess(root) as d:
         yield d
 
@@ -329,3 +346,15 @@ def test_a_shared_memory_input_on_a_grpc_stream_is_a_clear_error(daemon, hc, fil
         client.async_stream_infer("wide", [both, sent], request_id="plain")
         np.testing.assert_array_equal(results.get(timeout=30).as_numpy("OUTPUT0"), rows(1) + rows(2))
         client.stop_stream()
+
+
+def test_a_batch_whose_worker_died_reads_its_shared_memory_inputs_again(daemon, hc, files):
+    """The worker dies running the batch; the batch runs again on its replacement, stacked
+    again from the same files (still held), with the same data."""
+    key, _ = files(np.concatenate([rows(1), rows(2)]))
+    hc.register_system_shared_memory("in", key, 2 * WIDTH * 4)
+    status, body = _infer(daemon, "dies_once", [_from_region("INPUT0", "in"), _from_region("INPUT1", "in", offset=WIDTH * 4)])
+    assert status == 200, body
+    np.testing.assert_array_equal(_outputs(body)["OUTPUT0"], rows(1) + rows(2))
+    assert (daemon.models / "died").exists()  # (it did die once)
+    assert any(e.get("model") == "dies_once" for e in daemon.events("a worker died running a batch; running it again"))
