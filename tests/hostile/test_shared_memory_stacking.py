@@ -4,7 +4,9 @@ shrink its file or unregister its region: the shrunk file fails that request alo
 SIGBUS, the other requests of the batch run), an unregistered region is still read (its
 descriptor stays open until the request is done). Both through the worker's shared memory and
 through the socket fallback (`shared_memory = false`), and batches that mix shared-memory and
-sent inputs from concurrent HTTP and gRPC clients come out right."""
+sent inputs from concurrent HTTP and gRPC clients come out right; so do a pipeline's steps, a
+batch run again after its worker died, a sequence batch's idle slots, and gRPC streams (a clear
+error: they do not take regions yet)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from daemon_process import DaemonProcess
+from sequence_models import write_onnx_controls
 from waiting import eventually
 
 WIDTH = 2048  # 8 KiB an INT32 row: above backends.shm.INLINE_BYTES, stacked into the batch region
@@ -62,6 +65,7 @@ def daemon(tmp_path_factory):
     (root / "dies_once" / "1").mkdir(parents=True)  # its first worker dies in its first batch
     (root / "dies_once" / "1" / "model.py").write_text(DIES_ONCE.replace("MARKER", str(root / "died")))
     (root / "dies_once" / "config.toml").write_text("max_batch_size = 8\n")
+    write_onnx_controls(root, "controls_direct")  # OUTPUT = INPUT + 1000 START + 100 END + 10 READY
     with DaemonProcess(root) as d:
         yield d
 
@@ -358,3 +362,25 @@ def test_a_batch_whose_worker_died_reads_its_shared_memory_inputs_again(daemon, 
     np.testing.assert_array_equal(_outputs(body)["OUTPUT0"], rows(1) + rows(2))
     assert (daemon.models / "died").exists()  # (it did die once)
     assert any(e.get("model") == "dies_once" for e in daemon.events("a worker died running a batch; running it again"))
+
+
+def test_a_sequence_batch_pads_idle_slots_beside_a_shared_memory_input(daemon, hc, files):
+    """A stateful model (direct strategy): sequence 302's request runs in slot 1 beside an idle
+    slot 0, whose row is made like its INPUT, which comes from a region (not read to be copied:
+    only its shape and datatype)."""
+    key, _ = files(np.array([7], np.int32))
+    hc.register_system_shared_memory("seq", key, 4)
+
+    def infer(sid, value=None, **flags):
+        x = httpclient.InferInput("INPUT", [1, 1], "INT32")
+        if value is None:
+            x.set_shared_memory("seq", 4)
+        else:
+            x.set_data_from_numpy(np.full((1, 1), value, np.int32))
+        return int(hc.infer("controls_direct", [x], sequence_id=sid, **flags).as_numpy("OUTPUT")[0][0])
+
+    assert infer(301, 5, sequence_start=True) == 5 + 1000 + 10
+    assert infer(302, sequence_start=True) == 7 + 1000 + 10
+    assert infer(301, 1, sequence_end=True) == 1 + 100 + 10
+    assert infer(302) == 7 + 10  # (slot 0 idle: padded)
+    assert infer(302, sequence_end=True) == 7 + 100 + 10
