@@ -4,8 +4,9 @@ batch is stacked, so its bytes are copied once, by the kernel, with no buffer in
 
 The file is read with preadv on its descriptor, never mapped: the client may shrink it at any
 moment, and a mapped read past its end is a SIGBUS that kills the daemon; a short read is a
-clear error instead. Whatever needs the values themselves (a pipeline's steps, a socket
-fallback's concatenation) calls `materialized`, which reads them into an array of their own.
+clear error instead. Everything else that looks at a request's inputs (validation, queue
+limits, a sequence's idle rows) needs only their shape, dtype and nbytes; a pipeline passes them
+on to its steps unread; `materialize` reads the values into an array of their own.
 """
 
 from __future__ import annotations
@@ -77,11 +78,6 @@ class UnreadPart(InferdError):
     def __init__(self, index: int, error: InferdError):
         super().__init__(error.code, error.message)
         self.index = index
-
-
-def materialized(array):
-    """`array` as a numpy array: a FileSlice is read into one of its own."""
-    return array.materialize() if type(array) is FileSlice else array
 
 
 def stack_into(parts: list, out: np.ndarray) -> None:
