@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from inferd.backends import ipc
+from inferd.common.deferred import stack_into, stacked
 from inferd.common.tensors import DATATYPES, datatype_of
 
 INITIAL_SIZE = 1 << 20
@@ -56,8 +57,9 @@ class Region:
     def write(self, tensors: dict[str, list[np.ndarray]]) -> list:
         """Copy each tensor's parts (the requests of a batch, stacked along the first dimension)
         straight into the region: a large batch is never concatenated anywhere else (BYTES and
-        small tensors are, into the message, as ipc packs them). Returns the descriptors, in
-        the form `read` takes."""
+        small tensors are, into the message, as ipc packs them). A part still in a client's
+        file (common.deferred.FileSlice) is read straight into its rows. Returns the
+        descriptors, in the form `read` takes; raises UnreadPart."""
         layout, offset = [], 0
         for name, parts in tensors.items():
             nbytes = parts[0].nbytes if len(parts) == 1 else sum(p.nbytes for p in parts)
@@ -70,16 +72,12 @@ class Region:
         out = []
         for name, parts, start in layout:
             if start is None:
-                array = parts[0] if len(parts) == 1 else np.concatenate(parts)
-                out.extend(ipc.pack_tensors({name: array}))
+                out.extend(ipc.pack_tensors({name: stacked(parts)}))
                 continue
             shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:]) if len(parts) > 1 else parts[0].shape
             dtype = parts[0].dtype.newbyteorder("<")  # the wire is little-endian, like ipc's
             view = np.ndarray(shape, dtype, self._map, start)
-            if len(parts) == 1:
-                view[...] = parts[0]
-            else:
-                np.concatenate(parts, out=view)
+            stack_into(parts, view)
             out.append([name, datatype_of(view), list(shape), start, view.nbytes])
         return out
 

@@ -75,7 +75,10 @@ def main() -> None:
     parser.add_argument("-r", type=int, default=4, help="perf_analyzer's most windows")
     parser.add_argument("-s", type=int, default=50, help="perf_analyzer's stability threshold, %% (a busy machine)")
     parser.add_argument("--unix-s", type=float, default=5.0)
+    parser.add_argument("--models", default=",".join(SIZES), help="which of " + ", ".join(SIZES))
+    parser.add_argument("--paths", default="http,http+shm,grpc,grpc+shm,unix", help="which rows, of the default's")
     args = parser.parse_args()
+    models, paths = args.models.split(","), args.paths.split(",")
     with tempfile.TemporaryDirectory(prefix="inferd-shm-bench-") as tmp:
         tmp = pathlib.Path(tmp)
         for model, n in SIZES.items():
@@ -86,13 +89,17 @@ def main() -> None:
         server = Server(cmd, tmp, "daemon", ("http", "grpc", "socket"))
         try:
             rows = []
-            for model, n in SIZES.items():
+            for model in models:
+                n = SIZES[model]
                 for protocol in ("http", "grpc"):
                     host, port = server.addresses[protocol]
                     for shm in (False, True):
+                        if protocol + ("+shm" if shm else "") not in paths:
+                            continue
                         result = perf_analyzer(args.perf_analyzer, model, protocol, f"{host}:{port}", shm, n, tmp, args.p, args.r, args.s)
                         rows.append((model, protocol + (" + system shm" if shm else ""), result))
-                rows.append((model, "unix socket", unix(server.addresses["socket"], model, n, args.unix_s)))
+                if "unix" in paths:
+                    rows.append((model, "unix socket", unix(server.addresses["socket"], model, n, args.unix_s)))
         finally:
             server.stop()
     print(f"{'model':<15} {'how':<20} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")

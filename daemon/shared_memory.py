@@ -5,8 +5,10 @@ A system region is a file in /dev/shm (a POSIX shm_open key such as "/input_simp
 client created. It is opened once at register time and read and written with pread/pwrite on
 that descriptor, never mapped: the client may shrink the file at any moment, and a mapped read
 past its end is a SIGBUS that kills the daemon, checked beforehand or not (the check races the
-copy). A short pread is a clear error instead. An input costs one kernel copy into a buffer of
-the daemon's, which the scheduler then stacks into the worker's batch like any other tensor.
+copy). A short pread is a clear error instead. An input (but BYTES) is not read when the request
+arrives: it becomes a common.deferred.FileSlice, which the scheduler reads with one preadv
+straight into the worker's batch region when it stacks the batch (one kernel copy, no buffer
+of the daemon's in between); the region stays held, its descriptor open, while the slice lives.
 
 Which files a client may name (it may be any network caller, and the daemon reads and writes
 what it names): only a regular file directly in /dev/shm, not a symlink, owned by the daemon's
@@ -24,6 +26,7 @@ import stat
 import numpy as np
 
 from inferd.common.codec import check_datatype_and_shape, from_raw, raw_view
+from inferd.common.deferred import FileSlice
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid
 
 SHM_DIR = "/dev/shm"
@@ -41,8 +44,8 @@ def _integer(value, what: str) -> int:
 
 class Region:
     """A registered system region: `byte_size` bytes at `offset` in the file open on `fd`.
-    Unregistered while an inference still holds it (its outputs to write), the descriptor
-    closes when the last holder lets go."""
+    Unregistered while an inference still holds it (its outputs to write, its inputs not read
+    yet), the descriptor closes when the last holder lets go."""
 
     __slots__ = ("name", "key", "offset", "byte_size", "fd", "holders", "registered")
 
@@ -53,6 +56,9 @@ class Region:
 
     def status(self) -> dict:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
+
+    def hold(self) -> None:
+        self.holders += 1
 
     def release(self) -> None:
         self.holders -= 1
@@ -150,32 +156,31 @@ class SystemSharedMemory:
 
     # -- inference ------------------------------------------------------------------------
 
-    def input_reader(self, budget, max_bytes: int):
+    def input_reader(self, budget, max_bytes: int) -> InputReader:
         """What a codec calls for each input with a shared_memory_region parameter:
-        (name, datatype, shape, parameters) -> the tensor; at most `max_bytes` in all."""
-        left = [max_bytes]
+        (name, datatype, shape, parameters) -> the tensor; at most `max_bytes` in all. Used as
+        a context manager around the request's whole life: its inputs' regions are let go
+        at its end."""
+        return InputReader(self, budget, max_bytes)
 
-        def read(name, datatype, shape, params):
-            if self.cuda is not None and self.cuda.get_region(params["shared_memory_region"]) is not None:
-                target = self._target(f"input {clip(name)}", params)
-                return self.cuda.read_input(name, datatype, shape, target, budget, left)
-            return self.read_input(name, datatype, shape, params, budget, left)
-        return read
-
-    def read_input(self, name: str, datatype, shape, params: dict, budget, left: list[int]) -> np.ndarray:
-        """The input `name` from the region its parameters name (copied out of it). `left`:
-        the bytes this request may still read (server.max_request_bytes), decreased."""
+    def read_input(self, name: str, datatype, shape, params: dict, budget, left: list[int]) -> np.ndarray | FileSlice:
+        """The input `name` from the region its parameters name: a FileSlice, read when its batch
+        is stacked (BYTES, parsed now, is read now). `left`: the bytes this request may still
+        read (server.max_request_bytes), decreased."""
         region, offset, size = self._target(f"input {clip(name)}", params)
         position = region.span(f"input {clip(name)}", offset, size)
         if size > left[0]:
             raise invalid(f"input {clip(name)}: shared memory inputs of a request may hold at most "
                           "server.max_request_bytes in all")
+        left[0] -= size
         if datatype != "BYTES":  # a size that cannot fit the shape is refused before reading it
             dtype, dims = check_datatype_and_shape(name, datatype, shape)
             if math.prod(dims) * dtype.itemsize != size:
                 raise invalid(f"input {clip(name)}: shape {list(dims)} of {datatype} needs "
                               f"{math.prod(dims) * dtype.itemsize} bytes, shared_memory_byte_size is {size}")
-        left[0] -= size
+            if region.file_ends_before(position + size):  # (shrunk already: said now, not at stacking)
+                raise region.shrunk()
+            return FileSlice(region, position, dtype, dims)
         buffer = np.empty(size, np.uint8)
         view, done = memoryview(buffer), 0
         while done < size:
@@ -213,6 +218,38 @@ class SystemSharedMemory:
             targets.release()
             raise
         return targets
+
+
+class InputReader:
+    """The shared-memory inputs of one request, read (FileSlice) as its codec meets them and
+    let go when the request is done (`with`)."""
+
+    __slots__ = ("_shm", "_budget", "_left", "_slices")
+
+    def __init__(self, shm: SystemSharedMemory, budget, max_bytes: int):
+        self._shm, self._budget, self._left, self._slices = shm, budget, [max_bytes], []
+
+    def __call__(self, name: str, datatype, shape, params: dict):
+        shm = self._shm
+        if shm.cuda is not None and shm.cuda.get_region(params["shared_memory_region"]) is not None:
+            target = shm._target(f"input {clip(name)}", params)
+            return shm.cuda.read_input(name, datatype, shape, target, self._budget, self._left)
+        tensor = shm.read_input(name, datatype, shape, params, self._budget, self._left)
+        if type(tensor) is FileSlice:
+            self._slices.append(tensor)
+        return tensor
+
+    def release(self) -> None:
+        """Lets go of the regions the request's inputs come from (once its batch is stacked)."""
+        slices, self._slices = self._slices, []
+        for each in slices:
+            each.release()
+
+    def __enter__(self) -> InputReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class OutputTargets:

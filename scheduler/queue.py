@@ -21,6 +21,7 @@ from collections.abc import Callable, Hashable
 import numpy as np
 import structlog
 
+from inferd.common.deferred import UnreadPart
 from inferd.common.errors import ErrorCode, InferdError, unexpected
 from inferd.common.tensors import payload_bytes
 from inferd.scheduler.batching import Send, next_batch
@@ -296,6 +297,9 @@ class ModelQueue:
             self.observer.out_of_memory(rows)
         if isinstance(result, WorkerLost) and self.retry_crashed and not any(item.retried for item in batch):
             self._retry(batch)
+        elif isinstance(result, UnreadPart) and len(batch) > 1:  # a client shrank its file: only its request fails
+            self._requeue([item for i, item in enumerate(batch) if i != result.index], retried=False)
+            batch[result.index].settle(result)
         elif isinstance(result, OutOfMemory) and len(batch) > 1:
             # Split: the limit is now at most half of this batch, and its requests run again
             # in smaller batches. A lone request that runs out of memory fails (below).

@@ -390,4 +390,4 @@ def _idle_row(like: np.ndarray) -> np.ndarray:
     """An idle slot's row: zeros (empty bytes) shaped like a real request's."""
     if like.dtype == object:
         return np.full(like.shape, b"", object)
-    return np.zeros_like(like)
+    return np.zeros(like.shape, like.dtype)  # (like may be a common.deferred.FileSlice)

@@ -17,6 +17,7 @@ import structlog
 from inferd.backends import ipc, mailbox
 from inferd.backends.settings import BackendSettings
 from inferd.backends.shm import Region
+from inferd.common.deferred import stacked
 from inferd.common.errors import ErrorCode, InferdError
 from inferd.common.tensors import ModelMetadata, TensorSpec
 from inferd.config.model import ModelSettings
@@ -200,18 +201,17 @@ class WorkerHandle(streams.StreamingWorker):
     def run_batch(self, request_ids: list[str], inputs: dict[str, list[np.ndarray]], outputs: list[str],
                   done: BatchDone, light: bool = False, stream: streams.ResponseStream | None = None) -> None:
         """Send one batch: per input, the requests' arrays in order, stacked along the first
-        dimension on the way (into shared memory, or one concatenation for the socket). `done`
-        later gets the outputs or an InferdError (the backend's, or WorkerLost if the worker
-        died). One batch at a time per worker. `light`: the load is light (a lone request), so
-        this loop and the worker busy-poll around the batch (inferd.scheduler.busypoll), and
-        the batch and its answer go through the mailbox; under load they would only take CPU
-        from each other."""
+        dimension on the way (into shared memory, or one concatenation for the socket; a part
+        that cannot be read raises UnreadPart, and nothing is sent). `done` later gets the
+        outputs or an InferdError (the backend's, or WorkerLost if the worker died). One batch
+        at a time per worker. `light`: the load is light (a lone request), so this loop and the
+        worker busy-poll around the batch (inferd.scheduler.busypoll), and the batch and its
+        answer go through the mailbox; under load they would only take CPU from each other."""
         if self._batch is not None or self._profile_reply is not None:
             raise RuntimeError(f"worker {self.pid} is busy: a worker runs one batch at a time")
         poll_s = self._poll_s if light and stream is None else 0.0  # (a stream's messages go by the socket)
         message = {"type": ipc.EXECUTE, "batch": self._batches + 1, "ids": request_ids, "outputs": outputs,
                    "poll_s": poll_s}
-        done = done if stream is None else self._start_stream(stream, message, done)
         by_mailbox = poll_s > 0 and self._mailbox is not None
         if by_mailbox:
             message["mailbox_until"] = time.monotonic() + poll_s  # this loop polls till then (keep_polling below)
@@ -219,8 +219,8 @@ class WorkerHandle(streams.StreamingWorker):
             message["inputs"] = self._inputs.write(inputs)
             message["size"] = self._inputs.size
         else:
-            message["inputs"] = ipc.pack_tensors(
-                {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in inputs.items()})
+            message["inputs"] = ipc.pack_tensors({name: stacked(parts) for name, parts in inputs.items()})
+        done = done if stream is None else self._start_stream(stream, message, done)
         self._batches += 1
         self._batch = (self._batches, done, poll_s)
         self.batch_started = time.monotonic()

@@ -167,10 +167,11 @@ class InferenceServicer(GRPCInferenceServiceBase):
             deadline = time.monotonic() + stream.deadline.time_remaining()
         budget = ValueBudget(self.limits.max_value_elements)
         shm = self.dataplane.system_shared_memory
-        infer_request = decode_infer_request(message, raw, deadline, budget, shm.input_reader(budget, self.limits.max_request_bytes))
-        with shm.output_targets(infer_request.output_parameters) as targets:
-            response = await self.dataplane.infer(message.model_name, message.model_version, infer_request, "grpc")
-            written = targets.write(response.outputs) if targets else None  # (outputs put in regions)
+        with shm.input_reader(budget, self.limits.max_request_bytes) as read_region:  # (regions held till the end)
+            infer_request = decode_infer_request(message, raw, deadline, budget, read_region)
+            with shm.output_targets(infer_request.output_parameters) as targets:
+                response = await self.dataplane.infer(message.model_name, message.model_version, infer_request, "grpc")
+                written = targets.write(response.outputs) if targets else None  # (outputs put in regions)
         return await encode_infer_response(response, written)
 
     async def ModelStreamInfer(self, stream):

@@ -143,15 +143,21 @@ class _StreamCall:
             deadline = time.monotonic() + self.stream.deadline.time_remaining()
         budget = ValueBudget(self.limits.max_value_elements)
         shm = self.dataplane.system_shared_memory  # (inputs and outputs in regions, as ModelInfer's)
-        request = decode_infer_request(message, raw, deadline, budget, shm.input_reader(budget, self.limits.max_request_bytes))
+        reader = shm.input_reader(budget, self.limits.max_request_bytes)  # (its regions: held till the request ends)
+        try:
+            request = decode_infer_request(message, raw, deadline, budget, reader)
+            held = shm.output_targets(request.output_parameters)
+        except BaseException:
+            reader.release()
+            raise
         wants_empty_final = _bool_parameter(message, WANTS_EMPTY_FINAL)
-        held = shm.output_targets(request.output_parameters)
         targets = held if held else None  # held until the writer has sent the request's last response
 
         def on_response(response: InferResponse, ack) -> None:
             self.replies.put_nowait(_Item(response, message.id, False, number, ack, targets))
 
         def done(outcome) -> None:
+            reader.release()
             self._ended(number)
             if isinstance(outcome, InferdError):
                 self.replies.put_nowait(_Item(outcome.message, message.id, True, number, None, targets))
@@ -166,10 +172,11 @@ class _StreamCall:
                                                     on_response, done)
         except InferdError:
             held.release()
+            reader.release()
             self._ended(number)
             raise
         if number in self.running:
-            self.running[number] = lambda: (withdraw(), held.release())
+            self.running[number] = lambda: (withdraw(), held.release(), reader.release())
 
     def _ended(self, number: int) -> None:
         self.running.pop(number, None)

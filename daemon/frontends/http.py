@@ -177,14 +177,19 @@ def _refused(request: web.Request, error: Exception, abandon: bool) -> Exception
 
 async def infer(request: web.Request) -> web.Response:
     limits = request.app[LIMITS]
+    budget = ValueBudget(limits.max_value_elements)
+    # The regions its shared-memory inputs come from are held until the request is done.
+    with request.app[DATAPLANE].system_shared_memory.input_reader(budget, limits.max_request_bytes) as read_region:
+        return await _infer(request, limits, budget, read_region)
+
+
+async def _infer(request: web.Request, limits, budget: ValueBudget, read_region) -> web.Response:
     json_length = http_codec.json_length(request.headers.get(http_codec.HEADER_LENGTH))
     try:
         body = await _read_body(request, json_length, limits)
         if BIG in request:
             req, fmt = await request.app[DECODERS].decode(body)
         else:
-            budget = ValueBudget(limits.max_value_elements)
-            read_region = request.app[DATAPLANE].system_shared_memory.input_reader(budget, limits.max_request_bytes)
             req, fmt = http_codec.decode_request(body, json_length, budget, read_region)
     except json_offload.TooCostly as e:
         raise web.HTTPRequestEntityTooLarge(len(body), len(body), text=str(e)) from None
