@@ -181,7 +181,11 @@ async def test_a_deleted_model_drains_then_404_and_its_worker_exits(tmp_path):
                 await client.infer("slow", {"x": batch[:1]})
             assert e.value.code == "not_found"
             assert offset_of(await client.infer("other", {"INPUT0": A, "INPUT1": B})) == 0
-            assert [r["name"] for r in await client.models()] == ["other"]
+
+            async def only_other() -> bool:
+                return [r["name"] for r in await client.models()] == ["other"]
+            # (listed until its generation is UNLOADED, a moment after its worker's exit)
+            await eventually(only_other, 10, "slow to leave the model list")
         await eventually(lambda: [e["state"] for e in model_events(d, "slow")] == ["LOADING", "READY", "UNLOADING", "UNLOADED"],
                          10, "the state changes of slow in the log")
 
