@@ -26,6 +26,7 @@ from pathlib import Path
 
 from inferd.backends import MODEL_EXTENSIONS
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid
+from inferd.daemon.models.scan import SWAPPING
 from inferd.daemon.models.trust import CODE_EXTENSIONS
 
 MAX_FILES = 64
@@ -83,24 +84,31 @@ def write_model(root: Path, name: str, files: dict[str, bytes], config: dict) ->
             _write(staging / path, content)
         _write(staging / "config.toml", to_toml(config).encode())
         _write(staging / MARKER, b"")
+        _swap_in(root, name, staging, target)
+    except OSError as e:
+        raise InferdError(ErrorCode.INTERNAL, f"failed to write the model's files: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(root: Path, name: str, staging: Path, target: Path) -> None:
+    """`staging` becomes `target`; a copy there before ends in `staging` or is removed."""
+    with SWAPPING:  # no scan lists the directory meanwhile
         if os.path.lexists(target) and _exchange(staging, target):
-            pass  # swapped in one step: the old copy is now in staging, removed below
-        elif os.path.lexists(target):  # one created this way: the old copy goes once the new is in place
-            trash = Path(tempfile.mkdtemp(prefix=f".replaced-{name}-", dir=root))
-            os.rename(target, trash / name)
+            return  # swapped in one step: the old copy is now in staging, which the caller removes
+        if not os.path.lexists(target):
+            os.rename(staging, target)
+            return
+        trash = Path(tempfile.mkdtemp(prefix=f".replaced-{name}-", dir=root))
+        try:
+            os.rename(target, trash / name)  # one created this way: the old copy goes once the new is in place
             try:
                 os.rename(staging, target)
             except OSError:
                 os.rename(trash / name, target)
                 raise
-            finally:
-                shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(staging, target)
-    except OSError as e:
-        raise InferdError(ErrorCode.INTERNAL, f"failed to write the model's files: {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def _exchange(a: Path, b: Path) -> bool:
