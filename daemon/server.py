@@ -70,8 +70,10 @@ class Daemon:
 
     def _make_watcher(self) -> DirectoryWatcher:
         models = self.config.models
-        return DirectoryWatcher(Path(models.dir), models.control, models.settle_ms / 1000,
-                                models.poll_interval_s, publish=self.repository.apply)
+        watcher = DirectoryWatcher(Path(models.dir), models.control, models.settle_ms / 1000,
+                                   models.poll_interval_s, publish=self.repository.apply)
+        self.repository.api_scanned = watcher.adopt
+        return watcher
 
     async def _follow_directory(self) -> None:
         """Publish the first snapshot of the models directory, and keep watching (or polling)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -55,6 +56,9 @@ class ModelRepository:
         self._tasks = TaskSet("model repository")
         self._loads: set[asyncio.Task] = set()
         self._api_loads: dict[str, asyncio.Task] = {}  # load_model calls in progress: others share them
+        # Told what a repository API load read of a model (the server points it at the
+        # watcher's adopt()), so that the watcher's view of it is never older than the load's.
+        self.api_scanned: Callable[[str, Snapshot], None] = lambda name, found: None
 
     def reconfigure(self, root: Path, explicit: bool) -> None:
         """New [models] settings (SIGHUP): the directory to follow, and whether only the API loads."""
@@ -268,6 +272,7 @@ class ModelRepository:
         found = await asyncio.to_thread(scan, self.root, only=name)  # reads files: off the loop
         if not found:
             return InferdError(ErrorCode.NOT_FOUND, f"failed to load: no model {name!r} in the models directory")
+        self.api_scanned(name, found)
         if override:
             found = {k: dataclasses.replace(f, override=override) for k, f in found.items()}
         self.unloaded.discard(name)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -83,8 +84,19 @@ def _always(path: Path) -> bool:
     return True
 
 
+# Held while the daemon swaps a model directory in (upload.py) and while a scan reads: a
+# listing of the models directory that runs during a rename in it may miss the renamed entry
+# (the model would look removed and be unloaded).
+SWAPPING = threading.Lock()
+
+
 def scan(root: Path, complete: Complete = _always, only: str | None = None) -> Snapshot:
     """The versions to serve of every model under `root` (or of model `only`)."""
+    with SWAPPING:
+        return _scan(root, complete, only)
+
+
+def _scan(root: Path, complete: Complete, only: str | None) -> Snapshot:
     found: Snapshot = {}
     defined_by: dict[str, Path] = {}
     if not root.is_dir():

@@ -15,6 +15,8 @@ model the operator put there is never replaced: only one created this way (it ca
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import re
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from inferd.backends import MODEL_EXTENSIONS
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid
+from inferd.daemon.models.scan import SWAPPING
 from inferd.daemon.models.trust import CODE_EXTENSIONS
 
 MAX_FILES = 64
@@ -32,6 +35,8 @@ MAX_PATH = 1024
 MAX_PART = 255  # NAME_MAX
 MARKER = ".uploaded"
 _MODEL_FILE = re.compile(r"[0-9]+/model\.([a-z0-9]+)")
+_libc = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 
 def check_files(name: str, files: dict[str, bytes]) -> None:
@@ -79,22 +84,46 @@ def write_model(root: Path, name: str, files: dict[str, bytes], config: dict) ->
             _write(staging / path, content)
         _write(staging / "config.toml", to_toml(config).encode())
         _write(staging / MARKER, b"")
-        if os.path.lexists(target):  # one created this way: the old copy goes once the new is in place
-            trash = Path(tempfile.mkdtemp(prefix=f".replaced-{name}-", dir=root))
-            os.rename(target, trash / name)
+        _swap_in(root, name, staging, target)
+    except OSError as e:
+        raise InferdError(ErrorCode.INTERNAL, f"failed to write the model's files: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(root: Path, name: str, staging: Path, target: Path) -> None:
+    """`staging` becomes `target`; a copy there before ends in `staging` or is removed."""
+    with SWAPPING:  # no scan lists the directory meanwhile
+        if os.path.lexists(target) and _exchange(staging, target):
+            return  # swapped in one step: the old copy is now in staging, which the caller removes
+        if not os.path.lexists(target):
+            os.rename(staging, target)
+            return
+        trash = Path(tempfile.mkdtemp(prefix=f".replaced-{name}-", dir=root))
+        try:
+            os.rename(target, trash / name)  # one created this way: the old copy goes once the new is in place
             try:
                 os.rename(staging, target)
             except OSError:
                 os.rename(trash / name, target)
                 raise
-            finally:
-                shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(staging, target)
-    except OSError as e:
-        raise InferdError(ErrorCode.INTERNAL, f"failed to write the model's files: {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap `a` and `b` atomically (Linux renameat2 RENAME_EXCHANGE), so that `b` never is
+    missing: a watcher that looked in between two renames would see the model gone and
+    unload it. False where the C library or the filesystem cannot (the caller renames twice)."""
+    renameat2 = getattr(_libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _write(path: Path, content: bytes) -> None:

@@ -94,6 +94,14 @@ class DirectoryWatcher:
         self._last_change = {p: t for p, t in self._last_change.items() if now - t < self.settle_s or p in self._unsettled}
         self.publish(self.snapshot)
 
+    def adopt(self, name: str, found: Snapshot) -> None:
+        """What a repository API load just read of model `name` becomes this watcher's view of
+        it. Files that load was given were written moments ago, so they are still settling
+        here: a rescan meanwhile would otherwise publish the older view (or none, for a new
+        model) and the repository would load that over the API's generation, or remove it.
+        Once the files settle, a rescan compares what is on disk with this, as with any view."""
+        self.snapshot = {k: f for k, f in self.snapshot.items() if k[0] != name} | found
+
     def _changed(self, path: Path, now: float) -> None:
         self._last_change[path] = now
         self._unsettled.add(path)

@@ -6,6 +6,8 @@ directory, with the request's configuration as its config.toml, and serve."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import tomllib
 
 import make_models
@@ -14,6 +16,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from daemon_process import DaemonProcess
+from tritonclient.utils import InferenceServerException
 
 TOKEN = "upload-token"
 
@@ -74,3 +77,52 @@ def test_a_model_sent_as_files_can_be_sent_again(served):
         grpc.load_model("resent", headers=_headers(), config=config, files={"file:1/model.onnx": model})
         assert grpc.get_model_config("resent", headers=_headers()).config.max_batch_size == batch
     assert sorted(p.name for p in (root / "resent").iterdir()) == [".uploaded", "1", "config.toml"]
+
+
+def test_resending_many_times_keeps_the_model_serving_throughout(served):
+    """Each load answers once the model serves with the configuration sent, while the watcher
+    sees each new copy land (and settle) meanwhile: a reader never finds it missing or not
+    ready, and never sees an older configuration come back."""
+    d, root, model, http, grpc = served
+    name, headers = "resent_often", _headers()
+
+    def send(batch: int) -> None:
+        grpc.load_model(name, headers=headers, config=json.dumps({"max_batch_size": batch}),
+                        files={"file:1/model.onnx": model})
+
+    send(1)
+    seen, errors, done = [], [], threading.Event()
+
+    def read() -> None:
+        [event] = [e for e in d.events("listening") if e["frontend"] == "grpc"]
+        reader = grpcclient.InferenceServerClient(event["address"])
+        try:
+            while not done.is_set():
+                try:
+                    seen.append(reader.get_model_config(name, headers=_headers()).config.max_batch_size)
+                    if not reader.is_model_ready(name, headers=_headers()):
+                        errors.append("not ready")
+                except InferenceServerException as e:
+                    errors.append(f"{e.status()}: {e.message()}")
+        finally:
+            reader.close()
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        for batch in range(2, 12):
+            send(batch)
+            assert grpc.get_model_config(name, headers=headers).config.max_batch_size == batch
+            # A new model too: the watcher looks again when each copy settles, so it often
+            # looks while the other model's newest files are still settling.
+            grpc.load_model(f"fresh_{batch}", headers=headers, config=json.dumps({"max_batch_size": batch}),
+                            files={"file:1/model.onnx": model})
+            assert grpc.get_model_config(f"fresh_{batch}", headers=headers).config.max_batch_size == batch
+            time.sleep(0.1 * (batch % 4))
+        time.sleep(0.8)  # past the watcher's settle time: what it sees now must change nothing
+    finally:
+        done.set()
+        thread.join()
+    assert errors == [], errors[:5]
+    assert seen and seen == sorted(seen) and seen[-1] == 11
+    assert grpc.get_model_config(name, headers=headers).config.max_batch_size == 11
