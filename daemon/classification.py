@@ -27,15 +27,17 @@ _NUMERIC = frozenset({"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "I
                       "FP16", "FP32", "FP64"})
 
 
-def plan(output_parameters: dict[str, dict], specs: dict[str, TensorSpec], rows: int,
+def plan(output_parameters: dict[str, dict], outputs: tuple[TensorSpec, ...], rows: int,
          batching: bool) -> tuple[tuple[str, int], ...] | None:
     """(output, k) for each output the request wants classified; None when none does.
-    `specs`: the model's outputs; `rows`: the request's batch rows."""
+    `outputs`: the model's; `rows`: the request's batch rows. (Most output parameters are
+    binary_data: nothing is built for them.)"""
     wanted = []
     for name, params in output_parameters.items():
         if "classification" not in params:
             continue
         k = params["classification"]
+        specs = {t.name: t for t in outputs}
         if type(k) is not int or k < 1:
             raise invalid(f"output {clip(name)}: parameters.classification must be a positive integer, got {clip(repr(k))}")
         spec = specs.get(name)

@@ -223,8 +223,8 @@ class DataPlane:
                 raise invalid(f"model {clip(mv.name)} is decoupled (0..N responses per request): use a stream "
                               "(gRPC ModelStreamInfer, HTTP generate or generate_stream, the Unix socket's streams)")
             if request.output_parameters:
-                call.classify = classification.plan(request.output_parameters, {t.name: t for t in mv.metadata.outputs},
-                                                    rows, mv.max_batch_size > 0)
+                call.classify = classification.plan(request.output_parameters, mv.metadata.outputs, rows,
+                                                    mv.max_batch_size > 0)
             if mv.pipeline is not None:  # its steps await one another: that takes a task
                 call.task = asyncio.ensure_future(mv.pipeline.run(request, self._run_step))
                 call.task.add_done_callback(call.pipeline_done)

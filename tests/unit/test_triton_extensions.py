@@ -39,8 +39,7 @@ def test_k_is_clamped_and_the_rows_classes_are_every_element_of_the_row():
 
 
 def test_plan_checks_k_type_and_the_result_count():
-    specs = {"p": TensorSpec("p", "FP32", (-1, 10)), "b": TensorSpec("b", "BYTES", (-1, 10)),
-             "d": TensorSpec("d", "FP32", (-1, -1))}
+    specs = (TensorSpec("p", "FP32", (-1, 10)), TensorSpec("b", "BYTES", (-1, 10)), TensorSpec("d", "FP32", (-1, -1)))
     assert plan({"p": {"classification": 3}, "q": {"binary_data": True}}, specs, 2, True) == (("p", 3),)
     assert plan({"p": {"binary_data": True}}, specs, 2, True) is None
     assert plan({"p": {"classification": 10**9}}, specs, 64, True) == (("p", 10**9),)  # clamped to 10 classes
