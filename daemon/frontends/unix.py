@@ -123,7 +123,8 @@ class _Connection(asyncio.Protocol):
         self._inflight[serial] = _nothing  # in flight before submit: it may answer at once
         try:
             model, version, request = decode_infer(msg, ValueBudget(self.front.max_values))
-            if "stream" in msg and field(msg, "stream", bool, False):  # several replies, the last marked final
+            streaming = "stream" in msg and field(msg, "stream", bool, False)
+            if streaming:  # several replies, the last marked final
                 withdraw = self.front.dataplane.submit_stream(
                     model, version, request, "unix", lambda response, ack: self._partial(request_id, response, ack),
                     lambda result: self._infer_done(serial, request_id, result, final=True))
@@ -136,7 +137,7 @@ class _Connection(asyncio.Protocol):
         if serial in self._inflight:  # not answered yet
             self._inflight[serial] = withdraw
             self._count_inflight()
-            if "stream" in msg:
+            if streaming:  # (until its final reply: a plain request is never entered here)
                 self._streams[request_id] = serial
 
     def _infer_done(self, serial: int, request_id: int, result: InferResponse | InferdError, final: bool = False) -> None:

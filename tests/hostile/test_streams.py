@@ -231,6 +231,37 @@ async def test_cancel_on_the_unix_socket_ends_the_stream_with_cancelled(daemon):
     await eventually(lambda: yielded(daemon, 14)[-1:] == ["closed"], 30, "the cancelled stream's model to stop")
 
 
+def test_a_plain_request_marked_stream_false_is_no_stream_to_cancel(daemon):
+    """`"stream": false` is a plain request: it is answered once, not marked final, and a cancel
+    naming it finds no stream (it was once entered among the connection's streams, where it
+    stayed, one entry per request, for the connection's life)."""
+    x_raw = np.array([21], np.int64).tobytes()
+    frames = b""
+    for msg in ({"id": 1, "op": "infer", "stream": False, "model": "double",
+                 "inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": x_raw}]},
+                {"id": 2, "op": "cancel", "request": 1}):
+        payload = msgpack.packb(msg)
+        frames += struct.pack(">I", len(payload)) + payload
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(daemon.socket_path)
+        sock.sendall(frames)  # (one write: the cancel is read while the infer runs)
+        replies = {}
+        data = b""
+        while len(replies) < 2:
+            chunk = sock.recv(1 << 16)
+            assert chunk, "the daemon closed the connection"
+            data += chunk
+            while len(data) >= 4 and len(data) >= 4 + struct.unpack(">I", data[:4])[0]:
+                (length,) = struct.unpack(">I", data[:4])
+                reply = msgpack.unpackb(data[4:4 + length])
+                data = data[4 + length:]
+                replies[reply["id"]] = reply
+    assert replies[2] == {"id": 2, "ok": True, "cancelled": False}
+    assert replies[1]["ok"] is True and "final" not in replies[1]
+    assert np.frombuffer(replies[1]["outputs"][0]["data"], np.int64).tolist() == [42]
+
+
 def raw_stream(port: int, body: bytes, end: bool = True) -> tuple[str, list]:
     """ModelStreamInfer over raw HTTP/2 with `body` (framed messages): (grpc-status, answers)."""
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
