@@ -180,7 +180,7 @@ class DataPlane:
         failed: list[InferdError] = []  # a response that could not be classified: the stream ends with it
 
         def respond(outputs: dict) -> None:
-            plan = withdraw.__self__.classify  # (the request's _Call: its classification, planned once queued)
+            plan = call.classify  # (planned when the request was checked)
             outputs = outputs if plan is None else classification.of_version(mv, outputs, plan)
             if isinstance(outputs, InferdError):
                 failed.append(outputs)
@@ -192,11 +192,11 @@ class DataPlane:
             stream.cancel()  # (a deadline passed while it ran: the model stops too)
             done(failed[0] if failed and not isinstance(outcome, InferdError) else outcome)
 
-        withdraw = self._submit(mv, request, protocol, finished)
+        call = self._call(mv, request, protocol, finished)
 
         def withdraw_stream() -> None:
             stream.cancel()
-            withdraw()
+            call.withdraw()
         return withdraw_stream
 
     async def infer(self, name: str, version: str, request: InferRequest, protocol: str) -> InferResponse:
@@ -216,6 +216,9 @@ class DataPlane:
         return outcome
 
     def _submit(self, mv: ModelVersion, request: InferRequest, protocol: str, done: Done) -> Callable[[], None]:
+        return self._call(mv, request, protocol, done).withdraw
+
+    def _call(self, mv: ModelVersion, request: InferRequest, protocol: str, done: Done) -> _Call:  # checked, queued
         call = _Call(mv, request, protocol, done, self._live)
         try:
             rows, shape_key = check_request(mv, request)
@@ -237,7 +240,7 @@ class DataPlane:
             raise
         if not call.answered:
             self._live.add(call)
-        return call.withdraw
+        return call
 
     def answer_all_shutting_down(self) -> int:
         """Shutdown, after the drain: every inference still unanswered (its batch stuck in a
