@@ -85,6 +85,9 @@ def stack_into(parts: list, out: np.ndarray) -> None:
     dtype): a FileSlice is read straight into its rows. Raises UnreadPart."""
     if len(parts) == 1:
         return _put(0, parts[0], out)
+    if not any(type(p) is FileSlice for p in parts):  # the usual batch: one C loop, not one per part
+        np.concatenate(parts, out=out)
+        return
     row = 0
     for index, part in enumerate(parts):
         rows = part.shape[0]
