@@ -19,6 +19,7 @@ CUDA regions are daemon/cuda_memory.py's; `cuda` links that registry here, where
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import stat
@@ -30,7 +31,9 @@ from inferd.common.deferred import FileSlice
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid
 
 SHM_DIR = "/dev/shm"
-MAX_REGIONS = 256  # registered system regions at once
+# Regions whose file is open at once: registered ones, and unregistered ones a request still
+# holds (each a descriptor; frontends/guard.FD_RESERVE keeps room for them).
+MAX_REGIONS = 128
 MAX_NAME_CHARS = 128  # a region's name
 MAX_KEY_CHARS = 255  # NAME_MAX of a file in /dev/shm
 PARAMS = ("shared_memory_region", "shared_memory_offset", "shared_memory_byte_size")
@@ -47,12 +50,14 @@ class Region:
     Unregistered while an inference still holds it (its outputs to write, its inputs not read
     yet), the descriptor closes when the last holder lets go."""
 
-    __slots__ = ("name", "key", "offset", "byte_size", "fd", "holders", "registered")
+    __slots__ = ("name", "key", "offset", "byte_size", "fd", "holders", "registered", "_open")
 
-    def __init__(self, name: str, key: str, offset: int, byte_size: int, fd: int):
+    def __init__(self, name: str, key: str, offset: int, byte_size: int, fd: int, open_regions: set):
         self.name, self.key, self.offset, self.byte_size, self.fd = name, key, offset, byte_size, fd
         self.holders = 0
         self.registered = True
+        self._open = open_regions  # the registry's regions whose file is open, this one among them
+        open_regions.add(self)
 
     def status(self) -> dict:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
@@ -64,6 +69,7 @@ class Region:
         self.holders -= 1
         if not self.registered and self.holders == 0:
             os.close(self.fd)
+            self._open.discard(self)
 
     def span(self, what: str, offset: int, size: int) -> int:
         """The file position of `size` bytes at `offset` in the region, refused if they do not
@@ -95,7 +101,7 @@ def _open_key(key: str) -> int:
     try:  # O_NONBLOCK: a FIFO someone put there must not block the loop on open
         fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError as e:
-        why = "it is a symbolic link" if e.errno == 40 else e.strerror  # ELOOP: O_NOFOLLOW met a link
+        why = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror  # (O_NOFOLLOW met a link)
         raise invalid(f"unable to open shared memory key {clip(key)}: {why}") from None
     finally:
         os.close(dir_fd)
@@ -111,6 +117,7 @@ class SystemSharedMemory:
 
     def __init__(self, max_regions: int = MAX_REGIONS):
         self._regions: dict[str, Region] = {}
+        self._open: set[Region] = set()  # the registered ones, and unregistered ones still held
         self._max = max_regions
         self.cuda = None  # the CudaSharedMemory registry (cuda_memory.py), which sets it
 
@@ -120,14 +127,14 @@ class SystemSharedMemory:
         offset, byte_size = _integer(offset, "offset"), _integer(byte_size, "byte_size")
         if name in self._regions or (self.cuda is not None and self.cuda.get_region(name) is not None):
             raise invalid(f"shared memory region {clip(name)} is already registered")
-        if len(self._regions) >= self._max:
-            raise InferdError(ErrorCode.RESOURCE_EXHAUSTED, f"{self._max} shared memory regions are registered already")
+        if len(self._open) >= self._max:  # (unregistering while requests hold regions frees no descriptor)
+            raise InferdError(ErrorCode.RESOURCE_EXHAUSTED, f"{self._max} shared memory regions are open already "
+                              f"({len(self._regions)} registered, the others unregistered but still used by requests)")
         fd = _open_key(key)
-        region = Region(name, key, offset, byte_size, fd)
-        if region.file_ends_before(offset + byte_size):
+        if os.fstat(fd).st_size < offset + byte_size:
             os.close(fd)
             raise invalid(f"shared memory key {clip(key)} is smaller than offset + byte_size ({offset + byte_size})")
-        self._regions[name] = region
+        self._regions[name] = Region(name, key, offset, byte_size, fd, self._open)
 
     def unregister(self, name: str = "") -> None:
         """One region, or all of them (name ""). An unknown name is no error (as in Triton)."""

@@ -19,7 +19,9 @@ import structlog
 log = structlog.get_logger("inferd.connections")
 
 SWEEP_S = 1.0
-FD_RESERVE = 128  # descriptors kept for workers, shared memory, log and model files
+# Descriptors kept for workers, log and model files, and shared memory regions (at most
+# daemon/shared_memory.MAX_REGIONS = 128 open at once).
+FD_RESERVE = 256
 
 
 @dataclasses.dataclass(frozen=True)
