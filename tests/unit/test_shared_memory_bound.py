@@ -31,7 +31,7 @@ def _fds_on(path: str) -> int:
 def test_unregistered_regions_that_requests_hold_count_against_the_bound(key):
     shm = SystemSharedMemory(max_regions=4)
     readers = []
-    for i in range(4):  # register, a queued request reads from it, unregister: its file stays open
+    for _ in range(4):  # register, a queued request reads from it, unregister: its file stays open
         shm.register("r", key, 0, 64)
         reader = shm.input_reader(ValueBudget(1000), 1 << 20)
         reader("x", "INT32", [16], {"shared_memory_region": "r", "shared_memory_byte_size": 64})
