@@ -36,12 +36,16 @@ case "$command" in
     exec "$VENV/bin/inferd" serve --models examples/models "$@" ;;
   test)
     setup test
-    # Triton's perf_analyzer for tests/e2e/test_perf_analyzer.py (no registry wheel runs here as is)
+    # Triton's perf_analyzer for the tests that run it (no registry wheel runs here as is). It
+    # needs the network, x86-64 and apt: where it cannot be installed those tests say they are
+    # skipped, and the rest run (CI names it in PERF_ANALYZER, which makes it required).
     if [ ! -x .perf-analyzer/bin/perf_analyzer ]; then
       say "installing perf_analyzer into .perf-analyzer (once, about 35 s)"
-      bench/perf_analyzer_setup.sh .perf-analyzer >/dev/null
+      bench/perf_analyzer_setup.sh .perf-analyzer >/dev/null || say "perf_analyzer could not be installed: its tests will be skipped"
     fi
-    export PERF_ANALYZER=${PERF_ANALYZER:-$PWD/.perf-analyzer/bin/perf_analyzer}
+    if [ -z "${PERF_ANALYZER:-}" ] && [ -x .perf-analyzer/bin/perf_analyzer ]; then
+      export PERF_ANALYZER=$PWD/.perf-analyzer/bin/perf_analyzer
+    fi
     exec "$VENV/bin/python" -m pytest "$@" ;;
   bench)
     setup test
