@@ -75,17 +75,21 @@ def decode_infer_request(message: pb.ModelInferRequest, raw: list, deadline: flo
     return InferRequest(tensors, outputs, message.id, parameters, deadline, output_parameters)
 
 
-async def encode_infer_response(response: InferResponse, shared: set[str] | None = None) -> EncodedReply:
+async def encode_infer_response(response: InferResponse, shared: set[str] | None = None,
+                                flags: dict[str, bool] | None = None, wrap: bytes = b"") -> EncodedReply:
     """Every output in raw_output_contents (what tritonclient reads), appended to the rest of
     the reply by grpc_wire without protobuf's copies. An output in `shared` was written into a
     shared memory region: it has an empty raw entry (clients read raw_output_contents by the
-    output's index)."""
+    output's index). `flags`: boolean parameters of the reply; `wrap`: the reply as a field of
+    an outer message (a stream's), see grpc_wire.with_raw_contents."""
     reply = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
     raws = []
     for name, array in response.outputs.items():
         reply.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
         raws.append(_EMPTY if shared and name in shared else array)
-    return await with_raw_contents(reply.SerializeToString(), raws)
+    for key, value in (flags or {}).items():
+        reply.parameters[key].bool_param = value
+    return await with_raw_contents(reply.SerializeToString(), raws, wrap)
 
 
 _EMPTY = np.empty(0, np.uint8)

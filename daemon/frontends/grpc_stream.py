@@ -26,17 +26,15 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-import numpy as np
 from google.protobuf.message import DecodeError
 from grpclib.server import Stream
 
 from inferd.common.codec import ValueBudget
 from inferd.common.errors import ErrorCode, InferdError, invalid, unexpected
-from inferd.common.tensors import datatype_of
 from inferd.daemon.dataplane import DataPlane
-from inferd.daemon.frontends.grpc_codec import decode_infer_request
+from inferd.daemon.frontends.grpc_codec import decode_infer_request, encode_infer_response
 from inferd.daemon.frontends.grpc_gen import inference_pb2 as pb
-from inferd.daemon.frontends.grpc_wire import EncodedReply, _encode_varint, receive, split_raw_contents, with_raw_contents
+from inferd.daemon.frontends.grpc_wire import EncodedReply, receive, split_raw_contents
 from inferd.daemon.requests import InferResponse, RequestLimits
 from inferd.daemon.shared_memory import OutputTargets
 
@@ -47,22 +45,8 @@ WANTS_EMPTY_FINAL = "triton_enable_empty_final_response"
 
 
 async def _encode(response: InferResponse, final: bool, shared: set[str] | None) -> EncodedReply:
-    """As ModelInfer's reply (an output in `shared` was written into a region: an empty raw
-    entry), with the final flag, inside a ModelStreamInferResponse."""
-    reply = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
-    raws = []
-    for name, array in response.outputs.items():
-        reply.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        raws.append(_EMPTY if shared and name in shared else array)
-    reply.parameters[FINAL].bool_param = final
-    inner = (await with_raw_contents(reply.SerializeToString(), raws)).data
-    body = bytearray(INFER_RESPONSE_TAG)
-    body += _encode_varint(len(inner))
-    body += inner
-    return EncodedReply(body)
-
-
-_EMPTY = np.empty(0, np.uint8)
+    """ModelInfer's reply, with the final flag, as a ModelStreamInferResponse's infer_response."""
+    return await encode_infer_response(response, shared, {FINAL: final}, wrap=INFER_RESPONSE_TAG)
 
 
 def _error(message: str, request_id: str) -> EncodedReply:

@@ -131,12 +131,17 @@ class EncodedReply:
         return self.data
 
 
-async def with_raw_contents(head: bytes, arrays: list[np.ndarray]) -> EncodedReply:
+async def with_raw_contents(head: bytes, arrays: list[np.ndarray], wrap: bytes = b"") -> EncodedReply:
     """`head` (the reply serialized without raw_output_contents) and one raw_output_contents
-    entry per array, copied once, RECV_SLICE bytes per loop turn."""
-    body = bytearray(head)
-    for array in arrays:
-        raw = raw_view(array)
+    entry per array, copied once, RECV_SLICE bytes per loop turn. `wrap`: the tag of an outer
+    message's field that holds the reply (ModelStreamInferResponse's), written first."""
+    views = [raw_view(array) for array in arrays]
+    body = bytearray()
+    if wrap:  # the reply's length is known before it is written: no second copy to wrap it
+        length = len(head) + sum(len(RAW_OUTPUT_CONTENTS_TAG) + len(_encode_varint(len(v))) + len(v) for v in views)
+        body += wrap + _encode_varint(length)
+    body += head
+    for raw in views:
         body += RAW_OUTPUT_CONTENTS_TAG + _encode_varint(len(raw))
         if len(raw) <= RECV_SLICE:
             body += raw
