@@ -274,11 +274,18 @@ class OutputTargets:
         self._targets[name] = (region, offset, size)
 
     def write(self, outputs: dict[str, np.ndarray]) -> set[str]:
-        """Each target output written into its region; returns their names."""
+        """Each target output written into its region; returns their names. A response with no
+        outputs (a decoupled request's empty final one) writes nothing, as Triton's; one that
+        lacks a target output is an error, not stale bytes left for the client to read (requested
+        outputs are checked at validation and every model response is checked for them in the
+        backend, so this is a daemon fault)."""
         written = set()
+        if not outputs:
+            return written
         for name, (region, offset, size) in self._targets.items():
             if name not in outputs:
-                continue
+                raise InferdError(ErrorCode.INTERNAL, f"output {clip(name)} was requested into a shared memory "
+                                  "region but the response has no such output")
             raw = raw_view(outputs[name])
             if len(raw) > size:
                 raise invalid(f"output {clip(name)} has {len(raw)} bytes, more than its shared_memory_byte_size ({size})")
