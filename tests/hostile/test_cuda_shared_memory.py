@@ -1,9 +1,8 @@
 """Hostile and careless uses of the CUDA shared memory extension against the real daemon on a
 machine without a GPU, through tritonclient over HTTP and gRPC and raw HTTP: register answers a
 clear 400 / INVALID_ARGUMENT saying there is no GPU, whatever JSON object it holds (a body
-that is no JSON object is refused as such); status lists
-nothing; unregistering is no error; an inference naming a region nobody registered is a 400;
-the daemon serves on. (With a GPU: tests/e2e/test_cuda_shared_memory.py.)"""
+that is no JSON object is refused as such); status lists nothing; unregistering is no error; an
+inference naming a region nobody registered is a 400; the daemon serves on. (With a GPU: tests/e2e/test_cuda_shared_memory.py.)"""
 
 from __future__ import annotations
 
