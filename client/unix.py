@@ -183,13 +183,24 @@ class UnixTransport:
             self._sock = None
 
 
+STREAM_BUFFER = 8  # replies of one stream read and not yet taken by its consumer
+
+
+class _Replies(asyncio.Queue):
+    """A stream's replies; `room` is set when its consumer takes one (or leaves)."""
+
+    def __init__(self):
+        super().__init__()  # unbounded: the connection's loss is always put; the reader bounds the rest
+        self.room = asyncio.Event()
+
+
 class _Connection:
     """One open socket, its reader task, and the callers waiting for replies on it."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str):
         self.writer = writer
         self.pending: dict[int, asyncio.Future] = {}
-        self.streams: dict[int, asyncio.Queue] = {}  # streamed requests: their replies, as they come
+        self.streams: dict[int, _Replies] = {}  # streamed requests: their replies, as they come
         self.closed = False
         self.reader_task = asyncio.create_task(self._read(reader, path))
 
@@ -203,6 +214,9 @@ class _Connection:
                     raise ValueError(f"the daemon could not read a request: {reply.get('error')}")
                 if self.streams and (replies := self.streams.get(reply["id"])) is not None:
                     replies.put_nowait(reply)
+                    while replies.qsize() >= STREAM_BUFFER and self.streams.get(reply["id"]) is replies:
+                        replies.room.clear()  # a slow consumer: stop reading, as the daemon stops its model
+                        await replies.room.wait()
                     continue
                 future = self.pending.pop(reply["id"], None)
                 if future is not None and not future.done():  # else its caller gave up: drop it
@@ -272,12 +286,14 @@ class AsyncUnixTransport:
         return _result(result)
 
     async def stream(self, op: str, fields: dict):
-        """A streamed request's replies as they come, up to the one marked final. They are read
-        as they arrive (a consumer slower than the model buffers them here). Leaving early
-        cancels the request: the daemon stops its model; the connection serves on."""
+        """A streamed request's replies as they come, up to the one marked final. At most
+        STREAM_BUFFER are read ahead of the consumer: past that the connection's reader waits,
+        so the daemon's back-pressure stops the model; other requests on this connection wait
+        for this consumer meanwhile. Leaving early cancels the request: the daemon stops its
+        model; the connection serves on."""
         conn = await self._connection()
         request_id = next(self._ids)
-        replies: asyncio.Queue = asyncio.Queue()
+        replies = _Replies()
         conn.streams[request_id] = replies
         final = False
         try:
@@ -286,6 +302,7 @@ class AsyncUnixTransport:
                 try:
                     async with asyncio.timeout(self.timeout):
                         reply = await replies.get()
+                        replies.room.set()
                 except TimeoutError:
                     raise InferdClientError("deadline_exceeded", f"no reply from inferd at {self.path} within {self.timeout} s") from None
                 if isinstance(reply, Exception):
@@ -294,6 +311,7 @@ class AsyncUnixTransport:
                 yield _result(reply)
         finally:
             conn.streams.pop(request_id, None)
+            replies.room.set()  # (a reader waiting for this consumer goes on)
             if not final and not conn.closed:  # (its reply, and the stream's last, are dropped on arrival)
                 conn.writer.writelines(_frame({"id": next(self._ids), "op": "cancel", "request": request_id}))
 

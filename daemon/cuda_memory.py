@@ -23,18 +23,17 @@ import base64
 import binascii
 import contextlib
 import ctypes
-import math
 from pathlib import Path
 
 import numpy as np
 import structlog
 
-from inferd.common.codec import check_datatype_and_shape, from_raw
+from inferd.common.codec import from_raw
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid
+from inferd.daemon.shared_memory import check_region_name, take_input_bytes
 
 HANDLE_BYTES = 64  # CU_IPC_HANDLE_SIZE
 MAX_REGIONS = 256  # registered CUDA regions at once
-MAX_NAME_CHARS = 128  # a region's name (as for system regions)
 LIBRARIES = ("libcuda.so.1",)  # the driver's soname, found by the dynamic loader
 LAZY_ENABLE_PEER_ACCESS = 1  # CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
 
@@ -70,8 +69,7 @@ def handle_from_json(value) -> bytes:
 def check_register(name, raw_handle, device_id, byte_size) -> tuple[bytes, int, int]:
     """The register request's arguments, checked before any GPU call: (handle, device, size).
     The handle: gRPC's bytes, or HTTP's {"b64": ...}."""
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
-        raise invalid(f"a shared memory region's name must be a string of 1 to {MAX_NAME_CHARS} characters")
+    check_region_name(name)
     if isinstance(raw_handle, dict):
         raw_handle = handle_from_json(raw_handle)
     if not isinstance(raw_handle, bytes) or len(raw_handle) != HANDLE_BYTES:
@@ -323,13 +321,5 @@ class CudaSharedMemory:
         """The input `name` copied out of its region; `target` (region, offset, size) is checked
         against the region already. `left`: the bytes this request may still read, decreased."""
         region, offset, size = target
-        if size > left[0]:
-            raise invalid(f"input {clip(name)}: shared memory inputs of a request may hold at most "
-                          "server.max_request_bytes in all")
-        if datatype != "BYTES":  # a size that cannot fit the shape is refused before the copy
-            dtype, dims = check_datatype_and_shape(name, datatype, shape)
-            if math.prod(dims) * dtype.itemsize != size:
-                raise invalid(f"input {clip(name)}: shape {list(dims)} of {datatype} needs "
-                              f"{math.prod(dims) * dtype.itemsize} bytes, shared_memory_byte_size is {size}")
-        left[0] -= size
+        take_input_bytes(name, datatype, shape, size, left)  # (refused before the copy)
         return from_raw(name, datatype, shape, region.read(offset, size).data, budget)

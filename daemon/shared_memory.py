@@ -122,8 +122,7 @@ class SystemSharedMemory:
         self.cuda = None  # the CudaSharedMemory registry (cuda_memory.py), which sets it
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
-            raise invalid(f"a shared memory region's name must be a string of 1 to {MAX_NAME_CHARS} characters")
+        check_region_name(name)
         offset, byte_size = _integer(offset, "offset"), _integer(byte_size, "byte_size")
         if name in self._regions or (self.cuda is not None and self.cuda.get_region(name) is not None):
             raise invalid(f"shared memory region {clip(name)} is already registered")
@@ -176,15 +175,8 @@ class SystemSharedMemory:
         read (server.max_request_bytes), decreased."""
         region, offset, size = self._target(f"input {clip(name)}", params)
         position = region.span(f"input {clip(name)}", offset, size)
-        if size > left[0]:
-            raise invalid(f"input {clip(name)}: shared memory inputs of a request may hold at most "
-                          "server.max_request_bytes in all")
-        left[0] -= size
-        if datatype != "BYTES":  # a size that cannot fit the shape is refused before reading it
-            dtype, dims = check_datatype_and_shape(name, datatype, shape)
-            if math.prod(dims) * dtype.itemsize != size:
-                raise invalid(f"input {clip(name)}: shape {list(dims)} of {datatype} needs "
-                              f"{math.prod(dims) * dtype.itemsize} bytes, shared_memory_byte_size is {size}")
+        if (typed := take_input_bytes(name, datatype, shape, size, left)) is not None:
+            dtype, dims = typed
             if region.file_ends_before(position + size):  # (shrunk already: said now, not at stacking)
                 raise region.shrunk()
             return FileSlice(region, position, dtype, dims)
@@ -259,6 +251,29 @@ class InputReader:
         self.release()
 
 
+def check_region_name(name) -> None:
+    """A system or CUDA region's name (one namespace: cuda_memory.py registers there too)."""
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
+        raise invalid(f"a shared memory region's name must be a string of 1 to {MAX_NAME_CHARS} characters")
+
+
+def take_input_bytes(name: str, datatype, shape, size: int, left: list[int]) -> tuple[np.dtype, tuple] | None:
+    """An input of `size` bytes from a (system or CUDA) region, checked before it is read: within
+    the request's `left` bytes (decreased), and for a type other than BYTES exactly its shape's
+    size; returns (dtype, dims), or None for BYTES."""
+    if size > left[0]:
+        raise invalid(f"input {clip(name)}: shared memory inputs of a request may hold at most "
+                      "server.max_request_bytes in all")
+    left[0] -= size
+    if datatype == "BYTES":
+        return None
+    dtype, dims = check_datatype_and_shape(name, datatype, shape)
+    if math.prod(dims) * dtype.itemsize != size:
+        raise invalid(f"input {clip(name)}: shape {list(dims)} of {datatype} needs "
+                      f"{math.prod(dims) * dtype.itemsize} bytes, shared_memory_byte_size is {size}")
+    return dtype, dims
+
+
 class OutputTargets:
     """The outputs of one inference that go into shared memory regions."""
 
@@ -274,11 +289,18 @@ class OutputTargets:
         self._targets[name] = (region, offset, size)
 
     def write(self, outputs: dict[str, np.ndarray]) -> set[str]:
-        """Each target output written into its region; returns their names."""
+        """Each target output written into its region; returns their names. A response with no
+        outputs (a decoupled request's empty final one) writes nothing, as Triton's; one that
+        lacks a target output is an error, not stale bytes left for the client to read (requested
+        outputs are checked at validation and every model response is checked for them in the
+        backend, so this is a daemon fault)."""
         written = set()
+        if not outputs:
+            return written
         for name, (region, offset, size) in self._targets.items():
             if name not in outputs:
-                continue
+                raise InferdError(ErrorCode.INTERNAL, f"output {clip(name)} was requested into a shared memory "
+                                  "region but the response has no such output")
             raw = raw_view(outputs[name])
             if len(raw) > size:
                 raise invalid(f"output {clip(name)} has {len(raw)} bytes, more than its shared_memory_byte_size ({size})")

@@ -171,7 +171,7 @@ async def encode_response(response: InferResponse, fmt: OutputFormat,
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif array.size > JSON_SLICE:
-            sliced.append(await _json_in_slices(name, array))
+            sliced.append(await json_in_slices(name, array))
             entry["data"] = _GAP
         else:
             entry["data"] = to_list(name, array)
@@ -200,7 +200,7 @@ def _fill_gaps(header: bytes, sliced: list[list[bytes]]) -> list[bytes]:
     return parts
 
 
-async def _json_in_slices(name: str, array: np.ndarray) -> list[bytes]:
+async def json_in_slices(name: str, array: np.ndarray) -> list[bytes]:
     """A big output's `data` as JSON text in parts, JSON_SLICE elements per loop turn."""
     flat = array.reshape(-1)
     parts = [b"["]

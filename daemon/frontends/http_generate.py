@@ -26,7 +26,9 @@ from aiohttp import web
 
 from inferd.common.codec import ValueBudget, from_list, to_list
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid
+from inferd.common.tensors import TensorSpec
 from inferd.daemon.dataplane import DataPlane
+from inferd.daemon.frontends.http_codec import JSON_SLICE, json_in_slices
 from inferd.daemon.requests import InferRequest, InferResponse
 
 SSE = "text/event-stream; charset=utf-8"
@@ -43,23 +45,23 @@ def _shape(value) -> list[int]:
     return shape
 
 
-def _tensor(spec: dict, value, budget: ValueBudget) -> np.ndarray:
-    name, rank = spec["name"], len(spec["shape"])
+def _tensor(spec: TensorSpec, value, budget: ValueBudget) -> np.ndarray:
+    name, rank = spec.name, len(spec.shape)
     data = value if isinstance(value, list) else [value]
     shape = _shape(data)
     if len(shape) < rank:  # the batch dimension (and a scalar's)
         shape = [1] * (rank - len(shape)) + shape
-    return from_list(name, spec["datatype"], shape, data, budget)
+    return from_list(name, spec.datatype, shape, data, budget)
 
 
-def decode(body: bytes, metadata: dict, budget: ValueBudget) -> InferRequest:
+def decode(body: bytes, model: str, input_specs: tuple[TensorSpec, ...], budget: ValueBudget) -> InferRequest:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise invalid(f"the body is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise invalid("the body must be a JSON object whose fields are named like the model's inputs")
-    specs = {t["name"]: t for t in metadata["inputs"]}
+    specs = {t.name: t for t in input_specs}
     inputs, parameters = {}, {}
     for key, value in doc.items():
         if key == "parameters":
@@ -73,18 +75,24 @@ def decode(body: bytes, metadata: dict, budget: ValueBudget) -> InferRequest:
             inputs[key] = _tensor(specs[key], value, budget)
         else:
             names = ", ".join(map(clip, list(specs)[:10])) + (", ..." if len(specs) > 10 else "")
-            raise invalid(f"{clip(key)} is not an input of model {clip(metadata['name'])} (its inputs: {names}) "
+            raise invalid(f"{clip(key)} is not an input of model {clip(model)} (its inputs: {names}) "
                           "nor 'parameters'")
     return InferRequest(inputs, None, "", parameters)
 
 
-def encode(response: InferResponse) -> bytes:
+async def encode(response: InferResponse) -> bytes:
+    """As /infer's JSON (http_codec): a numeric output stays an ndarray for orjson (a float32 is
+    written as its shortest float32 text, as /infer does), and a big one JSON_SLICE elements per
+    loop turn."""
     doc = {"model_name": response.model_name, "model_version": response.model_version}
     for name, array in response.outputs.items():
-        values = to_list(name, array)
-        values = values.tolist() if isinstance(values, np.ndarray) else list(values)
-        doc[name] = values[0] if len(values) == 1 else values
-    return orjson.dumps(doc)
+        if array.size == 1:  # (a numpy scalar: orjson writes it as it writes arrays)
+            doc[name] = to_list(name, array)[0]
+        elif array.size > JSON_SLICE:
+            doc[name] = orjson.Fragment(b"".join(await json_in_slices(name, array)))
+        else:
+            doc[name] = to_list(name, array)
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class _Responses:
@@ -103,8 +111,8 @@ class _Responses:
 
 async def _submit(request: web.Request, dataplane: DataPlane, budget: ValueBudget):
     name, version = request.match_info["model"], request.match_info.get("version", "")
-    metadata = dataplane.model_metadata(name, version)
-    infer_request = decode(await request.read(), metadata, budget)
+    specs = dataplane.repository.get_ready(name, version).metadata.inputs  # (no metadata dict per request)
+    infer_request = decode(await request.read(), name, specs, budget)
     responses = _Responses()
     withdraw = dataplane.submit_stream(name, version, infer_request, "http", responses.response, responses.done)
     return responses, withdraw
@@ -128,7 +136,7 @@ async def generate(request: web.Request, dataplane: DataPlane, budget: ValueBudg
     if len(answers) != 1:
         raise InferdError(ErrorCode.INVALID_ARGUMENT, f"the model sent {len(answers)} responses: /generate takes "
                                                       "exactly one (use /generate_stream)")
-    return web.Response(body=encode(answers[0]), content_type="application/json")
+    return web.Response(body=await encode(answers[0]), content_type="application/json")
 
 
 async def generate_stream(request: web.Request, dataplane: DataPlane, budget: ValueBudget) -> web.StreamResponse:
@@ -145,7 +153,7 @@ async def generate_stream(request: web.Request, dataplane: DataPlane, budget: Va
             if isinstance(outcome, InferdError):
                 await stream.write(b"data: " + orjson.dumps({"error": outcome.message}) + b"\n\n")
             elif outcome.outputs:
-                await stream.write(b"data: " + encode(outcome) + b"\n\n")  # (waits for the socket to drain)
+                await stream.write(b"data: " + await encode(outcome) + b"\n\n")  # (waits for the socket to drain)
             if ack is None:
                 break
             ack()

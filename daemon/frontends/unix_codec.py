@@ -71,6 +71,9 @@ def error_reply(request_id: int, error: InferdError) -> dict:
     return {"id": request_id, "ok": False, "error": {"code": WIRE_CODES[error.code], "message": error.message}}
 
 
+_NO_REGIONS = "shared memory regions are for HTTP and gRPC; the Unix socket carries tensors itself"
+
+
 def decode_infer(msg: dict, budget: ValueBudget) -> tuple[str, str, InferRequest]:
     model = field(msg, "model", str)
     if not model:
@@ -78,6 +81,8 @@ def decode_infer(msg: dict, budget: ValueBudget) -> tuple[str, str, InferRequest
     inputs = field(msg, "inputs", list, [])
     tensors = {}
     for name, item in named_items(inputs):
+        if isinstance(item.get("parameters"), dict) and "shared_memory_region" in item["parameters"]:
+            raise invalid(_NO_REGIONS)  # (its `data` would be used instead, silently)
         data = item.get("data")
         if not isinstance(data, bytes):
             raise invalid(f"input {clip(name)}: 'data' must be bin (raw little-endian bytes)")
@@ -101,7 +106,7 @@ def _requested_outputs(outputs: list | None) -> tuple[tuple[str, ...] | None, di
             if item.get("parameters"):
                 parameters[item["name"]] = item["parameters"]
             if "shared_memory_region" in parameters.get(item["name"], ()):  # (not written: refused)
-                raise invalid("shared memory regions are for HTTP and gRPC; the Unix socket carries tensors itself")
+                raise invalid(_NO_REGIONS)
         elif isinstance(item, str):
             names.append(item)
         else:

@@ -1,8 +1,8 @@
 """Hostile and careless uses of the CUDA shared memory extension against the real daemon on a
 machine without a GPU, through tritonclient over HTTP and gRPC and raw HTTP: register answers a
-clear 400 / INVALID_ARGUMENT saying there is no GPU, whatever the request holds; status lists
-nothing; unregistering is no error; an inference naming a region nobody registered is a 400;
-the daemon serves on. (With a GPU: tests/e2e/test_cuda_shared_memory.py.)"""
+clear 400 / INVALID_ARGUMENT saying there is no GPU, whatever JSON object it holds (a body
+that is no JSON object is refused as such); status lists nothing; unregistering is no error; an
+inference naming a region nobody registered is a 400; the daemon serves on. (With a GPU: tests/e2e/test_cuda_shared_memory.py.)"""
 
 from __future__ import annotations
 
@@ -89,11 +89,18 @@ def test_inputs_and_outputs_naming_an_unregistered_region_are_refused(client):
     _serves(client)
 
 
-@pytest.mark.parametrize("body", [
-    b"not json", b"[]", b"{}", b'{"raw_handle": "AAAA"}', b'{"raw_handle": {"b64": 5}, "device_id": -1}',
-    orjson.dumps({"raw_handle": {"b64": "A" * 1_000_000}, "device_id": 0, "byte_size": 64}),
+NOT_AN_OBJECT = "the register request must be a JSON object"
+NO_GPU = "CUDA shared memory needs a GPU; this server has none"
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"not json", NOT_AN_OBJECT), (b"[]", NOT_AN_OBJECT), (b"{}", NO_GPU), (b'{"raw_handle": "AAAA"}', NO_GPU),
+    (b'{"raw_handle": {"b64": 5}, "device_id": -1}', NO_GPU),
+    (orjson.dumps({"raw_handle": {"b64": "A" * 1_000_000}, "device_id": 0, "byte_size": 64}), NO_GPU),
 ])
-def test_raw_register_bodies_get_a_400(daemon, body):
+def test_raw_register_bodies_get_a_400(daemon, body, message):
+    """A body that is no JSON object is refused as such; any object (its fields unchecked) gets
+    the no-GPU answer, since without a GPU nothing in it can be registered."""
     connection = http.client.HTTPConnection(*daemon.address, timeout=60)
     try:
         connection.request("POST", "/v2/cudasharedmemory/region/r/register", body=body)
@@ -101,7 +108,7 @@ def test_raw_register_bodies_get_a_400(daemon, body):
         status, doc = response.status, orjson.loads(response.read())
     finally:
         connection.close()
-    assert status == 400 and doc["error"], doc
+    assert (status, doc) == (400, {"error": message})
     connection = http.client.HTTPConnection(*daemon.address, timeout=60)
     try:
         connection.request("GET", "/v2/cudasharedmemory/status")

@@ -286,8 +286,22 @@ def test_status_of_an_unknown_region_and_shared_memory_on_the_unix_socket(daemon
         hc.get_system_shared_memory_status("nowhere")
     hc.unregister_system_shared_memory("nowhere")  # as in Triton: no error
     inputs = [{"name": n, "datatype": "INT32", "shape": [1, 16], "data": ROWS.tobytes()} for n in ("INPUT0", "INPUT1")]
-    payload = msgpack.packb({"id": 1, "op": "infer", "model": "add_sub", "inputs": inputs, "outputs": [
+    reply = _unix_infer(daemon, {"id": 1, "op": "infer", "model": "add_sub", "inputs": inputs, "outputs": [
         {"name": "OUTPUT0", "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 64}}]})
+    assert reply["error"]["code"] == "invalid_argument" and "carries tensors itself" in reply["error"]["message"]
+
+
+def test_an_input_region_on_the_unix_socket_is_refused_not_ignored(daemon):
+    """An input naming a region that also carries `data` was inferred from the data, silently."""
+    inputs = [{"name": n, "datatype": "INT32", "shape": [1, 16], "data": ROWS.tobytes()} for n in ("INPUT0", "INPUT1")]
+    inputs[0]["parameters"] = {"shared_memory_region": "r", "shared_memory_byte_size": 64}
+    reply = _unix_infer(daemon, {"id": 1, "op": "infer", "model": "add_sub", "inputs": inputs})
+    assert reply["ok"] is False and reply["error"]["code"] == "invalid_argument"
+    assert "carries tensors itself" in reply["error"]["message"]
+
+
+def _unix_infer(daemon, msg: dict) -> dict:
+    payload = msgpack.packb(msg)
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(60)
         s.connect(daemon.socket_path)
@@ -295,8 +309,7 @@ def test_status_of_an_unknown_region_and_shared_memory_on_the_unix_socket(daemon
         data = b""
         while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
             data += s.recv(65536)
-    reply = msgpack.unpackb(data[4:], raw=False)
-    assert reply["error"]["code"] == "invalid_argument" and "carries tensors itself" in reply["error"]["message"]
+    return msgpack.unpackb(data[4:], raw=False)
 
 
 def test_a_big_json_body_naming_a_region_is_refused(daemon, hc, shm_file):

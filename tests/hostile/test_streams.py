@@ -115,6 +115,26 @@ async def test_a_reader_that_never_reads_stops_the_model_not_the_daemon(daemon, 
             break
 
 
+async def test_a_slow_async_stream_consumer_stalls_the_model(daemon):
+    """The async client read every reply into an unbounded queue: a consumer that sleeps let the
+    model run on (and the client's memory grow) until execution_timeout_s killed it."""
+    async with AsyncClient(socket=daemon.socket_path, timeout=30) as client:
+        replies = client.stream("endless", {"x": np.array([14])})
+        assert (await anext(replies))["y"].tolist() == [1]
+
+        async def stalled():
+            before = len(yielded(daemon, 14))
+            await asyncio.sleep(1)
+            return before == len(yielded(daemon, 14))
+
+        await eventually(stalled, 4, "the model to stop while the consumer sleeps")
+        # STREAM_BUFFER (8) here, what the socket and the daemon's write buffer hold (1 MiB), WINDOW (4).
+        assert len(yielded(daemon, 14)) < 60
+        for n in range(2, 6):  # the consumer goes on: so does the stream, in order
+            assert (await anext(replies))["y"].tolist() == [n]
+        await replies.aclose()
+
+
 async def test_a_client_that_goes_away_mid_stream_stops_the_model(daemon):
     with Client(socket=daemon.socket_path, timeout=30) as client:  # Unix: leaving the loop closes the connection
         for n, reply in enumerate(client.stream("endless", {"x": np.array([10])}), 1):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import uuid
 
+import numpy as np
 import pytest
 
 from inferd.common.codec import ValueBudget
@@ -48,3 +49,20 @@ def test_unregistered_regions_that_requests_hold_count_against_the_bound(key):
         reader.release()
     shm.close()
     assert _fds_on("/dev/shm" + key) == 0
+
+
+def test_an_output_target_missing_from_a_response_is_an_error_not_stale_bytes(key):
+    """A region kept its old bytes, with no error, when the response lacked its output; an empty
+    response (a decoupled request's final one) still writes nothing."""
+    shm = SystemSharedMemory(max_regions=4)
+    shm.register("r", key, 0, 64)
+    targets = shm.output_targets({"OUT": {"shared_memory_region": "r", "shared_memory_byte_size": 64}})
+    assert targets.write({}) == set()
+    with pytest.raises(InferdError) as e:
+        targets.write({"OTHER": np.zeros(4, np.float32)})
+    assert e.value.code is ErrorCode.INTERNAL and "no such output" in e.value.message
+    assert targets.write({"OUT": np.ones(4, np.float32)}) == {"OUT"}
+    with open("/dev/shm" + key, "rb") as f:
+        assert np.frombuffer(f.read(16), np.float32).tolist() == [1.0] * 4
+    targets.release()
+    shm.close()
