@@ -126,3 +126,17 @@ def test_resending_many_times_keeps_the_model_serving_throughout(served):
     assert errors == [], errors[:5]
     assert seen and seen == sorted(seen) and seen[-1] == 11
     assert grpc.get_model_config(name, headers=headers).config.max_batch_size == 11
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_an_override_label_file_must_be_one_of_the_files_sent(served, protocol):
+    """Else a caller could read the model's own config.toml (or model.py) back as labels."""
+    d, root, model, http, grpc = served
+    client = http if protocol == "http" else grpc
+    name = f"labels_{protocol}"
+    config = CONFIG.replace("{name}", name).replace("labels.txt", "config.toml")
+    with pytest.raises(InferenceServerException) as caught:
+        client.load_model(name, headers=_headers(), config=config, files={"file:1/model.onnx": model})
+    assert "label_filename can only be set in config.toml" in caught.value.message()
+    assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+    assert not (root / name).exists()
