@@ -6,6 +6,7 @@ directory, with the request's configuration as its config.toml, and serve."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import tomllib
@@ -140,3 +141,16 @@ def test_an_override_label_file_must_be_one_of_the_files_sent(served, protocol):
     assert "label_filename can only be set in config.toml" in caught.value.message()
     assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
     assert not (root / name).exists()
+
+
+@pytest.mark.parametrize("protocol", ["grpc"])
+def test_a_model_file_over_a_mib_loads_over_both_protocols(served, protocol):
+    """gRPC's load message was bounded by server.max_structured_bytes (1 MiB): RESOURCE_EXHAUSTED."""
+    d, root, model, http, grpc = served
+    client = http if protocol == "http" else grpc
+    name = f"big_{protocol}"
+    big = os.urandom(3 * 1024 * 1024)
+    client.load_model(name, headers=_headers(), config=CONFIG.replace("{name}", name),
+                      files={"file:1/model.onnx": model, "file:labels.txt": b"zero\n", "file:1/weights.bin": big})
+    assert client.is_model_ready(name, headers=_headers())
+    assert (root / name / "1" / "weights.bin").read_bytes() == big
