@@ -143,9 +143,9 @@ def test_an_override_label_file_must_be_one_of_the_files_sent(served, protocol):
     assert not (root / name).exists()
 
 
-@pytest.mark.parametrize("protocol", ["grpc"])
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_a_model_file_over_a_mib_loads_over_both_protocols(served, protocol):
-    """gRPC's load message was bounded by server.max_structured_bytes (1 MiB): RESOURCE_EXHAUSTED."""
+    """Both were bounded by server.max_structured_bytes (1 MiB): gRPC RESOURCE_EXHAUSTED, HTTP 413."""
     d, root, model, http, grpc = served
     client = http if protocol == "http" else grpc
     name = f"big_{protocol}"
