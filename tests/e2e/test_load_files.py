@@ -154,3 +154,27 @@ def test_a_model_file_over_a_mib_loads_over_both_protocols(served, protocol):
                       files={"file:1/model.onnx": model, "file:labels.txt": b"zero\n", "file:1/weights.bin": big})
     assert client.is_model_ready(name, headers=_headers())
     assert (root / name / "1" / "weights.bin").read_bytes() == big
+
+
+def test_staging_left_by_a_killed_daemon_is_removed_at_start(tmp_path):
+    """A daemon killed mid-load leaves hidden .upload-*/.replaced-* directories (never scanned);
+    the next start removes them, and puts back a model killed between the swap's two renames."""
+    root, etc = tmp_path / "models", tmp_path / "etc"
+    etc.mkdir()
+    model = make_models.build_add_sub(tmp_path / "m.onnx").read_bytes()
+    staged = root / ".upload-half-ab_cd123"
+    (staged / "1").mkdir(parents=True)
+    (staged / "1" / "model.onnx").write_bytes(model[:100])
+    old = root / ".replaced-kept-x9y8z7w6" / "kept"
+    (old / "1").mkdir(parents=True)
+    (old / "1" / "model.onnx").write_bytes(model)
+    (old / "config.toml").write_text("max_batch_size = 4\n")
+    (old / ".uploaded").write_bytes(b"")
+    (root / ".operators-own").mkdir()  # not a staging name: left alone
+    with accepting_daemon(root, etc) as d:
+        assert sorted(p.name for p in root.iterdir()) == [".operators-own", "kept"]
+        removed = {e["path"] for e in d.events("removed a load's leftover staging directory")}
+        assert removed == {str(staged), str(old.parent)}
+        client = httpclient.InferenceServerClient(d.url.removeprefix("http://"))
+        assert client.is_model_ready("kept", headers=_headers())
+        client.close()
