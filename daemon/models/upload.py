@@ -66,6 +66,10 @@ def check_files(name: str, files: dict[str, bytes]) -> None:
             raise bad("the configuration goes in the config parameter, not in a file")
         if (m := _MODEL_FILE.fullmatch(path)) and m.group(1) in MODEL_EXTENSIONS:
             versions.append(path)
+    # "1/model.onnx" and "1/model.onnx/x" cannot both be written: one is the other's directory
+    folders = {"/".join(path.split("/")[:i]) for path in files for i in range(1, path.count("/") + 1)}
+    if clash := sorted(folders.intersection(files)):
+        raise bad(f"file {clip(clash[0])} is also a directory of another file")
     if not versions:
         raise bad("the files hold no model file (<version>/model.<ext>, e.g. 1/model.onnx)")
 
