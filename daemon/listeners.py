@@ -135,7 +135,7 @@ class Listeners:
     async def _start_grpc(self, sock: socket.socket, activated: dict) -> None:
         server = self.server
         limits = RequestLimits.of(server)
-        services = [InferenceServicer(self.dataplane, limits), HealthServicer(self.dataplane, limits)]
+        services = [InferenceServicer(self.dataplane, limits), HealthServicer(self.dataplane, limits, self.access)]
         self._grpc = grpclib.server.Server(with_reflection(services, limits))
         answer_unknown_methods(self._grpc)
         if self.access.required:

@@ -37,8 +37,20 @@ def parse_load(name: str, parameters: dict | None) -> LoadRequest:
     if files and override is None:
         raise invalid(f"failed to load {clip(name)}: model files in a load request need the config parameter too")
     if override:
+        _labels_are_sent(name, override, files)
         try:  # the keys' values, checked now rather than failing the load
             model_config_from(override, "the config parameter", ModelSettings())
         except ConfigError as e:
             raise invalid(f"failed to load {clip(name)}: {e}") from None
     return LoadRequest(override or None, files)
+
+
+def _labels_are_sent(name: str, override: dict, files: dict[str, bytes]) -> None:
+    """An override's label_filename must name a file sent in the same request: else any caller of
+    the load API could make another file under the models directory (a model.py, a config.toml)
+    readable as classification labels."""
+    for tensor in override.get("outputs", []):
+        label_file = tensor.get("label_filename")
+        if label_file is not None and (not isinstance(label_file, str) or label_file not in files):
+            raise invalid(f"failed to load {clip(name)}: label_filename can only be set in config.toml, "
+                          "or name a file:<path> sent in the same load request")

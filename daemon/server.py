@@ -29,6 +29,7 @@ from inferd.config.settings import DaemonConfig
 from inferd.daemon.dataplane import DataPlane, ServerState
 from inferd.daemon.frontends.auth import Access
 from inferd.daemon.listeners import ListenError, Listeners
+from inferd.daemon.models import upload
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.watcher import DirectoryWatcher
 from inferd.daemon.operations import logs, systemd
@@ -127,6 +128,7 @@ class Daemon:
         log.info("memory probe", probe=self.memory.probe.kind,
                  devices={d.device: {"free": d.free, "total": d.total} for d in self.memory.probe.devices()})
         self.memory.start()
+        upload.remove_leftovers(Path(self.config.models.dir))  # (before the first scan)
         await self._follow_directory()
         await self.repository.wait_loaded()
         self.state.started = True

@@ -10,8 +10,10 @@ import ssl
 from prometheus_client import Counter
 
 HTTP_HEALTH = frozenset({"/v2/health/live", "/v2/health/ready"})
+# grpc.health.v1 Check is let through here, but answers about a model (a non-empty service) only
+# with the token, as HTTP's /v2/models/<m>/ready (grpc_health.py); Watch holds a stream: token.
 GRPC_HEALTH = frozenset({"/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady",
-                         "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+                         "/grpc.health.v1.Health/Check"})
 
 
 class Access:

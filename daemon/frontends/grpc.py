@@ -7,6 +7,7 @@ RPC raises (a bug) is INTERNAL with a short message (inferd.common.errors.unexpe
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 
@@ -45,25 +46,18 @@ GRPC_STATUS = {
 }
 
 
-def _rpc(infer: bool = False):
+def _rpc(infer: bool = False, load: bool = False):
     """Receive the request (bounded: grpc_wire), decode it, run the handler, send its reply;
     InferdError -> gRPC status, and a bug -> INTERNAL (its traceback in the log, not in the
     status message). ModelInfer (`infer`) may carry tensors up to server.max_request_bytes
-    and gets (message, raw contents); the others are small messages, parsed whole."""
+    and gets (message, raw contents); RepositoryModelLoad (`load`) too when the server accepts
+    model files; the others are small messages, parsed whole."""
 
     def wrap(handler):
         @functools.wraps(handler)
         async def rpc(self, stream: Stream) -> None:
-            limits = self.limits
             try:
-                if infer:
-                    body = await receive(stream, limits.max_request_bytes, "server.max_request_bytes")
-                else:
-                    body = await receive(stream, limits.max_structured_bytes, "server.max_structured_bytes")
-                try:  # (grpclib's codec and request type for this method: the decode recv_message does)
-                    request = _infer_request(body, limits) if infer else stream._codec.decode(body, stream._recv_type)
-                except DecodeError:
-                    raise invalid("the request is not a valid protobuf message") from None
+                request = await _request(self, stream, infer, load)
                 reply = await handler(self, request, stream)
             except GRPCError:
                 raise
@@ -81,6 +75,23 @@ def _rpc(infer: bool = False):
 
 
 _status = _rpc()
+
+
+async def _request(servicer, stream: Stream, infer: bool, load: bool):
+    limits = servicer.limits
+    small = limits.max_structured_bytes
+    if infer or (load and servicer.dataplane.accept_model_files):
+        body = await receive(stream, limits.max_request_bytes, "server.max_request_bytes")
+    else:
+        body = await receive(stream, small, "server.max_structured_bytes")
+    try:  # (grpclib's codec and request type for this method: the decode recv_message does)
+        if infer:
+            return _infer_request(body, limits)
+        if len(body) > small:  # a load carrying model files: parsed off the loop, as HTTP's
+            return await asyncio.to_thread(stream._codec.decode, body, stream._recv_type)
+        return stream._codec.decode(body, stream._recv_type)
+    except DecodeError:
+        raise invalid("the request is not a valid protobuf message") from None
 
 
 def _infer_request(body, limits: RequestLimits) -> tuple[pb.ModelInferRequest, list[memoryview]]:
@@ -203,7 +214,7 @@ class InferenceServicer(GRPCInferenceServiceBase):
         index = await self.dataplane.repository_index(request.ready)
         return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse())
 
-    @_status
+    @_rpc(load=True)
     async def RepositoryModelLoad(self, request, stream):
         await self.dataplane.load_model(request.model_name, load_codec.grpc_load_parameters(request.parameters))
         return pb.RepositoryModelLoadResponse()

@@ -3,6 +3,10 @@ is the server (SERVING while ready, NOT_SERVING while starting or draining), any
 name is a model (SERVING while its serving version is ready). Check answers NOT_FOUND for an
 unknown name, Watch SERVICE_UNKNOWN, as the health-checking spec says.
 
+With a token, only Check of service "" is open (as HTTP's /v2/health/*, unless
+auth.open_health = false): Check of a model and every Watch need it, else UNAUTHENTICATED, so an
+unauthenticated client learns nothing about models and cannot hold the Watch slots.
+
 Requests go through the inference service's receive path (bounded, compressed or not). A Watch
 looks at the status every WATCH_POLL_S and sends it when it changes; at most MAX_WATCHES run at
 once (more: RESOURCE_EXHAUSTED), and each ends with UNAVAILABLE once the server drains, after
@@ -20,6 +24,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckResponse
 
 from inferd.common.errors import ErrorCode, InferdError, clip
 from inferd.daemon.dataplane import DataPlane
+from inferd.daemon.frontends.auth import Access
 from inferd.daemon.frontends.grpc import _rpc
 from inferd.daemon.requests import RequestLimits
 
@@ -28,10 +33,20 @@ WATCH_POLL_S = 0.25  # how often a Watch looks at the status
 
 
 class HealthServicer(HealthBase):
-    def __init__(self, dataplane: DataPlane, limits: RequestLimits):
+    def __init__(self, dataplane: DataPlane, limits: RequestLimits, access: Access):
         self.dataplane = dataplane
         self.limits = limits
+        self.access = access
         self.watches = 0
+
+    def _require_token_for(self, service: str, stream) -> None:
+        """A model's health needs the token (require_token lets every Check through; Watch never
+        gets here without it)."""
+        if not service or not self.access.required:
+            return
+        presented = stream.metadata.get("authorization")
+        if not self.access.allows("grpc", presented if isinstance(presented, str) else None, False):
+            raise GRPCError(Status.UNAUTHENTICATED, "unauthenticated")
 
     def status(self, service: str) -> int | None:
         """The service's serving status; None for a name that is neither "" nor a model."""
@@ -47,6 +62,7 @@ class HealthServicer(HealthBase):
 
     @_rpc()
     async def Check(self, request, stream):
+        self._require_token_for(request.service, stream)
         status = self.status(request.service)
         if status is None:
             raise GRPCError(Status.NOT_FOUND, f"unknown service {clip(request.service)!r}")

@@ -258,7 +258,13 @@ async def repository_load(request: web.Request) -> web.Response:
     small = request.app[LIMITS].max_structured_bytes
     if (request.content_length or 0) > small and not dataplane.accept_model_files:
         raise invalid(f"a load request without model files takes at most {small} bytes")
-    body = await request.read()
+    # (request.read() stops at client_max_size, max_structured_bytes: model files need more)
+    limit = request.app[LIMITS].max_request_bytes if dataplane.accept_model_files else small
+    body = bytearray()
+    while chunk := await request.content.readany():
+        body += chunk
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(limit, len(body), text=f"a load request takes at most {limit} bytes")
     # Model files make a big body: decoded (JSON, base64) in a thread, off the loop's turn.
     parameters = await asyncio.to_thread(load_codec.http_load_parameters, body) if len(body) > small else \
         load_codec.http_load_parameters(body)

@@ -24,10 +24,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import structlog
+
 from inferd.backends import MODEL_EXTENSIONS
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid
 from inferd.daemon.models.scan import SWAPPING
 from inferd.daemon.models.trust import CODE_EXTENSIONS
+
+log = structlog.get_logger("inferd.repository")
 
 MAX_FILES = 64
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024
@@ -62,8 +66,36 @@ def check_files(name: str, files: dict[str, bytes]) -> None:
             raise bad("the configuration goes in the config parameter, not in a file")
         if (m := _MODEL_FILE.fullmatch(path)) and m.group(1) in MODEL_EXTENSIONS:
             versions.append(path)
+    # "1/model.onnx" and "1/model.onnx/x" cannot both be written: one is the other's directory
+    folders = {"/".join(path.split("/")[:i]) for path in files for i in range(1, path.count("/") + 1)}
+    if clash := sorted(folders.intersection(files)):
+        raise bad(f"file {clip(clash[0])} is also a directory of another file")
     if not versions:
         raise bad("the files hold no model file (<version>/model.<ext>, e.g. 1/model.onnx)")
+
+
+# tempfile.mkdtemp's names below: .upload-<name>-XXXXXXXX, .replaced-<name>-XXXXXXXX
+_STAGED = re.compile(r"\.(upload|replaced)-(.+)-[a-z0-9_]{8}")
+
+
+def remove_leftovers(root: Path) -> None:
+    """Staging directories left by a daemon killed mid-load (hidden, so never scanned, and
+    never removed otherwise): removed at start, before the first scan. A model killed between
+    the two renames of _swap_in is missing and its old copy is in .replaced-*: put back."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return  # (no models directory yet: the scan says so)
+    for entry in entries:
+        match = _STAGED.fullmatch(entry.name)
+        if not match or not entry.is_dir(follow_symlinks=False):
+            continue
+        old, target = Path(entry.path) / match[2], root / match[2]
+        if match[1] == "replaced" and (old / MARKER).is_file() and not os.path.lexists(target):
+            os.rename(old, target)
+            log.warning("restored a model replaced by an interrupted load", model=match[2])
+        shutil.rmtree(entry.path, ignore_errors=True)
+        log.warning("removed a load's leftover staging directory", path=entry.path)
 
 
 def write_model(root: Path, name: str, files: dict[str, bytes], config: dict) -> None:

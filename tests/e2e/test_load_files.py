@@ -6,6 +6,7 @@ directory, with the request's configuration as its config.toml, and serve."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import tomllib
@@ -126,3 +127,54 @@ def test_resending_many_times_keeps_the_model_serving_throughout(served):
     assert errors == [], errors[:5]
     assert seen and seen == sorted(seen) and seen[-1] == 11
     assert grpc.get_model_config(name, headers=headers).config.max_batch_size == 11
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_an_override_label_file_must_be_one_of_the_files_sent(served, protocol):
+    """Else a caller could read the model's own config.toml (or model.py) back as labels."""
+    d, root, model, http, grpc = served
+    client = http if protocol == "http" else grpc
+    name = f"labels_{protocol}"
+    config = CONFIG.replace("{name}", name).replace("labels.txt", "config.toml")
+    with pytest.raises(InferenceServerException) as caught:
+        client.load_model(name, headers=_headers(), config=config, files={"file:1/model.onnx": model})
+    assert "label_filename can only be set in config.toml" in caught.value.message()
+    assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+    assert not (root / name).exists()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_model_file_over_a_mib_loads_over_both_protocols(served, protocol):
+    """Both were bounded by server.max_structured_bytes (1 MiB): gRPC RESOURCE_EXHAUSTED, HTTP 413."""
+    d, root, model, http, grpc = served
+    client = http if protocol == "http" else grpc
+    name = f"big_{protocol}"
+    big = os.urandom(3 * 1024 * 1024)
+    client.load_model(name, headers=_headers(), config=CONFIG.replace("{name}", name),
+                      files={"file:1/model.onnx": model, "file:labels.txt": b"zero\n", "file:1/weights.bin": big})
+    assert client.is_model_ready(name, headers=_headers())
+    assert (root / name / "1" / "weights.bin").read_bytes() == big
+
+
+def test_staging_left_by_a_killed_daemon_is_removed_at_start(tmp_path):
+    """A daemon killed mid-load leaves hidden .upload-*/.replaced-* directories (never scanned);
+    the next start removes them, and puts back a model killed between the swap's two renames."""
+    root, etc = tmp_path / "models", tmp_path / "etc"
+    etc.mkdir()
+    model = make_models.build_add_sub(tmp_path / "m.onnx").read_bytes()
+    staged = root / ".upload-half-ab_cd123"
+    (staged / "1").mkdir(parents=True)
+    (staged / "1" / "model.onnx").write_bytes(model[:100])
+    old = root / ".replaced-kept-x9y8z7w6" / "kept"
+    (old / "1").mkdir(parents=True)
+    (old / "1" / "model.onnx").write_bytes(model)
+    (old / "config.toml").write_text("max_batch_size = 4\n")
+    (old / ".uploaded").write_bytes(b"")
+    (root / ".operators-own").mkdir()  # not a staging name: left alone
+    with accepting_daemon(root, etc) as d:
+        assert sorted(p.name for p in root.iterdir()) == [".operators-own", "kept"]
+        removed = {e["path"] for e in d.events("removed a load's leftover staging directory")}
+        assert removed == {str(staged), str(old.parent)}
+        client = httpclient.InferenceServerClient(d.url.removeprefix("http://"))
+        assert client.is_model_ready("kept", headers=_headers())
+        client.close()

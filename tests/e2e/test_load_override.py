@@ -97,7 +97,13 @@ def test_tensors_batching_and_instances_map_onto_inferds_keys(served):
     ('{"max_batch_size": 2, "input": [{"name": "INPUT0", "data_type": "TYPE_INT32", "dims": [16], "format": "NCHW"}]}',
      "inputs[0].format"),
     ('{"max_batch_size": 2, "output": [{"name": "OUTPUT0", "data_type": "TYPE_INT32", "dims": [16], '
-     '"label_filename": "../../etc/passwd"}]}', "relative to the model's directory"),
+     '"label_filename": "../../etc/passwd"}]}', "label_filename can only be set in config.toml"),
+    # the model's own config.toml (or model.py) read out as labels: only a file sent in the same
+    # request may be named
+    ('{"max_batch_size": 2, "output": [{"name": "OUTPUT0", "data_type": "TYPE_INT32", "dims": [16], '
+     '"label_filename": "config.toml"}]}', "label_filename can only be set in config.toml"),
+    ('{"max_batch_size": 2, "output": [{"name": "OUTPUT0", "data_type": "TYPE_INT32", "dims": [16], '
+     '"label_filename": ["config.toml"]}]}', "label_filename can only be set in config.toml"),
     ('{"dynamic_batching": {"preferred_batch_size": [4, 8]}}', "no preferred sizes"),
     ('{"instance_group": [{"count": 1, "kind": "KIND_GPU", "gpus": [0, 1]}]}', "is not supported by inferd"),
     ('{"model_transaction_policy": {"decoupled": "yes"}}', "'model_transaction_policy' has a value of the wrong shape"),

@@ -71,7 +71,7 @@ def test_a_watch_follows_a_model_unloaded_and_loaded_and_ends_at_shutdown(guarde
     address = _address(guarded)
     auth = [("authorization", f"Bearer {TOKEN}")]
     with grpc.insecure_channel(address) as channel:
-        model, server = _watch(channel, "mlp"), _watch(channel, "")  # no token: health is open
+        model, server = _watch(channel, "mlp", TOKEN), _watch(channel, "", TOKEN)
         assert STATUS(next(model).status) == "SERVING" and STATUS(next(server).status) == "SERVING"
         client = grpcclient.InferenceServerClient(address)
         client.unload_model("mlp", headers=dict(auth))
@@ -100,6 +100,29 @@ def test_reflection_needs_the_token_and_health_does_not(guarded):
         assert b"grpc.health.v1.Health" in reply
         check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert STATUS(check.status) == "SERVING"
+
+
+def test_only_the_servers_own_health_is_open_without_the_token(guarded):
+    """A model's health, and any Watch (a held stream), need the token as HTTP's model ready does:
+    without it a caller learns neither which models exist nor whether they are ready."""
+    auth = [("authorization", f"Bearer {TOKEN}")]
+    with grpc.insecure_channel(_address(guarded)) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("mlp", "no-such-model"):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED, service
+        assert STATUS(stub.Check(health_pb2.HealthCheckRequest(service="mlp"), metadata=auth, timeout=10).status) == "SERVING"
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Check(health_pb2.HealthCheckRequest(service="no-such-model"), metadata=auth, timeout=10)
+        assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+        for service in ("", "mlp"):
+            with pytest.raises(grpc.RpcError) as caught:
+                next(_watch(channel, service))
+            assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED, service
+        watch = _watch(channel, "", TOKEN)
+        assert STATUS(next(watch).status) == "SERVING"
+        watch.cancel()
 
 
 def test_a_reflection_stream_carries_a_bounded_number_of_requests(daemon):

@@ -124,7 +124,10 @@ def test_too_many_files_and_bad_base64_and_files_without_config_are_refused(acce
     assert status == 400 and "unknown load parameter 'bogus'" in error
     status, error = _load(d, "strconfig", {"config": {"max_batch_size": 2}, **_files({"1/model.onnx": model})})
     assert status == 400 and "must be a JSON string" in error
-    assert not any((root / n).exists() for n in ("many", "b64", "noconfig", "badconfig", "bogus", "strconfig"))
+    # a file that is also another's directory (was INTERNAL "Not a directory", from the write)
+    status, error = _load(d, "clash", {"config": CONFIG, **_files({"1/model.onnx": model, "1/model.onnx/x": b"x"})})
+    assert status == 400 and "file '1/model.onnx' is also a directory of another file" in error, error
+    assert not any((root / n).exists() for n in ("many", "b64", "noconfig", "badconfig", "bogus", "strconfig", "clash"))
     assert not _staged(root)
 
 
