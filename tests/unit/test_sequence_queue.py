@@ -1,0 +1,91 @@
+"""SequenceQueue's own bookkeeping when a batch fails in a way that concerns one row (a client's
+shared-memory file shrank) or the batch's size (out of memory). The worker here is a stand-in
+that answers run_batch as the real one does (tests/e2e/test_sequences.py runs real workers);
+what is checked is the queue's logic: who is answered with what, and what runs again."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from inferd.common.deferred import UnreadPart
+from inferd.common.errors import ErrorCode, InferdError
+from inferd.config.sequence import SequenceBatching
+from inferd.daemon.requests import InferRequest
+from inferd.scheduler.sequences import SequenceQueue
+from inferd.scheduler.tickets import FixedLimits, QueueObserver
+
+
+class _Worker:
+    dead = False
+
+    def __init__(self, answers):
+        self.answers = answers  # per batch: a callable(rows, parts) -> outputs or an exception
+        self.batches: list[list[str]] = []
+
+    def run_batch(self, ids, parts, wanted, done, **_):
+        self.batches.append(list(ids))
+        answer = self.answers.pop(0)(ids, parts)
+        if isinstance(answer, UnreadPart):
+            raise answer  # as worker.run_batch does: nothing is sent
+        asyncio.get_running_loop().call_soon(done, answer)
+
+
+class _Pool:
+    broken_reason = unavailable = None
+
+    def __init__(self, worker):
+        self.workers = frozenset([worker])
+        self.busy = False
+
+    def take_this(self, worker):
+        if self.busy:
+            return False
+        self.busy = True
+        return True
+
+    def give_back(self, worker):
+        self.busy = False
+
+    def grow(self, reason):
+        pass
+
+
+class _Observer(QueueObserver):
+    def __init__(self):
+        self.oom: list[int] = []
+
+    def out_of_memory(self, rows):
+        self.oom.append(rows)
+
+
+def _echo(ids, parts):
+    return {"OUT": np.concatenate([np.asarray(p) for p in parts["IN"]])}
+
+
+def _queue(answers, limits=None, observer=None):
+    worker = _Worker(answers)
+    queue = SequenceQueue(_Pool(worker), limits or FixedLimits(8, 64), model="m", output_names=["OUT"],
+                          input_names=["IN"], batching=SequenceBatching(), max_batch_size=8, max_workers=1,
+                          wakeup=asyncio.Event(), observer=observer)
+    return queue, worker
+
+
+def _send(queue, sid, value, start=True):
+    done = asyncio.get_running_loop().create_future()
+    request = InferRequest({"IN": np.full((1, 1), value, np.int32)}, id=f"r{sid}",
+                           parameters={"sequence_id": sid, "sequence_start": start})
+    queue.enqueue(request, 1, ((1,),), lambda outcome: done.done() or done.set_result(outcome))
+    return done
+
+
+async def test_an_unreadable_part_fails_its_own_request_and_the_others_run_next():
+    shrank = InferdError(ErrorCode.INVALID_ARGUMENT, "the file shrank")
+    queue, worker = _queue([lambda ids, parts: UnreadPart(1, shrank), _echo])
+    answers = [_send(queue, sid, sid * 10) for sid in (1, 2, 3)]
+    first, second, third = await asyncio.wait_for(asyncio.gather(*answers), 5)
+    assert second is shrank or (isinstance(second, InferdError) and "shrank" in second.message)
+    assert first["OUT"].tolist() == [[10]] and third["OUT"].tolist() == [[30]]
+    assert worker.batches == [["r1", "r2", "r3"], ["r1", "", "r3"]]  # slot 1 idle in the second
+    assert queue.inflight_count() == 0 and queue.holds(1) and queue.holds(2) and queue.holds(3)
