@@ -35,7 +35,7 @@ from inferd.config.sequence import SequenceBatching
 from inferd.scheduler.pool import WorkerPool
 from inferd.scheduler.sequence_flags import Flags, control_parts, read_flags
 from inferd.scheduler.sequence_rows import idle_row, slot_rows, sooner, wanted_outputs
-from inferd.scheduler.tickets import Outcome, QueueLimits, QueueObserver, Request, Ticket
+from inferd.scheduler.tickets import Outcome, QueueLimits, QueueObserver, Request, Ticket, bytes_full, request_nbytes
 from inferd.scheduler.worker import WorkerLost
 
 log = structlog.get_logger("inferd.sequences")
@@ -76,6 +76,7 @@ class SequenceQueue:
         self._backlog: deque[_Sequence] = deque()
         self._slots: dict[object, list[_Sequence | None]] = {}  # worker -> its slots
         self._where: dict[Ticket, _Sequence] = {}  # each waiting request's sequence
+        self._bytes = 0  # what the waiting requests' inputs hold
         self._ended: OrderedDict[int | str, str] = OrderedDict()  # recently ended: why
         self._running_batches = 0
         self._running_requests = 0
@@ -129,17 +130,20 @@ class SequenceQueue:
         if len(self._where) + 1 > self.limits.queue_rows:
             raise InferdError(ErrorCode.RESOURCE_EXHAUSTED, f"queue full: {len(self._where)} sequence requests "
                               f"queued, limit {self.limits.queue_rows}; retry later", retry_after_s=1.0)
+        nbytes = request_nbytes(request)
+        if bytes_full(self._bytes, nbytes, self.limits.queue_bytes):
+            raise InferdError(ErrorCode.RESOURCE_EXHAUSTED, f"queue full: {self._bytes} bytes queued, limit "
+                              f"{self.limits.queue_bytes}; retry later", retry_after_s=1.0)
         if seq is None:
             seq = _Sequence(flags.id, self.clock())
             self._sequences[flags.id] = seq
             self._ended.pop(flags.id, None)
             self._backlog.append(seq)
-        ticket = Ticket(request, rows, shape_key, self.clock(), then)
+        ticket = Ticket(request, rows, shape_key, self.clock(), then, nbytes)
         seq.idle_since = ticket.enqueued_at
         seq.waiting.append((ticket, flags))
         seq.ending = flags.end
-        self._where[ticket] = seq
-        self.observer.queue_rows(len(self._where))
+        self._queue(ticket, seq)
         if not self._dispatch_scheduled:  # the end of this loop turn: arrivals of this turn batch together
             self._dispatch_scheduled = True
             asyncio.get_running_loop().call_soon(self._end_of_arrivals)
@@ -158,10 +162,22 @@ class SequenceQueue:
         self._unqueue(ticket)
 
     def _unqueue(self, ticket: Ticket) -> None:
-        seq = self._where.pop(ticket, None)
+        seq = self._take(ticket)
         if seq is not None:
             seq.waiting = deque(w for w in seq.waiting if w[0] is not ticket)
             self.observer.queue_rows(len(self._where))
+
+    def _queue(self, ticket: Ticket, seq: _Sequence) -> None:
+        self._where[ticket] = seq
+        self._bytes += ticket.nbytes
+        self.observer.queue_rows(len(self._where))
+
+    def _take(self, ticket: Ticket) -> _Sequence | None:
+        """The ticket leaves the waiting count (the caller takes it out of its sequence's waiting)."""
+        seq = self._where.pop(ticket, None)
+        if seq is not None:
+            self._bytes -= ticket.nbytes
+        return seq
 
     async def drain(self) -> None:
         self._closing = True
@@ -197,7 +213,7 @@ class SequenceQueue:
         for seq in [s for s in self._sequences.values() if which(s)]:
             while seq.waiting:
                 ticket, _ = seq.waiting.popleft()
-                self._where.pop(ticket, None)
+                self._take(ticket)
                 ticket.settle(error)
         self.observer.queue_rows(len(self._where))
 
@@ -294,7 +310,7 @@ class SequenceQueue:
         now = self.clock()
         for seq in chosen:
             ticket, flags = seq.waiting.popleft()
-            self._where.pop(ticket, None)
+            self._take(ticket)
             ticket.queued = False
             seq.running = (ticket, flags)
             self.observer.dequeued(now - ticket.enqueued_at)
@@ -354,8 +370,7 @@ class SequenceQueue:
         seq.running = None
         ticket.queued = True
         seq.waiting.appendleft((ticket, flags))
-        self._where[ticket] = seq
-        self.observer.queue_rows(len(self._where))
+        self._queue(ticket, seq)
         return True
 
     # -- the loop ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from inferd.common.deferred import UnreadPart
 from inferd.common.errors import ErrorCode, InferdError
@@ -89,3 +90,16 @@ async def test_an_unreadable_part_fails_its_own_request_and_the_others_run_next(
     assert first["OUT"].tolist() == [[10]] and third["OUT"].tolist() == [[30]]
     assert worker.batches == [["r1", "r2", "r3"], ["r1", "", "r3"]]  # slot 1 idle in the second
     assert queue.inflight_count() == 0 and queue.holds(1) and queue.holds(2) and queue.holds(3)
+
+
+async def test_the_queue_byte_limit_refuses_and_frees_as_requests_leave():
+    queue, worker = _queue([_echo, _echo, _echo], FixedLimits(8, 64, queue_bytes=8))  # 2 requests of 4 bytes
+    first, second = _send(queue, 1, 1), _send(queue, 2, 2)
+    with pytest.raises(InferdError) as raised:
+        _send(queue, 3, 3)
+    assert raised.value.code is ErrorCode.RESOURCE_EXHAUSTED and "8 bytes queued, limit 8" in raised.value.message
+    assert not queue.holds(3)
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    more = [_send(queue, 1, 5, start=False), _send(queue, 2, 6, start=False)]  # the bytes left with them
+    assert [a["OUT"].tolist() for a in await asyncio.wait_for(asyncio.gather(*more), 5)] == [[[5]], [[6]]]
+    assert queue._bytes == 0
