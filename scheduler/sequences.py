@@ -36,7 +36,7 @@ from inferd.scheduler.pool import WorkerPool
 from inferd.scheduler.sequence_flags import Flags, control_parts, read_flags
 from inferd.scheduler.sequence_rows import idle_row, slot_rows, sooner, wanted_outputs
 from inferd.scheduler.tickets import Outcome, QueueLimits, QueueObserver, Request, Ticket, bytes_full, request_nbytes
-from inferd.scheduler.worker import WorkerLost
+from inferd.scheduler.worker import OutOfMemory, WorkerLost
 
 log = structlog.get_logger("inferd.sequences")
 ENDED_KEPT = 4096  # ended sequences remembered, to say why their next request is refused
@@ -172,11 +172,9 @@ class SequenceQueue:
         self._bytes += ticket.nbytes
         self.observer.queue_rows(len(self._where))
 
-    def _take(self, ticket: Ticket) -> _Sequence | None:
-        """The ticket leaves the waiting count (the caller takes it out of its sequence's waiting)."""
+    def _take(self, ticket: Ticket) -> _Sequence | None:  # (the caller takes it out of seq.waiting)
         seq = self._where.pop(ticket, None)
-        if seq is not None:
-            self._bytes -= ticket.nbytes
+        self._bytes -= ticket.nbytes if seq is not None else 0
         return seq
 
     async def drain(self) -> None:
@@ -266,15 +264,17 @@ class SequenceQueue:
             self._slots.setdefault(worker, [None] * self.slots_per_worker)
         for seq in [s for s in self._backlog if not s.waiting]:  # its requests timed out or were withdrawn
             self._end(seq, "its requests left the queue before it got a slot")
+        # direct: new sequences take slots below the batch limit (it halves when a batch runs out of memory)
+        top = max(1, self.limits.batch_rows) if self.batching.strategy == "direct" else self.slots_per_worker
         while self._backlog:
-            free = [(sum(s is not None for s in table), w) for w, table in self._slots.items() if None in table]
+            free = [(sum(s is not None for s in t), w) for w, t in self._slots.items() if None in t[:top]]
             if not free:
                 if len(live) < self.max_workers:
                     self.pool.grow(f"{len(self._backlog)} new sequences wait for a slot")
                 return
             worker = min(free, key=lambda f: f[0])[1]
             seq = self._backlog.popleft()
-            seq.worker, seq.slot = worker, self._slots[worker].index(None)
+            seq.worker, seq.slot = worker, self._slots[worker][:top].index(None)
             self._slots[worker][seq.slot] = seq
 
     # -- batches -----------------------------------------------------------------------------
@@ -337,6 +337,9 @@ class SequenceQueue:
             result = InferdError(ErrorCode.UNAVAILABLE, f"sequence ended: {result.message}; start the sequence again")
         now = self.clock()
         chosen = sum(s is not None for s in rows)
+        if isinstance(result, OutOfMemory):  # as ModelQueue: the batch limit halves
+            self.limits.out_of_memory(len(rows))
+            self.observer.out_of_memory(len(rows))
         settled = rows
         if isinstance(result, UnreadPart):  # a client shrank its file: only its request fails
             settled = [s if i == result.index else None if self._put_back(s) else s for i, s in enumerate(rows)]
@@ -362,8 +365,7 @@ class SequenceQueue:
         asyncio.get_running_loop().call_soon(self._dispatch_and_arm)
 
     def _put_back(self, seq: _Sequence | None) -> bool:
-        """A row that did not run goes back to the front of its sequence's waiting (it runs in
-        the next batch); False for an idle row or a request whose caller went away."""
+        """A row that did not run goes back to the front of its sequence (False: idle, or withdrawn)."""
         if seq is None or seq.running[0].answered:
             return False
         ticket, flags = seq.running

@@ -16,6 +16,7 @@ from inferd.config.sequence import SequenceBatching
 from inferd.daemon.requests import InferRequest
 from inferd.scheduler.sequences import SequenceQueue
 from inferd.scheduler.tickets import FixedLimits, QueueObserver
+from inferd.scheduler.worker import OutOfMemory
 
 
 class _Worker:
@@ -103,3 +104,26 @@ async def test_the_queue_byte_limit_refuses_and_frees_as_requests_leave():
     more = [_send(queue, 1, 5, start=False), _send(queue, 2, 6, start=False)]  # the bytes left with them
     assert [a["OUT"].tolist() for a in await asyncio.wait_for(asyncio.gather(*more), 5)] == [[[5]], [[6]]]
     assert queue._bytes == 0
+
+
+async def test_a_batch_out_of_memory_is_reported_and_halves_the_batch_limit():
+    observer = _Observer()
+    limits = FixedLimits(8, 64)
+    queue, worker = _queue([lambda ids, parts: OutOfMemory("out of memory: 4 rows"), _echo], limits, observer)
+    answers = [_send(queue, sid, sid) for sid in (1, 2, 3, 4)]
+    outcomes = await asyncio.wait_for(asyncio.gather(*answers), 5)
+    assert all(isinstance(o, OutOfMemory) for o in outcomes)  # (their sequences' state may have changed: not run again)
+    assert observer.oom == [4] and limits.batch_rows == 2
+
+
+async def test_after_a_batch_out_of_memory_new_sequences_take_slots_below_the_batch_limit():
+    limits = FixedLimits(8, 64)
+    queue, worker = _queue([lambda ids, parts: OutOfMemory("out of memory"), _echo, _echo], limits)
+    await asyncio.wait_for(asyncio.gather(*[_send(queue, sid, sid) for sid in (1, 2, 3, 4)]), 5)  # their sequences hold slots 0-3
+    assert limits.batch_rows == 2
+    for sid in (1, 2, 3, 4):
+        queue._end(queue._sequences[sid], None)  # (as their END requests would)
+    answers = [_send(queue, sid, sid) for sid in (5, 6, 7)]
+    done, pending = await asyncio.wait(answers, timeout=0.5)
+    assert len(done) == 2 and worker.batches[1] == ["r5", "r6"]  # the third waits for a slot below 2
+    assert not queue._sequences[7].worker
