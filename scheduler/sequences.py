@@ -78,12 +78,12 @@ class SequenceQueue:
         self._where: dict[Ticket, _Sequence] = {}  # each waiting request's sequence
         self._bytes = 0  # what the waiting requests' inputs hold
         self._ended: OrderedDict[int | str, str] = OrderedDict()  # recently ended: why
-        self._running_batches = 0
-        self._running_requests = 0
+        self._running_batches = self._running_requests = 0
         self._closing = False  # draining: only the sequences held go on
         self._aborted = False
         self._dispatch_scheduled = False
         self._loop_task: asyncio.Task | None = None
+        pool.pinned = lambda: bool(self._sequences)  # (memory eviction must not end them)
 
     # -- the caller's side -------------------------------------------------------------------
 

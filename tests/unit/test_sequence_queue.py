@@ -127,3 +127,16 @@ async def test_after_a_batch_out_of_memory_new_sequences_take_slots_below_the_ba
     done, pending = await asyncio.wait(answers, timeout=0.5)
     assert len(done) == 2 and worker.batches[1] == ["r5", "r6"]  # the third waits for a slot below 2
     assert not queue._sequences[7].worker
+
+
+async def test_the_pool_is_pinned_while_it_holds_sequences():
+    queue, worker = _queue([_echo, _echo])
+    assert not queue.pool.pinned()
+    await asyncio.wait_for(_send(queue, 1, 1), 5)
+    assert queue.pool.pinned()  # sequence 1 lives on its worker
+    done = asyncio.get_running_loop().create_future()
+    request = InferRequest({"IN": np.full((1, 1), 2, np.int32)}, parameters={"sequence_id": 1, "sequence_end": True})
+    queue.enqueue(request, 1, ((1,),), done.set_result)
+    await asyncio.wait_for(done, 5)
+    assert not queue.pool.pinned()
+
