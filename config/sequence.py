@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from inferd.common.errors import ConfigError
 
@@ -22,6 +23,7 @@ START, END, READY, CORRID = (f"CONTROL_SEQUENCE_{k}" for k in ("START", "END", "
 _FLAG_VALUES = {"int32_false_true": "INT32", "fp32_false_true": "FP32", "bool_false_true": "BOOL"}
 _CORRID_TYPES = {"TYPE_UINT64": "UINT64", "TYPE_INT64": "INT64", "TYPE_UINT32": "UINT32", "TYPE_INT32": "INT32",
                  "TYPE_STRING": "BYTES"}
+FP32_MAX = 3.4028234663852886e38
 MAX_IDLE_US = 3_600_000_000  # an hour: a slot is never held longer by a silent client
 
 
@@ -78,6 +80,10 @@ def _control(item, where: str, file: str) -> Control:
     if not isinstance(values, list) or len(values) != 2 or not all(
             isinstance(v, scalar) and (scalar is bool or not isinstance(v, bool)) for v in values):
         raise ConfigError(file, f"{where}.{given[0]}", "expected [false value, true value]")
+    if scalar is int and not all(-(1 << 31) <= v < 1 << 31 for v in values):
+        raise ConfigError(file, f"{where}.{given[0]}", f"expected INT32 values (-2147483648 to 2147483647), got {values}")
+    if scalar is not int and scalar is not bool and not all(math.isfinite(v) and abs(v) <= FP32_MAX for v in values):
+        raise ConfigError(file, f"{where}.{given[0]}", f"expected finite FP32 values, got {values}")
     return Control(item["name"], kind.removeprefix("CONTROL_SEQUENCE_"), _FLAG_VALUES[given[0]], tuple(values))
 
 

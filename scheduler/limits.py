@@ -263,10 +263,10 @@ class MemoryManager:
         if reason is None or not self.section.evict_idle:
             return reason
         candidates = sorted((t for t in self.tenants if t.device == device and (t.name, t.version) != exclude
-                             and t.min_workers == 0 and t.pool.pids and t.pool.all_idle),
+                             and t.min_workers == 0 and t.pool.pids and t.pool.all_idle and not t.pool.pinned()),
                             key=lambda t: t.pool.last_used)
         for victim in candidates:
-            if not victim.pool.all_idle:
+            if not victim.pool.all_idle or victim.pool.pinned():
                 continue
             log.info("scaling an idle model to zero to make room", model=victim.name, version=victim.version,
                      device=device, for_model=requester, idle_s=round(time.monotonic() - victim.pool.last_used, 1))

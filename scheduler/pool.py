@@ -77,6 +77,7 @@ class WorkerPool:
         self.on_broken = on_broken  # the crash loop's reason: no more starts
         self.on_change = on_change  # a worker became available, or none can
         self.last_used = time.monotonic()  # when a batch last started (eviction takes the least recent)
+        self.pinned: Callable[[], bool] = lambda: False  # its workers hold state (sequences): never evicted
         self.metadata: ModelMetadata | None = None
         self.metadata_worker: WorkerHandle | None = None  # the worker that validated the model
         self.broken_reason: str | None = None  # crash loop: no more starts

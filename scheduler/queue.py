@@ -23,10 +23,9 @@ import structlog
 
 from inferd.common.deferred import UnreadPart
 from inferd.common.errors import ErrorCode, InferdError, unexpected
-from inferd.common.tensors import payload_bytes
 from inferd.scheduler.batching import Send, next_batch
 from inferd.scheduler.pool import WorkerPool
-from inferd.scheduler.tickets import Outcome, QueueLimits, QueueObserver, Request, Ticket
+from inferd.scheduler.tickets import Outcome, QueueLimits, QueueObserver, Request, Ticket, bytes_full, request_nbytes
 from inferd.scheduler.worker import OutOfMemory, WorkerLost
 
 log = structlog.get_logger("inferd.queue")
@@ -110,8 +109,8 @@ class ModelQueue:
                 f"queue full: {self._rows} rows queued, limit {limits.queue_rows}; retry later",
                 retry_after_s=self._time_to_drain(self._rows + rows - limits.queue_rows),
             )
-        nbytes = _nbytes(request)
-        if self._bytes and limits.queue_bytes and self._bytes + nbytes > limits.queue_bytes:
+        nbytes = request_nbytes(request)
+        if bytes_full(self._bytes, nbytes, limits.queue_bytes):
             over = (self._bytes + nbytes - limits.queue_bytes) / self._bytes * self._rows
             raise InferdError(
                 ErrorCode.RESOURCE_EXHAUSTED,
@@ -386,11 +385,3 @@ class ModelQueue:
                 mine = {name: outputs[name][offset : offset + item.rows] for name in names}
             offset += item.rows
             item.settle(mine)  # (nothing, if its caller went away meanwhile)
-
-
-def _nbytes(request: Request) -> int:
-    """What a request's inputs hold (BYTES: their elements' lengths)."""
-    total = 0
-    for array in request.inputs.values():  # a plain loop: on every request
-        total += payload_bytes(array) if array.dtype.kind == "O" else array.nbytes
-    return total

@@ -5,6 +5,7 @@ the daemon fills into each row of a stateful model's batch (config/sequence.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -71,11 +72,18 @@ def control_parts(controls: tuple[Control, ...], rows: list[Flags | None], batch
         if c.kind == "CORRID":
             dtype = object if c.datatype == "BYTES" else DATATYPES[c.datatype]
             values = [_corrid(f, c.datatype) for f in rows]
+            parts[c.name] = [np.full(shape, v, dtype) for v in values]
         else:
-            dtype = DATATYPES[c.datatype]
-            values = [c.values[_on(c.kind, f)] for f in rows]
-        parts[c.name] = [np.full(shape, v, dtype) for v in values]
+            parts[c.name] = [_constant(c.values[_on(c.kind, f)], c.datatype, shape) for f in rows]
     return parts
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(value, datatype: str, shape: tuple) -> np.ndarray:
+    """A flag's row, made once (read-only: every batch shares it)."""
+    array = np.full(shape, value, DATATYPES[datatype])
+    array.flags.writeable = False
+    return array
 
 
 def _on(kind: str, flags: Flags | None) -> int:

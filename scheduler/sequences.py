@@ -27,15 +27,16 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 
-import numpy as np
 import structlog
 
+from inferd.common.deferred import UnreadPart
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid, unexpected
 from inferd.config.sequence import SequenceBatching
 from inferd.scheduler.pool import WorkerPool
 from inferd.scheduler.sequence_flags import Flags, control_parts, read_flags
-from inferd.scheduler.tickets import Outcome, QueueLimits, QueueObserver, Request, Ticket
-from inferd.scheduler.worker import WorkerLost
+from inferd.scheduler.sequence_rows import idle_row, slot_rows, sooner, wanted_outputs
+from inferd.scheduler.tickets import Outcome, QueueLimits, QueueObserver, Request, Ticket, bytes_full, request_nbytes
+from inferd.scheduler.worker import OutOfMemory, WorkerLost
 
 log = structlog.get_logger("inferd.sequences")
 ENDED_KEPT = 4096  # ended sequences remembered, to say why their next request is refused
@@ -75,13 +76,14 @@ class SequenceQueue:
         self._backlog: deque[_Sequence] = deque()
         self._slots: dict[object, list[_Sequence | None]] = {}  # worker -> its slots
         self._where: dict[Ticket, _Sequence] = {}  # each waiting request's sequence
+        self._bytes = 0  # what the waiting requests' inputs hold
         self._ended: OrderedDict[int | str, str] = OrderedDict()  # recently ended: why
-        self._running_batches = 0
-        self._running_requests = 0
+        self._running_batches = self._running_requests = 0
         self._closing = False  # draining: only the sequences held go on
         self._aborted = False
         self._dispatch_scheduled = False
         self._loop_task: asyncio.Task | None = None
+        pool.pinned = lambda: bool(self._sequences)  # (memory eviction must not end them)
 
     # -- the caller's side -------------------------------------------------------------------
 
@@ -128,17 +130,20 @@ class SequenceQueue:
         if len(self._where) + 1 > self.limits.queue_rows:
             raise InferdError(ErrorCode.RESOURCE_EXHAUSTED, f"queue full: {len(self._where)} sequence requests "
                               f"queued, limit {self.limits.queue_rows}; retry later", retry_after_s=1.0)
+        nbytes = request_nbytes(request)
+        if bytes_full(self._bytes, nbytes, self.limits.queue_bytes):
+            raise InferdError(ErrorCode.RESOURCE_EXHAUSTED, f"queue full: {self._bytes} bytes queued, limit "
+                              f"{self.limits.queue_bytes}; retry later", retry_after_s=1.0)
         if seq is None:
             seq = _Sequence(flags.id, self.clock())
             self._sequences[flags.id] = seq
             self._ended.pop(flags.id, None)
             self._backlog.append(seq)
-        ticket = Ticket(request, rows, shape_key, self.clock(), then)
+        ticket = Ticket(request, rows, shape_key, self.clock(), then, nbytes)
         seq.idle_since = ticket.enqueued_at
         seq.waiting.append((ticket, flags))
         seq.ending = flags.end
-        self._where[ticket] = seq
-        self.observer.queue_rows(len(self._where))
+        self._queue(ticket, seq)
         if not self._dispatch_scheduled:  # the end of this loop turn: arrivals of this turn batch together
             self._dispatch_scheduled = True
             asyncio.get_running_loop().call_soon(self._end_of_arrivals)
@@ -157,10 +162,20 @@ class SequenceQueue:
         self._unqueue(ticket)
 
     def _unqueue(self, ticket: Ticket) -> None:
-        seq = self._where.pop(ticket, None)
+        seq = self._take(ticket)
         if seq is not None:
             seq.waiting = deque(w for w in seq.waiting if w[0] is not ticket)
             self.observer.queue_rows(len(self._where))
+
+    def _queue(self, ticket: Ticket, seq: _Sequence) -> None:
+        self._where[ticket] = seq
+        self._bytes += ticket.nbytes
+        self.observer.queue_rows(len(self._where))
+
+    def _take(self, ticket: Ticket) -> _Sequence | None:  # (the caller takes it out of seq.waiting)
+        seq = self._where.pop(ticket, None)
+        self._bytes -= ticket.nbytes if seq is not None else 0
+        return seq
 
     async def drain(self) -> None:
         self._closing = True
@@ -196,7 +211,7 @@ class SequenceQueue:
         for seq in [s for s in self._sequences.values() if which(s)]:
             while seq.waiting:
                 ticket, _ = seq.waiting.popleft()
-                self._where.pop(ticket, None)
+                self._take(ticket)
                 ticket.settle(error)
         self.observer.queue_rows(len(self._where))
 
@@ -226,20 +241,20 @@ class SequenceQueue:
                     self._unqueue(ticket)
                     ticket.settle(InferdError(ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while it was queued"))
                 else:
-                    due = _sooner(due, ticket.request.deadline - now)
+                    due = sooner(due, ticket.request.deadline - now)
             running = seq.running[0] if seq.running else None
             if running is not None and running.request.deadline is not None and not running.answered:
                 if running.request.deadline <= now:
                     running.settle(InferdError(ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed while its "
                                                "batch was running (the model ran it: its sequence's state includes it)"))
                 else:
-                    due = _sooner(due, running.request.deadline - now)
+                    due = sooner(due, running.request.deadline - now)
             if seq.waiting or seq.running:
                 continue
             if now - seq.idle_since >= self.idle_s:
                 self._end(seq, f"no request for max_sequence_idle_us ({self.idle_s:g} s)")
             else:
-                due = _sooner(due, seq.idle_since + self.idle_s - now)
+                due = sooner(due, seq.idle_since + self.idle_s - now)
         return due
 
     def _bind_backlog(self) -> None:
@@ -249,15 +264,17 @@ class SequenceQueue:
             self._slots.setdefault(worker, [None] * self.slots_per_worker)
         for seq in [s for s in self._backlog if not s.waiting]:  # its requests timed out or were withdrawn
             self._end(seq, "its requests left the queue before it got a slot")
+        # direct: new sequences take slots below the batch limit (it halves when a batch runs out of memory)
+        top = max(1, self.limits.batch_rows) if self.batching.strategy == "direct" else self.slots_per_worker
         while self._backlog:
-            free = [(sum(s is not None for s in table), w) for w, table in self._slots.items() if None in table]
+            free = [(sum(s is not None for s in t), w) for w, t in self._slots.items() if None in t[:top]]
             if not free:
                 if len(live) < self.max_workers:
                     self.pool.grow(f"{len(self._backlog)} new sequences wait for a slot")
                 return
             worker = min(free, key=lambda f: f[0])[1]
             seq = self._backlog.popleft()
-            seq.worker, seq.slot = worker, self._slots[worker].index(None)
+            seq.worker, seq.slot = worker, self._slots[worker][:top].index(None)
             self._slots[worker][seq.slot] = seq
 
     # -- batches -----------------------------------------------------------------------------
@@ -289,44 +306,28 @@ class SequenceQueue:
                 self._start_batch(worker, chosen)
         return due
 
-    def _rows(self, chosen: list[_Sequence]) -> list[_Sequence | None]:
-        """direct: one row per slot up to the highest chosen (None: an idle slot)."""
-        if self.batching.strategy == "oldest" or not self.batch_dim:
-            return list(chosen)
-        top = max(s.slot for s in chosen)
-        by_slot = {s.slot: s for s in chosen}
-        return [by_slot.get(i) for i in range(top + 1)]
-
     def _start_batch(self, worker, chosen: list[_Sequence]) -> None:
         now = self.clock()
         for seq in chosen:
             ticket, flags = seq.waiting.popleft()
-            self._where.pop(ticket, None)
+            self._take(ticket)
             ticket.queued = False
             seq.running = (ticket, flags)
             self.observer.dequeued(now - ticket.enqueued_at)
         self.observer.queue_rows(len(self._where))
-        rows = self._rows(chosen)
+        rows = chosen if self.batching.strategy == "oldest" or not self.batch_dim else slot_rows(chosen)
         self._running_batches += 1
         self._running_requests += len(chosen)
         try:
             template = chosen[0].running[0].request.inputs
-            parts = {name: [s.running[0].request.inputs[name] if s else _idle_row(template[name]) for s in rows]
+            parts = {name: [s.running[0].request.inputs[name] if s else idle_row(template[name]) for s in rows]
                      for name in self.input_names}
             parts |= control_parts(self.batching.controls, [s.running[1] if s else None for s in rows], self.batch_dim)
-            worker.run_batch([s.running[0].request.id if s else "" for s in rows], parts, self._wanted(chosen),
+            wanted = wanted_outputs([s.running[0].request for s in chosen], self.output_names)
+            worker.run_batch([s.running[0].request.id if s else "" for s in rows], parts, wanted,
                              lambda result: self._finish_batch(worker, rows, now, result))
         except Exception as e:  # tensors that cannot be packed: this batch fails, not the queue
             self._finish_batch(worker, rows, now, unexpected(e, "sequence batch dispatch failed", model=self.model))
-
-    def _wanted(self, chosen: list[_Sequence]) -> list[str]:
-        wanted: set[str] = set()
-        for seq in chosen:
-            asked = seq.running[0].request.outputs
-            if asked is None:
-                return self.output_names
-            wanted.update(asked)
-        return [name for name in self.output_names if name in wanted]
 
     def _finish_batch(self, worker, rows: list[_Sequence | None], started: float, result) -> None:
         """The worker's answer: each row's outputs go to its request; a sequence whose END
@@ -335,7 +336,14 @@ class SequenceQueue:
         if isinstance(result, WorkerLost):  # the state of every sequence on that worker is gone
             result = InferdError(ErrorCode.UNAVAILABLE, f"sequence ended: {result.message}; start the sequence again")
         now = self.clock()
-        for i, seq in enumerate(rows):
+        chosen = sum(s is not None for s in rows)
+        if isinstance(result, OutOfMemory):  # as ModelQueue: the batch limit halves
+            self.limits.out_of_memory(len(rows))
+            self.observer.out_of_memory(len(rows))
+        settled = rows
+        if isinstance(result, UnreadPart):  # a client shrank its file: only its request fails
+            settled = [s if i == result.index else None if self._put_back(s) else s for i, s in enumerate(rows)]
+        for i, seq in enumerate(settled):
             if seq is None:
                 continue
             ticket, flags = seq.running
@@ -350,12 +358,22 @@ class SequenceQueue:
                 self._end(seq, None if flags.end else "it started again on the model's new version")
         if worker.dead:
             self._lose(worker)
-        chosen = sum(s is not None for s in rows)
         self._running_batches -= 1
         self._running_requests -= chosen
         self.pool.give_back(worker)
         self.observer.batch_done(chosen, len(rows), now - started, ok)
         asyncio.get_running_loop().call_soon(self._dispatch_and_arm)
+
+    def _put_back(self, seq: _Sequence | None) -> bool:
+        """A row that did not run goes back to the front of its sequence (False: idle, or withdrawn)."""
+        if seq is None or seq.running[0].answered:
+            return False
+        ticket, flags = seq.running
+        seq.running = None
+        ticket.queued = True
+        seq.waiting.appendleft((ticket, flags))
+        self._queue(ticket, seq)
+        return True
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -380,14 +398,3 @@ class SequenceQueue:
                     await self._wakeup.wait()
             except TimeoutError:
                 pass
-
-
-def _sooner(due: float | None, other: float) -> float:
-    return other if due is None else min(due, other)
-
-
-def _idle_row(like: np.ndarray) -> np.ndarray:
-    """An idle slot's row: zeros (empty bytes) shaped like a real request's."""
-    if like.dtype == object:
-        return np.full(like.shape, b"", object)
-    return np.zeros(like.shape, like.dtype)  # (like may be a common.deferred.FileSlice)

@@ -11,6 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from inferd.common.errors import InferdError
+from inferd.common.tensors import payload_bytes
 
 
 class Request(Protocol):
@@ -80,3 +81,17 @@ class Ticket:
         if not self.answered:
             self.answered = True
             self.then(outcome)
+
+
+def request_nbytes(request: Request) -> int:
+    """What a request's inputs hold (BYTES: their elements' lengths)."""
+    total = 0
+    for array in request.inputs.values():  # a plain loop: on every request
+        total += payload_bytes(array) if array.dtype.kind == "O" else array.nbytes
+    return total
+
+
+def bytes_full(queued: int, nbytes: int, limit: int) -> bool:
+    """Whether `nbytes` more would pass the queue's byte limit (0: none). An empty queue takes
+    any one request (its size is bounded by the request limits)."""
+    return bool(queued and limit and queued + nbytes > limit)

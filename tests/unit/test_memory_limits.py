@@ -125,6 +125,7 @@ class Pool:
         self.all_idle = idle
         self.last_used = last_used
         self.evicted = False
+        self.pinned = lambda: False
 
     async def scale_to_zero(self, reason):
         self.pids, self.evicted = [], True
@@ -206,3 +207,23 @@ async def test_admission_refuses_with_the_reason_and_evicts_idle_models_lru_firs
     old.pool.scale_to_zero = evicting
     assert await m.admit("cuda:0", 3 * GiB, "new version 1") is None
     assert old.pool.evicted and not busy.pool.evicted and not warm.pool.evicted  # busy and min_workers stay
+
+
+async def test_eviction_skips_a_pool_whose_workers_hold_sequences():
+    nvml = FakeNvml([(8 * GiB, 16 * GiB)], {0: [(1, 3 * GiB), (2, 3 * GiB)]})
+    m = manager(nvml, budget_bytes=6 * GiB, evict_idle=True)  # the budget, not the device, is short
+    stateful = tenant(m, "stateful", "cuda:0", [1], 3 * GiB, 0, last_used=1.0)  # the least recently used
+    plain = tenant(m, "plain", "cuda:0", [2], 3 * GiB, 0, last_used=5.0)
+    stateful.pool.pinned = lambda: True
+    for t in (stateful, plain):
+        m.add(t)
+
+    async def evicting(reason):
+        plain.pool.pids, plain.pool.evicted = [], True
+        nvml.processes[0] = [p for p in nvml.processes[0] if p[0] != 2]
+        return True
+
+    plain.pool.scale_to_zero = evicting
+    assert await m.admit("cuda:0", 3 * GiB, "new version 1") is None
+    assert plain.pool.evicted and not stateful.pool.evicted
+
