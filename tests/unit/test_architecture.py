@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ["inferd.daemon", "inferd.scheduler", "inferd.backends", "inferd.config", "inferd.common"]
 RUNTIMES = {"onnxruntime", "torch", "tensorflow"}
-GENERATED = "grpc_gen"  # protoc's output: not ours to size
+GENERATED = ("grpc_gen", "model_config_pb2.py")  # protoc's output: not ours to size
 
 
 def _package_dirs() -> dict[str, Path]:
@@ -148,8 +148,10 @@ def test_the_daemon_process_imports_no_runtime():
 
 def _sources() -> list[Path]:
     folders = list(_package_dirs().values()) + [ROOT / d for d in ("tests", "bench", "examples")]
-    vendored = ROOT / "tests" / "triton_examples"  # Triton's example clients, kept unchanged
-    return sorted(p for f in folders for p in f.rglob("*.py") if GENERATED not in p.parts and vendored not in p.parents)
+    # Triton's example clients, repository and Python models, kept unchanged
+    vendored = {ROOT / "tests" / name for name in ("triton_examples", "triton_repository", "triton_python_examples")}
+    return sorted(p for f in folders for p in f.rglob("*.py")
+                  if not set(GENERATED) & set(p.parts) and not vendored & set(p.parents))
 
 
 @pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(ROOT)))

@@ -1,0 +1,1 @@
+"""Triton's model_config.proto, compiled (model_config_pb2.py, by generate.sh); see README.md."""
