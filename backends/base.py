@@ -3,6 +3,7 @@ called by one thread: never two concurrent `execute` calls."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Protocol
 
@@ -19,10 +20,24 @@ class Backend(Protocol):
         """Load the model file once; report its inputs and outputs. Raise to fail the load."""
 
     def execute(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        """Run one batch (requests stacked along the first dimension); return the named outputs."""
+        """Run one batch (requests stacked along the first dimension); return the named outputs.
+        A backend whose `per_request` is true after load() (Triton Python models) is called as
+        execute(inputs, outputs, requests=BatchRequests) and answers each caller on its own."""
 
     def unload(self) -> None:
         """Release the model. Called once, before the worker exits."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchRequests:
+    """The callers of a batch, for a per-request backend: each one's rows (in batch order along
+    the first dimension) and request parameters. Such a backend returns one entry per caller:
+    its outputs (a dict), or the exception that fails that caller alone (BackendInputError:
+    the caller's fault). Without `requests` (warm-up, profiling) the batch is one caller and
+    the answer a dict, as for every backend."""
+
+    rows: tuple[int, ...]
+    parameters: tuple[dict, ...]
 
 
 class BackendInputError(Exception):

@@ -21,6 +21,9 @@ class BackendSettings:
     outputs: tuple[TensorSpec, ...]
     parameters: dict  # config.toml's free-form [parameters], for the model's code
     decoupled: bool | None  # config.toml's decoupled (None: unsaid; a Python model's class attribute says)
+    model_config: dict | None  # a Triton model's config.pbtxt as JSON (Triton's field names); None: not a Triton model
+    daemon_socket: str  # the daemon's Unix socket, for a model's calls to other models (Triton BLS); "" = none
+    metrics_dir: str  # where a model's custom metrics go for the daemon's /metrics (Triton MetricFamily); "" = none
 
     def to_wire(self) -> dict:
         return dataclasses.asdict(self) | {"inputs": [t.to_dict() for t in self.inputs],

@@ -98,6 +98,16 @@ class PipelineStep:
 
 
 @dataclasses.dataclass(frozen=True)
+class TritonModel:
+    """What a config.pbtxt says beyond config.toml's keys (config/triton_config.py)."""
+
+    platform: str  # onnxruntime_onnx | pytorch_libtorch | python | ensemble (from platform or backend)
+    config: dict  # the file as JSON with Triton's field names: what a Triton Python model's initialize gets
+    default_model_filename: str = ""  # the version directory's model file, when not model.<ext>
+    notes: tuple[str, ...] = ()  # what it asks that inferd does its own way (shown with the model)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     settings: ModelSettings
     version_policy: VersionPolicy = VersionPolicy()
@@ -110,6 +120,9 @@ class ModelConfig:
     input_formats: dict[str, str] = dataclasses.field(default_factory=dict)  # [[inputs]] format (image layout)
     label_files: dict[str, str] = dataclasses.field(default_factory=dict)  # [[outputs]] label_filename
     decoupled: bool | None = None  # 0..N responses per request (None: unsaid, a Python model's class says)
+    triton: TritonModel | None = None  # read from a config.pbtxt
+    reshape: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # tensor -> the shape the model sees
+    optional_inputs: frozenset[str] = frozenset()  # inputs a request may leave out
 
 
 def _pipeline(items, file: str) -> tuple[PipelineStep, ...]:

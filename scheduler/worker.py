@@ -3,57 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import structlog
 
 from inferd.backends import ipc, mailbox
-from inferd.backends.settings import BackendSettings
 from inferd.backends.shm import Region
 from inferd.common.deferred import stacked
 from inferd.common.errors import ErrorCode, InferdError
-from inferd.common.tensors import ModelMetadata, TensorSpec
-from inferd.config.model import ModelSettings
+from inferd.common.tensors import ModelMetadata
 from inferd.scheduler import busypoll, streams
 from inferd.scheduler.busypoll import keep_polling
 from inferd.scheduler.spawner import Forked
+from inferd.scheduler.worker_spec import WorkerSpec  # noqa: F401 (re-exported)
 
 log = structlog.get_logger("inferd.worker")
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs to host one model version."""
-
-    model: str
-    version: str
-    path: Path
-    backend: str  # "module:Class"
-    settings: BackendSettings  # what the backend is told
-    shared_memory: bool  # batch tensors travel through shared memory (else in the messages)
-    busy_poll_us: int  # at light load, this loop and the worker poll this long around a batch
-    execution_timeout_s: float  # a batch still running then fails, and its worker is killed
-
-    @classmethod
-    def of(cls, model: str, version: str, path: Path, backend: str, settings: ModelSettings, *,
-           model_dir: Path | None = None, gpu: int | None = None, inputs: tuple[TensorSpec, ...] = (),
-           outputs: tuple[TensorSpec, ...] = (), parameters: dict | None = None, decoupled: bool | None = None) -> WorkerSpec:
-        """The spec of a model's workers from its settings; `gpu`: where "auto" placed it;
-        `inputs`/`outputs`/`parameters`/`decoupled`: what its config.toml declares."""
-        backend_settings = BackendSettings(
-            model_dir=str(model_dir or path.parent), max_batch_size=settings.max_batch_size, device=settings.device,
-            gpu=gpu, intra_op_threads=settings.intra_op_threads, intra_op_spinning=settings.intra_op_spinning,
-            inputs=inputs, outputs=outputs, parameters=parameters or {}, decoupled=decoupled,
-        )
-        return cls(model, version, path, backend, backend_settings, settings.shared_memory, settings.busy_poll_us,
-                   settings.execution_timeout_s)
 
 
 class LoadFailed(Exception):
