@@ -18,7 +18,7 @@ import socket
 
 import numpy as np
 
-from inferd.backends import ipc
+from inferd.backends import ipc, per_request
 
 WARM_UP_RESPONSES = 2  # a warm-up or profile run takes at most this many responses (the model may never end)
 
@@ -45,7 +45,10 @@ def run(backend, msg: dict, sock: socket.socket, receiver: ipc.Receiver, regions
     """One request's stream. Returns the final reply; the model's exception propagates (the
     caller answers FAILED)."""
     batch, credit = msg["batch"], int(msg["stream"])
-    responses = backend.responses(_inputs(msg, regions), msg["outputs"])
+    if "callers" in msg:  # a per-request backend: the request's parameters too
+        responses = backend.responses(_inputs(msg, regions), msg["outputs"], parameters=per_request.parameters(msg))
+    else:
+        responses = backend.responses(_inputs(msg, regions), msg["outputs"])
     try:
         for outputs in responses:
             credit, going = _control(receiver, batch, credit, wait=False)

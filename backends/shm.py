@@ -60,8 +60,13 @@ class Region:
         small tensors are, into the message, as ipc packs them). A part still in a client's
         file (common.deferred.FileSlice) is read straight into its rows. Returns the
         descriptors, in the form `read` takes; raises UnreadPart."""
+        return self.write_pairs(tensors.items())
+
+    def write_pairs(self, tensors) -> list:
+        """`write` for (name, parts) pairs, where a name may come more than once (a per-request
+        model's outputs, caller after caller: inferd.backends.per_request)."""
         layout, offset = [], 0
-        for name, parts in tensors.items():
+        for name, parts in tensors:
             nbytes = parts[0].nbytes if len(parts) == 1 else sum(p.nbytes for p in parts)
             if nbytes <= INLINE_BYTES or parts[0].dtype == object or parts[0].dtype.kind in "US":
                 layout.append((name, parts, None))

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from inferd.backends import decoupled, ipc
+from inferd.backends import decoupled, ipc, per_request
 from inferd.backends.base import BackendInputError, BackendOutputError
 from inferd.backends.mailbox import Mailbox, must_ring
 from inferd.backends.output import ModelOutput
@@ -145,14 +145,25 @@ def _reply(sock: socket.socket, mailbox: Mailbox | None, reply: dict, daemon_pol
         ipc.send(sock, {"type": ipc.WAKE})
 
 
-def _failed(msg: dict, e: Exception) -> dict:
-    """The FAILED answer to an EXECUTE whose run raised `e` (logged here)."""
+def _error(request_ids, e: Exception, what: str = "batch") -> tuple[str, str]:
+    """(wire code, message) of a failed run (logged here): a batch's, or one caller's."""
     code = _error_code(e)
     if code is ErrorCode.INTERNAL:  # the model author's: where in their code
-        log.error("batch failed", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}", exc_info=_model_traceback(e))
+        log.error(f"{what} failed", request_ids=request_ids, error=f"{type(e).__name__}: {e}", exc_info=_model_traceback(e))
     if code is ErrorCode.RESOURCE_EXHAUSTED:
-        log.warning("batch ran out of memory", request_ids=msg["ids"], error=f"{type(e).__name__}: {e}")
-    return {"type": ipc.FAILED, "batch": msg["batch"], "code": ipc.ERROR_CODES[code], "message": for_caller(str(e))}
+        log.warning(f"{what} ran out of memory", request_ids=request_ids, error=f"{type(e).__name__}: {e}")
+    return ipc.ERROR_CODES[code], for_caller(str(e))
+
+
+def _failed(msg: dict, e: Exception) -> dict:
+    """The FAILED answer to an EXECUTE whose run raised `e`."""
+    code, message = _error(msg["ids"], e)
+    return {"type": ipc.FAILED, "batch": msg["batch"], "code": code, "message": message}
+
+
+def _caller_failed(request_id: str, e: Exception) -> tuple[str, str]:
+    """One caller's failure in a per-request backend's batch (inferd.backends.per_request)."""
+    return _error([request_id], e, "request")
 
 
 def serve(sock: socket.socket) -> int:
@@ -176,9 +187,11 @@ def serve(sock: socket.socket) -> int:
         ipc.send(sock, {"type": ipc.LOAD_FAILED, "reason": for_caller(reason)})  # (the log has the paths)
         return 1
     log.info("gc settled", frozen=gc_policy.settle(collect=False))
+    per_caller = bool(getattr(backend, "per_request", False))  # (inferd.backends.per_request)
     ipc.send(sock, {"type": ipc.LOADED, "metadata": metadata.to_dict(), "load_s": time.monotonic() - started,
                     "started_at": started,  # CLOCK_MONOTONIC is one clock for every process
-                    "device": getattr(backend, "device_name", "cpu")})  # where it runs: "cpu" or "cuda:N"
+                    "device": getattr(backend, "device_name", "cpu"),  # where it runs: "cpu" or "cuda:N"
+                    "per_request": per_caller})
 
     while (msg := receiver.recv()) is not None:
         if msg["type"] == ipc.STOP:
@@ -192,6 +205,8 @@ def serve(sock: socket.socket) -> int:
         try:
             if msg.get("stream") is not None:  # a decoupled model's request: responses sent as they come
                 reply = decoupled.run(backend, msg, sock, receiver, regions)
+            elif per_caller and "callers" in msg:  # a per-request backend's batch: each caller answered on its own
+                reply = per_request.reply(backend, msg, regions, _caller_failed)
             elif regions is None:
                 outputs = backend.execute(ipc.unpack_tensors(msg["inputs"]), msg["outputs"])
                 reply = {"type": ipc.RESULT, "batch": msg["batch"], "outputs": ipc.pack_tensors(outputs)}

@@ -25,6 +25,7 @@ from inferd.common.deferred import UnreadPart
 from inferd.common.errors import ErrorCode, InferdError, unexpected
 from inferd.scheduler.batching import Send, next_batch
 from inferd.scheduler.pool import WorkerPool
+from inferd.scheduler.results import split, wire_callers
 from inferd.scheduler.tickets import Outcome, QueueLimits, QueueObserver, Request, Ticket, bytes_full, request_nbytes
 from inferd.scheduler.worker import OutOfMemory, WorkerLost
 
@@ -278,6 +279,7 @@ class ModelQueue:
                 lambda result: self._finish_batch(worker, batch, now, result),
                 light=len(batch) == 1 and not self._pending and self._running_batches == 1,
                 stream=batch[0].request.stream,
+                callers=wire_callers(batch) if worker.per_request else None,
             )
         except Exception as e:  # e.g. tensors that cannot be packed: this batch fails, not the queue
             self._finish_batch(worker, batch, now, unexpected(e, "batch dispatch failed", model=self.pool.spec.model))
@@ -311,7 +313,7 @@ class ModelQueue:
                                      f"the model's batch limit is now {self.limits.batch_rows} rows")
             try:
                 if ok:
-                    self._split(batch, result)
+                    split(batch, result)
             except Exception as e:  # a bug here must not leave callers waiting forever
                 ok, result = False, unexpected(e, "splitting a batch failed", model=self.pool.spec.model)
             if not ok:
@@ -372,16 +374,3 @@ class ModelQueue:
                 return self.output_names
             wanted.update(item.request.outputs)
         return [name for name in self.output_names if name in wanted]
-
-    def _split(self, batch: list[Ticket], outputs: dict[str, np.ndarray]) -> None:
-        if not outputs:  # a stream's end: its responses went to its caller as they came
-            return batch[0].settle(outputs)
-        offset = 0
-        for item in batch:
-            names = item.request.outputs or outputs.keys()
-            if len(batch) == 1:
-                mine = {name: outputs[name] for name in names}
-            else:
-                mine = {name: outputs[name][offset : offset + item.rows] for name in names}
-            offset += item.rows
-            item.settle(mine)  # (nothing, if its caller went away meanwhile)

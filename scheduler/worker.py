@@ -17,7 +17,7 @@ from inferd.backends.shm import Region
 from inferd.common.deferred import stacked
 from inferd.common.errors import ErrorCode, InferdError
 from inferd.common.tensors import ModelMetadata
-from inferd.scheduler import busypoll, streams
+from inferd.scheduler import busypoll, results, streams
 from inferd.scheduler.busypoll import keep_polling
 from inferd.scheduler.spawner import Forked
 from inferd.scheduler.worker_spec import WorkerSpec  # noqa: F401 (re-exported)
@@ -92,6 +92,7 @@ class WorkerHandle(streams.StreamingWorker):
         self.expired = False  # killed because a batch outran execution_timeout_s
         self._lost = False  # its exit (or the end of its socket) was dealt with
         self.device = "cpu"  # where the model runs, as the worker reported when it loaded
+        self.per_request = False  # its backend answers each caller on its own (inferd.backends.per_request)
         self.idle_since = 0.0  # monotonic; the pool's scale-down clock
         self._transport: asyncio.Transport | None = None
         self._load_reply: asyncio.Future | None = None
@@ -161,6 +162,7 @@ class WorkerHandle(streams.StreamingWorker):
             raise LoadFailed(reply["reason"])
         self.metadata = ModelMetadata.from_dict(reply["metadata"])
         self.device = reply.get("device", "cpu")
+        self.per_request = reply.get("per_request", False)
         self.spawn_seconds = max(0.0, reply.get("started_at", forked_at) - forked_at)
         self.load_seconds = reply["load_s"]
         self.idle_since = time.monotonic()
@@ -168,14 +170,17 @@ class WorkerHandle(streams.StreamingWorker):
         return self.metadata
 
     def run_batch(self, request_ids: list[str], inputs: dict[str, list[np.ndarray]], outputs: list[str],
-                  done: BatchDone, light: bool = False, stream: streams.ResponseStream | None = None) -> None:
+                  done: BatchDone, light: bool = False, stream: streams.ResponseStream | None = None,
+                  callers: list | None = None) -> None:
         """Send one batch: per input, the requests' arrays in order, stacked along the first
         dimension on the way (into shared memory, or one concatenation for the socket; a part
         that cannot be read raises UnreadPart, and nothing is sent). `done` later gets the
         outputs or an InferdError (the backend's, or WorkerLost if the worker died). One batch
         at a time per worker. `light`: the load is light (a lone request), so this loop and the
         worker busy-poll around the batch (inferd.scheduler.busypoll), and the batch and its
-        answer go through the mailbox; under load they would only take CPU from each other."""
+        answer go through the mailbox; under load they would only take CPU from each other.
+        `callers` (a per-request backend's batch: scheduler.results.wire_callers): `done` gets a
+        list, one answer per caller, its outputs or its own InferdError."""
         if self._batch is not None or self._profile_reply is not None:
             raise RuntimeError(f"worker {self.pid} is busy: a worker runs one batch at a time")
         poll_s = self._poll_s if light and stream is None else 0.0  # (a stream's messages go by the socket)
@@ -184,6 +189,8 @@ class WorkerHandle(streams.StreamingWorker):
         by_mailbox = poll_s > 0 and self._mailbox is not None
         if by_mailbox:
             message["mailbox_until"] = time.monotonic() + poll_s  # this loop polls till then (keep_polling below)
+        if callers is not None:
+            message["callers"] = callers
         if self._inputs is not None:
             message["inputs"] = self._inputs.write(inputs)
             message["size"] = self._inputs.size
@@ -267,8 +274,11 @@ class WorkerHandle(streams.StreamingWorker):
         self._worker_polls_until = msg.get("polls_until", 0.0)
         self.idle_since = time.monotonic()
         if msg["type"] == ipc.FAILED:
-            code = ipc.error_code(msg["code"])
-            done(OutOfMemory(msg["message"]) if code is ErrorCode.RESOURCE_EXHAUSTED else InferdError(code, msg["message"]))
+            done(_error(msg["code"], msg["message"]))
+        elif self.per_request and "callers" in msg:
+            if self._outputs is not None:
+                self._outputs.follow(msg["size"])
+            done(results.per_caller(msg, self._read_outputs, _error))
         elif self._outputs is not None:
             self._outputs.follow(msg["size"])
             # Copied out: the region is written again by this worker's next batch, while the
@@ -277,6 +287,10 @@ class WorkerHandle(streams.StreamingWorker):
         else:
             done(ipc.unpack_tensors(msg["outputs"]))
         keep_polling(poll_s)  # the callers' next requests, and the next batch's reply
+
+    def _read_outputs(self, items: list) -> dict[str, np.ndarray]:
+        """A caller's outputs in a per-request backend's RESULT (copied out of shared memory, below)."""
+        return ipc.unpack_tensors(items) if self._outputs is None else self._outputs.read(items, copy=True)
 
     def _on_process_exit(self, code: int | None) -> None:
         """The process exited (the forkserver says so at once, even while a child of the
@@ -355,6 +369,12 @@ class WorkerHandle(streams.StreamingWorker):
             busypoll.unwatch(self._take_posted)
             self._mailbox.close()
             self._mailbox = None
+
+
+def _error(wire_code: str, message: str) -> InferdError:
+    """A worker's FAILED (a batch's) or a caller's failure, as the callers get it."""
+    code = ipc.error_code(wire_code)
+    return OutOfMemory(message) if code is ErrorCode.RESOURCE_EXHAUSTED else InferdError(code, message)
 
 
 def describe_exit(code: int | None) -> str:
