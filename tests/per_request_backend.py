@@ -10,12 +10,16 @@ Input x (INT64 [-1, 2]). Per caller, its request parameters decide:
   answer = "dict"   the whole answer is a dict, not a list
   answer = "none"   that caller's entry is None
 Without `requests` (warm-up, profiling) it answers as one caller with no parameters.
+
+"per_request_backend:PerCallerStream" is decoupled: `count` responses (default 2) to a request,
+response i: y = x * 10 + i, tag = [[tag parameter]].
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from inferd.backends import decoupled
 from inferd.backends.base import BackendInputError
 from inferd.common.tensors import ModelMetadata, TensorSpec
 
@@ -59,6 +63,28 @@ class PerCaller:
         rows = len(x)
         return {"y": x * 10, "tag": np.full((rows, 1), int(parameters.get("tag", 0)), np.int64),
                 "wide": np.zeros((rows, int(parameters.get("width", 1))), np.float32)}
+
+    def unload(self) -> None:
+        pass
+
+
+class PerCallerStream:
+    def __init__(self, path, settings) -> None:
+        self.per_request = False
+
+    def load(self) -> ModelMetadata:
+        self.per_request = True
+        return ModelMetadata("python", (TensorSpec("x", "INT64", (-1, 2)),),
+                             (TensorSpec("y", "INT64", (-1, 2)), TensorSpec("tag", "INT64", (-1, 1))), decoupled=True)
+
+    def execute(self, inputs, outputs, requests=None):  # warm-up and profiling only
+        return decoupled.first_responses(self, inputs, outputs)
+
+    def responses(self, inputs, outputs, parameters=None):
+        parameters = {} if parameters is None else parameters  # (none on warm-up)
+        x = inputs["x"]
+        for i in range(int(parameters.get("count", 2))):
+            yield {"y": x * 10 + i, "tag": np.full((len(x), 1), int(parameters.get("tag", 0)), np.int64)}
 
     def unload(self) -> None:
         pass

@@ -13,6 +13,7 @@ from inferd.config.model import ModelSettings
 from inferd.daemon.requests import InferRequest
 from inferd.scheduler.pool import PoolObserver, Scaling, WorkerPool
 from inferd.scheduler.queue import ModelQueue
+from inferd.scheduler.streams import ResponseStream
 from inferd.scheduler.tickets import FixedLimits, QueueObserver
 from inferd.scheduler.worker import WorkerSpec
 
@@ -116,3 +117,21 @@ async def test_each_caller_gets_the_outputs_it_asked_for_and_its_parameters(serv
     assert set(only_tag) == {"tag"} and only_tag["tag"].tolist() == [[-3]]
     assert set(two) == {"y", "tag"} and two["tag"].tolist() == [[1 << 40]] * 2
     assert set(everything) == {"y", "tag", "wide"} and everything["tag"].tolist() == [[5]] * 3
+
+
+async def test_a_decoupled_per_request_backend_gets_its_request_parameters(tmp_path):
+    queue, pool, _ = await _queue(tmp_path, batch_rows=6, backend="per_request_backend:PerCallerStream")
+    try:
+        responses: list[dict] = []
+        stream = ResponseStream(lambda outputs: (responses.append(outputs), stream.ack()))
+        request = _request(1, 6, count=3, tag=8)
+        request.stream = stream
+        end = await queue.submit(request, 6, ((2,),))
+        assert end == {}  # (the end of a stream: its responses went to on_response)
+        assert len(responses) == 3
+        for i, response in enumerate(responses):
+            np.testing.assert_array_equal(response["y"], request.inputs["x"] * 10 + i)
+            assert response["tag"].tolist() == [[8]] * 6
+    finally:
+        await queue.drain()
+        await pool.stop()
