@@ -69,12 +69,16 @@ def _each(batch: list[Ticket], answers: list) -> None:
     if len(answers) != len(batch):  # (the worker answers per caller it was sent)
         raise ValueError(f"{len(answers)} answers for a batch of {len(batch)} requests")
     for item, answer in zip(batch, answers):
-        if not isinstance(answer, InferdError):
-            names = item.request.outputs or answer.keys()
-            missing = [name for name in names if name not in answer]
-            if missing:
-                answer = InferdError(ErrorCode.INTERNAL, f"the model's response to this request has no output "
-                                                         f"{missing[0]!r}")
-            else:
-                answer = {name: answer[name] for name in names}
-        item.settle(answer)
+        item.settle(own_answer(answer, item.request.outputs))
+
+
+def own_answer(answer: dict[str, np.ndarray] | InferdError, names) -> dict[str, np.ndarray] | InferdError:
+    """A caller's answer from `per_caller`: the outputs it asked for (`names`; None: all), its
+    error, or an error when the model's response lacks one of them."""
+    if isinstance(answer, InferdError):
+        return answer
+    names = names or answer.keys()
+    missing = [name for name in names if name not in answer]
+    if missing:
+        return InferdError(ErrorCode.INTERNAL, f"the model's response to this request has no output {missing[0]!r}")
+    return {name: answer[name] for name in names}

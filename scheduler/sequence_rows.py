@@ -1,9 +1,11 @@
 """The rows of a stateful model's batch (scheduler/sequences.py): which slot each row is, an
-idle slot's row, the outputs the batch's requests asked for."""
+idle slot's row, the outputs the batch's requests asked for, each row's outcome."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from inferd.scheduler.results import own_answer, wire_parameters
 
 
 def slot_rows(chosen: list) -> list:
@@ -32,3 +34,17 @@ def wanted_outputs(requests: list, output_names: list[str]) -> list[str]:
 
 def sooner(due: float | None, other: float) -> float:
     return other if due is None else min(due, other)
+
+
+def row_callers(rows: list) -> list:
+    """A per-request backend's EXECUTE `callers` (scheduler.results.wire_callers) for a batch's
+    rows: an idle slot is a caller of one row without parameters."""
+    return [[s.running[0].rows, wire_parameters(s.running[0].request.parameters)] if s else [1, {}] for s in rows]
+
+
+def row_outcome(result, i: int, names, batch_dim: bool):
+    """Row i's outputs (those in `names`; None: all) of a batch's result: its row of the
+    stacked outputs, or a per-request backend's own answer for it (a list, one per row)."""
+    if isinstance(result, list):
+        return own_answer(result[i], names)
+    return {n: result[n][i : i + 1] if batch_dim else result[n] for n in names or result}

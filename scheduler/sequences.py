@@ -34,7 +34,7 @@ from inferd.common.errors import ErrorCode, InferdError, clip, invalid, unexpect
 from inferd.config.sequence import SequenceBatching
 from inferd.scheduler.pool import WorkerPool
 from inferd.scheduler.sequence_flags import Flags, control_parts, read_flags
-from inferd.scheduler.sequence_rows import idle_row, slot_rows, sooner, wanted_outputs
+from inferd.scheduler.sequence_rows import idle_row, row_callers, row_outcome, slot_rows, sooner, wanted_outputs
 from inferd.scheduler.tickets import Outcome, QueueLimits, QueueObserver, Request, Ticket, bytes_full, request_nbytes
 from inferd.scheduler.worker import OutOfMemory, WorkerLost
 
@@ -325,7 +325,8 @@ class SequenceQueue:
             parts |= control_parts(self.batching.controls, [s.running[1] if s else None for s in rows], self.batch_dim)
             wanted = wanted_outputs([s.running[0].request for s in chosen], self.output_names)
             worker.run_batch([s.running[0].request.id if s else "" for s in rows], parts, wanted,
-                             lambda result: self._finish_batch(worker, rows, now, result))
+                             lambda result: self._finish_batch(worker, rows, now, result),
+                             callers=row_callers(rows) if worker.per_request else None)
         except Exception as e:  # tensors that cannot be packed: this batch fails, not the queue
             self._finish_batch(worker, rows, now, unexpected(e, "sequence batch dispatch failed", model=self.model))
 
@@ -349,8 +350,7 @@ class SequenceQueue:
             ticket, flags = seq.running
             seq.running = None
             try:
-                names = ticket.request.outputs or result
-                outcome = {n: result[n][i : i + 1] if self.batch_dim else result[n] for n in names} if ok else result
+                outcome = row_outcome(result, i, ticket.request.outputs, self.batch_dim) if ok else result
             except Exception as e:  # a bug here must not leave the caller waiting
                 outcome = unexpected(e, "splitting a sequence batch failed", model=self.model)
             ticket.settle(outcome)

@@ -22,12 +22,15 @@ from inferd.scheduler.worker import OutOfMemory
 class _Worker:
     dead = False
 
-    def __init__(self, answers):
+    def __init__(self, answers, per_request=False):
         self.answers = answers  # per batch: a callable(rows, parts) -> outputs or an exception
         self.batches: list[list[str]] = []
+        self.per_request = per_request  # a per-request backend's worker: batches carry their callers
+        self.callers: list = []
 
-    def run_batch(self, ids, parts, wanted, done, **_):
+    def run_batch(self, ids, parts, wanted, done, callers=None, **_):
         self.batches.append(list(ids))
+        self.callers.append(callers)
         answer = self.answers.pop(0)(ids, parts)
         if isinstance(answer, UnreadPart):
             raise answer  # as worker.run_batch does: nothing is sent
@@ -66,8 +69,8 @@ def _echo(ids, parts):
     return {"OUT": np.concatenate([np.asarray(p) for p in parts["IN"]])}
 
 
-def _queue(answers, limits=None, observer=None):
-    worker = _Worker(answers)
+def _queue(answers, limits=None, observer=None, per_request=False):
+    worker = _Worker(answers, per_request)
     queue = SequenceQueue(_Pool(worker), limits or FixedLimits(8, 64), model="m", output_names=["OUT"],
                           input_names=["IN"], batching=SequenceBatching(), max_batch_size=8, max_workers=1,
                           wakeup=asyncio.Event(), observer=observer)
@@ -91,6 +94,19 @@ async def test_an_unreadable_part_fails_its_own_request_and_the_others_run_next(
     assert first["OUT"].tolist() == [[10]] and third["OUT"].tolist() == [[30]]
     assert worker.batches == [["r1", "r2", "r3"], ["r1", "", "r3"]]  # slot 1 idle in the second
     assert queue.inflight_count() == 0 and queue.holds(1) and queue.holds(2) and queue.holds(3)
+
+
+async def test_a_per_request_backends_rows_get_their_own_answers_and_send_their_parameters():
+    refused = InferdError(ErrorCode.INVALID_ARGUMENT, "not this one")
+    answers = [lambda ids, parts: [{"OUT": np.array([[1]])}, refused, {"OUT": np.array([[3, 3]])}],
+               lambda ids, parts: [{"OUT": np.array([[10]])}, {}, {"OUT": np.array([[30]])}]]
+    queue, worker = _queue(answers, per_request=True)
+    first, second, third = await asyncio.wait_for(asyncio.gather(*(_send(queue, sid, sid) for sid in (1, 2, 3))), 5)
+    assert first["OUT"].tolist() == [[1]] and second is refused and third["OUT"].tolist() == [[3, 3]]
+    assert worker.callers[0] == [[1, {"sequence_id": sid, "sequence_start": True}] for sid in (1, 2, 3)]
+    again = [_send(queue, 1, 5, start=False), _send(queue, 3, 6, start=False)]  # slot 1 idle in this batch
+    assert [a["OUT"].tolist() for a in await asyncio.wait_for(asyncio.gather(*again), 5)] == [[[10]], [[30]]]
+    assert worker.callers[1][1] == [1, {}]  # the idle slot: a caller of one row without parameters
 
 
 async def test_the_queue_byte_limit_refuses_and_frees_as_requests_leave():
