@@ -27,7 +27,7 @@ from inferd.scheduler.batching import Send, next_batch
 from inferd.scheduler.pool import WorkerPool
 from inferd.scheduler.results import split, wire_callers
 from inferd.scheduler.tickets import Outcome, QueueLimits, QueueObserver, Request, Ticket, bytes_full, request_nbytes
-from inferd.scheduler.worker import OutOfMemory, WorkerLost
+from inferd.scheduler.worker_errors import OutOfMemory, WorkerLost
 
 log = structlog.get_logger("inferd.queue")
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from inferd.common.errors import ErrorCode, InferdError
 from inferd.scheduler.tickets import Ticket
+from inferd.scheduler.worker_errors import worker_error
 
 _INT64 = (-(1 << 63), (1 << 64) - 1)  # what msgpack carries of an int
 
@@ -33,17 +34,15 @@ def wire_parameters(parameters: dict) -> dict:
     return out
 
 
-def per_caller(msg: dict, read: Callable[[list], dict[str, np.ndarray]],
-               error: Callable[[str, str], InferdError]) -> list[dict[str, np.ndarray] | InferdError]:
-    """A per-request backend's RESULT as one answer per caller: `read` turns wire items into
-    arrays, `error` a (wire code, message) pair into the caller's InferdError."""
+def per_caller(msg: dict, read: Callable[[list], dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | InferdError]:
+    """A per-request backend's RESULT as one answer per caller (`read` turns wire items into arrays)."""
     items, start, answers = msg["outputs"], 0, []
     for entry in msg["callers"]:
         if isinstance(entry, int):
             answers.append(read(items[start:start + entry]))
             start += entry
         else:
-            answers.append(error(entry[0], entry[1]))
+            answers.append(worker_error(entry[0], entry[1]))
     return answers
 
 

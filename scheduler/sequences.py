@@ -36,7 +36,7 @@ from inferd.scheduler.pool import WorkerPool
 from inferd.scheduler.sequence_flags import Flags, control_parts, read_flags
 from inferd.scheduler.sequence_rows import idle_row, row_callers, row_outcome, slot_rows, sooner, wanted_outputs
 from inferd.scheduler.tickets import Outcome, QueueLimits, QueueObserver, Request, Ticket, bytes_full, request_nbytes
-from inferd.scheduler.worker import OutOfMemory, WorkerLost
+from inferd.scheduler.worker_errors import OutOfMemory, WorkerLost
 
 log = structlog.get_logger("inferd.sequences")
 ENDED_KEPT = 4096  # ended sequences remembered, to say why their next request is refused

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -20,17 +19,10 @@ from inferd.common.tensors import ModelMetadata
 from inferd.scheduler import busypoll, results, streams
 from inferd.scheduler.busypoll import keep_polling
 from inferd.scheduler.spawner import Forked
+from inferd.scheduler.worker_errors import LoadFailed, WorkerLost, describe_exit, worker_error
 from inferd.scheduler.worker_spec import WorkerSpec  # noqa: F401 (re-exported)
 
 log = structlog.get_logger("inferd.worker")
-
-
-class LoadFailed(Exception):
-    """The worker could not load the model; `reason` says why."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 BatchDone = Callable[["dict[str, np.ndarray] | InferdError"], None]
@@ -51,21 +43,6 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.handle._on_lost()
-
-
-class WorkerLost(InferdError):
-    """The worker process went away while running a batch: the batch may be retried elsewhere."""
-
-    def __init__(self, how: str = "") -> None:
-        how = f" ({how})" if how else ""
-        super().__init__(ErrorCode.UNAVAILABLE, f"the model's worker process exited{how} while running this request")
-
-
-class OutOfMemory(InferdError):
-    """The runtime could not allocate memory for a batch: the queue splits it and lowers the limit."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.UNAVAILABLE, f"out of memory: {message}", retry_after_s=1)
 
 
 class WorkerObserver:
@@ -274,11 +251,11 @@ class WorkerHandle(streams.StreamingWorker):
         self._worker_polls_until = msg.get("polls_until", 0.0)
         self.idle_since = time.monotonic()
         if msg["type"] == ipc.FAILED:
-            done(_error(msg["code"], msg["message"]))
+            done(worker_error(msg["code"], msg["message"]))
         elif self.per_request and "callers" in msg:
             if self._outputs is not None:
                 self._outputs.follow(msg["size"])
-            done(results.per_caller(msg, self._read_outputs, _error))
+            done(results.per_caller(msg, self._read_outputs))
         elif self._outputs is not None:
             self._outputs.follow(msg["size"])
             # Copied out: the region is written again by this worker's next batch, while the
@@ -369,21 +346,3 @@ class WorkerHandle(streams.StreamingWorker):
             busypoll.unwatch(self._take_posted)
             self._mailbox.close()
             self._mailbox = None
-
-
-def _error(wire_code: str, message: str) -> InferdError:
-    """A worker's FAILED (a batch's) or a caller's failure, as the callers get it."""
-    code = ipc.error_code(wire_code)
-    return OutOfMemory(message) if code is ErrorCode.RESOURCE_EXHAUSTED else InferdError(code, message)
-
-
-def describe_exit(code: int | None) -> str:
-    """'exit code 3', 'signal SIGKILL', for logs and reasons."""
-    if code is None:
-        return "an unknown status"
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"

@@ -16,7 +16,7 @@ from inferd.config.sequence import SequenceBatching
 from inferd.daemon.requests import InferRequest
 from inferd.scheduler.sequences import SequenceQueue
 from inferd.scheduler.tickets import FixedLimits, QueueObserver
-from inferd.scheduler.worker import OutOfMemory
+from inferd.scheduler.worker_errors import OutOfMemory
 
 
 class _Worker:
