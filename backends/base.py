@@ -34,7 +34,10 @@ class BatchRequests:
     the first dimension) and request parameters. Such a backend returns one entry per caller:
     its outputs (a dict), or the exception that fails that caller alone (BackendInputError:
     the caller's fault). Without `requests` (warm-up, profiling) the batch is one caller and
-    the answer a dict, as for every backend."""
+    the answer a dict, as for every backend. Callers' outputs may differ in shape (each travels
+    on its own: inferd.backends.per_request). A decoupled per-request backend is called
+    responses(inputs, outputs, parameters=<the request's parameters>) for a request, and
+    without `parameters` on its warm-up and profile runs."""
 
     rows: tuple[int, ...]
     parameters: tuple[dict, ...]

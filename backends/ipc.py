@@ -15,6 +15,9 @@ the worker sends PARTIAL per response while it has credit, the daemon gives CRED
 callers' front-ends write them (or CANCEL: the caller went away), and RESULT (no outputs) or
 FAILED ends the request (inferd.backends.decoupled).
 
+A per-request backend's EXECUTE carries `callers` (each caller's rows and parameters) and its
+RESULT each caller's own outputs or failure (inferd.backends.per_request).
+
 At light load an EXECUTE and its answer may instead be posted in a shared-memory mailbox
 (inferd.backends.mailbox), the same payload without the length header.
 """
