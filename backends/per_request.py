@@ -59,7 +59,10 @@ def run(backend, inputs: dict[str, np.ndarray], msg: dict) -> list:
         if isinstance(answer, Exception):
             out.append(answer)
         elif isinstance(answer, dict):
-            out.append({name: answer[name] for name in wanted if name in answer})
+            mine = {name: answer[name] for name in wanted if name in answer}
+            strays = [name for name, array in mine.items() if not isinstance(array, np.ndarray)]
+            out.append(BackendOutputError(f"the model's output {strays[0]!r} for this request is a "
+                                          f"{type(mine[strays[0]]).__name__}, not a numpy array") if strays else mine)
         else:
             out.append(BackendOutputError(f"the model's answer to this request is a {type(answer).__name__}, "
                                           f"not its outputs (a dict) or an exception"))

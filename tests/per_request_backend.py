@@ -9,6 +9,8 @@ Input x (INT64 [-1, 2]). Per caller, its request parameters decide:
   answer = "short"  the whole answer is one entry short (the model author's bug)
   answer = "dict"   the whole answer is a dict, not a list
   answer = "none"   that caller's entry is None
+  answer = "list"   that caller's y is a list, not an array
+  answer = "y"      that caller's answer has only y
 Without `requests` (warm-up, profiling) it answers as one caller with no parameters.
 
 "per_request_backend:PerCallerStream" is decoupled: `count` responses (default 2) to a request,
@@ -56,6 +58,10 @@ class PerCaller:
             return RuntimeError("the model broke on this request")
         if parameters.get("answer") == "none":
             return None
+        if parameters.get("answer") == "list":
+            return {"y": x.tolist()}
+        if parameters.get("answer") == "y":
+            return {"y": x * 10}
         return self._one(x, parameters)
 
     @staticmethod

@@ -82,12 +82,14 @@ async def test_a_failing_caller_fails_alone_and_the_others_get_their_own_rows(se
 @pytest.mark.parametrize("served", [True], indirect=True)
 async def test_a_model_error_and_a_malformed_entry_fail_their_callers_as_internal(served):
     queue, batches = served
-    requests = [_request(0, 2, fail="model"), _request(10, 2, tag=1, width=2), _request(20, 2, answer="none")]
-    broken, fine, malformed = await _outcomes(queue, requests)
-    assert batches.sizes == [3]
+    requests = [_request(0, 2, fail="model"), _request(10, 1, tag=1, width=2), _request(20, 2, answer="none"),
+                _request(30, 1, answer="list")]
+    broken, fine, malformed, listed = await _outcomes(queue, requests)
+    assert batches.sizes == [4]
     assert broken.code is ErrorCode.INTERNAL and "the model broke on this request" in broken.message
     assert malformed.code is ErrorCode.INTERNAL and "NoneType" in malformed.message
-    np.testing.assert_array_equal(fine["tag"], [[1], [1]])
+    assert listed.code is ErrorCode.INTERNAL and "output 'y' for this request is a list" in listed.message
+    np.testing.assert_array_equal(fine["tag"], [[1]])
     # Every caller failing is still an answer each; the worker serves on.
     failed = await _outcomes(queue, [_request(0, 3, fail="model"), _request(0, 3, fail="input", why="x")])
     assert [e.code for e in failed] == [ErrorCode.INTERNAL, ErrorCode.INVALID_ARGUMENT]
@@ -112,11 +114,13 @@ async def test_an_answer_that_is_not_one_entry_per_caller_fails_the_batch_cleanl
 async def test_each_caller_gets_the_outputs_it_asked_for_and_its_parameters(served):
     queue, _ = served
     requests = [_request(0, 1, outputs=("tag",), tag=-3), _request(0, 2, outputs=("y", "tag"), tag=1 << 40),
-                _request(0, 3, tag=5, stray=[1, 2], big=1 << 70)]  # parameters a worker cannot be sent stay behind
-    only_tag, two, everything = await _outcomes(queue, requests)
+                _request(0, 2, tag=5, stray=[1, 2], big=1 << 70),  # parameters a worker cannot be sent stay behind
+                _request(0, 1, outputs=("tag",), answer="y")]  # its answer lacks the output it asked for
+    only_tag, two, everything, lacking = await _outcomes(queue, requests)
     assert set(only_tag) == {"tag"} and only_tag["tag"].tolist() == [[-3]]
     assert set(two) == {"y", "tag"} and two["tag"].tolist() == [[1 << 40]] * 2
-    assert set(everything) == {"y", "tag", "wide"} and everything["tag"].tolist() == [[5]] * 3
+    assert set(everything) == {"y", "tag", "wide"} and everything["tag"].tolist() == [[5]] * 2
+    assert lacking.code is ErrorCode.INTERNAL and "has no output 'tag'" in lacking.message
 
 
 async def test_a_decoupled_per_request_backend_gets_its_request_parameters(tmp_path):
