@@ -31,7 +31,9 @@ class Backend(Protocol):
 @dataclasses.dataclass(frozen=True)
 class BatchRequests:
     """The callers of a batch, for a per-request backend: each one's rows (in batch order along
-    the first dimension) and request parameters. Such a backend returns one entry per caller:
+    the first dimension; a model without a batch dimension: one caller, rows (1,), its inputs as
+    they came) and request parameters (msgpack-able values only; a stateful model's idle slot
+    is a caller of one row without parameters). Such a backend returns one entry per caller:
     its outputs (a dict), or the exception that fails that caller alone (BackendInputError:
     the caller's fault). Without `requests` (warm-up, profiling) the batch is one caller and
     the answer a dict, as for every backend. Callers' outputs may differ in shape (each travels
