@@ -25,7 +25,7 @@ from inferd.scheduler.worker_spec import WorkerSpec  # noqa: F401 (re-exported)
 log = structlog.get_logger("inferd.worker")
 
 
-BatchDone = Callable[["dict[str, np.ndarray] | InferdError"], None]
+BatchDone = Callable[["dict[str, np.ndarray] | list | InferdError"], None]  # (a list: per caller, run_batch)
 
 
 class _Connection(asyncio.Protocol):
