@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 # mode: "infer", "async" (three awaited calls at once, on x, x + 1 and x + 2), "stream",
-# "async_stream", "bytes" (text to `model`), "timeout" (timeout_s 0.2), "bad_inputs" (an input
-# that is not an array); model: the model to call. Answers the callee's y (and rows: the rows of
+# "async_stream", "stream_first", "bytes" (text to `model`), "params" (request parameters),
+# "timeout" (timeout_s 0.2), "bad_inputs" (an input that is not an array); model: the model to call. Answers the callee's y (and rows: the rows of
 # the callee's batch), text, or the BlsError's code and message.
 CALLER = '''
 import asyncio
@@ -51,6 +51,12 @@ class Model:
             out = bls.infer(model, "", {"text": text}, ["text"], {}, 30)
             assert out["text"].dtype == object and all(isinstance(t, bytes) for t in out["text"])
             return {"text": out["text"]}
+        if mode == "params":  # text[0] b"bad": a parameter the daemon refuses
+            params = {"bad": [1]} if text[0] == b"bad" else {"note": "hi", "n": 3, "flag": True, "f": 0.5}
+            return bls.infer(model, "", {"x": x}, None, params, 30)
+        if mode == "stream_first":  # the first response, the rest abandoned; then double's answer
+            first = next(iter(bls.stream(model, "", {"x": x[:1]}, None, {}, 30)))
+            return self.joined([first, bls.infer("double", "", {"x": x}, ["y"], {}, 30)])
         if mode == "timeout":
             return bls.infer(model, "", {"x": x}, None, {}, 0.2)
         if mode == "bad_inputs":

@@ -72,6 +72,21 @@ def test_a_stream_of_an_ordinary_model_is_its_one_response(daemon):
     assert answer["y"].tolist() == [42.0]
 
 
+def test_a_stream_left_early_stops_and_the_next_call_is_served(daemon):
+    """The caller takes upto's first response of 1,000 and leaves (its connection closes, which
+    stops upto's run), then calls double: a new connection serves it."""
+    answer = call({"socket": daemon.socket_path}, "stream_first", "upto", x=[1000.0])
+    assert error_of(answer) == ("", "")
+    assert answer["y"].tolist() == [0.0, 2000.0]
+
+
+def test_request_parameters_are_sent(daemon):
+    answer = call({"socket": daemon.socket_path}, "params", "double", x=[2.0])
+    assert error_of(answer) == ("", "") and answer["y"].tolist() == [4.0]
+    code, message = error_of(call({"socket": daemon.socket_path}, "params", "double", text=[b"bad"]))
+    assert code == "INVALID_ARG" and "'parameters'" in message and "'bad'" in message
+
+
 def test_calls_batch_with_the_callees_direct_traffic(daemon):
     """Three callers' BLS calls (each one row, from caller's three workers) and one client's
     direct request fill `gathered`'s one batch of four rows: it runs only full batches, so all
