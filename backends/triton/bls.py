@@ -151,14 +151,22 @@ def infer(model: str, version: str = "", inputs: Mapping[str, np.ndarray] | None
 def stream(model: str, version: str = "", inputs: Mapping[str, np.ndarray] | None = None, outputs=None,
            parameters: Mapping | None = None, timeout_s: float | None = None) -> Iterator[dict[str, np.ndarray]]:
     """A decoupled model's responses, each as it comes (an ordinary model's one response).
-    Leaving early stops the callee's run. Raises BlsError."""
+    Leaving early stops the callee's run. Raises BlsError: a bad argument at once, the rest
+    while iterating."""
+    return _streamed(_request(model, version, inputs or {}, outputs, parameters, timeout_s))
+
+
+def _streamed(request: dict) -> Iterator[dict[str, np.ndarray]]:
     from inferd.client import InferdClientError
 
-    request = _request(model, version, inputs or {}, outputs, parameters, timeout_s)
     try:
         with _Lease() as client:
-            for response in client.stream(**request):
-                yield _writable(response)
+            responses = client.stream(**request)
+            try:
+                for response in responses:
+                    yield _writable(response)
+            finally:  # (left early: the connection closes before the client is given back)
+                responses.close()
     except (InferdClientError, TypeError, ValueError) as e:
         raise _error(e) from None
 
@@ -186,18 +194,21 @@ async def async_infer(model: str, version: str = "", inputs: Mapping[str, np.nda
         raise _error(e) from None
 
 
-async def async_stream(model: str, version: str = "", inputs: Mapping[str, np.ndarray] | None = None, outputs=None,
-                       parameters: Mapping | None = None,
-                       timeout_s: float | None = None) -> AsyncIterator[dict[str, np.ndarray]]:
+def async_stream(model: str, version: str = "", inputs: Mapping[str, np.ndarray] | None = None, outputs=None,
+                 parameters: Mapping | None = None, timeout_s: float | None = None) -> AsyncIterator[dict[str, np.ndarray]]:
     """As `stream`: `async for outputs in bls.async_stream(...)`."""
+    return _async_streamed(_request(model, version, inputs or {}, outputs, parameters, timeout_s))
+
+
+async def _async_streamed(request: dict) -> AsyncIterator[dict[str, np.ndarray]]:
     from inferd.client import InferdClientError
 
-    request = _request(model, version, inputs or {}, outputs, parameters, timeout_s)
-    responses = _async_client().stream(**request)
     try:
-        async for response in responses:
-            yield _writable(response)
+        responses = _async_client().stream(**request)
+        try:
+            async for response in responses:
+                yield _writable(response)
+        finally:  # (left early: the daemon is told to stop the callee)
+            await responses.aclose()
     except (InferdClientError, TypeError, ValueError) as e:
         raise _error(e) from None
-    finally:
-        await responses.aclose()

@@ -67,6 +67,14 @@ def test_bad_arguments_are_invalid_arg(args, says, tmp_path):
     assert e.value.code == "INVALID_ARG" and says in e.value.message
 
 
+def test_a_stream_says_a_bad_argument_when_called_not_when_iterated():
+    bls.configure("")
+    for stream in (bls.stream, bls.async_stream):
+        with pytest.raises(bls.BlsError) as e:
+            stream("double", "", X, None, {}, None)
+        assert e.value.code == "UNAVAILABLE"
+
+
 def test_every_daemon_error_code_has_a_triton_name():
     assert set(WIRE_CODES.values()) <= set(bls.TRITON_CODES)
     assert set(bls.TRITON_CODES.values()) <= {"UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE",
