@@ -7,8 +7,9 @@ from pathlib import Path
 
 # mode: "infer", "async" (three awaited calls at once, on x, x + 1 and x + 2), "stream",
 # "async_stream", "stream_first", "bytes" (text to `model`), "params" (request parameters),
-# "timeout" (timeout_s 0.2), "bad_inputs" (an input that is not an array); model: the model to call. Answers the callee's y (and rows: the rows of
-# the callee's batch), text, or the BlsError's code and message.
+# "timeout" (timeout_s 0.2), "bad_inputs" (an input that is not an array); model: the model to
+# call. Answers the callee's y (and rows: the rows of the callee's batch), text, or the
+# BlsError's code and message.
 CALLER = '''
 import asyncio
 import numpy as np
