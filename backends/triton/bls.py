@@ -66,10 +66,11 @@ def configure(daemon_socket: str) -> None:
     """The daemon's Unix socket ("" = none), told to the worker at load. Connections to a
     previous socket are dropped."""
     global _socket
-    if daemon_socket != _socket:
+    path = os.path.abspath(daemon_socket) if daemon_socket else ""
+    if path != _socket:
         _drop_idle()
         _async_clients.clear()
-    _socket = os.path.abspath(daemon_socket) if daemon_socket else ""
+    _socket = path
 
 
 def _drop_idle() -> None:
@@ -97,10 +98,14 @@ def _request(model: str, version: str, inputs: Mapping, outputs, parameters, tim
         raise BlsError("INVALID_ARG", f"inputs must map names to arrays, got {type(inputs).__name__}")
     if parameters is not None and not isinstance(parameters, Mapping):
         raise BlsError("INVALID_ARG", f"parameters must be a dict, got {type(parameters).__name__}")
-    if timeout_s is not None and not timeout_s > 0:
+    if timeout_s is not None and (not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool)
+                                  or not timeout_s > 0):
         raise BlsError("INVALID_ARG", f"timeout_s must be positive seconds or None, got {timeout_s!r}")
-    request = {"model": model, "inputs": inputs, "outputs": None if outputs is None else list(outputs),
-               "version": str(version or "")}
+    if outputs is not None:
+        outputs = [outputs] if isinstance(outputs, str) else list(outputs)
+    # Triton's model_version -1 (and "") is the serving one
+    request = {"model": model, "inputs": inputs, "outputs": outputs,
+               "version": "" if version in (None, "", -1) else str(version)}
     if timeout_s is not None:
         request["timeout_ms"] = max(1, round(timeout_s * 1000))  # the daemon answers at the deadline
     if parameters:

@@ -59,6 +59,7 @@ def test_a_daemon_that_is_not_there_is_unavailable(how, tmp_path):
     (("m", "", X, None, ["p"], None), "parameters must be a dict"),
     (("m", "", X, None, {}, 0), "timeout_s"),
     (("m", "", X, None, {}, -1.0), "timeout_s"),
+    (("m", "", X, None, {}, "5"), "timeout_s"),
 ])
 def test_bad_arguments_are_invalid_arg(args, says, tmp_path):
     bls.configure(str(tmp_path / "inferd.sock"))
@@ -133,14 +134,16 @@ def test_calls_share_one_connection_and_send_what_they_were_given(tmp_path):
     bls.configure(path)
     try:
         for i in range(3):
-            out = bls.infer("double", "2", {"x": np.full(2, i, np.float32)}, ["y"], {"note": "hi"}, 1.5)
+            out = bls.infer("double", "2", {"x": np.full(2, i, np.float32)}, "y", {"note": "hi"}, 1.5)
             assert out["y"].tolist() == [2 * i, 2 * i]
             out["y"][0] = -1  # the caller's own array, not a read-only view of the reply
+        bls.infer("double", -1, X)  # Triton's "latest": the serving version
     finally:
         stand_in.close()
     assert stand_in.connections == 1
     assert {k: stand_in.requests[0][k] for k in ("model", "version", "outputs", "parameters", "timeout_ms")} == {
         "model": "double", "version": "2", "outputs": ["y"], "parameters": {"note": "hi"}, "timeout_ms": 1500}
+    assert "version" not in stand_in.requests[-1] and "outputs" not in stand_in.requests[-1]
 
 
 def test_a_dropped_connection_is_opened_again(tmp_path):
