@@ -30,6 +30,7 @@ import numpy as np
 from inferd.backends import decoupled
 from inferd.backends.base import BackendInputError, BackendOutputError
 from inferd.backends.settings import BackendSettings
+from inferd.backends.triton import bls
 from inferd.common.tensors import DATATYPES, ModelMetadata, TensorSpec, as_bytes, object_tensor
 
 InvalidInput = BackendInputError  # for model code: `from inferd.backends.python import InvalidInput`
@@ -103,6 +104,7 @@ class PythonBackend:
 
     def load(self) -> ModelMetadata:
         _check_not_writable_by_others(self.path)
+        bls.configure(self.settings.daemon_socket)  # (calls to other models: the model may make them from here on)
         if self.path.name == "model.py":  # models/<name>/<version>/: modules beside it import as usual
             sys.path.insert(0, str(self.path.parent))  # (not the models directory of a bare <name>.py)
         spec = importlib.util.spec_from_file_location("inferd_user_model", self.path)

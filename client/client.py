@@ -38,8 +38,10 @@ def _tensor(name: str, value) -> dict:
 
 
 def _infer_fields(model: str, inputs: Mapping, outputs, version: str, request_id: str, timeout_ms,
-                  sequence: tuple = (0, False, False)) -> dict:
+                  sequence: tuple = (0, False, False), parameters: Mapping | None = None) -> dict:
     fields = {"model": model, "inputs": [_tensor(name, value) for name, value in inputs.items()]}
+    if parameters:  # the request's parameters, as V2's (str, int, float or bool values)
+        fields["parameters"] = dict(parameters)
     if sequence[0]:  # a stateful model's sequence (docs/sequences.md)
         fields.update(zip(("sequence_id", "sequence_start", "sequence_end"), sequence, strict=True))
     if outputs is not None:
@@ -88,25 +90,28 @@ class Client:
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
               version: str = "", request_id: str = "", timeout_ms: int | None = None, *,
-              sequence_id: int | str = 0, sequence_start: bool = False, sequence_end: bool = False) -> dict[str, np.ndarray]:
+              sequence_id: int | str = 0, sequence_start: bool = False, sequence_end: bool = False,
+              parameters: Mapping | None = None) -> dict[str, np.ndarray]:
         """Run `model` on named arrays; returns the outputs by name (all of them, or `outputs`),
         as read-only arrays over the reply (copy one to change it). BYTES tensors are object
         arrays of bytes; str elements are sent as UTF-8. `timeout_ms` (Unix socket only): a
         request not answered after this long fails with "deadline_exceeded" (if it was still
         queued, it never runs). `sequence_id` (non-zero), `sequence_start`, `sequence_end`: a
-        request of a stateful model's sequence."""
+        request of a stateful model's sequence. `parameters`: the request's own (str keys; str,
+        int, float or bool values), as V2's request parameters."""
         fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms,
-                               (sequence_id, sequence_start, sequence_end))
+                               (sequence_id, sequence_start, sequence_end), parameters)
         return _outputs(self._transport.call("infer", fields))
 
     def stream(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
-               version: str = "", request_id: str = "", timeout_ms: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+               version: str = "", request_id: str = "", timeout_ms: int | None = None, *,
+               parameters: Mapping | None = None) -> Iterator[dict[str, np.ndarray]]:
         """As `infer`, for a model that may answer 0..N times (a decoupled model; an ordinary
         one answers once): yields each response's outputs as the model sends it. Unix socket
         only. Leaving the loop early closes the connection, which stops the model's run."""
         if not hasattr(self._transport, "stream"):
             raise InferdClientError("unimplemented", "streams need the Unix socket (or HTTP generate_stream, gRPC ModelStreamInfer)")
-        fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms)
+        fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms, parameters=parameters)
         for reply in self._transport.stream("infer", fields):
             if reply.get("outputs"):  # (a decoupled model's end carries none)
                 yield _outputs(reply)
@@ -164,19 +169,20 @@ class AsyncClient:
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
                     version: str = "", request_id: str = "", timeout_ms: int | None = None, *,
                     sequence_id: int | str = 0, sequence_start: bool = False,
-                    sequence_end: bool = False) -> dict[str, np.ndarray]:
+                    sequence_end: bool = False, parameters: Mapping | None = None) -> dict[str, np.ndarray]:
         """As `Client.infer`."""
         fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms,
-                               (sequence_id, sequence_start, sequence_end))
+                               (sequence_id, sequence_start, sequence_end), parameters)
         return _outputs(await self._transport.call("infer", fields))
 
     async def stream(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
-                     version: str = "", request_id: str = "", timeout_ms: int | None = None) -> AsyncIterator[dict[str, np.ndarray]]:
+                     version: str = "", request_id: str = "", timeout_ms: int | None = None, *,
+                     parameters: Mapping | None = None) -> AsyncIterator[dict[str, np.ndarray]]:
         """As `Client.stream`: `async for outputs in client.stream(...)`. Leaving the loop early
         cancels the request (its model stops); the connection goes on serving the other calls."""
         if not hasattr(self._transport, "stream"):
             raise InferdClientError("unimplemented", "streams need the Unix socket (or HTTP generate_stream, gRPC ModelStreamInfer)")
-        fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms)
+        fields = _infer_fields(model, inputs, outputs, version, request_id, timeout_ms, parameters=parameters)
         replies = self._transport.stream("infer", fields)
         try:
             async for reply in replies:

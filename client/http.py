@@ -29,7 +29,7 @@ def _infer_body(fields: dict) -> tuple[bytes, dict]:
              "parameters": {"binary_data_size": len(t["data"])}}
             for t in inputs
         ],
-        "parameters": {"binary_data_output": True},
+        "parameters": {**fields.get("parameters", {}), "binary_data_output": True},
     }
     if "outputs" in fields:
         doc["outputs"] = [{"name": name, "parameters": {"binary_data": True}} for name in fields["outputs"]]

@@ -124,6 +124,9 @@ class Daemon:
         except OSError as e:
             log.error("cannot listen", error=str(e))
             return False
+        # Models reach the daemon through its Unix socket to call other models (BLS); none without it.
+        unix_socket = self.listeners.addresses.get("socket")
+        self.repository.assembler.daemon_socket = os.path.abspath(unix_socket) if unix_socket else ""
         await spawner.warm_up()  # the forkserver imports the runtimes once; workers fork from it
         log.info("memory probe", probe=self.memory.probe.kind,
                  devices={d.device: {"free": d.free, "total": d.total} for d in self.memory.probe.devices()})

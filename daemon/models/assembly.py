@@ -55,6 +55,7 @@ class Assembler:
         # Loads that start workers wait their turn: each admits its worker against the memory
         # the ones before it took (all at once, every admission sees the same free memory).
         self.loads = asyncio.Semaphore(max_concurrent_loads)
+        self.daemon_socket = ""  # the daemon's Unix socket, for models that call others (BLS); set by the server
 
     async def assemble(self, mv: ModelVersion, defaults: ModelSettings, estimate: int) -> Serving:
         """What serves `mv`; raises LoadFailed or ConfigError with the reason. `estimate`: the
@@ -75,7 +76,7 @@ class Assembler:
         admission = _Admission(self.memory, mv.key, f"cuda:{gpu}" if gpu is not None else settings.device.replace("auto", CPU),
                                estimate)
         wakeup = asyncio.Event()  # the queue's: the pool's workers changed
-        pool = WorkerPool(_worker_spec(found, backend, config, gpu), Scaling.from_settings(settings),
+        pool = WorkerPool(_worker_spec(found, backend, config, gpu, self.daemon_socket), Scaling.from_settings(settings),
                           observer=mv.observer, admit=admission, on_broken=mv.broken, on_change=wakeup.set)
         async with self.loads:
             file_metadata = await pool.start()
@@ -143,13 +144,13 @@ class Assembler:
         return Serving(config, pipeline.metadata, pipeline.max_batch_size, pipeline=pipeline)
 
 
-def _worker_spec(found: Found, backend: str, config: ModelConfig, gpu: int | None) -> WorkerSpec:
+def _worker_spec(found: Found, backend: str, config: ModelConfig, gpu: int | None, daemon_socket: str) -> WorkerSpec:
     """What the version's workers are told: the settings, the tensors config.toml declares (for
     files that do not carry them), the model's directory and its [parameters]."""
     return WorkerSpec.of(found.name, found.version, found.path, backend, config.settings,
                          model_dir=_model_dir(found), gpu=gpu,
                          inputs=config.inputs, outputs=config.outputs, parameters=config.parameters,
-                         decoupled=config.decoupled)
+                         decoupled=config.decoupled, daemon_socket=daemon_socket)
 
 
 def _model_dir(found: Found):

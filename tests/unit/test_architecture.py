@@ -4,6 +4,7 @@ function over 60), and the linter (ruff, configured in pyproject.toml).
 
     inferd.daemon -> inferd.scheduler -> inferd.backends -> inferd.config -> inferd.common
     inferd.client -> inferd.config, inferd.common
+    inferd.backends.triton.bls -> inferd.client (a model's calls to other models go through the daemon's socket)
 
 A layer imports only layers below it; nothing imports the daemon; the front-ends reach the
 models only through the data plane; the runtimes (onnxruntime, torch) are imported only by the
@@ -103,6 +104,14 @@ def test_nothing_imports_the_daemon():
 
 def test_the_client_imports_only_config_and_common():
     assert _violations("inferd.client", ["inferd.daemon", "inferd.scheduler", "inferd.backends"]) == []
+
+
+def test_of_the_backends_only_bls_imports_the_client():
+    """A model calls other models (Triton's BLS) as a client of the daemon, so that its requests
+    are queued and batched with theirs; nothing else in a worker talks to the daemon that way."""
+    importers = {v.split(" imports ")[0] for v in _violations("inferd.backends", ["inferd.client"])}
+    assert importers == {"inferd.backends.triton.bls"}
+    assert _violations("inferd.scheduler", ["inferd.client"]) == []
 
 
 def test_front_ends_reach_models_only_through_the_data_plane():
