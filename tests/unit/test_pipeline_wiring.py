@@ -9,7 +9,7 @@ import pytest
 from inferd.common.errors import ErrorCode, InferdError
 from inferd.common.tensors import ModelMetadata, TensorSpec
 from inferd.config.model import PipelineStep
-from inferd.daemon.models.pipeline import Pipeline, PipelineError
+from inferd.daemon.models.pipeline import REQUEST, Pipeline, PipelineError
 from inferd.daemon.requests import InferRequest
 
 
@@ -40,16 +40,16 @@ def test_inputs_come_from_the_latest_step_with_that_output_else_from_the_request
     p = Pipeline("p", steps(("tok", {}), ("enc", {}), ("head", {})), metadata_of)
     assert [t.name for t in p.metadata.inputs] == ["text"] and p.metadata.outputs == MODELS["head"][0].outputs
     tok, enc, head = p.steps
-    assert enc.sources == {"tokens": ("tok", "tokens"), "mask": ("tok", "mask")}
-    assert head.sources == {"emb": ("enc", "emb"), "text": ("", "text")}  # the request's text, reused
-    assert tok.wanted == ("mask", "tokens") and enc.wanted == ("emb",) and head.wanted is None
+    assert enc.sources == {"tokens": (0, "tokens"), "mask": (0, "mask")}
+    assert head.sources == {"emb": (1, "emb"), "text": (REQUEST, "text")}  # the request's text, reused
+    assert tok.wanted(None) == ("mask", "tokens") and enc.wanted(None) == ("emb",) and head.wanted(None) == ("label",)
     assert p.max_batch_size == 0  # head does not batch, so neither does the pipeline
 
 
 def test_explicit_mapping_and_batch_limit():
     p = Pipeline("p", steps(("tok", {}), ("ids", {"ids": "tok.tokens"})), metadata_of)
-    assert p.steps[1].sources == {"ids": ("tok", "tokens")}
-    assert p.steps[0].wanted == ("tokens",)  # mask is used by no step: not asked for
+    assert p.steps[1].sources == {"ids": (0, "tokens")}
+    assert p.steps[0].wanted(None) == ("tokens",)  # mask is used by no step: not asked for
     assert p.max_batch_size == 8
     p = Pipeline("p", steps(("ids", {"ids": "request_ids"}),), metadata_of)
     assert [t.name for t in p.metadata.inputs] == ["request_ids"]
@@ -59,8 +59,8 @@ def test_explicit_mapping_and_batch_limit():
     ((("tok", {}), ("enc", {"nope": "tok.tokens"})), "step 2 ('enc') has no input 'nope'"),
     ((("tok", {}), ("enc", {"tokens": "tok.ids"})), "that step has no such output"),
     ((("tok", {}), ("ids", {"ids": "tok.mask"})), "input 'ids' is INT64, but tok.mask is BOOL"),
-    ((("tok", {}), ("tok", {})), "each step is a different model"),
     ((("p", {}),), "the pipeline itself"),
+    ((("tok", {}), ("tok", {})), "step 1 ('tok'): no later step uses its outputs"),
     ((("ids", {}), ("tok", {})), "step 1 ('ids'): no later step uses its outputs"),
     ((("tok", {}), ("missing", {})), "step model 'missing': unknown model"),
     ((("enc", {"tokens": "x", "mask": "x"}),), "pipeline input 'x' feeds steps that disagree"),
@@ -82,7 +82,7 @@ async def test_run_hands_outputs_on_and_names_the_failing_step():
         return {"emb": request.inputs["ids"][:, :4].astype(np.float32)}
 
     out = await p.run(InferRequest({"text": np.array([b"a", b"b"], dtype=object)}, id="r1"), run_step)
-    assert seen == [("tok", ["text"], ("tokens",)), ("ids", ["ids"], None)]
+    assert seen == [("tok", ["text"], ("tokens",)), ("ids", ["ids"], ("emb",))]
     np.testing.assert_array_equal(out["emb"], np.ones((2, 4)))
 
     async def failing(step, request):
