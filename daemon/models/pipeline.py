@@ -17,8 +17,8 @@ them. An input a step does not map comes from the latest earlier step with an ou
 name, else from the pipeline's input of that name. A mapped input is a name an earlier step's
 `outputs` gave (each such name is given once), else "<step model>.<output>" (the latest earlier
 step that runs that model), else the pipeline's input of that name. The pipeline's inputs are
-the step inputs fed from the request; its outputs are the names in its `outputs` (the latest
-step output going by each), else the last step's. Either list may give a tensor as a table
+the step inputs fed from the request; its outputs are the names in its `outputs` (each a name
+a step's `outputs` gave, else the latest step output going by it), else the last step's. Either list may give a tensor as a table
 {name, datatype, shape} instead of a name: the step's tensor must agree (checked at load; a
 Triton ensemble's declared tensors arrive so, config/triton_ensemble.py). A model may run in
 several steps. Each step is an ordinary request to its model's own queue, so it batches with
@@ -186,9 +186,10 @@ class Pipeline:
             return {name: (last, output) for name, output in wiring.names[last].items()}
         outputs = {}
         for tensor in declared:
-            if tensor.name not in wiring.latest:
+            source = wiring.named.get(tensor.name) or wiring.latest.get(tensor.name)
+            if source is None:
                 raise PipelineError(f"pipeline output {tensor.name!r} is no step's output")
-            source = outputs[tensor.name] = wiring.latest[tensor.name]
+            outputs[tensor.name] = source
             _check_declared("pipeline output", tensor, wiring.produced[source])
         return outputs
 
