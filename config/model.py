@@ -255,11 +255,13 @@ def model_config_from(data: dict, file: str, defaults: ModelSettings) -> ModelCo
     """config.toml's data (`file` names it in errors) on top of `defaults`."""
     data = dict(data)
     if "pipeline" in data:
-        extra = sorted(set(data) - {"pipeline", "parameters", "inputs", "outputs"})
+        extra = sorted(set(data) - {"pipeline", "parameters", "inputs", "outputs", "max_batch_size"})
         if extra:
-            raise ConfigError(file, extra[0], "a pipeline's config.toml holds only [[pipeline]] steps, its inputs and "
-                              "outputs, and [parameters]: batching and workers are its steps' own")
-        return ModelConfig(defaults, parameters=data.get("parameters", {}), pipeline=_pipeline(data["pipeline"], file),
+            raise ConfigError(file, extra[0], "a pipeline's config.toml holds only [[pipeline]] steps, its inputs, outputs "
+                              "and max_batch_size, and [parameters]: batching and workers are its steps' own")
+        cap = {"max_batch_size": data["max_batch_size"]} if "max_batch_size" in data else {}  # (below its steps')
+        return ModelConfig(build(ModelSettings, dataclasses.asdict(defaults) | cap, file), explicit=frozenset(cap),
+                           parameters=data.get("parameters", {}), pipeline=_pipeline(data["pipeline"], file),
                            pipeline_inputs=_pipeline_tensors(data.get("inputs", []), file, "inputs"),
                            pipeline_outputs=_pipeline_tensors(data.get("outputs", []), file, "outputs"))
     formats, labels = {}, {}

@@ -1,6 +1,7 @@
 """A Triton ensemble (config.pbtxt with `platform: "ensemble"`) as an inferd pipeline
 (daemon/models/pipeline.py): the config.toml data a pipeline of the same steps has.
 
+    max_batch_size                         max_batch_size (the pipeline's limit is at most its steps')
     input[] {name, data_type, dims}        inputs = [{name, datatype, shape}] (shape = [-1] + dims when
     output[] {name, data_type, dims}       outputs = [...]                     max_batch_size > 0)
     ensemble_scheduling.step[]             [[pipeline]] steps, ordered by what each consumes
@@ -15,8 +16,8 @@ tensor produced twice, one nothing produces, a cycle or an unused input is a Con
 naming it. What a step model itself lacks (no such model, input or output, a datatype that
 does not match) fails the pipeline's load with the reason, as for any pipeline. Keys with no
 meaning for a pipeline (batching, instances, reshape, optional inputs, label files...) are
-refused, naming the key; nothing is ignored. The pipeline batches up to its steps' smallest
-max_batch_size: the ensemble's own says only whether dims exclude the batch dimension.
+refused, naming the key; nothing is ignored. An ensemble's max_batch_size above a step model's
+is no error (in Triton it is): the pipeline's limit is the smallest.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def ensemble_to_pipeline(raw: dict, name: str, file: str) -> dict:
         raise ConfigError(file, "name", f"the config's name {raw['name']!r} is not the model directory's {name!r}")
     if raw.get("backend", "ensemble") != "ensemble":
         raise ConfigError(file, "backend", f"an ensemble has no backend, got {raw['backend']!r}")
-    batching = _int(raw.get("max_batch_size", 0), file, "max_batch_size") > 0
+    max_batch_size = _int(raw.get("max_batch_size", 0), file, "max_batch_size")
+    batching = max_batch_size > 0
     inputs = [_tensor(t, batching, file, f"input[{i}]") for i, t in enumerate(raw.get("input", []))]
     outputs = [_tensor(t, batching, file, f"output[{i}]") for i, t in enumerate(raw.get("output", []))]
     if not outputs:
@@ -51,7 +53,8 @@ def ensemble_to_pipeline(raw: dict, name: str, file: str) -> dict:
     if not steps:
         raise ConfigError(file, "ensemble_scheduling", "an ensemble needs at least one step")
     _check_input_names(inputs, steps, file)
-    data = {"inputs": inputs, "outputs": outputs, "pipeline": _ordered(steps, inputs, outputs, file)}
+    data = {"max_batch_size": max_batch_size, "inputs": inputs, "outputs": outputs,
+            "pipeline": _ordered(steps, inputs, outputs, file)}
     if "parameters" in raw:
         data["parameters"] = _parameters(raw["parameters"], file)
     return data

@@ -3,6 +3,7 @@
 A pipeline is declared by config.toml alone (no version directories):
 
     outputs = ["label", "probs"]               # optional: the pipeline's outputs, from any step
+    max_batch_size = 16                        # optional: fewer rows per request than its steps allow
     [[pipeline]]
     model = "tokenize"
     [[pipeline]]
@@ -145,9 +146,11 @@ def _check_declared(what: str, declared: PipelineTensor, actual: TensorSpec) -> 
 
 class Pipeline:
     def __init__(self, name: str, steps: tuple[PipelineStep, ...], metadata_of: Callable[[PipelineStep], tuple[ModelMetadata, int]],
-                 inputs: tuple[PipelineTensor, ...] = (), outputs: tuple[PipelineTensor, ...] = ()):
+                 inputs: tuple[PipelineTensor, ...] = (), outputs: tuple[PipelineTensor, ...] = (),
+                 max_batch_size: int | None = None):
         """`metadata_of(step)` gives a step model's metadata and batch limit (raising
-        PipelineError when it is not there to give); `inputs`/`outputs`: the declared ones."""
+        PipelineError when it is not there to give); `inputs`/`outputs`: the declared ones;
+        `max_batch_size`: a limit of its own (0: it does not batch), below its steps'."""
         self.name = name
         wiring = _Wiring()
         limits, resolved = [], []
@@ -166,6 +169,8 @@ class Pipeline:
             self.steps.append(ResolvedStep(index, step.model, step.version, sources, feeds, gives))
             if not feeds and not gives:
                 raise PipelineError(f"{self.steps[-1].label}: no later step uses its outputs, and the pipeline returns none")
+        if max_batch_size is not None:
+            limits.append(max_batch_size)
         self.max_batch_size = min(limits) if all(limits) else 0
         self.metadata = ModelMetadata("pipeline", self._inputs(wiring, inputs), tuple(
             dataclasses.replace(wiring.produced[source], name=out) for out, source in self.outputs.items()))
@@ -177,7 +182,8 @@ class Pipeline:
     @classmethod
     def of(cls, name: str, config: ModelConfig, metadata_of: Callable[[PipelineStep], tuple[ModelMetadata, int]]) -> Pipeline:
         """The pipeline a model's config declares."""
-        return cls(name, config.pipeline, metadata_of, config.pipeline_inputs, config.pipeline_outputs)
+        cap = config.settings.max_batch_size if "max_batch_size" in config.explicit else None
+        return cls(name, config.pipeline, metadata_of, config.pipeline_inputs, config.pipeline_outputs, cap)
 
     @staticmethod
     def _outputs(wiring: _Wiring, declared: tuple[PipelineTensor, ...], last: int) -> dict[str, Source]:

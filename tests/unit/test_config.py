@@ -128,6 +128,9 @@ def test_pipeline_config_reads_output_names_and_declared_tensors(tmp_path):
     assert config.pipeline[0].outputs == (("probabilities", "probs"),)
     assert config.pipeline_outputs == (PipelineTensor("probs"), PipelineTensor("label", "BYTES", (-1,)))
     assert config.pipeline_inputs == (PipelineTensor("text", "BYTES"),)
+    assert "max_batch_size" not in config.explicit
+    config = load_model_config(_write(tmp_path, 'max_batch_size = 4\n[[pipeline]]\nmodel = "a"\n', "config.toml"), ModelSettings())
+    assert config.settings.max_batch_size == 4 and "max_batch_size" in config.explicit
 
 
 @pytest.mark.parametrize("text,key", [
@@ -137,7 +140,8 @@ def test_pipeline_config_reads_output_names_and_declared_tensors(tmp_path):
     ('[[pipeline]]\nmodel = "a"\nversion = "latest"\n', "pipeline[0].version"),
     ('[[pipeline]]\nmodel = "a"\ninputs = { x = 3 }\n', "pipeline[0].inputs"),
     ('[[pipeline]]\nmodel = "a"\nbatch = 2\n', "pipeline[0]"),
-    ('max_batch_size = 4\n[[pipeline]]\nmodel = "a"\n', "max_batch_size"),
+    ('max_queue_delay_ms = 4\n[[pipeline]]\nmodel = "a"\n', "max_queue_delay_ms"),
+    ('max_batch_size = -1\n[[pipeline]]\nmodel = "a"\n', "max_batch_size"),
     ('[[pipeline]]\nmodel = "a"\noutputs = { x = "" }\n', "pipeline[0].outputs"),
     ('[[pipeline]]\nmodel = "a"\noutputs = ["x"]\n', "pipeline[0].outputs"),
     ('outputs = "x"\n[[pipeline]]\nmodel = "a"\n', "outputs"),

@@ -61,6 +61,7 @@ def convert(tmp_path, text: str, name: str = "ens") -> dict:
 def test_an_ensemble_becomes_a_pipeline_with_its_steps_in_dependency_order(tmp_path):
     data = convert(tmp_path, ENSEMBLE)
     assert data == {
+        "max_batch_size": 8,
         "inputs": [{"name": "RAW", "datatype": "FP32", "shape": [-1, 4]}],
         "outputs": [{"name": "SCALED", "datatype": "FP32", "shape": [-1, 4]},
                     {"name": "TOTAL", "datatype": "FP32", "shape": [-1, 1]}],
@@ -69,12 +70,15 @@ def test_an_ensemble_becomes_a_pipeline_with_its_steps_in_dependency_order(tmp_p
     }
     config = model_config_from(data, "config.pbtxt", ModelSettings())
     assert [(s.model, s.version) for s in config.pipeline] == [("scaler", "2"), ("summer", "")]
+    assert config.settings.max_batch_size == 8
     assert config.pipeline_outputs[1] == PipelineTensor("TOTAL", "FP32", (-1, 1))
     pipeline = Pipeline.of("ens", config, metadata_of)
     scaler, summer = pipeline.steps
     assert scaler.sources == {"x": (REQUEST, "RAW")} and summer.sources == {"x": (0, "y")}
     assert scaler.gives == (("y", "SCALED"),) and summer.gives == (("y", "TOTAL"),) and scaler.feeds == ("y",)
     assert [t.name for t in pipeline.metadata.outputs] == ["SCALED", "TOTAL"] and pipeline.max_batch_size == 8
+    assert Pipeline.of("ens", model_config_from(data | {"max_batch_size": 4}, "f", ModelSettings()),
+                       metadata_of).max_batch_size == 4  # the ensemble's limit, below its steps'
 
 
 def test_one_model_in_two_steps_and_a_fixed_shape_ensemble(tmp_path):
@@ -88,6 +92,7 @@ def test_one_model_in_two_steps_and_a_fixed_shape_ensemble(tmp_path):
         ] }''', "twice")
     assert data["inputs"][0]["shape"] == [-1, 4]  # max_batch_size 0: dims are the whole shape
     pipeline = Pipeline.of("twice", model_config_from(data, "f", ModelSettings()), metadata_of)
+    assert pipeline.max_batch_size == 0  # as Triton's ensemble: requests are not split into rows
     assert [s.sources for s in pipeline.steps] == [{"x": (REQUEST, "A")}, {"x": (0, "y")}]
     assert pipeline.outputs == {"B": (1, "y")}
 
