@@ -12,6 +12,7 @@ A pipeline is declared by config.toml alone (no version directories):
     outputs = { probabilities = "probs" }      # optional: output = "<tensor>", the name it goes by in the pipeline
     [[pipeline]]
     model = "label"
+    inputs = { probabilities = "probs" }       # (its own name no longer finds it: it goes by "probs")
 
 Each step's outputs go by their own names in the pipeline, or by the names its `outputs` gives
 them. An input a step does not map comes from the latest earlier step with an output of that
@@ -19,11 +20,14 @@ name, else from the pipeline's input of that name. A mapped input is a name an e
 `outputs` gave (each such name is given once), else "<step model>.<output>" (the latest earlier
 step that runs that model), else the pipeline's input of that name. The pipeline's inputs are
 the step inputs fed from the request; its outputs are the names in its `outputs` (each a name
-a step's `outputs` gave, else the latest step output going by it), else the last step's. Either list may give a tensor as a table
-{name, datatype, shape} instead of a name: the step's tensor must agree (checked at load; a
-Triton ensemble's declared tensors arrive so, config/triton_ensemble.py). A model may run in
-several steps. Each step is an ordinary request to its model's own queue, so it batches with
-that model's other traffic; tensors go from step to step in memory.
+a step's `outputs` gave, else the latest step output going by it), else the last step's.
+Either list may give a tensor as a table {name, datatype, shape} instead of a name: the step's
+tensor must agree (checked at load; a Triton ensemble's declared tensors arrive so,
+config/triton_ensemble.py). A model may run in several steps.
+
+A request runs the steps that lead to the outputs it asks for, each an ordinary request to its
+model's own queue, so it batches with that model's other traffic; tensors go from step to step
+in memory.
 """
 
 from __future__ import annotations
@@ -59,11 +63,6 @@ class ResolvedStep:
     @property
     def label(self) -> str:
         return f"step {self.index + 1} ({self.model!r})"
-
-    def wanted(self, asked: tuple[str, ...] | None) -> tuple[str, ...]:
-        """The outputs to ask of its model when the caller asks for `asked` (None: all)."""
-        given = [output for output, name in self.gives if asked is None or name in asked]
-        return tuple(dict.fromkeys([*self.feeds, *given]))
 
 
 class _Wiring:
@@ -211,6 +210,19 @@ class Pipeline:
             _check_declared("pipeline input", tensor, wiring.inputs[tensor.name])
         return tuple(wiring.inputs[t.name] for t in declared)
 
+    def plan(self, asked: tuple[str, ...] | None) -> list[tuple[ResolvedStep, tuple[str, ...]]]:
+        """The steps that the outputs `asked` (None: all) need, in order, each with the outputs
+        to ask of its model: a step whose outputs lead to none of them is not run."""
+        need: dict[int, set[str]] = {}
+        for name, (index, output) in self.outputs.items():
+            if asked is None or name in asked:
+                need.setdefault(index, set()).add(output)
+        for step in reversed(self.steps):
+            for index, output in step.sources.values() if step.index in need else ():
+                if index != REQUEST:
+                    need.setdefault(index, set()).add(output)
+        return [(step, tuple(sorted(need[step.index]))) for step in self.steps if step.index in need]
+
     async def run(self, request: InferRequest,
                   run_step: Callable[[ResolvedStep, InferRequest], Awaitable[dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
         """One request through every step it needs; an error names the step it came from."""
@@ -218,10 +230,7 @@ class Pipeline:
         self._idle.clear()
         try:
             tensors: dict[Source, np.ndarray] = {(REQUEST, name): array for name, array in request.inputs.items()}
-            for step in self.steps:
-                wanted = step.wanted(request.outputs)
-                if not wanted:  # it gives only pipeline outputs the caller did not ask for
-                    continue
+            for step, wanted in self.plan(request.outputs):
                 step_request = InferRequest(
                     {name: tensors[source] for name, source in step.sources.items()},
                     wanted, request.id, request.parameters, request.deadline,

@@ -42,14 +42,14 @@ def test_inputs_come_from_the_latest_step_with_that_output_else_from_the_request
     tok, enc, head = p.steps
     assert enc.sources == {"tokens": (0, "tokens"), "mask": (0, "mask")}
     assert head.sources == {"emb": (1, "emb"), "text": (REQUEST, "text")}  # the request's text, reused
-    assert tok.wanted(None) == ("mask", "tokens") and enc.wanted(None) == ("emb",) and head.wanted(None) == ("label",)
+    assert [(s.model, wanted) for s, wanted in p.plan(None)] == [("tok", ("mask", "tokens")), ("enc", ("emb",)), ("head", ("label",))]
     assert p.max_batch_size == 0  # head does not batch, so neither does the pipeline
 
 
 def test_explicit_mapping_and_batch_limit():
     p = Pipeline("p", steps(("tok", {}), ("ids", {"ids": "tok.tokens"})), metadata_of)
     assert p.steps[1].sources == {"ids": (0, "tokens")}
-    assert p.steps[0].wanted(None) == ("tokens",)  # mask is used by no step: not asked for
+    assert p.plan(None)[0][1] == ("tokens",)  # mask is used by no step: not asked for
     assert p.max_batch_size == 8
     p = Pipeline("p", steps(("ids", {"ids": "request_ids"}),), metadata_of)
     assert [t.name for t in p.metadata.inputs] == ["request_ids"]
@@ -109,8 +109,16 @@ def test_renamed_outputs_feed_later_steps_and_pipeline_outputs_come_from_any_ste
     assert [t.name for t in p.metadata.outputs] == ["emb", "m", "label"]
     assert p.metadata.outputs[1] == spec("m", "BOOL", (-1, 16))
     assert tok.gives == (("mask", "m"),) and enc.gives == (("emb", "emb"),) and head.gives == (("label", "label"),)
-    assert enc.wanted(("label",)) == ("emb",) and enc.wanted(None) == ("emb",)
-    assert head.wanted(("m",)) == ()  # nothing of it asked for: the step is skipped
+    assert [(s.index, wanted) for s, wanted in p.plan(("label",))] == [(0, ("mask", "tokens")), (1, ("emb",)), (2, ("label",))]
+    assert [(s.index, wanted) for s, wanted in p.plan(("m",))] == [(0, ("mask",))]  # the steps after it are not run
+    assert [(s.index, wanted) for s, wanted in p.plan(("emb", "m"))] == [(0, ("mask", "tokens")), (1, ("emb",))]
+
+
+def test_steps_that_lead_to_no_asked_output_are_not_planned():
+    p = Pipeline("p", (step("tok"), step("enc", outputs={"emb": "e2"}), step("ids", outputs={"emb": "e1"})), metadata_of,
+                 outputs=(PipelineTensor("e1"), PipelineTensor("e2")))
+    assert [(s.index, wanted) for s, wanted in p.plan(("e1",))] == [(2, ("emb",))]
+    assert [s.index for s, _ in p.plan(("e2",))] == [0, 1] and [s.index for s, _ in p.plan(None)] == [0, 1, 2]
 
 
 def test_an_unmapped_input_finds_a_renamed_output_by_its_new_name_only():
