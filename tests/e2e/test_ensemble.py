@@ -57,6 +57,20 @@ ensemble_scheduling { step [
 '''
 
 
+# The same by hand, as docs/python-models.md shows it: output names only, nothing declared.
+BY_HAND = '''
+outputs = ["SCALED", "TOTAL"]
+[[pipeline]]
+model = "scaler"
+inputs = { x = "RAW" }
+outputs = { y = "SCALED" }
+[[pipeline]]
+model = "summer"
+inputs = { x = "SCALED" }
+outputs = { y = "TOTAL" }
+'''
+
+
 def build_step(path: Path, op: str) -> None:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
     if op == "scale":
@@ -104,6 +118,9 @@ def served(tmp_path_factory):
     write_converted(root, TWICE, "twice")
     write_converted(root, ENSEMBLE % (GOOD | {"name": "missing", "summer": "no_such_model"}), "missing")
     write_converted(root, ENSEMBLE % (GOOD | {"name": "miswired", "scaled_type": "TYPE_FP64"}), "miswired")
+    for name, text in (("by_hand", BY_HAND), ("bad_outputs", BY_HAND.replace('["SCALED", "TOTAL"]', '["SCALED", 3]'))):
+        (root / name).mkdir()
+        (root / name / "config.toml").write_text(text)
     with DaemonProcess(root) as d:
         yield d
 
@@ -134,6 +151,15 @@ def test_an_output_of_the_first_step_alone_does_not_run_the_second(served):
     np.testing.assert_array_equal(total["TOTAL"], [[20], [-1]])
     assert metric(served, "inferd_requests_total", model="summer", protocol="pipeline", code="OK") == before + 1
     assert metric(served, "inferd_requests_total", model="scaler", protocol="pipeline", code="OK") == scaled_before + 2
+
+
+def test_the_same_pipeline_written_by_hand(served):
+    with Client(socket=served.socket_path) as c:
+        out = c.infer("by_hand", {"RAW": RAW})
+        meta = c.model_metadata("by_hand")
+    np.testing.assert_array_equal(out["SCALED"], RAW * 2)
+    np.testing.assert_array_equal(out["TOTAL"], [[20], [-1]])
+    assert [t["name"] for t in meta["outputs"]] == ["SCALED", "TOTAL"]
 
 
 def test_the_ensemble_over_http_and_grpc(served):
@@ -181,6 +207,7 @@ def test_ensembles_whose_steps_do_not_fit_fail_with_the_reason(served):
     assert index["missing"]["state"] == "FAILED" and "'no_such_model'" in index["missing"]["reason"]
     assert index["miswired"]["state"] == "FAILED"
     assert "pipeline output 'SCALED' is declared FP64, but its step's is FP32" in index["miswired"]["reason"]
+    assert index["bad_outputs"]["state"] == "FAILED" and "outputs[1]" in index["bad_outputs"]["reason"]
     assert index["ens"]["state"] == "READY"
 
 
