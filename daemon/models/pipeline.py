@@ -87,6 +87,8 @@ class _Wiring:
             raise PipelineError(f"{label} has no input {sorted(unknown)[0]!r}")
         if unknown := set(renames) - {t.name for t in metadata.outputs}:
             raise PipelineError(f"{label} has no output {sorted(unknown)[0]!r}")
+        if clash := sorted(set(renames.values()) & {t.name for t in metadata.outputs if t.name not in renames}):
+            raise PipelineError(f"{label} gives an output the name {clash[0]!r}, which another of its outputs has")
         sources = {spec.name: self._source(mapping.get(spec.name), spec, label) for spec in metadata.inputs}
         self.models.append(step.model)
         self.names.append({})

@@ -148,6 +148,7 @@ def test_one_model_in_two_steps():
 
 @pytest.mark.parametrize("items,inputs,outputs,reason", [
     ((step("tok", outputs={"nope": "x"}),), (), (), "step 1 ('tok') has no output 'nope'"),
+    ((step("tok", outputs={"tokens": "mask"}),), (), (), "step 1 ('tok') gives an output the name 'mask', which another"),
     ((step("tok", outputs={"tokens": "x"}), step("enc", outputs={"emb": "x"})), (), (), "a name step 1 already gave"),
     ((step("ids", {"ids": "x"}), step("tok", outputs={"tokens": "x"})), (), (), "a name earlier steps take from the request"),
     ((step("tok"), step("enc")), (), (PipelineTensor("nothing"),), "pipeline output 'nothing' is no step's output"),
