@@ -89,12 +89,24 @@ def _version_policy(value, file: str) -> VersionPolicy:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineStep:
-    """One [[pipeline]] entry: a model, optionally a version, and where its inputs come from
-    (input name -> "<earlier step's model>.<output>" or "<pipeline input>")."""
+    """One [[pipeline]] entry: a model, optionally a version, where its inputs come from
+    (input name -> "<tensor>", "<earlier step's model>.<output>" or "<pipeline input>") and the
+    names its outputs go by in the pipeline (output name -> "<tensor>")."""
 
     model: str
     version: str = ""
     inputs: tuple[tuple[str, str], ...] = ()
+    outputs: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineTensor:
+    """A pipeline's declared input or output (config.toml `inputs` / `outputs` beside its
+    [[pipeline]] steps): a name, and the datatype and shape its step must have ("" / None: any)."""
+
+    name: str
+    datatype: str = ""
+    shape: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +128,8 @@ class ModelConfig:
     explicit: frozenset[str] = frozenset()  # keys the model's own file set
     parameters: dict = dataclasses.field(default_factory=dict)  # [parameters]: free-form, for the model's code
     pipeline: tuple[PipelineStep, ...] = ()  # a model made of other models, step by step
+    pipeline_inputs: tuple[PipelineTensor, ...] = ()  # declared (checked at load); () = as its steps take them
+    pipeline_outputs: tuple[PipelineTensor, ...] = ()  # drawn from any step; () = the last step's
     sequence_batching: SequenceBatching | None = None  # a stateful model (config/sequence.py)
     input_formats: dict[str, str] = dataclasses.field(default_factory=dict)  # [[inputs]] format (image layout)
     label_files: dict[str, str] = dataclasses.field(default_factory=dict)  # [[outputs]] label_filename
@@ -127,23 +141,58 @@ class ModelConfig:
 
 def _pipeline(items, file: str) -> tuple[PipelineStep, ...]:
     if not isinstance(items, list) or not items:
-        raise ConfigError(file, "pipeline", "expected one or more [[pipeline]] tables (model, version, inputs)")
+        raise ConfigError(file, "pipeline", "expected one or more [[pipeline]] tables (model, version, inputs, outputs)")
     steps = []
     for i, item in enumerate(items):
         where = f"pipeline[{i}]"
-        if not isinstance(item, dict) or "model" not in item or set(item) - {"model", "version", "inputs"}:
-            raise ConfigError(file, where, "expected a table with model and optionally version and inputs")
-        model, version, inputs = item["model"], item.get("version", ""), item.get("inputs", {})
+        if not isinstance(item, dict) or "model" not in item or set(item) - {"model", "version", "inputs", "outputs"}:
+            raise ConfigError(file, where, "expected a table with model and optionally version, inputs and outputs")
+        model, version = item["model"], item.get("version", "")
         if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
             raise ConfigError(file, f"{where}.model", f"expected a model name ([A-Za-z0-9_.-]+), got {model!r}")
         if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
             version = str(version)
         if not isinstance(version, str) or version and not version.isdigit():
             raise ConfigError(file, f"{where}.version", f"expected a version number, got {version!r}")
-        if not isinstance(inputs, dict) or not all(isinstance(v, str) and v for v in inputs.values()):
-            raise ConfigError(file, f"{where}.inputs", 'expected a table: input name = "<step model>.<output>" or "<pipeline input>"')
-        steps.append(PipelineStep(model, version, tuple(inputs.items())))
+        inputs = _names(item.get("inputs", {}), file, f"{where}.inputs",
+                        'expected a table: input name = "<tensor>", "<step model>.<output>" or "<pipeline input>"')
+        outputs = _names(item.get("outputs", {}), file, f"{where}.outputs", 'expected a table: output name = "<tensor>"')
+        steps.append(PipelineStep(model, version, inputs, outputs))
     return tuple(steps)
+
+
+def _names(value, file: str, where: str, expected: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        raise ConfigError(file, where, expected)
+    return tuple(value.items())
+
+
+def _pipeline_tensors(items, file: str, key: str) -> tuple[PipelineTensor, ...]:
+    """A pipeline's `inputs` / `outputs`: tensor names, or tables {name, datatype, shape} whose
+    datatype and shape (both optional) its steps must agree with."""
+    if not isinstance(items, list):
+        raise ConfigError(file, key, 'expected an array of names or tables {name, datatype, shape}')
+    tensors = []
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]"
+        item = {"name": item} if isinstance(item, str) else item
+        if not isinstance(item, dict) or "name" not in item or set(item) - {"name", "datatype", "shape"}:
+            raise ConfigError(file, where, "expected a name or a table with name and optionally datatype and shape")
+        name, datatype, shape = item["name"], item.get("datatype", ""), item.get("shape")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(file, f"{where}.name", "expected a non-empty string")
+        if name in (t.name for t in tensors):
+            raise ConfigError(file, f"{where}.name", f"{name!r} is listed twice")
+        if datatype and datatype not in DATATYPES:
+            raise ConfigError(file, f"{where}.datatype", f"unknown datatype {datatype!r}; one of {', '.join(DATATYPES)}")
+        if shape is not None and not _is_shape(shape):
+            raise ConfigError(file, f"{where}.shape", "expected an array of integers >= -1 (-1 = dynamic)")
+        tensors.append(PipelineTensor(name, datatype, None if shape is None else tuple(shape)))
+    return tuple(tensors)
+
+
+def _is_shape(shape) -> bool:
+    return isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape)
 
 
 # What a tensor table may say beside name, datatype and shape: an input's image layout
@@ -206,11 +255,15 @@ def model_config_from(data: dict, file: str, defaults: ModelSettings) -> ModelCo
     """config.toml's data (`file` names it in errors) on top of `defaults`."""
     data = dict(data)
     if "pipeline" in data:
-        extra = sorted(set(data) - {"pipeline", "parameters"})
+        extra = sorted(set(data) - {"pipeline", "parameters", "inputs", "outputs", "max_batch_size"})
         if extra:
-            raise ConfigError(file, extra[0], "a pipeline's config.toml holds only [[pipeline]] steps and [parameters]: "
-                              "batching, workers and tensors are its steps' own")
-        return ModelConfig(defaults, parameters=data.get("parameters", {}), pipeline=_pipeline(data["pipeline"], file))
+            raise ConfigError(file, extra[0], "a pipeline's config.toml holds only [[pipeline]] steps, its inputs, outputs "
+                              "and max_batch_size, and [parameters]: batching and workers are its steps' own")
+        cap = {"max_batch_size": data["max_batch_size"]} if "max_batch_size" in data else {}  # (below its steps')
+        return ModelConfig(build(ModelSettings, dataclasses.asdict(defaults) | cap, file), explicit=frozenset(cap),
+                           parameters=data.get("parameters", {}), pipeline=_pipeline(data["pipeline"], file),
+                           pipeline_inputs=_pipeline_tensors(data.get("inputs", []), file, "inputs"),
+                           pipeline_outputs=_pipeline_tensors(data.get("outputs", []), file, "outputs"))
     formats, labels = {}, {}
     inputs = _tensor_specs(data.pop("inputs"), file, "inputs", formats) if "inputs" in data else ()
     outputs = _tensor_specs(data.pop("outputs"), file, "outputs", labels) if "outputs" in data else ()

@@ -137,7 +137,7 @@ class Assembler:
             raise LoadFailed(f"{mv.name}/config.toml declares no [[pipeline]] steps and there are no version directories")
         await self.steps.wait_for(config.pipeline, config.settings.load_timeout_s)
         try:
-            pipeline = Pipeline(mv.name, config.pipeline, self.steps.metadata_of)
+            pipeline = Pipeline.of(mv.name, config, self.steps.metadata_of)
         except PipelineError as e:
             raise LoadFailed(str(e)) from None
         mv.observer.batch_limit(pipeline.max_batch_size)

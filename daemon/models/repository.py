@@ -144,7 +144,7 @@ class ModelRepository:
             if mv.state is not READY:
                 continue
             try:
-                now = Pipeline(mv.name, mv.serving.config.pipeline, self.steps.metadata_of)
+                now = Pipeline.of(mv.name, mv.serving.config, self.steps.metadata_of)
                 changed = (now.metadata, now.max_batch_size) != (mv.metadata, mv.max_batch_size)
             except PipelineError:
                 changed = True

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from inferd.common.errors import ConfigError
-from inferd.config.model import ModelSettings, load_model_config
+from inferd.config.model import ModelSettings, PipelineTensor, load_model_config
 from inferd.config.settings import AuthSection, load_daemon_config, read_token
 
 
@@ -117,6 +117,20 @@ def test_pipeline_config_reads_steps(tmp_path):
                             'inputs = { ids = "tok.tokens" }\n', "config.toml")
     config = load_model_config(path, ModelSettings())
     assert [(s.model, s.version, s.inputs) for s in config.pipeline] == [("tok", "", ()), ("enc", "2", (("ids", "tok.tokens"),))]
+    assert config.pipeline_inputs == () and config.pipeline_outputs == ()
+
+
+def test_pipeline_config_reads_output_names_and_declared_tensors(tmp_path):
+    path = _write(tmp_path, 'outputs = ["probs", { name = "label", datatype = "BYTES", shape = [-1] }]\n'
+                            '[[inputs]]\nname = "text"\ndatatype = "BYTES"\n'
+                            '[[pipeline]]\nmodel = "enc"\noutputs = { probabilities = "probs" }\n', "config.toml")
+    config = load_model_config(path, ModelSettings())
+    assert config.pipeline[0].outputs == (("probabilities", "probs"),)
+    assert config.pipeline_outputs == (PipelineTensor("probs"), PipelineTensor("label", "BYTES", (-1,)))
+    assert config.pipeline_inputs == (PipelineTensor("text", "BYTES"),)
+    assert "max_batch_size" not in config.explicit
+    config = load_model_config(_write(tmp_path, 'max_batch_size = 4\n[[pipeline]]\nmodel = "a"\n', "config.toml"), ModelSettings())
+    assert config.settings.max_batch_size == 4 and "max_batch_size" in config.explicit
 
 
 @pytest.mark.parametrize("text,key", [
@@ -126,7 +140,16 @@ def test_pipeline_config_reads_steps(tmp_path):
     ('[[pipeline]]\nmodel = "a"\nversion = "latest"\n', "pipeline[0].version"),
     ('[[pipeline]]\nmodel = "a"\ninputs = { x = 3 }\n', "pipeline[0].inputs"),
     ('[[pipeline]]\nmodel = "a"\nbatch = 2\n', "pipeline[0]"),
-    ('max_batch_size = 4\n[[pipeline]]\nmodel = "a"\n', "max_batch_size"),
+    ('max_queue_delay_ms = 4\n[[pipeline]]\nmodel = "a"\n', "max_queue_delay_ms"),
+    ('max_batch_size = -1\n[[pipeline]]\nmodel = "a"\n', "max_batch_size"),
+    ('[[pipeline]]\nmodel = "a"\noutputs = { x = "" }\n', "pipeline[0].outputs"),
+    ('[[pipeline]]\nmodel = "a"\noutputs = ["x"]\n', "pipeline[0].outputs"),
+    ('outputs = "x"\n[[pipeline]]\nmodel = "a"\n', "outputs"),
+    ('outputs = [3]\n[[pipeline]]\nmodel = "a"\n', "outputs[0]"),
+    ('outputs = ["x", "x"]\n[[pipeline]]\nmodel = "a"\n', "outputs[1].name"),
+    ('inputs = [{ name = "x", datatype = "FLOAT" }]\n[[pipeline]]\nmodel = "a"\n', "inputs[0].datatype"),
+    ('inputs = [{ name = "x", shape = [-2] }]\n[[pipeline]]\nmodel = "a"\n', "inputs[0].shape"),
+    ('inputs = [{ name = "x", dims = [1] }]\n[[pipeline]]\nmodel = "a"\n', "inputs[0]"),
 ])
 def test_bad_pipeline_config_is_refused(tmp_path, text, key):
     path = _write(tmp_path, text, "config.toml")
