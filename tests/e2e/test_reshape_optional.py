@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Optional
 
 import aiohttp
+import make_models
 import numpy as np
 import pytest
+import torch
 import tritonclient.http as httpclient
 from daemon_process import DaemonProcess
 from onnx import TensorProto, helper, numpy_helper
@@ -95,6 +98,14 @@ EITHER_CONFIG = ("max_batch_size = 8\nmax_queue_delay_ms = 200\n" + _tensor("inp
                  + _tensor("inputs", ["q", [-1, 1]], optional=True) + _tensor("outputs", ["r", [-1, 1]]))
 
 
+
+class Offset(torch.nn.Module):
+    """A TorchScript model whose second input may be left out: forward gets None for it."""
+
+    def forward(self, x: torch.Tensor, offset: Optional[torch.Tensor] = None):  # noqa: UP045 (TorchScript's spelling)
+        return x + (offset if offset is not None else torch.full_like(x, 100.0))
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("reshape")
@@ -113,6 +124,9 @@ def repo(tmp_path_factory) -> Path:
     (root / "either" / "1").mkdir(parents=True)
     (root / "either" / "1" / "model.py").write_text(EITHER)
     (root / "either" / "config.toml").write_text(EITHER_CONFIG)
+    make_models.save_torchscript(Offset(), root / "offset" / "1" / "model.pt")
+    (root / "offset" / "config.toml").write_text(_tensor("inputs", ["x", [-1, 2]]) + _tensor("inputs", ["offset", [-1, 2]], optional=True)
+                                                 + _tensor("outputs", ["y", [-1, 2]]))
     # What fails: an optional input the graph needs; a reshape the file contradicts; one that
     # does not hold the shape's elements.
     _adder(root / "needs_a" / "1" / "model.onnx")
@@ -221,6 +235,13 @@ async def test_requests_with_different_optional_inputs_of_one_shape_batch_apart(
         answers = await asyncio.gather(*(_infer_json(session, url, case) for case in cases))
     for case, got in zip(cases, answers):
         np.testing.assert_array_equal(got["r"], case.get("p", 0) + 10 * case.get("q", 0))
+
+
+def test_torchscript_model_gets_none_for_an_input_left_out(served):
+    x = np.array([[1, 2]], np.float32)
+    with Client(socket=served.socket_path) as c:
+        np.testing.assert_array_equal(c.infer("offset", {"x": x})["y"], [[101, 102]])
+        np.testing.assert_array_equal(c.infer("offset", {"x": x, "offset": -x})["y"], [[0, 0]])
 
 
 def test_a_required_input_left_out_is_refused_and_the_model_serves_on(served):
