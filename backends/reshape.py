@@ -76,9 +76,9 @@ class Reshaped:
             return [r if isinstance(r, Exception) else self._to_clients(r) for r in result]
         return self._to_clients(result)
 
-    def responses(self, inputs: dict[str, np.ndarray], outputs: list[str]):
+    def responses(self, inputs: dict[str, np.ndarray], outputs: list[str], **kwargs):
         """A decoupled model's responses, each reshaped; closing this closes the model's."""
-        responses = self.backend.responses(self._to_model(inputs), outputs)
+        responses = self.backend.responses(self._to_model(inputs), outputs, **kwargs)
         try:
             for result in responses:
                 yield self._to_clients(result)

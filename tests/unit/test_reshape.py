@@ -145,7 +145,8 @@ class Doubler:
         first = requests.rows[0]
         return [{k: v[:first] for k, v in out.items()}, BackendInputError("not this one")]
 
-    def responses(self, inputs, outputs):
+    def responses(self, inputs, outputs, parameters=None):
+        assert parameters == {"p": 1}  # what the worker passes goes through
         try:
             for i in range(3):
                 yield {"y": inputs["x"] * i, "s": inputs["x"].sum(axis=(1, 2))}
@@ -195,7 +196,7 @@ def test_per_request_answers_are_reshaped_each_and_failures_pass_through():
 def test_decoupled_responses_are_reshaped_and_closing_closes_the_models():
     backend = _reshaped()
     backend.load()
-    responses = backend.responses({"x": np.ones((1, 4), np.float32)}, ["y", "s"])
+    responses = backend.responses({"x": np.ones((1, 4), np.float32)}, ["y", "s"], parameters={"p": 1})
     assert next(responses)["y"].shape == (1, 4)
     np.testing.assert_array_equal(next(responses)["s"], [[4]])
     responses.close()
