@@ -25,7 +25,7 @@ from inferd.common.tensors import TensorSpec
 # What a tensor table may say for this, by table: (key, the check of its value).
 KEYS = {"inputs": ("reshape", "optional"), "outputs": ("reshape",)}
 _MAX_RANK = 32  # numpy's limit before 2.0
-_MAX_DIM = (1 << 62)  # a reshape numpy can index
+_MAX_DIM = 1 << 62  # a reshape numpy can index
 
 
 def option_value(key: str, value, file: str, where: str):

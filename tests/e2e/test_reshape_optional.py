@@ -75,6 +75,8 @@ class Model:
     def infer(self, inputs):
         x = inputs["x"]
         assert x.shape[1:] == (2, 3), x.shape  # the model's shape, not the clients' [-1, 6]
+        if (x == 13).any():  # a model bug: y in the clients' shape, not the model's
+            return {"y": x.reshape(len(x), 6), "seen": np.zeros((len(x), 2), np.float32)}
         scale = inputs["scale"] if "scale" in inputs else np.full((len(x), 1), 100, np.float32)
         return {"y": x * scale[:, :, None], "seen": np.array([[x.shape[1], "scale" in inputs]] * len(x), np.float32)}
 '''
@@ -242,6 +244,17 @@ def test_torchscript_model_gets_none_for_an_input_left_out(served):
     with Client(socket=served.socket_path) as c:
         np.testing.assert_array_equal(c.infer("offset", {"x": x})["y"], [[101, 102]])
         np.testing.assert_array_equal(c.infer("offset", {"x": x, "offset": -x})["y"], [[0, 0]])
+
+
+async def test_a_model_answering_in_the_clients_shape_fails_that_request_only(served):
+    url = served.url + "/v2/models/shaped/infer"
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 6], "data": [13, 0, 0, 0, 0, 0]}]}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=body) as response:
+            assert response.status == 500
+            assert "output 'y' has shape [1, 6], declared [-1, 2, 3]" in (await response.json())["error"]
+        x = np.ones((1, 6), np.float32)
+        np.testing.assert_array_equal((await _infer_json(session, url, {"x": x}))["y"], x * 100)
 
 
 def test_a_required_input_left_out_is_refused_and_the_model_serves_on(served):
