@@ -91,7 +91,7 @@ class OnnxBackend:
         required = tuple(_spec(n) for n in self.session.get_inputs())
         refused = sorted({t.name for t in required} & set(self.settings.optional_inputs))
         if refused:
-            raise RuntimeError(f"config.toml makes input {refused[0]!r} optional, but the ONNX graph needs it: only an "
+            raise RuntimeError(f"the model's configuration makes input {refused[0]!r} optional, but the ONNX graph needs it: only an "
                                "input with a default value (an initializer the graph lists as an input) may be left out")
         declared = {t.name for t in self.settings.inputs}
         defaults = tuple(_spec(n) for n in self.session.get_overridable_initializers() if n.name in declared)

@@ -64,7 +64,7 @@ class Reshaped:
             model_shape = self.model_shapes.get(t.name)
             if model_shape is not None:
                 if not _fits(t.shape, model_shape):
-                    raise RuntimeError(f"config.toml reshapes {kind} {t.name!r} to {list(model_shape)} (batch dimension "
+                    raise RuntimeError(f"the model's configuration reshapes {kind} {t.name!r} to {list(model_shape)} (batch dimension "
                                        f"included), but the model has {list(t.shape)}")
                 t = dataclasses.replace(t, shape=self.client_shapes[t.name])
             seen.append(t)
@@ -105,6 +105,6 @@ class Reshaped:
             client_shape = fill(self.client_shapes[name], model_shape, array.shape)
             if not _fits(model_shape, array.shape) or array.size != math.prod(client_shape):
                 raise BackendOutputError(f"output {name!r} has shape {list(array.shape)}, which is not the "
-                                         f"{list(model_shape)} config.toml's reshape says the model gives")
+                                         f"{list(model_shape)} its reshape in the model's configuration says the model gives")
             shaped[name] = array.reshape(client_shape)
         return shaped
