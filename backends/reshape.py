@@ -104,7 +104,7 @@ class Reshaped:
                 continue
             client_shape = fill(self.client_shapes[name], model_shape, array.shape)
             if not _fits(model_shape, array.shape) or array.size != math.prod(client_shape):
-                raise BackendOutputError(f"output {name!r} has shape {list(array.shape)}, which is not the "
-                                         f"{list(model_shape)} its reshape in the model's configuration says the model gives")
+                raise BackendOutputError(f"output {name!r} has shape {list(array.shape)}, not the {list(model_shape)} "
+                                         "the model's configuration reshapes it from")
             shaped[name] = array.reshape(client_shape)
         return shaped
