@@ -78,11 +78,24 @@ class OnnxBackend:
         if self.session.get_providers()[0] == "CUDAExecutionProvider":
             options = self.session.get_provider_options()["CUDAExecutionProvider"]
             self.device_name = f"cuda:{options.get('device_id', 0)}"
-        inputs = tuple(_spec(n) for n in self.session.get_inputs())
+        inputs = self._inputs()
         outputs = tuple(_spec(n) for n in self.session.get_outputs())
         self._string_inputs = {t.name for t in inputs if t.datatype == "BYTES"}
         self._string_outputs = {t.name for t in outputs if t.datatype == "BYTES"}
         return ModelMetadata(self.platform, inputs, outputs)
+
+    def _inputs(self) -> tuple[TensorSpec, ...]:
+        """The graph's inputs, and those of its initializers a request may override (an input
+        with a default value) that config.toml declares as inputs. An optional input must be
+        one of the latter: the runtime refuses to run without any of the former."""
+        required = tuple(_spec(n) for n in self.session.get_inputs())
+        refused = sorted({t.name for t in required} & set(self.settings.optional_inputs))
+        if refused:
+            raise RuntimeError(f"the model's configuration makes input {refused[0]!r} optional, but the ONNX graph needs it: only an "
+                               "input with a default value (an initializer the graph lists as an input) may be left out")
+        declared = {t.name for t in self.settings.inputs}
+        defaults = tuple(_spec(n) for n in self.session.get_overridable_initializers() if n.name in declared)
+        return required + defaults
 
     def execute(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         feeds = {name: self._to_strings(name, a) if name in self._string_inputs else a for name, a in inputs.items()}

@@ -110,7 +110,10 @@ class TorchBackend:
             # Shares the batch's memory (a view of the shared-memory region): no copy. A tensor
             # that came in the message itself (small, or shared_memory off) is read-only bytes,
             # which torch cannot wrap: that one is copied.
-            array = inputs[name]
+            array = inputs.get(name)
+            if array is None:  # an optional input the batch's requests left out (forward takes None)
+                args.append(None)
+                continue
             args.append(torch.from_numpy(array if array.flags.writeable else array.copy()).to(self.device))
         with torch.inference_mode():
             result = self.module(*args)

@@ -24,6 +24,8 @@ class BackendSettings:
     model_config: dict | None  # a Triton model's config.pbtxt as JSON (Triton's field names); None: not a Triton model
     daemon_socket: str  # the daemon's Unix socket, for a model's calls to other models (Triton BLS); "" = none
     metrics_dir: str  # where a model's custom metrics go for the daemon's /metrics (Triton MetricFamily); "" = none
+    reshape: dict  # tensor -> its whole shape as the model sees it, when not the clients' (backends/reshape.py)
+    optional_inputs: tuple  # inputs a request may leave out (Triton's optional): the model gets only those sent
 
     def to_wire(self) -> dict:
         return dataclasses.asdict(self) | {"inputs": [t.to_dict() for t in self.inputs],
@@ -31,7 +33,8 @@ class BackendSettings:
 
     @classmethod
     def from_wire(cls, data: dict) -> BackendSettings:
-        return cls(**data | {"inputs": tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
+        return cls(**data | {"optional_inputs": tuple(data["optional_inputs"]),
+                             "inputs": tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
                              "outputs": tuple(TensorSpec.from_dict(t) for t in data["outputs"])})
 
     def for_model_code(self) -> dict:

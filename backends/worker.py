@@ -35,6 +35,7 @@ from inferd.backends import decoupled, ipc, per_request
 from inferd.backends.base import BackendInputError, BackendOutputError
 from inferd.backends.mailbox import Mailbox, must_ring
 from inferd.backends.output import ModelOutput
+from inferd.backends.reshape import Reshaped
 from inferd.backends.settings import BackendSettings
 from inferd.backends.shm import Region
 from inferd.common import gc_policy
@@ -47,7 +48,9 @@ log = structlog.get_logger("inferd.worker")
 
 def _make_backend(target: str, path: Path, settings: BackendSettings):
     module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)(path, settings)
+    make = getattr(importlib.import_module(module), cls)
+    # Tensors whose model sees other shapes than their clients (Triton's reshape): wrapped.
+    return Reshaped(make, path, settings) if settings.reshape else make(path, settings)
 
 
 # How runtimes say an allocation failed: numpy/Python MemoryError, torch's OutOfMemoryError

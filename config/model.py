@@ -11,6 +11,8 @@ from pathlib import Path
 from inferd.common.errors import ConfigError
 from inferd.common.tensors import DATATYPES, TensorSpec
 from inferd.config.loader import at_least, between, build, field, read_toml
+from inferd.config.reshape import KEYS as SHAPING_KEYS
+from inferd.config.reshape import option_value, tensor_shaping
 from inferd.config.sequence import SequenceBatching, check_idle, sequence_batching
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -201,16 +203,19 @@ FORMATS = ("FORMAT_NONE", "FORMAT_NCHW", "FORMAT_NHWC")
 _EXTRA = {"inputs": "format", "outputs": "label_filename"}
 
 
-def _tensor_specs(items, file: str, key: str, extras: dict | None = None) -> tuple[TensorSpec, ...]:
-    """The tensors of `key`; each one's optional extra key (format / label_filename) into `extras`."""
+def _tensor_specs(items, file: str, key: str, extras: dict | None = None, shaping: dict | None = None) -> tuple[TensorSpec, ...]:
+    """The tensors of `key`; each one's optional extra key (format / label_filename) into `extras`,
+    its reshape / optional (config/reshape.py) into `shaping` by "key[i]"."""
     if not isinstance(items, list):
         raise ConfigError(file, key, "expected an array of tables {name, datatype, shape}")
     specs = []
     extra = _EXTRA.get(key)
+    allowed = {"name", "datatype", "shape", extra, *SHAPING_KEYS.get(key, ())}
     for i, item in enumerate(items):
         where = f"{key}[{i}]"
-        if not isinstance(item, dict) or not {"name", "datatype", "shape"} <= set(item) <= {"name", "datatype", "shape", extra}:
-            also = f" and optionally {extra}" if extra else ""
+        if not isinstance(item, dict) or not {"name", "datatype", "shape"} <= set(item) <= allowed:
+            optional = sorted(k for k in allowed - {"name", "datatype", "shape"} if k)
+            also = f" and optionally {', '.join(optional)}" if optional else ""
             raise ConfigError(file, where, f"expected a table with exactly name, datatype, shape{also}")
         name, datatype, shape = item["name"], item["datatype"], item["shape"]
         if not isinstance(name, str) or not name:
@@ -222,6 +227,8 @@ def _tensor_specs(items, file: str, key: str, extras: dict | None = None) -> tup
         specs.append(TensorSpec(name, datatype, tuple(shape)))
         if extra in item and extras is not None:
             extras[name] = _extra_value(extra, item[extra], file, f"{where}.{extra}")
+        if shaping is not None:
+            shaping[where] = {k: option_value(k, item[k], file, f"{where}.{k}") for k in SHAPING_KEYS.get(key, ()) if k in item}
     return tuple(specs)
 
 
@@ -264,9 +271,9 @@ def model_config_from(data: dict, file: str, defaults: ModelSettings) -> ModelCo
                            parameters=data.get("parameters", {}), pipeline=_pipeline(data["pipeline"], file),
                            pipeline_inputs=_pipeline_tensors(data.get("inputs", []), file, "inputs"),
                            pipeline_outputs=_pipeline_tensors(data.get("outputs", []), file, "outputs"))
-    formats, labels = {}, {}
-    inputs = _tensor_specs(data.pop("inputs"), file, "inputs", formats) if "inputs" in data else ()
-    outputs = _tensor_specs(data.pop("outputs"), file, "outputs", labels) if "outputs" in data else ()
+    formats, labels, shaping = {}, {}, {}
+    inputs = _tensor_specs(data.pop("inputs"), file, "inputs", formats, shaping) if "inputs" in data else ()
+    outputs = _tensor_specs(data.pop("outputs"), file, "outputs", labels, shaping) if "outputs" in data else ()
     policy = _version_policy(data.pop("version_policy"), file) if "version_policy" in data else VersionPolicy()
     parameters = data.pop("parameters", {})
     if not isinstance(parameters, dict):
@@ -278,5 +285,7 @@ def model_config_from(data: dict, file: str, defaults: ModelSettings) -> ModelCo
     settings = build(ModelSettings, dataclasses.asdict(defaults) | data, file)
     if sequences is not None:
         check_idle(sequences, settings.idle_timeout_s, file)
+    reshape, optional = tensor_shaping(inputs, outputs, shaping, settings.max_batch_size, file)
     return ModelConfig(settings, policy, inputs, outputs, frozenset(data), parameters,
-                       input_formats=formats, label_files=labels, sequence_batching=sequences, decoupled=decoupled)
+                       input_formats=formats, label_files=labels, sequence_batching=sequences, decoupled=decoupled,
+                       reshape=reshape, optional_inputs=optional)

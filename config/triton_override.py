@@ -6,8 +6,8 @@ ignored. Keys that only restate what inferd does anyway (`"optional": false`,
 `"preserve_ordering": false`...) are accepted when they say so.
 
     max_batch_size                         max_batch_size
-    input[] {name, data_type, dims, format}   [[inputs]] (shape = [-1] + dims when batching)
-    output[] {name, data_type, dims, label_filename}   [[outputs]]
+    input[] {name, data_type, dims, format, reshape, optional}   [[inputs]] (shape = [-1] + dims when batching)
+    output[] {name, data_type, dims, label_filename, reshape}   [[outputs]]
     dynamic_batching.max_queue_delay_microseconds      max_queue_delay_ms
     instance_group[] {count, kind, gpus}   max_workers (the counts' sum), device
     parameters {key: {string_value}}       [parameters]
@@ -89,7 +89,7 @@ def _tensors(kind: str, extra: str):
         tensors = []
         for i, item in enumerate(value):
             where = f"{kind}[{i}]"
-            _restated(name, item, where, {"name", "data_type", "dims", extra})
+            _restated(name, item, where, {"name", "data_type", "dims", extra, "reshape", "optional" if kind == "input" else "reshape"})
             datatype = _TYPES.get(item["data_type"])
             if datatype is None:
                 raise _bad(name, f"{where}: unknown data_type {clip(str(item['data_type']))}")
@@ -97,6 +97,10 @@ def _tensors(kind: str, extra: str):
             tensor = {"name": str(item["name"]), "datatype": datatype, "shape": [-1] * batching + dims}
             if item.get(extra, "") != "":  # ("" is Triton's none)
                 tensor[extra] = item[extra]
+            if "reshape" in item:  # (config/reshape.py checks it against the dims)
+                tensor["reshape"] = [_int(d, -1) for d in item["reshape"].get("shape", [])]
+            if item.get("optional", False) is not False:
+                tensor["optional"] = item["optional"]
             tensors.append(tensor)
         out[{"input": "inputs", "output": "outputs"}[kind]] = tensors
     return handle

@@ -19,6 +19,7 @@ import structlog
 import inferd
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid, unexpected
 from inferd.config.model import MODEL_NAME
+from inferd.config.reshape import triton_reshape
 from inferd.config.sequence import triton_view
 from inferd.daemon import classification
 from inferd.daemon.cuda_memory import CudaSharedMemory
@@ -366,9 +367,9 @@ def triton_config(mv: ModelVersion) -> dict:
     """A version's configuration as Triton's model_config.proto spells it (dims exclude the
     batch dimension when the model batches)."""
     batching = mv.max_batch_size > 0
-    settings = mv.serving.config.settings
-    formats, labels = mv.serving.config.input_formats, mv.serving.config.label_files
-    sequences = mv.serving.config.sequence_batching
+    model = mv.serving.config
+    settings, reshape = model.settings, model.reshape
+    formats, labels, optional, sequences = model.input_formats, model.label_files, model.optional_inputs, model.sequence_batching
 
     def dims(spec):
         return list(spec.shape[1:] if batching else spec.shape)
@@ -380,12 +381,11 @@ def triton_config(mv: ModelVersion) -> dict:
         "version_policy": {"latest": {"num_versions": 1}},
         "max_batch_size": mv.max_batch_size,
         "input": [{"name": t.name, "data_type": _triton_type(t.datatype), "format": formats.get(t.name, "FORMAT_NONE"),
-                   "dims": dims(t),
-                   "is_shape_tensor": False, "allow_ragged_batch": False, "optional": False}
+                   "dims": dims(t), **triton_reshape(reshape, t.name),
+                   "is_shape_tensor": False, "allow_ragged_batch": False, "optional": t.name in optional}
                   for t in mv.metadata.inputs],
         "output": [{"name": t.name, "data_type": _triton_type(t.datatype), "dims": dims(t),
-                    "label_filename": labels.get(t.name, ""),
-                    "is_shape_tensor": False}
+                    "label_filename": labels.get(t.name, ""), "is_shape_tensor": False, **triton_reshape(reshape, t.name)}
                    for t in mv.metadata.outputs],
         "dynamic_batching": {
             "preferred_batch_size": [],

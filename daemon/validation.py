@@ -11,30 +11,33 @@ from inferd.scheduler.sequence_flags import refuse_on_plain_model
 
 
 def check_request(mv: ModelVersion, request: InferRequest) -> tuple[int, tuple]:
-    """Check names, datatypes and shapes against the model; return (rows, batching key)."""
+    """Check names, datatypes and shapes against the model; return (rows, batching key). The key
+    holds each input's non-batch shape, None for an optional input left out: requests batch
+    together only with the same inputs present (the model gets those)."""
     specs = mv.input_specs
     inputs = request.inputs
     if inputs.keys() != specs.keys():
-        unknown = sorted(inputs.keys() - specs.keys())
-        if unknown:
-            raise invalid(f"unknown input {clip(unknown[0])} for model {mv.name!r}; inputs are {', '.join(specs)}")
-        raise invalid(f"missing input {sorted(specs.keys() - inputs.keys())[0]!r} for model {mv.name!r}")
-    rows = 1
+        _check_names(mv, inputs.keys())
+    rows = None  # the first input's, when the model batches
     batching = mv.max_batch_size > 0
     shape_key = []
     for spec in specs.values():
-        array = inputs[spec.name]
+        array = inputs.get(spec.name)
+        if array is None:
+            shape_key.append(None)
+            continue
         datatype = datatype_of(array)
         if datatype != spec.datatype:
             raise invalid(f"input {spec.name!r} has datatype {datatype}, the model expects {spec.datatype}")
         if not spec.accepts_shape(array.shape):
             raise invalid(f"input {spec.name!r} has shape {list(array.shape)}, the model expects {list(spec.shape)} (-1: any)")
         if batching:
-            if not shape_key:
+            if rows is None:
                 rows = array.shape[0]
             elif array.shape[0] != rows:
                 raise invalid(f"inputs disagree on the batch size: {rows} rows and {array.shape[0]} rows in {spec.name!r}")
             shape_key.append(array.shape[1:])
+    rows = 1 if rows is None else rows
     if batching:
         if rows < 1:
             raise invalid("the batch dimension must be at least 1")
@@ -45,6 +48,19 @@ def check_request(mv: ModelVersion, request: InferRequest) -> tuple[int, tuple]:
     if request.parameters and mv.serving.config.sequence_batching is None:
         refuse_on_plain_model(request.parameters, mv.name)
     return rows, tuple(shape_key)
+
+
+def _check_names(mv: ModelVersion, names) -> None:
+    """Every input the request names is the model's, and only optional ones are left out."""
+    specs = mv.input_specs
+    unknown = sorted(names - specs.keys())
+    if unknown:
+        raise invalid(f"unknown input {clip(unknown[0])} for model {mv.name!r}; inputs are {', '.join(specs)}")
+    missing = sorted(specs.keys() - names - mv.serving.config.optional_inputs)
+    if missing:
+        raise invalid(f"missing input {missing[0]!r} for model {mv.name!r}")
+    if not names:
+        raise invalid(f"the request has no inputs; model {mv.name!r} needs at least one of {', '.join(specs)}")
 
 
 def _check_outputs(mv: ModelVersion, outputs: tuple[str, ...]) -> None:

@@ -38,4 +38,5 @@ class WorkerSpec:
 
 # BackendSettings' fields that come from a model's config, when it says nothing.
 _UNDECLARED = {"inputs": (), "outputs": (), "parameters": {}, "decoupled": None, "model_config": None,
-               "daemon_socket": "", "metrics_dir": ""}
+               "daemon_socket": "", "metrics_dir": "", "reshape": {},
+               "optional_inputs": ()}

@@ -13,6 +13,7 @@ import structlog
 from inferd.backends import backend_path
 from inferd.common.tensors import DATATYPES, ModelMetadata, TensorSpec
 from inferd.config.model import ModelConfig, ModelSettings, load_model_config
+from inferd.config.reshape import model_shapes
 from inferd.daemon.models.labels import read_labels
 from inferd.daemon.models.pipeline import Pipeline, PipelineError
 from inferd.daemon.models.scan import Found
@@ -150,7 +151,9 @@ def _worker_spec(found: Found, backend: str, config: ModelConfig, gpu: int | Non
     return WorkerSpec.of(found.name, found.version, found.path, backend, config.settings,
                          model_dir=_model_dir(found), gpu=gpu,
                          inputs=config.inputs, outputs=config.outputs, parameters=config.parameters,
-                         decoupled=config.decoupled, daemon_socket=daemon_socket)
+                         decoupled=config.decoupled, daemon_socket=daemon_socket,
+                         optional_inputs=tuple(sorted(config.optional_inputs)),
+                         reshape=model_shapes(config.reshape, config.inputs + config.outputs, config.settings.max_batch_size))
 
 
 def _model_dir(found: Found):
