@@ -198,19 +198,37 @@ def load_model_config(path: Path | None, defaults: ModelSettings, override: dict
     exists = path is not None and path.exists()
     if not exists and not override:
         return ModelConfig(defaults)
-    data = read_toml(path) if exists else {}
+    data = _read_config(path) if exists else {}
     return model_config_from(data | (override or {}), str(path) if exists else "the load request's config", defaults)
 
 
+CHOOSE_ONE = "config.pbtxt (Triton's) and config.toml (inferd's) both configure this model: choose one"
+
+
+def _read_config(path: Path) -> dict:
+    """config.toml's data, or a Triton config.pbtxt's as config.toml keys (with "triton")."""
+    other = path.with_name("config.toml" if path.name == "config.pbtxt" else "config.pbtxt")
+    if other.exists():
+        raise ConfigError(str(path.parent), "config.pbtxt", CHOOSE_ONE)
+    if path.name != "config.pbtxt":
+        return read_toml(path)
+    from inferd.config.triton_config import read_pbtxt, to_toml  # (it imports this module)
+
+    return to_toml(read_pbtxt(path), path.parent.name, str(path))
+
+
 def model_config_from(data: dict, file: str, defaults: ModelSettings) -> ModelConfig:
-    """config.toml's data (`file` names it in errors) on top of `defaults`."""
+    """config.toml's data (`file` names it in errors) on top of `defaults`; key "triton": the
+    TritonModel of a config.pbtxt (config/triton_config.py)."""
     data = dict(data)
+    triton = data.pop("triton", None)
     if "pipeline" in data:
         extra = sorted(set(data) - {"pipeline", "parameters"})
         if extra:
             raise ConfigError(file, extra[0], "a pipeline's config.toml holds only [[pipeline]] steps and [parameters]: "
                               "batching, workers and tensors are its steps' own")
-        return ModelConfig(defaults, parameters=data.get("parameters", {}), pipeline=_pipeline(data["pipeline"], file))
+        return ModelConfig(defaults, parameters=data.get("parameters", {}), pipeline=_pipeline(data["pipeline"], file),
+                           triton=triton)
     formats, labels = {}, {}
     inputs = _tensor_specs(data.pop("inputs"), file, "inputs", formats) if "inputs" in data else ()
     outputs = _tensor_specs(data.pop("outputs"), file, "outputs", labels) if "outputs" in data else ()
@@ -226,4 +244,5 @@ def model_config_from(data: dict, file: str, defaults: ModelSettings) -> ModelCo
     if sequences is not None:
         check_idle(sequences, settings.idle_timeout_s, file)
     return ModelConfig(settings, policy, inputs, outputs, frozenset(data), parameters,
-                       input_formats=formats, label_files=labels, sequence_batching=sequences, decoupled=decoupled)
+                       input_formats=formats, label_files=labels, sequence_batching=sequences, decoupled=decoupled,
+                       triton=triton)
