@@ -69,6 +69,7 @@ class Found:
     # A load request's configuration (config.toml keys) over the file's; not part of what
     # the directory says, so a later scan neither compares nor keeps it.
     override: dict | None = dataclasses.field(default=None, compare=False)
+    platform: str = dataclasses.field(default="", compare=False)  # what a config.pbtxt names (shown in the index)
 
     @property
     def key(self) -> Key:
@@ -175,8 +176,8 @@ def _scan_model_dir(directory: Path, complete: Complete) -> list[Found]:
         pipeline = layout.platform == "ensemble"
         if pipeline or not versions:  # an ensemble's version directory is empty (Triton's layout)
             problem = "" if pipeline else platform_problem(pbtxt)
-            return [Found(directory.name, "1", None, pbtxt, problem, config_stamp=config_stamp, pipeline=pipeline)] if (
-                pipeline or problem) else []
+            return [Found(directory.name, "1", None, pbtxt, problem, config_stamp=config_stamp, pipeline=pipeline,
+                          platform=layout.shown)] if pipeline or problem else []
         policy = layout.policy
     else:
         pipeline = _declares_pipeline(config_path) if config_path is not None else False
@@ -188,8 +189,9 @@ def _scan_model_dir(directory: Path, complete: Complete) -> list[Found]:
                 return []  # empty, or still being copied: not a model yet
             return [Found(directory.name, "1", None, config_path, config_stamp=config_stamp, pipeline=True)]
         policy = _policy(config_path)
-    return [_version(directory.name, number, versions[number], problems.get(number, ""), config_path, config_stamp)
-            for number in policy.select(list(versions))]
+    found = [_version(directory.name, number, versions[number], problems.get(number, ""), config_path, config_stamp)
+             for number in policy.select(list(versions))]
+    return [dataclasses.replace(f, platform=layout.shown) for f in found] if layout is not None else found
 
 
 def _policy(config_path: Path | None) -> VersionPolicy:

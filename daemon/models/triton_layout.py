@@ -24,6 +24,7 @@ class Layout:
     platform: str = ""  # "" when config.pbtxt names none (the file's extension decides) or is unreadable
     default_file: str = ""
     policy: VersionPolicy = VersionPolicy(all=True)  # (all: a broken config's error is reported at load)
+    shown: str = ""  # the platform (or backend) the file names, supported or not: what the index shows
 
 
 def read_layout(config: Path) -> Layout:
@@ -32,18 +33,22 @@ def read_layout(config: Path) -> Layout:
     dropped over a broken config)."""
     try:
         raw = read_pbtxt(config)
-        platform = platform_of(raw, str(config))
     except ConfigError:
         return Layout()
+    shown = raw.get("platform") or raw.get("backend") or ""
+    try:
+        platform = platform_of(raw, str(config))
+    except ConfigError:
+        return Layout(shown=shown)
     default_file = raw.get("default_model_filename", "")
     default_file = default_file if isinstance(default_file, str) and "/" not in default_file else ""
     if platform == "ensemble":
-        return Layout(platform, default_file)
+        return Layout(platform, default_file, shown=shown)
     try:
         policy = model_config_from(to_toml(raw, config.parent.name, str(config)), str(config), ModelSettings()).version_policy
     except ConfigError:
         policy = VersionPolicy(all=True)
-    return Layout(platform, default_file, policy)
+    return Layout(platform, default_file, policy, shown)
 
 
 def platform_problem(config: Path) -> str:
