@@ -9,7 +9,7 @@ refused there, and only the keys of OVERRIDE_KEYS are accepted.
 
     max_batch_size                              max_batch_size (dims exclude the batch dimension when > 0)
     input[] / output[]                          [[inputs]] / [[outputs]]: shape = [-1] + dims when batching,
-        reshape, format, label_filename, optional   reshape (with the batch dimension), format, label_filename, optional
+        reshape, format, label_filename, optional   reshape (Triton's: no batch dimension), format, label_filename, optional
     dynamic_batching.max_queue_delay_microseconds   max_queue_delay_ms
     dynamic_batching.default_queue_policy.max_queue_size  max_queue_rows
     instance_group[] {count, kind, gpus}        max_workers (the counts' sum), device
@@ -134,7 +134,8 @@ def _tensors(kind: str, extra: str):
             if item.get(extra, "") != "":  # ("" is Triton's none)
                 tensor[extra] = item[extra]
             if "reshape" in item:
-                tensor["reshape"] = batched + _dims(item["reshape"].get("shape", []), f"{where}.reshape.shape")
+                # (as Triton's: without the batch dimension; config/reshape.py checks it against the dims)
+                tensor["reshape"] = _dims(item["reshape"].get("shape", []), f"{where}.reshape.shape")
             if item.get("optional") is True:
                 tensor["optional"] = True
             tensors.append(tensor)

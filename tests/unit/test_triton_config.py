@@ -69,9 +69,9 @@ def test_reshape_format_labels_and_optional_go_into_the_tensor_tables(tmp_path):
                { name: "y" data_type: TYPE_INT64 dims: [1] optional: true }]
         output [{ name: "p" data_type: TYPE_FP32 dims: [10] reshape { shape: [] } label_filename: "l.txt" }]""")
     assert data["inputs"] == [
-        {"name": "x", "datatype": "FP32", "shape": [-1, 3, 8, 8], "format": "FORMAT_NCHW", "reshape": [-1, 192]},
+        {"name": "x", "datatype": "FP32", "shape": [-1, 3, 8, 8], "format": "FORMAT_NCHW", "reshape": [192]},
         {"name": "y", "datatype": "INT64", "shape": [-1, 1], "optional": True}]
-    assert data["outputs"] == [{"name": "p", "datatype": "FP32", "shape": [-1, 10], "label_filename": "l.txt", "reshape": [-1]}]
+    assert data["outputs"] == [{"name": "p", "datatype": "FP32", "shape": [-1, 10], "label_filename": "l.txt", "reshape": []}]
 
 
 def test_max_batch_size_zero_is_said_so_and_dims_are_the_whole_shape(tmp_path):
