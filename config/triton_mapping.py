@@ -121,10 +121,7 @@ def _tensors(kind: str, extra: str):
         tensors = []
         for i, item in enumerate(value):
             where = f"{kind}[{i}]"
-            allowed = {"name", "data_type", "dims", extra}
-            if not m.strict:  # (a load request's override keeps to what config.toml said before reshape)
-                allowed |= {"reshape", "optional"} if kind == "input" else {"reshape"}
-            restated(item, where, allowed)
+            restated(item, where, {"name", "data_type", "dims", extra, "reshape"} | ({"optional"} if kind == "input" else set()))
             datatype = TYPES.get(item.get("data_type", "TYPE_INVALID"))
             if datatype is None:
                 raise Refused(where, f"{where}: unknown data_type {clip(str(item.get('data_type', 'TYPE_INVALID')))}")
@@ -136,8 +133,8 @@ def _tensors(kind: str, extra: str):
             if "reshape" in item:
                 # (as Triton's: without the batch dimension; config/reshape.py checks it against the dims)
                 tensor["reshape"] = _dims(item["reshape"].get("shape", []), f"{where}.reshape.shape")
-            if item.get("optional") is True:
-                tensor["optional"] = True
+            if item.get("optional", False) is not False:  # (config/reshape.py checks the value)
+                tensor["optional"] = item["optional"]
             tensors.append(tensor)
         m.out[{"input": "inputs", "output": "outputs"}[kind]] = tensors
     return handle
