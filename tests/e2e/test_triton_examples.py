@@ -102,10 +102,11 @@ EXAMPLES = {
 }
 
 # The runs served by Triton's own quickstart repository (tests/triton_repository, its config.pbtxt
-# files as they are; densenet_onnx's model file a generated stand-in): the rest call models it
-# does not hold (simple_string_dyna_sequence, repeat_int32, inception_graphdef with batching), or
-# simple_identity, a TritonPythonModel (issue 24's triton_python_backend_utils), from the rebuilt ones.
+# files as they are; densenet_onnx's model file a generated stand-in; simple_identity a
+# TritonPythonModel): the rest call models it does not hold (simple_string_dyna_sequence,
+# repeat_int32, inception_graphdef with batching), from the rebuilt ones.
 ON_TRITONS_REPOSITORY = {
+    "simple_http_string_infer_client.py", "simple_grpc_string_infer_client.py",
     "simple_http_infer_client.py", "simple_http_infer_client.py gzip", "simple_http_async_infer_client.py",
     "simple_http_aio_infer_client.py", "simple_http_shm_client.py", "simple_http_shm_string_client.py",
     "simple_http_sequence_sync_infer_client.py", "reuse_infer_objects_client.py http", "image_client.py densenet",

@@ -1,5 +1,5 @@
 """Triton's quickstart model repository (tests/triton_repository, config.pbtxt files unchanged)
-served by `inferd serve --models`: every ONNX model READY, answering Triton's clients; beside
+served by `inferd serve --models`: every model READY, answering Triton's clients; beside
 it a TorchScript model with Triton's INPUT__0 naming, a TensorRT model (a platform inferd does
 not run: FAILED with the reason while the rest serve) and a directory with both config files
 (FAILED: choose one). Prints the time from the daemon's start to every model loaded."""
@@ -84,6 +84,15 @@ def test_every_onnx_model_of_the_quickstart_repository_is_ready(served):
         assert index[name]["platform"] == "onnxruntime_onnx", index[name]
         assert client.is_model_ready(name)
     assert client.get_model_config("simple")["max_batch_size"] == 8
+
+
+def test_the_python_model_of_the_quickstart_repository_echoes(served):
+    _, client = served
+    assert _index(client)["simple_identity"]["platform"] == "python"
+    data = np.array([[b"triton", b"\x00bytes"]], dtype=np.object_)
+    tensor = httpclient.InferInput("INPUT0", [1, 2], "BYTES")
+    tensor.set_data_from_numpy(data)
+    assert client.infer("simple_identity", [tensor]).as_numpy("OUTPUT0").tolist() == data.tolist()
 
 
 def test_simple_answers_as_tritons_does(served):
