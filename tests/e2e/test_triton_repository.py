@@ -6,6 +6,7 @@ not run: FAILED with the reason while the rest serve) and a directory with both 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import triton_models
 import tritonclient.http as httpclient
 from daemon_process import DaemonProcess
 from tritonclient.utils import InferenceServerException
+from waiting import eventually
 
 ONNX_MODELS = ("densenet_onnx", "inception_onnx", "simple", "simple_dyna_sequence", "simple_int8", "simple_sequence",
                "simple_string")
@@ -55,6 +57,9 @@ def make_repository(root: Path) -> Path:
     _write(root / "both" / "config.pbtxt", 'name: "both" platform: "onnxruntime_onnx" max_batch_size: 8')
     _write(root / "both" / "config.toml", "max_batch_size = 8\n")
     make_models.build_add_sub(root / "both" / "1" / "model.onnx")
+    for name, config in (("broken", 'name: "broken" max_batch_size: ['), ("misnamed", 'name: "simple" platform: "onnxruntime_onnx"')):
+        _write(root / name / "config.pbtxt", config)
+        make_models.build_add_sub(root / name / "1" / "model.onnx")
     return root
 
 
@@ -149,6 +154,17 @@ def test_both_config_files_fail_the_model_saying_choose_one(served):
     assert row["state"] == "FAILED" and "choose one" in row["reason"], row
 
 
+@pytest.mark.parametrize("name, reason", [
+    ("broken", "broken/config.pbtxt: config.pbtxt: not a Triton model configuration"),
+    ("misnamed", "the config's name 'simple' is not the model's directory (misnamed)"),
+])
+def test_a_bad_config_pbtxt_fails_its_model_with_the_reason(served, name, reason):
+    _, client = served
+    row = _index(client)[name]
+    assert row["state"] == "FAILED" and reason in row["reason"], row
+    assert client.is_model_ready("simple")
+
+
 def test_inferd_models_lists_platforms_reasons_and_notes(served):
     daemon, _ = served
     listing = subprocess.run([sys.executable, "-m", "inferd.daemon", "models", "--socket", daemon.socket_path],
@@ -162,3 +178,19 @@ def test_inferd_models_lists_platforms_reasons_and_notes(served):
     # simple_dyna_sequence asks for a queue delay inferd's sequence batcher does not have: noted below it
     after = lines[lines.index(rows["simple_dyna_sequence"]) + 1]
     assert after.startswith("    note: sequence_batching.oldest.max_queue_delay_microseconds"), listing.stdout
+
+
+async def test_a_triton_model_dropped_in_serves_and_its_config_pbtxt_drives_it(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    with DaemonProcess(models) as daemon:
+        client = httpclient.InferenceServerClient(daemon.url.removeprefix("http://"))
+        staging = models / ".simple.tmp"  # (hidden: not a model until renamed into place)
+        shutil.copytree(triton_models.TRITON_REPOSITORY / "simple", staging)
+        staging.rename(models / "simple")
+        await eventually(lambda: client.is_model_ready("simple"), what="simple READY")
+        assert client.get_model_config("simple")["max_batch_size"] == 8
+        config = models / "simple" / "config.pbtxt"
+        config.write_text(config.read_text().replace("max_batch_size: 8", "max_batch_size: 4"))
+        await eventually(lambda: client.is_model_ready("simple") and client.get_model_config("simple")["max_batch_size"] == 4,
+                         what="the new max_batch_size")
