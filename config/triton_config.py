@@ -49,6 +49,11 @@ OTHER_FILES = {"model.plan": "tensorrt_plan", "model.graphdef": "tensorflow_grap
 SUPPORTED = "onnxruntime_onnx, pytorch_libtorch, python and ensemble"
 
 
+def plain_file_name(value) -> bool:
+    """A version directory's own file: no path, not hidden, nothing the filesystem refuses."""
+    return isinstance(value, str) and 0 < len(value) <= 255 and not value.startswith(".") and not set(value) & {"/", "\\", "\0"}
+
+
 def unsupported(platform: str) -> str:
     return f"platform {platform!r} is not supported by inferd (it runs {SUPPORTED} models)"
 
@@ -92,8 +97,8 @@ def to_toml(raw: dict, name: str, file: str) -> dict:
         if platform == "python" and "sequence_batching" in data:
             _declare_controls(data, batching(m))
     default_file = raw.get("default_model_filename", "")
-    if not isinstance(default_file, str) or "/" in default_file or default_file.startswith(".") or len(default_file) > 255:
-        raise ConfigError(file, "default_model_filename", "expected a plain file name")
+    if default_file and not plain_file_name(default_file):
+        raise ConfigError(file, "default_model_filename", "expected a plain file name (no '/', not hidden)")
     return data | {"triton": TritonModel(platform, raw, default_file, notes)}
 
 

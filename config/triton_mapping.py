@@ -195,7 +195,9 @@ def _instance_group(m: Mapping, value) -> None:
                        "passive instances or host policies)")
     if len(devices) > 1:
         raise Refused("instance_group", "instance_group: inferd runs a model version's workers on one device")
-    m.out["max_workers"] = min(count, 256)
+    if count > 256:
+        raise Refused("instance_group", f"instance_group: {count} instances in all; inferd runs at most 256 workers a version")
+    m.out["max_workers"] = count
     if devices:
         m.out["device"] = devices.pop()
 

@@ -16,7 +16,15 @@ from pathlib import Path
 from inferd.backends import MODEL_EXTENSIONS
 from inferd.common.errors import ConfigError
 from inferd.config.model import ModelSettings, VersionPolicy, model_config_from
-from inferd.config.triton_config import MODEL_FILES, OTHER_FILES, platform_of, read_pbtxt, to_toml, unsupported
+from inferd.config.triton_config import (
+    MODEL_FILES,
+    OTHER_FILES,
+    plain_file_name,
+    platform_of,
+    read_pbtxt,
+    to_toml,
+    unsupported,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +49,7 @@ def read_layout(config: Path) -> Layout:
     except ConfigError:
         return Layout(shown=shown)
     default_file = raw.get("default_model_filename", "")
-    default_file = default_file if isinstance(default_file, str) and "/" not in default_file else ""
+    default_file = default_file if plain_file_name(default_file) else ""  # (else loading it reports why)
     if platform == "ensemble":
         return Layout(platform, default_file, shown=shown)
     try:

@@ -90,3 +90,9 @@ def test_both_config_files_are_one_reason_choose_one(tmp_path):
     _model(tmp_path, "m", 'platform: "onnxruntime_onnx"', {"1/model.onnx": b"x", "config.toml": b"max_batch_size = 2\n"})
     [item] = scan(tmp_path).values()
     assert item.path is None and "choose one" in item.problem
+
+
+def test_a_hostile_default_model_filename_falls_back_to_model_ext_and_loading_says_why(tmp_path):
+    _model(tmp_path, "m", 'default_model_filename: "../../etc/passwd\\000"', {"1/model.onnx": b"x"})
+    [item] = scan(tmp_path).values()
+    assert item.path.name == "model.onnx"
