@@ -254,13 +254,30 @@ def load_model_config(path: Path | None, defaults: ModelSettings, override: dict
     exists = path is not None and path.exists()
     if not exists and not override:
         return ModelConfig(defaults)
-    data = read_toml(path) if exists else {}
+    data = _read_config(path) if exists else {}
     return model_config_from(data | (override or {}), str(path) if exists else "the load request's config", defaults)
 
 
+CHOOSE_ONE = "config.pbtxt (Triton's) and config.toml (inferd's) both configure this model: choose one"
+
+
+def _read_config(path: Path) -> dict:
+    """config.toml's data, or a Triton config.pbtxt's as config.toml keys (with "triton")."""
+    other = path.with_name("config.toml" if path.name == "config.pbtxt" else "config.pbtxt")
+    if other.exists():
+        raise ConfigError(str(path.parent), "config.pbtxt", CHOOSE_ONE)
+    if path.name != "config.pbtxt":
+        return read_toml(path)
+    from inferd.config.triton_config import read_pbtxt, to_toml  # (it imports this module)
+
+    return to_toml(read_pbtxt(path), path.parent.name, str(path))
+
+
 def model_config_from(data: dict, file: str, defaults: ModelSettings) -> ModelConfig:
-    """config.toml's data (`file` names it in errors) on top of `defaults`."""
+    """config.toml's data (`file` names it in errors) on top of `defaults`; key "triton": the
+    TritonModel of a config.pbtxt (config/triton_config.py)."""
     data = dict(data)
+    triton = data.pop("triton", None)
     if "pipeline" in data:
         extra = sorted(set(data) - {"pipeline", "parameters", "inputs", "outputs", "max_batch_size"})
         if extra:
@@ -270,7 +287,7 @@ def model_config_from(data: dict, file: str, defaults: ModelSettings) -> ModelCo
         return ModelConfig(build(ModelSettings, dataclasses.asdict(defaults) | cap, file), explicit=frozenset(cap),
                            parameters=data.get("parameters", {}), pipeline=_pipeline(data["pipeline"], file),
                            pipeline_inputs=_pipeline_tensors(data.get("inputs", []), file, "inputs"),
-                           pipeline_outputs=_pipeline_tensors(data.get("outputs", []), file, "outputs"))
+                           pipeline_outputs=_pipeline_tensors(data.get("outputs", []), file, "outputs"), triton=triton)
     formats, labels, shaping = {}, {}, {}
     inputs = _tensor_specs(data.pop("inputs"), file, "inputs", formats, shaping) if "inputs" in data else ()
     outputs = _tensor_specs(data.pop("outputs"), file, "outputs", labels, shaping) if "outputs" in data else ()
@@ -288,4 +305,4 @@ def model_config_from(data: dict, file: str, defaults: ModelSettings) -> ModelCo
     reshape, optional = tensor_shaping(inputs, outputs, shaping, settings.max_batch_size, file)
     return ModelConfig(settings, policy, inputs, outputs, frozenset(data), parameters,
                        input_formats=formats, label_files=labels, sequence_batching=sequences, decoupled=decoupled,
-                       reshape=reshape, optional_inputs=optional)
+                       reshape=reshape, optional_inputs=optional, triton=triton)

@@ -47,14 +47,20 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
 
 def format_models(rows: list[dict]) -> str:
-    """The repository index as a table, one line per model version."""
-    header = ("MODEL", "VERSION", "STATE", "REASON")
-    lines = [header] + [(r["name"], r["version"] or "-", r["state"], r.get("reason", "")) for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(3)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(line[:3], widths)) + ("  " + line[3] if line[3] else "")
-        for line in lines
-    ).rstrip()
+    """The repository index as a table, one line per model version (a PLATFORM column when a
+    Triton model is listed), each of a model's notes on a line of its own below it."""
+    platforms = any("platform" in r for r in rows)
+    header = ("MODEL", "VERSION", "STATE") + ("PLATFORM",) * platforms + ("REASON",)
+    lines = [header] + [(r["name"], r["version"] or "-", r["state"]) + (r.get("platform") or "-",) * platforms
+                        + (r.get("reason", ""),) for r in rows]
+    columns = len(header) - 1
+    widths = [max(len(line[i]) for line in lines) for i in range(columns)]
+    out = []
+    for i, line in enumerate(lines):
+        out.append(("  ".join(cell.ljust(w) for cell, w in zip(line[:columns], widths))
+                    + ("  " + line[columns] if line[columns] else "")).rstrip())
+        out.extend(f"    note: {note}" for note in (rows[i - 1].get("notes", []) if i else []))
+    return "\n".join(out).rstrip()
 
 
 def _models_command(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ onnx helper API or as inferd Python models (nothing is downloaded)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import make_models
@@ -222,4 +223,45 @@ def make_control_models(root: Path, count: int) -> Path:
     _write(root / "simple" / "config.toml", "max_batch_size = 8\n")
     for i in range(1, count):
         make_models.build_add_sub(root / f"other{i}" / "1" / "model.onnx")
+    return root
+
+
+# Triton's quickstart repository (tests/triton_repository), served as it is. Its two image
+# models come without their files (fetch_models.sh downloads them): a small ONNX classifier with
+# the same tensors takes each one's place, the shapes the model sees being the configs' reshapes.
+# A red picture is the labels' "RED WINE" (the red channel's mean picks that class).
+TRITON_REPOSITORY = Path(__file__).resolve().parent / "triton_repository"
+RED_WINE = {"densenet_onnx": 966, "inception_onnx": 967}  # the line of RED WINE in each label file, from 0
+
+
+def build_imagenet_stand_in(path: Path, input_name: str, output_name: str, in_shape: list, out_shape: list,
+                            channel_axis: int, classes: int, red_class: int) -> Path:
+    """Channel means -> a linear layer that scores `red_class` by the red channel -> softmax,
+    reshaped to `out_shape` (the shapes Triton's densenet/inception files have)."""
+    spatial = [a for a in range(1, len(in_shape)) if a != channel_axis]
+    weights = np.zeros((3, classes), np.float32)
+    weights[0, red_class] = 8.0
+    nodes = [
+        helper.make_node("ReduceMean", [input_name], ["means"], axes=spatial, keepdims=0),
+        helper.make_node("MatMul", ["means", "w"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+        helper.make_node("Reshape", ["probs", "out_shape"], [output_name]),
+    ]
+    graph = helper.make_graph(
+        nodes, "imagenet_stand_in",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, out_shape)],
+        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.array(out_shape, np.int64), "out_shape")],
+    )
+    return make_models._save(graph, path)
+
+
+def make_triton_repository(root: Path) -> Path:
+    """A copy of Triton's quickstart repository in `root`, with densenet_onnx's and
+    inception_onnx's model files generated."""
+    shutil.copytree(TRITON_REPOSITORY, root, ignore=shutil.ignore_patterns("README.md"))
+    build_imagenet_stand_in(root / "densenet_onnx" / "1" / "model.onnx", "data_0", "fc6_1", [1, 3, 224, 224],
+                            [1, 1000, 1, 1], 1, 1000, RED_WINE["densenet_onnx"])
+    build_imagenet_stand_in(root / "inception_onnx" / "1" / "model.onnx", "input:0", "InceptionV3/Predictions/Softmax:0",
+                            [1, 299, 299, 3], [1, 1001], 3, 1001, RED_WINE["inception_onnx"])
     return root

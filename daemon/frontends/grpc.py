@@ -212,7 +212,7 @@ class InferenceServicer(GRPCInferenceServiceBase):
     @_status
     async def RepositoryIndex(self, request, stream):
         index = await self.dataplane.repository_index(request.ready)
-        return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse())
+        return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse(), ignore_unknown_fields=True)
 
     @_rpc(load=True)
     async def RepositoryModelLoad(self, request, stream):

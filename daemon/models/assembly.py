@@ -14,6 +14,7 @@ from inferd.backends import backend_path
 from inferd.common.tensors import DATATYPES, ModelMetadata, TensorSpec
 from inferd.config.model import ModelConfig, ModelSettings, load_model_config
 from inferd.config.reshape import model_shapes
+from inferd.config.triton_config import MODEL_FILES
 from inferd.daemon.models.labels import read_labels
 from inferd.daemon.models.pipeline import Pipeline, PipelineError
 from inferd.daemon.models.scan import Found
@@ -67,7 +68,7 @@ class Assembler:
         config = load_model_config(found.config_path, defaults, found.override)
         if found.pipeline:
             return await self._pipeline(mv, config)
-        extension = found.path.suffix[1:]
+        extension = _extension(found, config)
         backend = backend_path(extension)
         if backend is None:
             raise LoadFailed(f"no backend for .{extension} model files in this version of inferd")
@@ -153,7 +154,15 @@ def _worker_spec(found: Found, backend: str, config: ModelConfig, gpu: int | Non
                          inputs=config.inputs, outputs=config.outputs, parameters=config.parameters,
                          decoupled=config.decoupled, daemon_socket=daemon_socket,
                          optional_inputs=tuple(sorted(config.optional_inputs)),
-                         reshape=model_shapes(config.reshape, config.inputs + config.outputs, config.settings.max_batch_size))
+                         reshape=model_shapes(config.reshape, config.inputs + config.outputs, config.settings.max_batch_size),
+                         model_config=config.triton.config if config.triton else None)
+
+
+def _extension(found: Found, config: ModelConfig) -> str:
+    """The runtime's file extension: a config.pbtxt's platform decides (its file may be any
+    default_model_filename), else the file's own."""
+    platform = config.triton.platform if config.triton else ""
+    return MODEL_FILES[platform].rpartition(".")[2] if platform in MODEL_FILES else found.path.suffix[1:]
 
 
 def _model_dir(found: Found):

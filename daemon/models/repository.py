@@ -312,9 +312,7 @@ class ModelRepository:
         not loaded, as UNAVAILABLE with the reason."""
         rows = []
         for mv in self.all_versions():
-            row = {"name": mv.name, "version": mv.version, "state": mv.state.value}
-            if mv.reason:
-                row["reason"] = mv.reason
+            row = mv.index_row()
             if self.pending.get(mv.key) is mv:
                 row["reason"] = f"new file for the serving version: {mv.reason or mv.state.value.lower()}"
             rows.append(row)

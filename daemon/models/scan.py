@@ -4,6 +4,7 @@ Layouts (DESIGN.md):
     models/<name>.<ext>                        version 1 of <name>
     models/<name>/<version>/model.<ext>        full form, with optional models/<name>/config.toml
     models/<name>/config.toml                  a pipeline: [[pipeline]] steps, no version directories
+    models/<name>/config.pbtxt                 instead of config.toml: Triton's layout (triton_layout.py)
 
 `scan()` reads the directory into a Snapshot: the versions to serve, chosen by each model's
 version policy, keyed by (name, version), with a stamp (size, mtime, inode) of every file so a
@@ -26,7 +27,8 @@ import structlog
 
 from inferd.backends import MODEL_EXTENSIONS
 from inferd.common.errors import ConfigError
-from inferd.config.model import MODEL_NAME, ModelSettings, VersionPolicy, load_model_config
+from inferd.config.model import CHOOSE_ONE, MODEL_NAME, ModelSettings, VersionPolicy, load_model_config
+from inferd.daemon.models.triton_layout import platform_problem, read_layout, version_files
 from inferd.daemon.models.trust import runs_code, trust_problem
 
 log = structlog.get_logger("inferd.repository")
@@ -67,6 +69,7 @@ class Found:
     # A load request's configuration (config.toml keys) over the file's; not part of what
     # the directory says, so a later scan neither compares nor keeps it.
     override: dict | None = dataclasses.field(default=None, compare=False)
+    platform: str = dataclasses.field(default="", compare=False)  # what a config.pbtxt names (shown in the index)
 
     @property
     def key(self) -> Key:
@@ -147,45 +150,65 @@ def _checked(root: Path, item: Found) -> Found:
 
 def _scan_model_dir(directory: Path, complete: Complete) -> list[Found]:
     """The selected versions of one model directory. A version whose file is not complete yet
-    is left out (so the policy picks among complete ones); a config.toml that is not complete
-    leaves the whole model out until it is."""
-    config = directory / "config.toml"
-    config_path = config if config.is_file() else None
+    is left out (so the policy picks among complete ones); a config file that is not complete
+    leaves the whole model out until it is. A config.pbtxt (Triton's) is read by triton_layout."""
+    toml, pbtxt = directory / "config.toml", directory / "config.pbtxt"
+    if toml.is_file() and pbtxt.is_file():
+        return [Found(directory.name, "1", None, pbtxt, f"{directory.name}: {CHOOSE_ONE}", config_stamp=_stamp(pbtxt))]
+    config_path = toml if toml.is_file() else pbtxt if pbtxt.is_file() else None
     if config_path is not None and not complete(config_path):
         return []
     config_stamp = _stamp(config_path)
+    layout = read_layout(pbtxt) if config_path == pbtxt else None
     versions: dict[int, list[Path]] = {}
+    problems: dict[int, str] = {}
     for vdir in directory.iterdir():
         if not (vdir.is_dir() and vdir.name.isdigit()):
             continue
-        files = [f for f in vdir.iterdir()
-                 if f.stem == "model" and f.suffix[1:] in MODEL_EXTENSIONS and not ignored(f.name) and f.is_file()]
-        if files and all(complete(f) for f in files):
+        if layout is None:
+            files = [f for f in vdir.iterdir()
+                     if f.stem == "model" and f.suffix[1:] in MODEL_EXTENSIONS and not ignored(f.name) and f.is_file()]
+        else:
+            files, problems[int(vdir.name)] = version_files(vdir, layout, ignored)
+        if files and all(complete(f) for f in files) or problems.get(int(vdir.name)):
             versions[int(vdir.name)] = files
-    pipeline = _declares_pipeline(config_path) if config_path is not None else False
-    if versions and pipeline is True:
-        problem = f"{directory.name} has version directories and a [[pipeline]] in config.toml: it must be one or the other"
-        return [Found(directory.name, "1", None, config_path, problem, config_stamp=config_stamp, pipeline=True)]
-    if not versions:
-        if pipeline is False:
-            return []  # empty, or still being copied: not a model yet
-        return [Found(directory.name, "1", None, config_path, config_stamp=config_stamp, pipeline=True)]
+    if layout is not None:
+        pipeline = layout.platform == "ensemble"
+        if pipeline or not versions:  # an ensemble's version directory is empty (Triton's layout)
+            problem = "" if pipeline else platform_problem(pbtxt)
+            return [Found(directory.name, "1", None, pbtxt, problem, config_stamp=config_stamp, pipeline=pipeline,
+                          platform=layout.shown)] if pipeline or problem else []
+        policy = layout.policy
+    else:
+        pipeline = _declares_pipeline(config_path) if config_path is not None else False
+        if versions and pipeline is True:
+            problem = f"{directory.name} has version directories and a [[pipeline]] in config.toml: it must be one or the other"
+            return [Found(directory.name, "1", None, config_path, problem, config_stamp=config_stamp, pipeline=True)]
+        if not versions:
+            if pipeline is False:
+                return []  # empty, or still being copied: not a model yet
+            return [Found(directory.name, "1", None, config_path, config_stamp=config_stamp, pipeline=True)]
+        policy = _policy(config_path)
+    found = [_version(directory.name, number, versions[number], problems.get(number, ""), config_path, config_stamp)
+             for number in policy.select(list(versions))]
+    return [dataclasses.replace(f, platform=layout.shown) for f in found] if layout is not None else found
+
+
+def _policy(config_path: Path | None) -> VersionPolicy:
     try:
-        policy = load_model_config(config_path, ModelSettings()).version_policy
+        return load_model_config(config_path, ModelSettings()).version_policy
     except ConfigError:
         # Never drop a serving version over a broken config.toml: every version stays
         # selected, and loading them reports the config's error.
-        policy = VersionPolicy(all=True)
-    out = []
-    for number in policy.select(list(versions)):
-        files = versions[number]
-        if len(files) != 1:
-            problem = f"{directory.name}/{number} must hold exactly one model.<ext>, found {len(files)}"
-            out.append(Found(directory.name, str(number), None, config_path, problem, config_stamp=config_stamp))
-        else:
-            out.append(Found(directory.name, str(number), files[0], config_path,
-                             file_stamp=_stamp(files[0]), config_stamp=config_stamp))
-    return out
+        return VersionPolicy(all=True)
+
+
+def _version(name: str, number: int, files: list[Path], problem: str, config_path: Path | None, config_stamp: tuple) -> Found:
+    if not problem and len(files) != 1:
+        problem = f"{name}/{number} must hold exactly one model.<ext>, found {len(files)}"
+    if problem:
+        return Found(name, str(number), None, config_path, problem, config_stamp=config_stamp)
+    return Found(name, str(number), files[0], config_path, file_stamp=_stamp(files[0]), config_stamp=config_stamp)
 
 
 def _declares_pipeline(config: Path) -> bool | None:

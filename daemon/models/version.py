@@ -83,6 +83,20 @@ class ModelVersion:
         self.output_names: frozenset[str] = frozenset()
         self._log_state()
 
+    def index_row(self) -> dict:
+        """The repository index's row: name, version, state, the reason if any; for a Triton
+        model (config.pbtxt) its platform and what its config asks that inferd does its own way."""
+        row = {"name": self.name, "version": self.version, "state": self.state.value}
+        if self.reason:
+            row["reason"] = self.reason
+        triton = self.serving.config.triton if self.serving else None
+        platform = self.found.platform or (triton.platform if triton else "")
+        if platform or triton:
+            row["platform"] = platform or (self.metadata.platform if self.metadata else "")
+        if triton and triton.notes:
+            row["notes"] = list(triton.notes)
+        return row
+
     @property
     def worker_count(self) -> int:
         pool = self.serving.pool if self.serving else None

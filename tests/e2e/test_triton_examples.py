@@ -1,6 +1,7 @@
 """Triton's own example clients (tests/triton_examples/, copied unchanged from
-triton-inference-server/client) against the daemon, on the models they were written for
-(rebuilt in tests/triton_models.py). Each runs as a subprocess with the daemon's addresses in
+triton-inference-server/client) against the daemon, on the models they were written for:
+Triton's quickstart repository as it is where it holds them (ON_TRITONS_REPOSITORY), else
+rebuilt in tests/triton_models.py. Each runs as a subprocess with the daemon's addresses in
 its -u flag, as a user would run it; it passes when it exits 0 and prints its success line.
 
 EXAMPLES holds every run; NEEDS the ones that wait for a feature (with the first error they
@@ -59,7 +60,7 @@ EXAMPLES = {
         "simple_http_sequence_sync_infer_client.py", H, "PASS: Sequence", ("-d",)),
     "reuse_infer_objects_client.py http": Example("reuse_infer_objects_client.py", H, "======== END ========", ("-i", "http")),
     "image_client.py densenet": Example(
-        "image_client.py", H, "= red", ("-m", "densenet_onnx", "-c", "3", "-s", "INCEPTION", IMAGE)),
+        "image_client.py", H, "= RED WINE", ("-m", "densenet_onnx", "-c", "3", "-s", "INCEPTION", IMAGE)),
     "image_client.py inception async": Example("image_client.py", H, "= red", ("-m", "inception_graphdef", "-b", "2", "-a", IMAGE)),
     "simple_grpc_infer_client.py": Example("simple_grpc_infer_client.py", G, "PASS: infer"),
     "simple_grpc_infer_client.py gzip": Example("simple_grpc_infer_client.py", G, "PASS: infer", ("-C", "gzip")),
@@ -92,11 +93,30 @@ EXAMPLES = {
     "reuse_infer_objects_client.py grpc": Example("reuse_infer_objects_client.py", G, "======== END ========", ("-i", "grpc")),
     "image_client.py grpc inception": Example(
         "image_client.py", G, "= red", ("-i", "grpc", "-m", "inception_graphdef", "-c", "2", "-b", "2", IMAGE)),
-    "image_client.py grpc streaming": Example("image_client.py", G, "= red", ("-i", "grpc", "--streaming", "-m", "densenet_onnx", IMAGE)),
+    "image_client.py grpc streaming": Example(
+        "image_client.py", G, "= RED WINE", ("-i", "grpc", "--streaming", "-m", "densenet_onnx", IMAGE)),
     "grpc_image_client.py densenet": Example(
-        "grpc_image_client.py", G, "= red", ("-m", "densenet_onnx", "-c", "3", "-s", "INCEPTION", IMAGE)),
+        "grpc_image_client.py", G, "= RED WINE", ("-m", "densenet_onnx", "-c", "3", "-s", "INCEPTION", IMAGE)),
     "grpc_image_client.py streaming": Example(
         "grpc_image_client.py", G, "= red", ("--streaming", "-m", "inception_graphdef", "-b", "2", IMAGE)),
+}
+
+# The runs served by Triton's own quickstart repository (tests/triton_repository, its config.pbtxt
+# files as they are; densenet_onnx's model file a generated stand-in; simple_identity a
+# TritonPythonModel): the rest call models it does not hold (simple_string_dyna_sequence,
+# repeat_int32, inception_graphdef with batching), from the rebuilt ones.
+ON_TRITONS_REPOSITORY = {
+    "simple_http_string_infer_client.py", "simple_grpc_string_infer_client.py",
+    "simple_http_infer_client.py", "simple_http_infer_client.py gzip", "simple_http_async_infer_client.py",
+    "simple_http_aio_infer_client.py", "simple_http_shm_client.py", "simple_http_shm_string_client.py",
+    "simple_http_sequence_sync_infer_client.py", "reuse_infer_objects_client.py http", "image_client.py densenet",
+    "simple_grpc_infer_client.py", "simple_grpc_infer_client.py gzip", "simple_grpc_async_infer_client.py",
+    "simple_grpc_aio_infer_client.py", "simple_grpc_custom_args_client.py", "simple_grpc_keepalive_client.py",
+    "grpc_client.py", "grpc_explicit_int_content_client.py", "grpc_explicit_int8_content_client.py",
+    "grpc_explicit_byte_content_client.py", "simple_grpc_shm_client.py", "simple_grpc_shm_string_client.py",
+    "simple_grpc_sequence_sync_infer_client.py", "simple_grpc_sequence_stream_infer_client.py",
+    "simple_grpc_aio_sequence_stream_infer_client.py", "reuse_infer_objects_client.py grpc",
+    "image_client.py grpc streaming", "grpc_image_client.py densenet",
 }
 
 # The runs that wait for a feature: (the feature, who builds it) and the first error each gives
@@ -114,10 +134,22 @@ NEEDS: dict[str, str] = {
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("images") / "red.png"
+    Image.new("RGB", (64, 48), (230, 30, 20)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, image):
     root = triton_models.make_triton_models(tmp_path_factory.mktemp("triton_models"))
-    image = tmp_path_factory.mktemp("images") / "red.png"
-    Image.new("RGB", (64, 48), (230, 30, 20)).save(image)
+    with DaemonProcess(root) as daemon:
+        yield daemon, image
+
+
+@pytest.fixture(scope="module")
+def tritons_repository(tmp_path_factory, image):
+    root = triton_models.make_triton_repository(tmp_path_factory.mktemp("triton_repository") / "models")
     with DaemonProcess(root) as daemon:
         yield daemon, image
 
@@ -141,9 +173,9 @@ def _check(done: subprocess.CompletedProcess, example: Example) -> None:
 
 
 @pytest.mark.parametrize("name", [name for name in EXAMPLES if name not in NEEDS])
-def test_example(served, tmp_path, name):
+def test_example(request, tmp_path, name):
     example = EXAMPLES[name]
-    daemon, image = served
+    daemon, image = request.getfixturevalue("tritons_repository" if name in ON_TRITONS_REPOSITORY else "served")
     if not (example.repository or example.tls or example.config):
         _check(run_example(example, daemon, image), example)
         return
@@ -177,5 +209,7 @@ def test_model_control_over_grpc_differs_only_in_the_status_for_an_over_long_fil
 
 
 def test_every_waiting_run_is_an_example():
-    """A NEEDS line names a run of EXAMPLES (a typo would silently drop it from the suite)."""
+    """A NEEDS or ON_TRITONS_REPOSITORY line names a run of EXAMPLES (a typo would silently drop
+    it from the suite, or from Triton's repository)."""
     assert set(NEEDS) <= set(EXAMPLES), set(NEEDS) - set(EXAMPLES)
+    assert not ON_TRITONS_REPOSITORY - set(EXAMPLES), ON_TRITONS_REPOSITORY - set(EXAMPLES)
