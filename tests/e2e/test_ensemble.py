@@ -2,8 +2,8 @@
 converted by config/triton_ensemble.py and written as the equivalent config.toml, over two ONNX
 step models made here (scaler: y = 2x; summer: y = the row's sum). Its outputs come from both
 steps, under the ensemble's names; one model runs in two steps of another; ensembles whose steps
-do not fit fail with the reason while the rest serve. The same ensemble as a config.pbtxt runs
-once the repository reads config.pbtxt (config/triton_config.py to_toml)."""
+do not fit fail with the reason while the rest serve. The same ensemble runs from its config.pbtxt
+as Triton's repository holds it."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from daemon_process import DaemonProcess
 from onnx import TensorProto, helper, numpy_helper
 from test_workers import metric
 
-import inferd.config.triton_config
 from inferd.client import Client, InferdClientError
 from inferd.config.triton_config import read_pbtxt
 from inferd.config.triton_ensemble import ensemble_to_pipeline
@@ -211,8 +210,6 @@ def test_ensembles_whose_steps_do_not_fit_fail_with_the_reason(served):
     assert index["ens"]["state"] == "READY"
 
 
-@pytest.mark.skipif(not hasattr(inferd.config.triton_config, "to_toml"),
-                    reason="the repository reads config.pbtxt once config/triton_config.py has to_toml")
 def test_the_ensemble_as_a_config_pbtxt(tmp_path):
     root = steps(tmp_path)
     for name, text in (("ens", ENSEMBLE % GOOD), ("twice", TWICE),
