@@ -53,7 +53,7 @@ MAX_BUCKETS = 64
 MAX_FILE_BYTES = 1 << 20  # the daemon reads no more of a file
 
 _WRITE_EVERY_S = 0.1
-_BURST = 8  # writes at the end of batches before they are spaced by _WRITE_EVERY_S
+_BURST = 16  # writes at the end of batches before they are spaced by _WRITE_EVERY_S
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")  # Prometheus' (prometheus-cpp CheckMetricName)
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 _SERIES_BYTES = 64  # a series' bytes in the file besides its labels and buckets (values, keys)
@@ -142,9 +142,11 @@ class _Store:
             return (1 - self._tokens) * _WRITE_EVERY_S
 
     def _run(self) -> None:
+        """Writes what changed outside batches (in load, in a model's own threads)."""
         while True:
             self._wake.wait()
             self._wake.clear()
+            time.sleep(_WRITE_EVERY_S)  # a batch in progress writes its own changes when it ends
             while (delay := self._token(take=False)) > 0:
                 time.sleep(delay)
             if self.dirty and self._token(take=True) == 0:
