@@ -92,7 +92,7 @@ class _Family:
 
     def to_wire(self) -> dict:
         return {"name": self.name, "description": self.description, "kind": self.kind.name.lower(),
-                "metrics": [s.to_wire() for s in self.series.values()]}
+                "metrics": [s.to_wire() for s in list(self.series.values())]}
 
 
 class _Store:
@@ -112,18 +112,22 @@ class _Store:
     def configure(self, directory: str, model: str, version: str) -> None:
         with self.lock:
             self.directory, self.model, self.version = directory, model, version
-            if directory and self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="inferd-metrics", daemon=True)
-                self._thread.start()
-                atexit.register(self.write)  # a worker run by hand; a forked one runs multiprocessing's:
-                mp_util.Finalize(self, self.write, exitpriority=10)
-            self.changed()
+            if self.families:  # (made before: written now)
+                self.dirty = False
+                self.changed()
 
     def changed(self) -> None:
-        """(With the lock held.) Something to write."""
-        if not self.dirty:
-            self.dirty = True
-            self._wake.set()
+        """(With the lock held.) Something to write; the writer starts with the first family,
+        so that a process whose model has none writes nothing."""
+        if self.dirty:
+            return
+        self.dirty = True
+        if self.directory and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="inferd-metrics", daemon=True)
+            self._thread.start()
+            atexit.register(self.write)  # a worker run by hand; a forked one runs multiprocessing's:
+            mp_util.Finalize(self, self.write, exitpriority=10)
+        self._wake.set()
 
     def batch_done(self) -> None:
         """The end of a batch: what it changed is written now, while writes are not too frequent."""
@@ -162,7 +166,7 @@ class _Store:
                 directory = self.directory
                 data = {"format": 1, "model": self.model, "version": self.version, "pid": os.getpid(),
                         "start": process_start(os.getpid()),
-                        "families": [f.to_wire() for f in self.families.values() if f.series]}
+                        "families": [f.to_wire() for f in list(self.families.values()) if f.series]}
             text = json.dumps(data, separators=(",", ":"))
             if len(text) > MAX_FILE_BYTES:  # (the bounds checked at creation keep it well under)
                 return
