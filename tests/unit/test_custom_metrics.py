@@ -59,6 +59,14 @@ def test_a_versions_directory_is_private_and_its_own(custom, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_killed_daemons_directory_is_removed_by_the_next(custom, tmp_path):
+    gone, running = tmp_path / "inferd-metrics-999999999-abcd", tmp_path / f"inferd-metrics-{os.getppid()}-abcd"
+    for d in (gone, running):
+        (d / "1").mkdir(parents=True)
+    custom.directory_for("m", "1")
+    assert not gone.exists() and running.exists()
+
+
 def test_workers_of_a_version_are_summed_with_its_model_and_version(custom):
     d = custom.directory_for("m", "1")
     _write(d, LIVE[0], [_counter("c", 1, {"k": "v"}), _counter("g", 2, kind="gauge"),
