@@ -108,6 +108,7 @@ class _Store:
         self._writing = threading.Lock()
         self._thread: threading.Thread | None = None
         self._tokens, self._refilled = float(_BURST), time.monotonic()
+        self._started = (0, 0)  # (pid, its start time): what names this process in the file
 
     def configure(self, directory: str, model: str, version: str) -> None:
         with self.lock:
@@ -164,13 +165,14 @@ class _Store:
                     return
                 self.dirty = False
                 directory = self.directory
-                data = {"format": 1, "model": self.model, "version": self.version, "pid": os.getpid(),
-                        "start": process_start(os.getpid()),
+                pid = os.getpid()
+                if self._started[0] != pid:  # (read once per process)
+                    self._started = (pid, process_start(pid))
+                data = {"format": 1, "model": self.model, "version": self.version, "pid": pid, "start": self._started[1],
                         "families": [f.to_wire() for f in list(self.families.values()) if f.series]}
             text = json.dumps(data, separators=(",", ":"))
             if len(text) > MAX_FILE_BYTES:  # (the bounds checked at creation keep it well under)
                 return
-            pid = os.getpid()
             tmp = os.path.join(directory, f".{pid}.tmp")
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
