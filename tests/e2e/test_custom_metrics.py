@@ -134,8 +134,10 @@ async def test_triton_style_text_a_counter_keeps_its_name(served):
         assert (await _infer(s, "counted", [1.0])).status == 200
         async with s.get("/metrics") as r:
             text = await r.text()
-    assert "# TYPE seen_requests counter\n" in text
+    # What Triton's custom_metrics example looks for (its family has only the model and version labels).
+    assert "# HELP seen_requests Requests the model saw\n# TYPE seen_requests counter\n" in text
     assert 'seen_requests{model="counted",version="1",kind="infer"} 1.0\n' in text
+    assert 'last_elements{model="counted",version="1"} 1.0\n' in text
 
 
 async def test_an_unloaded_models_families_go(served):
