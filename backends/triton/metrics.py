@@ -134,6 +134,9 @@ class _Store:
         """The end of a batch: what it changed is written now, while writes are not too frequent."""
         if self.dirty and self.directory and self._token(take=True) == 0:
             self.write()
+        elif self._writing.locked():  # the thread may be writing what the batch changed: let it finish
+            with self._writing:
+                pass
 
     def _token(self, take: bool) -> float:
         """Seconds until a write may start (0: now; `take`: one is taken)."""
