@@ -32,41 +32,34 @@ from __future__ import annotations
 
 import atexit
 import bisect
-import enum
 import json
 import math
-import numbers
 import os
-import re
 import threading
 import time
 import weakref
 from multiprocessing import util as mp_util
 
-MAX_FAMILIES = 64
-MAX_METRICS_PER_FAMILY = 1000
-MAX_LABELS = 16
-MAX_NAME_CHARS = 128  # a family's or a label's name
-MAX_LABEL_VALUE_CHARS = 256
-MAX_DESCRIPTION_CHARS = 1024
-MAX_BUCKETS = 64
-MAX_FILE_BYTES = 1 << 20  # the daemon reads no more of a file
+from inferd.backends.triton.metrics_checks import (  # noqa: F401 (the bounds are this module's too, for the daemon)
+    MAX_BUCKETS,
+    MAX_DESCRIPTION_CHARS,
+    MAX_FAMILIES,
+    MAX_FILE_BYTES,
+    MAX_LABEL_VALUE_CHARS,
+    MAX_LABELS,
+    MAX_METRICS_PER_FAMILY,
+    MAX_NAME_CHARS,
+    MetricKind,
+    TritonModelException,
+    check_family_arguments,
+    checked_buckets,
+    checked_labels,
+    number,
+)
 
 _WRITE_EVERY_S = 0.1
 _BURST = 16  # writes at the end of batches before they are spaced by _WRITE_EVERY_S
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")  # Prometheus' (prometheus-cpp CheckMetricName)
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 _SERIES_BYTES = 64  # a series' bytes in the file besides its labels and buckets (values, keys)
-
-
-class TritonModelException(Exception):
-    """What Triton's Python backend raises for a refused metric call (pb_utils.TritonModelException)."""
-
-
-class MetricKind(enum.IntEnum):
-    COUNTER = 0
-    GAUGE = 1
-    HISTOGRAM = 2
 
 
 class _Series:
@@ -217,19 +210,13 @@ def _series_bytes(labels: dict[str, str], buckets: tuple[float, ...] | None) -> 
     return _SERIES_BYTES + len(json.dumps(labels)) + 24 * (2 * len(buckets or ()) + 2)
 
 
-def _number(value, what: str) -> float:
-    if not isinstance(value, numbers.Real):
-        raise TypeError(f"{what}(): value must be a number, got {type(value).__name__}")
-    return float(value)
-
-
 class MetricFamily:
     COUNTER = MetricKind.COUNTER
     GAUGE = MetricKind.GAUGE
     HISTOGRAM = MetricKind.HISTOGRAM
 
     def __init__(self, name: str, description: str, kind: MetricKind):
-        _check_family_arguments(name, description, kind)
+        check_family_arguments(name, description, kind)
         kind = MetricKind(kind)
         with _store.lock:
             family = _store.families.get(name)
@@ -249,8 +236,8 @@ class MetricFamily:
 
     def Metric(self, labels: dict | None = None, buckets: list | None = None) -> Metric:  # noqa: N802 (Triton's name)
         family = self._family
-        labels = _checked_labels(labels, family.kind)
-        buckets = _checked_buckets(buckets, family.kind)
+        labels = checked_labels(labels, family.kind)
+        buckets = checked_buckets(buckets, family.kind)
         key = tuple(sorted(labels.items()))
         with _store.lock:
             series = family.series.get(key)
@@ -317,7 +304,7 @@ class Metric:
         return binding.series
 
     def increment(self, value: float) -> None:
-        value = _number(value, "increment")
+        value = number(value, "increment")
         failed = "Failed to increment metric value"
         series = self._series(failed, (MetricKind.COUNTER, MetricKind.GAUGE), "Increment")
         if self._binding.family.kind is MetricKind.COUNTER and not value >= 0:
@@ -328,14 +315,14 @@ class Metric:
             _store.changed()
 
     def set(self, value: float) -> None:
-        value = _number(value, "set")
+        value = number(value, "set")
         series = self._series("Failed to set metric value", (MetricKind.GAUGE,), "Set")
         with _store.lock:
             series.value = value
             _store.changed()
 
     def observe(self, value: float) -> None:
-        value = _number(value, "observe")
+        value = number(value, "observe")
         series = self._series("Failed to observe metric value", (MetricKind.HISTOGRAM,), "Observe")
         # The first bucket whose bound is at least the value (NaN: none, as in prometheus-cpp).
         i = bisect.bisect_left(series.buckets, value) if not math.isnan(value) else len(series.buckets)
@@ -346,55 +333,3 @@ class Metric:
 
     def value(self) -> float:
         return self._series("Failed to get metric value", (MetricKind.COUNTER, MetricKind.GAUGE), "Value").value
-
-
-def _check_family_arguments(name, description, kind) -> None:
-    if not isinstance(name, str) or not isinstance(description, str):
-        raise TypeError("MetricFamily(): name and description must be strings")
-    if not isinstance(kind, MetricKind) or kind not in tuple(MetricKind):
-        raise TypeError("MetricFamily(): kind must be MetricFamily.COUNTER, MetricFamily.GAUGE or MetricFamily.HISTOGRAM")
-    if len(name) > MAX_NAME_CHARS or not _METRIC_NAME.match(name) or name.startswith("__"):
-        raise TritonModelException(f"Error when creating MetricFamily: Invalid metric name {name[:MAX_NAME_CHARS]!r}")
-    if name.startswith("inferd_"):
-        raise TritonModelException(f"Error when creating MetricFamily: {name!r}: names beginning inferd_ are the daemon's")
-    if len(description) > MAX_DESCRIPTION_CHARS:
-        raise TritonModelException(f"Error when creating MetricFamily: a description may have at most "
-                                   f"{MAX_DESCRIPTION_CHARS} characters in inferd")
-
-
-def _checked_labels(labels, kind: MetricKind) -> dict[str, str]:
-    failed = "Error when creating Metric"
-    if labels is None:
-        return {}
-    if not isinstance(labels, dict):
-        raise TritonModelException("Failed to create metric. Labels must be a dictionary.")
-    if len(labels) > MAX_LABELS:
-        raise TritonModelException(f"{failed}: a metric may have at most {MAX_LABELS} labels in inferd")
-    for name, value in labels.items():
-        if not isinstance(name, str) or len(name) > MAX_NAME_CHARS or not _LABEL_NAME.match(name) or name.startswith("__") \
-                or (kind is MetricKind.HISTOGRAM and name == "le"):
-            raise TritonModelException(f"{failed}: Invalid label name {str(name)[:MAX_NAME_CHARS]!r}")
-        if not isinstance(value, str):
-            raise TritonModelException(f"{failed}: label {name!r}: values must be strings, got {type(value).__name__}")
-        if len(value) > MAX_LABEL_VALUE_CHARS:
-            raise TritonModelException(f"{failed}: label {name!r}: a value may have at most "
-                                       f"{MAX_LABEL_VALUE_CHARS} characters in inferd")
-    return dict(labels)
-
-
-def _checked_buckets(buckets, kind: MetricKind) -> tuple[float, ...] | None:
-    if buckets is None:
-        if kind is MetricKind.HISTOGRAM:
-            raise TritonModelException("Failed to create metric. Missing required buckets.")
-        return None
-    if not isinstance(buckets, list):
-        raise TritonModelException("Failed to create metric. Buckets must be a list.")
-    if kind is not MetricKind.HISTOGRAM:
-        raise TritonModelException("Failed to create metric. Unexpected buckets found.")
-    bounds = tuple(_number(b, "Metric") for b in buckets)
-    failed = "Error when creating Metric"
-    if len(bounds) > MAX_BUCKETS:
-        raise TritonModelException(f"{failed}: a histogram may have at most {MAX_BUCKETS} buckets in inferd")
-    if not all(math.isfinite(b) for b in bounds) or any(a >= b for a, b in zip(bounds, bounds[1:])):
-        raise TritonModelException(f"{failed}: Bucket Boundaries must be finite and strictly sorted")
-    return bounds
