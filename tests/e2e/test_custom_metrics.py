@@ -212,3 +212,12 @@ async def test_a_gone_workers_counters_stay_and_its_file_goes(served):
     assert families["last_elements"][2] == {("last_elements", _mv()): 2.0}
     assert again["seen_requests"] == families["seen_requests"]
 
+
+
+async def test_the_daemons_directory_goes_when_it_stops(served):
+    d, run = served
+    async with aiohttp.ClientSession(d.url) as s:
+        assert (await _infer(s, "counted", [1.0])).status == 200
+    assert list(run.glob("inferd-metrics-*/*/*.json"))
+    assert d.terminate() == 0
+    assert list(run.iterdir()) == []
