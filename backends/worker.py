@@ -38,6 +38,7 @@ from inferd.backends.output import ModelOutput
 from inferd.backends.reshape import Reshaped
 from inferd.backends.settings import BackendSettings
 from inferd.backends.shm import Region
+from inferd.backends.triton import metrics as model_metrics
 from inferd.common import gc_policy
 from inferd.common.errors import ErrorCode
 from inferd.common.redaction import hide_paths
@@ -181,7 +182,9 @@ def serve(sock: socket.socket) -> int:
         _output.log = log
     started = time.monotonic()
     try:
-        backend = _make_backend(msg["backend"], Path(msg["path"]), BackendSettings.from_wire(msg["settings"]))
+        settings = BackendSettings.from_wire(msg["settings"])
+        model_metrics.configure(settings.metrics_dir, msg["model"], msg["version"])  # before the model's code runs
+        backend = _make_backend(msg["backend"], Path(msg["path"]), settings)
         metadata = backend.load()
         warm_up(backend, metadata)
     except Exception as e:  # any failure to load is reported as data, with its reason
@@ -221,6 +224,7 @@ def serve(sock: socket.socket) -> int:
                 reply = {"type": ipc.RESULT, "batch": msg["batch"], "outputs": items, "size": outputs_region.size}
         except Exception as e:
             reply = _failed(msg, e)
+        model_metrics.batch_done()  # what the batch changed, on /metrics before its callers have their answers
         # Light load (poll_s): the next batch comes soon, so poll for it; the daemon posts it
         # in the mailbox without ringing while it knows this window is open.
         poll_s = msg.get("poll_s", 0.0)

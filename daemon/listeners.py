@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import grpclib.server
@@ -70,13 +71,14 @@ def _address_of(sock: socket.socket) -> str:
 
 class Listeners:
     def __init__(self, server: ServerSection, auth: AuthSection, dataplane: DataPlane, registry: CollectorRegistry,
-                 access: Access):
+                 access: Access, model_metrics: Callable[[], bytes] = lambda: b""):
         self.server, self.auth = server, auth
         self.dataplane = dataplane
         self.access = access
         self.addresses: dict[str, str] = {}  # front-end -> where it listens
         self._http = HttpConnections()
-        app = build_app(dataplane, registry, RequestLimits.of(server), access, outer=[tracking(self._http)])
+        app = build_app(dataplane, registry, RequestLimits.of(server), access, outer=[tracking(self._http)],
+                        model_metrics=model_metrics)
         self.runner = web.AppRunner(
             app, handle_signals=False, access_log=None, handler_cancellation=True,
             shutdown_timeout=CLOSE_GRACE_S,  # after the drain, handlers only have their answers to write

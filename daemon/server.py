@@ -33,6 +33,7 @@ from inferd.daemon.models import upload
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.watcher import DirectoryWatcher
 from inferd.daemon.operations import logs, systemd
+from inferd.daemon.operations.custom_metrics import CustomMetrics
 from inferd.daemon.operations.metrics import Metrics
 from inferd.scheduler import spawner
 from inferd.scheduler.limits import MemoryManager
@@ -50,7 +51,8 @@ class Daemon:
         self.config = config
         self.reread_config = reread_config  # for SIGHUP; None: the config cannot change
         self.registry = CollectorRegistry()
-        self.metrics = Metrics(self.registry)
+        self.custom_metrics = CustomMetrics()  # Python models' own (its directory made at the first load)
+        self.metrics = Metrics(self.registry, self.custom_metrics)
         self.state = ServerState()
         models = config.models
         self.memory = MemoryManager(pick_probe(), config.memory, observer=self.metrics)
@@ -61,7 +63,8 @@ class Daemon:
         self.dataplane = DataPlane(self.repository, self.state, accept_model_files=models.accept_model_files,
                                    name=config.server.name)
         access = Access(token, config.auth.open_health, self.metrics.unauthenticated)
-        self.listeners = Listeners(config.server, config.auth, self.dataplane, self.registry, access)
+        self.listeners = Listeners(config.server, config.auth, self.dataplane, self.registry, access,
+                                   model_metrics=self.custom_metrics.exposition)
         self._tasks = TaskSet("daemon")  # the watchdog, the reloads
         self._watching: asyncio.Task | None = None
 
@@ -107,6 +110,7 @@ class Daemon:
             await self.listeners.close()
             await self.repository.stop(WORKER_STOP_S if drained else ABANDONED_WORKER_STOP_S)
             await self.memory.stop()
+            self.custom_metrics.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             log.info("stopped", drained=drained)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 import structlog
@@ -39,6 +39,7 @@ HTTP_STATUS = {
 
 DATAPLANE = web.AppKey("dataplane", DataPlane)
 REGISTRY = web.AppKey("metrics_registry", object)
+MODEL_METRICS = web.AppKey("model_metrics", object)  # () -> bytes: models' own families, after the daemon's
 ACCESS = web.AppKey("access", Access)
 LIMITS = web.AppKey("limits", RequestLimits)
 WRITE_SLICE = 1 << 20  # bytes of a big response body handed to the socket per write
@@ -278,18 +279,20 @@ async def repository_unload(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[REGISTRY])
+    # The models' own are read from their workers' files: in a thread, off the loop.
+    body = generate_latest(request.app[REGISTRY]) + await asyncio.to_thread(request.app[MODEL_METRICS])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def build_app(dataplane: DataPlane, registry, limits: RequestLimits, access: Access,
-              outer: Sequence = ()) -> web.Application:
+              outer: Sequence = (), model_metrics: Callable[[], bytes] = lambda: b"") -> web.Application:
     """`outer` middlewares run before the token check and error mapping (the listeners'
-    connection tracking: http_limits.py)."""
+    connection tracking: http_limits.py); `model_metrics`: the text /metrics adds to the registry's."""
     app = web.Application(middlewares=[*outer, _access_and_errors], client_max_size=limits.max_structured_bytes)
     app[DATAPLANE] = dataplane
     app[LIMITS] = limits
     app[REGISTRY] = registry
+    app[MODEL_METRICS] = model_metrics
     app[ACCESS] = access
     app[DECODERS] = json_offload.JsonDecoders(limits)
     app.on_cleanup.append(lambda app: app[DECODERS].close())

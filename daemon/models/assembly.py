@@ -78,7 +78,9 @@ class Assembler:
         admission = _Admission(self.memory, mv.key, f"cuda:{gpu}" if gpu is not None else settings.device.replace("auto", CPU),
                                estimate)
         wakeup = asyncio.Event()  # the queue's: the pool's workers changed
-        pool = WorkerPool(_worker_spec(found, backend, config, gpu, self.daemon_socket), Scaling.from_settings(settings),
+        spec = _worker_spec(found, backend, config, gpu, daemon_socket=self.daemon_socket,
+                            metrics_dir=mv.observer.custom_metrics_dir())
+        pool = WorkerPool(spec, Scaling.from_settings(settings),
                           observer=mv.observer, admit=admission, on_broken=mv.broken, on_change=wakeup.set)
         async with self.loads:
             file_metadata = await pool.start()
@@ -146,13 +148,14 @@ class Assembler:
         return Serving(config, pipeline.metadata, pipeline.max_batch_size, pipeline=pipeline)
 
 
-def _worker_spec(found: Found, backend: str, config: ModelConfig, gpu: int | None, daemon_socket: str) -> WorkerSpec:
+def _worker_spec(found: Found, backend: str, config: ModelConfig, gpu: int | None, **more) -> WorkerSpec:
     """What the version's workers are told: the settings, the tensors config.toml declares (for
-    files that do not carry them), the model's directory and its [parameters]."""
+    files that do not carry them), the model's directory and its [parameters]; `more`: other
+    BackendSettings (metrics_dir: where its custom metrics go)."""
     return WorkerSpec.of(found.name, found.version, found.path, backend, config.settings,
                          model_dir=_model_dir(found), gpu=gpu,
                          inputs=config.inputs, outputs=config.outputs, parameters=config.parameters,
-                         decoupled=config.decoupled, daemon_socket=daemon_socket,
+                         decoupled=config.decoupled, **more,
                          optional_inputs=tuple(sorted(config.optional_inputs)),
                          reshape=model_shapes(config.reshape, config.inputs + config.outputs, config.settings.max_batch_size),
                          model_config=config.triton.config if config.triton else None)

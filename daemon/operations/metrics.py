@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from inferd.daemon.operations.custom_metrics import CustomMetrics
 from inferd.daemon.operations.series import LoopCounter, LoopGauge, LoopHistogram
 from inferd.scheduler.limits import LimitsObserver
 from inferd.scheduler.pool import PoolObserver
@@ -20,8 +21,9 @@ MV = ["model", "version"]
 
 
 class Metrics(LimitsObserver):
-    def __init__(self, registry: CollectorRegistry):
+    def __init__(self, registry: CollectorRegistry, custom: CustomMetrics | None = None):
         self.registry = registry
+        self.custom = custom  # Python models' own metrics (None: not collected)
         self._published: dict[tuple[str, str], type[enum.Enum]] = {}  # versions with state series
         self._per_request_series(registry)
         self._memory_series(registry)
@@ -110,6 +112,8 @@ class Metrics(LimitsObserver):
                 self.model_state.remove(model, version, s.value)
             if states is not None:
                 self.workers.remove(model, version)
+            if self.custom is not None:
+                self.custom.forget(model, version)
             return
         self._published[(model, version)] = states
         for s in states:
@@ -145,6 +149,11 @@ class VersionObserver(QueueObserver, PoolObserver):
 
     def queue_rows(self, rows: int) -> None:
         self._queue_rows.set(rows)
+
+    def custom_metrics_dir(self) -> str:
+        """Where the version's workers write the model's own metrics ("" = nowhere)."""
+        custom = self._metrics.custom
+        return custom.directory_for(self.model, self.version) if custom is not None else ""
 
     def workers_changed(self, count: int) -> None:
         self._on_workers((self.model, self.version))
