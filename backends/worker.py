@@ -170,16 +170,9 @@ def _caller_failed(request_id: str, e: Exception) -> tuple[str, str]:
     return _error([request_id], e, "request")
 
 
-def serve(sock: socket.socket) -> int:
-    regions, mailbox = _shared_memory(sock)
-    receiver = ipc.Receiver(sock, mailbox)
-    msg = receiver.recv()
-    if msg is None or msg["type"] != ipc.LOAD:
-        return 2
-    global log
-    log = log.bind(model=msg["model"], version=msg["version"], pid=os.getpid())
-    if _output is not None:
-        _output.log = log
+def _load(sock: socket.socket, msg: dict):
+    """The backend LOAD names, loaded and warmed up: (backend, metadata, when loading started),
+    or None after LOAD_FAILED was sent with the reason."""
     started = time.monotonic()
     try:
         settings = BackendSettings.from_wire(msg["settings"])
@@ -191,7 +184,24 @@ def serve(sock: socket.socket) -> int:
         reason = str(e) if isinstance(e, BackendOutputError) else f"{type(e).__name__}: {e}".strip()
         log.warning("model load failed", reason=reason, exc_info=_model_traceback(e))
         ipc.send(sock, {"type": ipc.LOAD_FAILED, "reason": for_caller(reason)})  # (the log has the paths)
+        return None
+    return backend, metadata, started
+
+
+def serve(sock: socket.socket) -> int:
+    regions, mailbox = _shared_memory(sock)
+    receiver = ipc.Receiver(sock, mailbox)
+    msg = receiver.recv()
+    if msg is None or msg["type"] != ipc.LOAD:
+        return 2
+    global log
+    log = log.bind(model=msg["model"], version=msg["version"], pid=os.getpid())
+    if _output is not None:
+        _output.log = log
+    loaded = _load(sock, msg)
+    if loaded is None:
         return 1
+    backend, metadata, started = loaded
     log.info("gc settled", frozen=gc_policy.settle(collect=False))
     per_caller = bool(getattr(backend, "per_request", False))  # (inferd.backends.per_request)
     ipc.send(sock, {"type": ipc.LOADED, "metadata": metadata.to_dict(), "load_s": time.monotonic() - started,
