@@ -1,0 +1,308 @@
+"""The runner of a Triton Python model (a model.py defining `TritonPythonModel`), served
+unchanged in inferd's Python worker. inferd.backends.python hands such a module to it.
+
+As Triton's Python backend does: the configuration is config.pbtxt's (settings.model_config),
+else config.toml's tensors, completed by the class's static auto_complete_config(ModelConfig)
+when it has one; initialize(args) gets Triton's args; execute(requests) gets one
+pb_utils.InferenceRequest per caller and returns one InferenceResponse each (an error response,
+or an exception, fails its callers alone; a response without a requested output or with an
+output of another datatype is the model's error). A decoupled model
+(model_transaction_policy.decoupled) answers through each request's response sender, from
+execute or from its own threads after execute returned; the request's stream ends at
+TRITONSERVER_RESPONSE_COMPLETE_FINAL. `async def execute` runs on an event loop of the
+worker's. finalize() runs at unload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import queue
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from inferd.backends import decoupled as decoupled_runs
+from inferd.backends.base import BackendInputError, BatchRequests
+from inferd.backends.python import ModelCodeError, ModelOutputError
+from inferd.backends.settings import BackendSettings
+from inferd.backends.triton import pb_utils
+from inferd.backends.triton.pb_config import ModelConfig, normalized, using_decoupled_model_transaction_policy
+from inferd.common.tensors import DATATYPES, ModelMetadata, TensorSpec, as_bytes, object_tensor
+
+log = structlog.get_logger("inferd.triton")
+MODULE_NAME = "triton_python_backend_utils"
+
+
+def install() -> None:
+    """Make `import triton_python_backend_utils` find pb_utils (before a model.py runs)."""
+    sys.modules.setdefault(MODULE_NAME, pb_utils)
+
+
+class TritonResponseError(ModelCodeError):
+    """The model answered a request with an error response (its TritonError's message)."""
+
+
+class TritonInvalidArgument(TritonResponseError, BackendInputError):
+    """An error response with Triton's INVALID_ARG code: the caller's fault."""
+
+
+def _response_error(error: pb_utils.TritonError) -> TritonResponseError:
+    cls = TritonInvalidArgument if error.code() == pb_utils.TritonError.INVALID_ARG else TritonResponseError
+    return cls(error.message())
+
+
+def _datatype(triton_type: str, where: str) -> str:
+    name = triton_type.removeprefix("TYPE_") if isinstance(triton_type, str) else ""
+    name = "BYTES" if name == "STRING" else name
+    if name not in DATATYPES:
+        raise RuntimeError(f"{where} has data_type {triton_type!r}, which inferd does not serve")
+    return name
+
+
+def _specs(config: dict, kind: str) -> tuple[TensorSpec, ...]:
+    """config's `input`/`output` as inferd's tensors: a leading -1 when the model batches."""
+    batch = (-1,) if config["max_batch_size"] > 0 else ()
+    specs = []
+    for t in config[kind]:
+        where = f"{kind} {t.get('name')!r}"
+        dims = tuple(int(d) for d in t.get("dims", ()))
+        if "name" not in t or "data_type" not in t:
+            raise RuntimeError(f"the model's configuration has an {kind} without a name or a data_type")
+        specs.append(TensorSpec(t["name"], _datatype(t["data_type"], where), batch + dims))
+    return tuple(specs)
+
+
+def _from_settings(settings: BackendSettings, name: str) -> dict:
+    """A Triton configuration from config.toml when there is no config.pbtxt: its tensors
+    (whole shapes, so max_batch_size 0 until auto_complete_config says otherwise)."""
+
+    def tensors(specs):
+        return [{"name": t.name, "data_type": "TYPE_STRING" if t.datatype == "BYTES" else f"TYPE_{t.datatype}",
+                 "dims": list(t.shape)} for t in specs]
+
+    config = {"name": name, "backend": "python", "max_batch_size": 0,
+              "input": tensors(settings.inputs), "output": tensors(settings.outputs),
+              "parameters": {k: {"string_value": str(v)} for k, v in settings.parameters.items()}}
+    if settings.decoupled:
+        config["model_transaction_policy"] = {"decoupled": True}
+    return config
+
+
+def _names(path: Path) -> tuple[str, str, str]:
+    """(model name, version, the model's directory) of models/<name>/<version>/model.py (else
+    of <name>.py beside the other models: version "1")."""
+    if path.name == "model.py" and path.parent.name.isdigit():
+        return path.parent.parent.name, path.parent.name, str(path.parent.parent)
+    return path.stem, "1", str(path.parent)
+
+
+class TritonRunner:
+    """One TritonPythonModel in one worker; PythonBackend delegates to it."""
+
+    def __init__(self, path: Path, settings: BackendSettings, cls: type) -> None:
+        self.path, self.settings, self.cls = path, settings, cls
+        self.name, self.version, self.repository = _names(path)
+        self.model = None
+        self.config: dict = {}
+        self.outputs: dict[str, TensorSpec] = {}
+        self.max_batch_size = 0
+        self.decoupled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- load ----------------------------------------------------------------------------------
+
+    def load(self) -> ModelMetadata:
+        raw = self.settings.model_config
+        config = normalized(raw) if raw is not None else _from_settings(self.settings, self.name)
+        config["name"] = config.get("name") or self.name
+        self.config = config = self._auto_completed(config)
+        self.max_batch_size = config["max_batch_size"]
+        self.decoupled = using_decoupled_model_transaction_policy(config)
+        inputs, outputs = _specs(config, "input"), _specs(config, "output")
+        if not outputs:
+            raise RuntimeError("the model declares no outputs: give it a config.pbtxt with `output`, or add them "
+                               "in TritonPythonModel.auto_complete_config")
+        self.outputs = {t.name: t for t in outputs}
+        if self.settings.daemon_socket:
+            from inferd.backends.triton import bls
+
+            bls.configure(self.settings.daemon_socket)
+        self.model = self.cls()
+        if callable(getattr(self.model, "initialize", None)):
+            try:
+                self.model.initialize(self._args())
+            except Exception as e:
+                raise ModelCodeError(f"{self.path.name}: initialize() raised {type(e).__name__}: {e}") from e
+        if not callable(getattr(self.model, "execute", None)):
+            raise RuntimeError(f"{self.path.name}: TritonPythonModel has no execute(self, requests) method")
+        return ModelMetadata("python", inputs, outputs, self.decoupled, max_batch_size=self.max_batch_size)
+
+    def _auto_completed(self, config: dict) -> dict:
+        complete = getattr(self.cls, "auto_complete_config", None)
+        if complete is None:
+            return config
+        try:
+            result = complete(ModelConfig(json.loads(json.dumps(config))))
+        except Exception as e:
+            raise ModelCodeError(f"{self.path.name}: auto_complete_config() raised {type(e).__name__}: {e}") from e
+        if not isinstance(result, ModelConfig):
+            raise RuntimeError(f"{self.path.name}: auto_complete_config() must return the pb_utils.ModelConfig "
+                               f"it was given, not {type(result).__name__}")
+        return normalized(result.as_dict())
+
+    def _args(self) -> dict[str, str]:
+        """initialize()'s args, as Triton gives them (every value a string)."""
+        groups = self.config.get("instance_group") or [{}]
+        gpu = groups[0].get("kind") == "KIND_GPU" or (groups[0].get("kind") is None and self.settings.gpu is not None)
+        return {
+            "model_config": json.dumps(self.config),
+            "model_instance_kind": "GPU" if gpu else "CPU",
+            "model_instance_name": f"{self.name}_0",
+            "model_instance_device_id": str(self.settings.gpu or 0),
+            "model_repository": self.repository,
+            "model_version": self.version,
+            "model_name": self.name,
+        }
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def execute(self, inputs: dict[str, np.ndarray], outputs: list[str], requests: BatchRequests | None = None):
+        """One entry per caller of `requests` (its outputs, or the exception that fails it);
+        without `requests` the batch is one caller, answered with a dict (or raised)."""
+        if self.decoupled:  # warm-up and profiling only: requests go through responses()
+            return decoupled_runs.first_responses(self, inputs, outputs)
+        callers = self._requests(inputs, outputs, requests)
+        answers = self._answers(callers, outputs)
+        if requests is None:
+            if isinstance(answers[0], Exception):
+                raise answers[0]
+            return answers[0]
+        return answers
+
+    def _requests(self, inputs, outputs, requests: BatchRequests | None) -> list[tuple[pb_utils.InferenceRequest, int]]:
+        """(the request, its rows) of each caller: its slice of the batch."""
+        if requests is None:
+            rows = next(iter(inputs.values())).shape[0] if inputs and self.max_batch_size > 0 else 0
+            return [(self._request(inputs, outputs, {}, ""), rows)]
+        ids = getattr(requests, "ids", None) or ("",) * len(requests.rows)
+        callers, start = [], 0
+        for rows, parameters, request_id in zip(requests.rows, requests.parameters, ids):
+            part = {n: a[start:start + rows] for n, a in inputs.items()} if self.max_batch_size > 0 else inputs
+            callers.append((self._request(part, outputs, parameters, request_id), rows))
+            start += rows
+        return callers
+
+    def _request(self, inputs, outputs, parameters: dict, request_id: str, sender=None) -> pb_utils.InferenceRequest:
+        tensors = [pb_utils.Tensor(name, array) for name, array in inputs.items()]
+        request = pb_utils.InferenceRequest(request_id=request_id, inputs=tensors, requested_output_names=list(outputs),
+                                            model_name=self.name, parameters=dict(parameters or {}))
+        request._sender = sender
+        return request
+
+    def _call_execute(self, requests: list[pb_utils.InferenceRequest]):
+        result = self.model.execute(requests)
+        if inspect.isawaitable(result):  # `async def execute`: run on the worker's event loop
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+            result = self._loop.run_until_complete(result)
+        return result
+
+    def _answers(self, callers: list, outputs: list[str]) -> list:
+        requests = [request for request, _ in callers]
+        try:
+            responses = self._call_execute(requests)
+        except BackendInputError:
+            raise
+        except Exception as e:
+            error = ModelCodeError(f"{self.path.name}: execute() raised {type(e).__name__}: {e}")
+            error.__cause__ = e
+            return [error] * len(callers)
+        if not isinstance(responses, (list, tuple)) or len(responses) != len(callers):
+            got = f"{len(responses)} responses" if isinstance(responses, (list, tuple)) else type(responses).__name__
+            error = ModelOutputError(f"{self.path.name}: execute() must return a list of one InferenceResponse per "
+                                     f"request: got {got} for {len(callers)} requests")
+            return [error] * len(callers)
+        answers = []
+        for response, (_, rows) in zip(responses, callers):
+            try:
+                answers.append(self._outputs(response, outputs, rows))
+            except Exception as e:
+                answers.append(e)
+        return answers
+
+    def _outputs(self, response, outputs: list[str], rows: int | None) -> dict[str, np.ndarray]:
+        """A response's requested outputs, checked against the configuration."""
+        if not isinstance(response, pb_utils.InferenceResponse):
+            raise ModelOutputError(f"{self.path.name}: execute() returned a {type(response).__name__} where a "
+                                   "pb_utils.InferenceResponse belongs")
+        if response.has_error():
+            raise _response_error(response.error())
+        tensors = {t.name(): t.as_numpy() for t in response.output_tensors()}
+        return {name: self._output(name, tensors, rows) for name in outputs}
+
+    def _output(self, name: str, tensors: dict, rows: int | None) -> np.ndarray:
+        spec = self.outputs[name]
+        if name not in tensors:
+            raise ModelOutputError(f"{self.path.name}: the response has no output {name!r}")
+        array = tensors[name]
+        if spec.datatype == "BYTES":
+            if array.dtype != object and array.dtype.kind not in "SU":
+                raise ModelOutputError(f"{self.path.name}: output {name!r} is {array.dtype}, the configuration says "
+                                       "TYPE_STRING (a numpy object array of bytes)")
+            array = object_tensor([as_bytes(x) for x in array.reshape(-1).tolist()], array.shape)
+        elif array.dtype != DATATYPES[spec.datatype]:
+            raise ModelOutputError(f"{self.path.name}: output {name!r} is {array.dtype}, the configuration says "
+                                   f"TYPE_{spec.datatype} ({DATATYPES[spec.datatype]})")
+        if not spec.accepts_shape(array.shape):
+            raise ModelOutputError(f"{self.path.name}: output {name!r} has shape {list(array.shape)}, the "
+                                   f"configuration says {list(spec.shape)}")
+        if rows and self.max_batch_size > 0 and array.shape[0] != rows:
+            raise ModelOutputError(f"{self.path.name}: output {name!r} has {array.shape[0]} rows for a request "
+                                   f"of {rows}")
+        return array
+
+    def responses(self, inputs: dict[str, np.ndarray], outputs: list[str]):
+        """A decoupled model's responses to one request (backends/decoupled.py pulls them),
+        as its response sender delivers them, until the final flag."""
+        channel: queue.SimpleQueue = queue.SimpleQueue()
+        cancelled = threading.Event()
+        sender = pb_utils.InferenceResponseSender(lambda response, flags: channel.put((response, flags)), cancelled)
+        request = self._request(inputs, outputs, {}, "", sender)
+        request._cancelled = cancelled
+        finished = False
+        try:
+            try:
+                result = self._call_execute([request])
+            except Exception as e:
+                raise ModelCodeError(f"{self.path.name}: execute() raised {type(e).__name__}: {e}") from e
+            if result is not None:
+                raise ModelOutputError(f"{self.path.name}: a decoupled model's execute() returns None and sends its "
+                                       "responses with request.get_response_sender()")
+            while True:
+                response, flags = channel.get()
+                if response is not None:
+                    yield self._outputs(response, outputs, None)
+                if flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+                    finished = True
+                    return
+        finally:  # failed or cancelled (the caller went away): the model's is_cancelled() says so
+            if not finished:
+                cancelled.set()
+
+    # -- unload --------------------------------------------------------------------------------
+
+    def unload(self) -> None:
+        model, self.model = self.model, None
+        if model is not None and callable(getattr(model, "finalize", None)):
+            try:
+                model.finalize()
+            except Exception as e:
+                log.warning("the model's finalize() raised", error=f"{type(e).__name__}: {e}", exc_info=e)
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
