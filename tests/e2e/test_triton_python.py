@@ -17,6 +17,8 @@ import pytest
 from daemon_process import DaemonProcess
 from triton_python_layout import client, lay_out
 
+from inferd.config import triton_config
+
 
 def grpc_address(daemon: DaemonProcess) -> str:
     [event] = [e for e in daemon.events("listening") if e["frontend"] == "grpc"]
@@ -77,3 +79,19 @@ def test_auto_complete_models_answer(tmp_path):
         status, body = infer_json(daemon, "nobatch_auto_complete", {"inputs": [fp32("INPUT0", a, [4]), fp32("INPUT1", b, [4])]})
         assert status == 200, body
         assert {o["name"]: o["data"] for o in body["outputs"]}["OUTPUT1"] == [x - y for x, y in zip(a, b)]
+
+
+reads_pbtxt = pytest.mark.skipif(not hasattr(triton_config, "to_toml"),
+                                 reason="the daemon does not read config.pbtxt yet (config/triton_config.py to_toml)")
+
+
+@reads_pbtxt
+@pytest.mark.parametrize(("example", "script", "expect"), [
+    ("add_sub", "add_sub/client.py", "PASS: add_sub"),
+    ("pytorch", "pytorch/client.py", "PASS: pytorch"),
+    ("decoupled", "decoupled/repeat_client.py", "PASS: repeat_int32"),
+    ("decoupled", "decoupled/square_client.py", "PASS: square_int32"),
+])
+def test_example(tmp_path, example, script, expect):
+    with served(tmp_path, example) as daemon:
+        check(run_client(daemon, tmp_path, script), expect)
