@@ -1,0 +1,320 @@
+"""Triton Python models in inferd's Python backend, driven in-process as the worker drives it:
+Triton's examples with their config.pbtxt (read_pbtxt, as the daemon hands it over), the
+per-request contract (one InferenceRequest per caller, failures per caller), decoupled models
+answering through their response sender, async execute, and what a broken model gets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from triton_python_layout import lay_out
+
+from inferd.backends.base import BackendInputError, BackendOutputError, BatchRequests
+from inferd.backends.python import ModelCodeError, PythonBackend
+from inferd.config.model import ModelSettings
+from inferd.config.triton_config import read_pbtxt
+from inferd.scheduler.worker_spec import WorkerSpec
+
+
+def backend(root: Path, name: str, **declared) -> PythonBackend:
+    """The model's backend as its worker builds it: config.pbtxt (if any) as JSON in the settings."""
+    path = root / name / "1" / "model.py"
+    subprocess.run(["chmod", "-R", "go-w", str(root)], check=True)
+    pbtxt = root / name / "config.pbtxt"
+    config = read_pbtxt(pbtxt) if pbtxt.exists() else None
+    spec = WorkerSpec.of(name, "1", path, "inferd.backends.python:PythonBackend", ModelSettings(), model_dir=root / name,
+                         model_config=config, **declared)
+    return PythonBackend(path, spec.settings)
+
+
+def write_model(root: Path, name: str, body: str, pbtxt: str | None = None) -> Path:
+    version = root / name / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    (version / "model.py").write_text("import json\nimport numpy as np\nimport triton_python_backend_utils as pb_utils\n"
+                                      + textwrap.dedent(body))
+    if pbtxt is not None:
+        (root / name / "config.pbtxt").write_text(textwrap.dedent(pbtxt))
+    return root
+
+
+ADD_SUB_SIGNATURE = {"INPUT0": np.array([1, 2, 3, 4], np.float32), "INPUT1": np.array([0.5, 1, 1.5, 2], np.float32)}
+
+
+def test_add_sub_with_its_config_pbtxt(tmp_path):
+    root = lay_out(["add_sub"], tmp_path / "models")
+    b = backend(root, "add_sub")
+    metadata = b.load()
+    assert (metadata.max_batch_size, [t.shape for t in metadata.inputs]) == (0, [(4,), (4,)])
+    out = b.execute(dict(ADD_SUB_SIGNATURE), ["OUTPUT0", "OUTPUT1"])
+    np.testing.assert_array_equal(out["OUTPUT0"], np.array([1.5, 3, 4.5, 6], np.float32))
+    np.testing.assert_array_equal(out["OUTPUT1"], np.array([0.5, 1, 1.5, 2], np.float32))
+    b.unload()
+
+
+def test_initialize_gets_tritons_args(tmp_path):
+    """Every value a string; model_config as JSON with its numbers as numbers (config.pbtxt's
+    int64 dims come from protobuf's JSON as strings)."""
+    root = lay_out(["add_sub"], tmp_path / "models")
+    b = backend(root, "add_sub")
+    b.load()
+    args = b.triton._args()
+    assert all(isinstance(v, str) for v in args.values())
+    assert (args["model_name"], args["model_version"], args["model_instance_kind"]) == ("add_sub", "1", "CPU")
+    assert args["model_repository"] == str(root / "add_sub")
+    config = json.loads(args["model_config"])
+    assert config["input"][0]["dims"] == [4] and config["max_batch_size"] == 0
+    assert b.triton.model.output0_dtype is np.float32
+
+
+def test_per_request_batch_answers_each_caller(tmp_path):
+    """A batch of two callers (1 and 2 rows) is two InferenceRequests; each gets its rows back."""
+    root = lay_out(["auto_complete"], tmp_path / "models")
+    b = backend(root, "batch_auto_complete")
+    assert b.load().max_batch_size == 4 and b.per_request
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    first, second = b.execute({"INPUT0": x, "INPUT1": x}, ["OUTPUT0"], requests=BatchRequests((1, 2), ({}, {})))
+    np.testing.assert_array_equal(first["OUTPUT0"], 2 * x[:1])
+    np.testing.assert_array_equal(second["OUTPUT0"], 2 * x[1:])
+    assert set(first) == {"OUTPUT0"}
+
+
+FAIL_BY_PARAMETER = """
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.add_input({"name": "X", "data_type": "TYPE_INT32", "dims": [1]})
+        config.add_output({"name": "Y", "data_type": "TYPE_INT32", "dims": [1]})
+        config.set_max_batch_size(8)
+        return config
+
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            how = json.loads(request.parameters()).get("fail")
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            if how == "invalid":
+                out.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("bad X", pb_utils.TritonError.INVALID_ARG)))
+            elif how == "error":
+                out.append(pb_utils.InferenceResponse([], pb_utils.TritonError("the model cannot")))
+            elif how == "missing":
+                out.append(pb_utils.InferenceResponse([]))
+            elif how == "dtype":
+                out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x.astype(np.float64))]))
+            else:
+                out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x + 1)]))
+        return out
+"""
+
+
+def test_an_error_response_fails_its_caller_alone(tmp_path):
+    b = backend(write_model(tmp_path / "models", "m", FAIL_BY_PARAMETER), "m")
+    b.load()
+    x = np.arange(5, dtype=np.int32).reshape(5, 1)
+    kinds = ({}, {"fail": "invalid"}, {"fail": "error"}, {"fail": "missing"}, {"fail": "dtype"})
+    ok, invalid, error, missing, dtype = b.execute({"X": x}, ["Y"], requests=BatchRequests((1,) * 5, kinds))
+    np.testing.assert_array_equal(ok["Y"], [[1]])
+    assert isinstance(invalid, BackendInputError) and str(invalid) == "bad X"
+    assert isinstance(error, ModelCodeError) and not isinstance(error, BackendInputError) and str(error) == "the model cannot"
+    assert isinstance(missing, BackendOutputError) and "no output 'Y'" in str(missing)
+    assert isinstance(dtype, BackendOutputError) and "float64" in str(dtype) and "TYPE_INT32" in str(dtype)
+
+
+def test_without_callers_the_batch_is_one_request(tmp_path):
+    """Warm-up, profiling, and batches from a scheduler that does not split them: one request,
+    answered with a dict; an error response raises."""
+    b = backend(write_model(tmp_path / "models", "m", FAIL_BY_PARAMETER), "m")
+    b.load()
+    out = b.execute({"X": np.array([[1], [2]], np.int32)}, ["Y"])
+    np.testing.assert_array_equal(out["Y"], [[2], [3]])
+
+
+BROKEN = """
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.add_input({"name": "X", "data_type": "TYPE_INT32", "dims": [1]})
+        config.add_output({"name": "Y", "data_type": "TYPE_INT32", "dims": [1]})
+        config.set_max_batch_size(8)
+        return config
+
+    def execute(self, requests):
+        x = pb_utils.get_input_tensor_by_name(requests[0], "X").as_numpy()
+        if x[0, 0] == 1:
+            raise pb_utils.TritonModelException("execute failed on purpose")
+        if x[0, 0] == 2:
+            return []
+        if x[0, 0] == 3:
+            return None
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("Y", r.inputs()[0].as_numpy())]) for r in requests]
+"""
+
+
+@pytest.mark.parametrize(("value", "error", "words"), [
+    (1, ModelCodeError, "execute() raised TritonModelException: execute failed on purpose"),
+    (2, BackendOutputError, "got 0 responses for"),
+    (3, BackendOutputError, "got NoneType for"),
+])
+def test_a_failing_execute_fails_every_caller_of_its_batch(tmp_path, value, error, words):
+    b = backend(write_model(tmp_path / "models", "m", BROKEN), "m")
+    b.load()
+    answers = b.execute({"X": np.array([[value], [0]], np.int32)}, ["Y"], requests=BatchRequests((1, 1), ({}, {})))
+    assert len(answers) == 2
+    for answer in answers:
+        assert isinstance(answer, error) and words in str(answer)
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+        b.execute({"X": np.array([[value], [0]], np.int32)}, ["Y"])
+
+
+def test_initialize_that_raises_fails_the_load_with_its_message(tmp_path):
+    body = BROKEN.replace("    def execute", "    def initialize(self, args):\n        raise ValueError('no weights')\n\n"
+                          "    def execute")
+    b = backend(write_model(tmp_path / "models", "m", body), "m")
+    with pytest.raises(ModelCodeError, match=r"initialize\(\) raised ValueError: no weights"):
+        b.load()
+
+
+def test_auto_complete_may_not_contradict_config_pbtxt(tmp_path):
+    pbtxt = 'input [{ name: "X" data_type: TYPE_FP32 dims: [ 1 ] }]\noutput [{ name: "Y" data_type: TYPE_INT32 dims: [ 1 ] }]\n'
+    b = backend(write_model(tmp_path / "models", "m", BROKEN, pbtxt), "m")
+    with pytest.raises(ModelCodeError, match="configuration expects datatype TYPE_FP32 for input 'X', model provides TYPE_INT32"):
+        b.load()
+
+
+def test_square_decoupled_responses_until_final(tmp_path):
+    root = lay_out(["decoupled"], tmp_path / "models")
+    b = backend(root, "square_int32")
+    assert b.load().decoupled and b.decoupled
+    responses = list(b.responses({"IN": np.array([3], np.int32)}, ["OUT"]))
+    assert [r["OUT"].tolist() for r in responses] == [[3], [3], [3]]
+    assert list(b.responses({"IN": np.array([0], np.int32)}, ["OUT"])) == []
+    b.unload()
+
+
+def test_repeat_sends_from_its_own_thread_after_execute_returned(tmp_path):
+    """WAIT (1 ms) is shorter than the delays: execute returns before its thread has sent."""
+    root = lay_out(["decoupled"], tmp_path / "models")
+    b = backend(root, "repeat_int32")
+    b.load()
+    inputs = {"IN": np.array([4, 2, 0, 1], np.int32), "DELAY": np.array([5, 5, 5, 5], np.uint32),
+              "WAIT": np.array([1], np.uint32)}
+    responses = list(b.responses(inputs, ["OUT", "IDX"]))
+    assert [(r["OUT"].tolist(), r["IDX"].tolist()) for r in responses] == [([4], [0]), ([2], [1]), ([0], [2]), ([1], [3])]
+    b.unload()
+
+
+DECOUPLED_CANCEL = """
+import threading
+
+class TritonPythonModel:
+    seen = {}
+
+    @staticmethod
+    def auto_complete_config(config):
+        config.add_input({"name": "X", "data_type": "TYPE_INT32", "dims": [1]})
+        config.add_output({"name": "Y", "data_type": "TYPE_INT32", "dims": [1]})
+        config.set_model_transaction_policy({"decoupled": True})
+        return config
+
+    def execute(self, requests):
+        request = requests[0]
+        sender = request.get_response_sender()
+        TritonPythonModel.seen["request"] = request
+        for i in range(3):
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("Y", np.array([i], np.int32))]))
+        if request.inputs()[0].as_numpy()[0] == 1:
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("stream broke")))
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        try:
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except pb_utils.TritonModelException as e:
+            TritonPythonModel.seen["closed"] = str(e)
+        return None
+"""
+
+
+def test_a_closed_stream_cancels_the_request_and_a_closed_sender_refuses(tmp_path):
+    b = backend(write_model(tmp_path / "models", "m", DECOUPLED_CANCEL), "m")
+    b.load()
+    model = b.triton.cls
+    stream = b.responses({"X": np.array([0], np.int32)}, ["Y"])
+    assert next(stream)["Y"].tolist() == [0]
+    assert "Response sender has been closed" in model.seen["closed"]
+    assert not model.seen["request"].is_cancelled()
+    stream.close()  # the caller went away
+    assert model.seen["request"].is_cancelled()
+
+
+def test_an_error_response_ends_a_stream_with_its_message(tmp_path):
+    b = backend(write_model(tmp_path / "models", "m", DECOUPLED_CANCEL), "m")
+    b.load()
+    stream = b.responses({"X": np.array([1], np.int32)}, ["Y"])
+    assert [next(stream)["Y"].tolist() for _ in range(3)] == [[0], [1], [2]]
+    with pytest.raises(ModelCodeError, match="^stream broke$"):
+        next(stream)
+
+
+ASYNC = """
+import asyncio
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.add_input({"name": "TEXT", "data_type": "TYPE_STRING", "dims": [-1]})
+        config.add_output({"name": "UPPER", "data_type": "TYPE_STRING", "dims": [-1]})
+        return config
+
+    async def execute(self, requests):
+        await asyncio.sleep(0)
+        out = []
+        for request in requests:
+            text = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
+            upper = np.array([t.decode().upper() for t in text], dtype=np.object_)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("UPPER", upper)]))
+        return out
+"""
+
+
+def test_async_execute_and_bytes_tensors(tmp_path):
+    b = backend(write_model(tmp_path / "models", "m", ASYNC), "m")
+    metadata = b.load()
+    assert [(t.datatype, t.shape) for t in metadata.inputs] == [("BYTES", (-1,))]
+    text = np.array([b"ab", b"c"], dtype=object)
+    assert b.execute({"TEXT": text}, ["UPPER"])["UPPER"].tolist() == [b"AB", b"C"]
+    b.unload()  # (closes the event loop execute ran on)
+
+
+def test_config_toml_tensors_stand_in_for_a_missing_config_pbtxt(tmp_path):
+    """A Triton model without config.pbtxt nor auto_complete_config: config.toml's tensors
+    reach initialize as Triton's input/output."""
+    root = lay_out(["add_sub"], tmp_path / "models")
+    (root / "add_sub" / "config.pbtxt").unlink()
+    from inferd.common.tensors import TensorSpec
+
+    specs = tuple(TensorSpec(n, "FP32", (4,)) for n in ("INPUT0", "INPUT1"))
+    outs = tuple(TensorSpec(n, "FP32", (4,)) for n in ("OUTPUT0", "OUTPUT1"))
+    b = backend(root, "add_sub", inputs=specs, outputs=outs)
+    b.load()
+    np.testing.assert_array_equal(b.execute(dict(ADD_SUB_SIGNATURE), ["OUTPUT0"])["OUTPUT0"], [1.5, 3, 4.5, 6])
+
+
+def test_inferds_own_python_models_are_unchanged(tmp_path):
+    """A model.py with `Model` is served as before (it may even import pb_utils)."""
+    version = tmp_path / "models" / "own" / "1"
+    version.mkdir(parents=True)
+    (version / "model.py").write_text(textwrap.dedent("""
+        class Model:
+            inputs = [{"name": "x", "datatype": "FP32", "shape": [-1]}]
+            outputs = [{"name": "y", "datatype": "FP32", "shape": [-1]}]
+
+            def infer(self, inputs):
+                return {"y": inputs["x"] * 2}
+    """))
+    b = backend(tmp_path / "models", "own")
+    b.load()
+    assert b.triton is None and not b.per_request
+    np.testing.assert_array_equal(b.execute({"x": np.array([1, 2], np.float32)}, ["y"])["y"], [2, 4])
