@@ -256,8 +256,12 @@ class TritonRunner:
                                        "TYPE_STRING (a numpy object array of bytes)")
             array = object_tensor([as_bytes(x) for x in array.reshape(-1).tolist()], array.shape)
         elif array.dtype != DATATYPES[spec.datatype]:
-            raise ModelOutputError(f"{self.path.name}: output {name!r} is {array.dtype}, the configuration says "
-                                   f"TYPE_{spec.datatype} ({DATATYPES[spec.datatype]})")
+            # Triton would send the model's own datatype; inferd answers in the configured one,
+            # converting within a kind (int64 -> int32, as Triton's examples need), never across.
+            if not np.can_cast(array.dtype, DATATYPES[spec.datatype], casting="same_kind"):
+                raise ModelOutputError(f"{self.path.name}: output {name!r} is {array.dtype}, the configuration "
+                                       f"says TYPE_{spec.datatype} ({DATATYPES[spec.datatype]})")
+            array = array.astype(DATATYPES[spec.datatype])
         if not spec.accepts_shape(array.shape):
             raise ModelOutputError(f"{self.path.name}: output {name!r} has shape {list(array.shape)}, the "
                                    f"configuration says {list(spec.shape)}")

@@ -81,7 +81,9 @@ class InferenceRequest:
         self._inputs = list(inputs)
         self._request_id, self._correlation_id = str(request_id), correlation_id
         self._requested = list(requested_output_names)
-        self.model_name, self.model_version = model_name, int(model_version)
+        # (bytes too: a name read from a BYTES input, which Triton's C++ binding takes as a string)
+        self.model_name = model_name.decode() if isinstance(model_name, bytes) else str(model_name)
+        self.model_version = int(model_version)
         self._flags, self._timeout = int(flags), int(timeout)
         self._parameters = parameters if isinstance(parameters, str) else json.dumps(parameters or {})
         self._sender: InferenceResponseSender | None = None

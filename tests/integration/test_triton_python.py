@@ -318,3 +318,23 @@ def test_inferds_own_python_models_are_unchanged(tmp_path):
     b.load()
     assert b.triton is None and not b.per_request
     np.testing.assert_array_equal(b.execute({"x": np.array([1, 2], np.float32)}, ["y"])["y"], [2, 4])
+
+
+def test_an_output_converts_within_its_kind_as_triton_examples_need(tmp_path):
+    """bls_decoupled's SUM is np.array([0]) (int64) for a TYPE_INT32 output: answered as INT32;
+    float64 for it stays an error (test_an_error_response_fails_its_caller_alone)."""
+    body = FAIL_BY_PARAMETER.replace('pb_utils.Tensor("Y", x + 1)', 'pb_utils.Tensor("Y", (x + 1).astype(np.int64))')
+    b = backend(write_model(tmp_path / "models", "m", body), "m")
+    b.load()
+    out = b.execute({"X": np.array([[1]], np.int32)}, ["Y"])["Y"]
+    assert out.dtype == np.int32 and out.tolist() == [[2]]
+
+
+def test_a_bls_request_takes_its_model_name_from_a_bytes_input():
+    """Triton's bls example names the model with a BYTES input's element (bytes)."""
+    from inferd.backends.triton import pb_utils
+
+    request = pb_utils.InferenceRequest(model_name=np.array([b"add_sub"], dtype=object)[0], inputs=[],
+                                        requested_output_names=["OUTPUT0"])
+    assert request.model_name == "add_sub"
+    assert request._call()["model"] == "add_sub" and request._call()["version"] == ""
