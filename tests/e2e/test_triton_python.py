@@ -7,6 +7,7 @@ auto_complete needs none: its models say their configuration in auto_complete_co
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -85,12 +86,20 @@ reads_pbtxt = pytest.mark.skipif(not hasattr(triton_config, "to_toml"),
                                  reason="the daemon does not read config.pbtxt yet (config/triton_config.py to_toml)")
 
 
+calls_models = pytest.mark.skipif(importlib.util.find_spec("inferd.backends.triton.bls") is None,
+                                  reason="models cannot call models yet (inferd.backends.triton.bls)")
+
+
 @reads_pbtxt
 @pytest.mark.parametrize(("example", "script", "expect"), [
     ("add_sub", "add_sub/client.py", "PASS: add_sub"),
     ("pytorch", "pytorch/client.py", "PASS: pytorch"),
     ("decoupled", "decoupled/repeat_client.py", "PASS: repeat_int32"),
     ("decoupled", "decoupled/square_client.py", "PASS: square_int32"),
+    pytest.param("bls", "bls/sync_client.py", "PASS: BLS Sync", marks=calls_models),
+    pytest.param("bls", "bls/async_client.py", "PASS: BLS Async", marks=calls_models),
+    pytest.param("bls_decoupled", "bls_decoupled/sync_client.py", "PASS: BLS Decoupled Sync", marks=calls_models),
+    pytest.param("bls_decoupled", "bls_decoupled/async_client.py", "PASS: BLS Decoupled Async", marks=calls_models),
 ])
 def test_example(tmp_path, example, script, expect):
     with served(tmp_path, example) as daemon:
