@@ -158,10 +158,11 @@ class PythonBackend:
             raise ModelOutputError(f"{self.path.name}: infer() must return a dict of outputs, got {type(result).__name__}")
         return {name: self._output(name, result, rows) for name in outputs}
 
-    def responses(self, inputs: dict[str, np.ndarray], outputs: list[str]):
-        """A decoupled model's responses to one request, each checked as execute's result."""
+    def responses(self, inputs: dict[str, np.ndarray], outputs: list[str], parameters: dict | None = None):
+        """A decoupled model's responses to one request, each checked as execute's result
+        (`parameters`: the request's, for a per-request model)."""
         if self.triton is not None:
-            yield from self.triton.responses(inputs, outputs)
+            yield from self.triton.responses(inputs, outputs, parameters)
             return
         results = None
         try:

@@ -270,13 +270,13 @@ class TritonRunner:
                                    f"of {rows}")
         return array
 
-    def responses(self, inputs: dict[str, np.ndarray], outputs: list[str]):
+    def responses(self, inputs: dict[str, np.ndarray], outputs: list[str], parameters: dict | None = None):
         """A decoupled model's responses to one request (backends/decoupled.py pulls them),
-        as its response sender delivers them, until the final flag."""
+        as its response sender delivers them, until the final flag. `parameters`: the request's."""
         channel: queue.SimpleQueue = queue.SimpleQueue()
         cancelled = threading.Event()
         sender = pb_utils.InferenceResponseSender(lambda response, flags: channel.put((response, flags)), cancelled)
-        request = self._request(inputs, outputs, {}, "", sender)
+        request = self._request(inputs, outputs, parameters or {}, "", sender)
         request._cancelled = cancelled
         finished = False
         try:

@@ -338,3 +338,12 @@ def test_a_bls_request_takes_its_model_name_from_a_bytes_input():
                                         requested_output_names=["OUTPUT0"])
     assert request.model_name == "add_sub"
     assert request._call()["model"] == "add_sub" and request._call()["version"] == ""
+
+
+def test_a_decoupled_request_sees_its_parameters(tmp_path):
+    """The worker passes a per-request model's decoupled request its parameters."""
+    body = DECOUPLED_CANCEL.replace("for i in range(3):", "for i in range(json.loads(request.parameters()).get('n', 3)):")
+    b = backend(write_model(tmp_path / "models", "m", body), "m")
+    b.load()
+    assert len(list(b.responses({"X": np.array([0], np.int32)}, ["Y"], parameters={"n": 5}))) == 5
+    assert len(list(b.responses({"X": np.array([0], np.int32)}, ["Y"]))) == 3
