@@ -104,3 +104,21 @@ calls_models = pytest.mark.skipif(importlib.util.find_spec("inferd.backends.trit
 def test_example(tmp_path, example, script, expect):
     with served(tmp_path, example) as daemon:
         check(run_client(daemon, tmp_path, script), expect)
+
+
+def test_concurrent_callers_of_a_batching_model_each_get_their_own_rows(tmp_path):
+    """batch_auto_complete (max_batch_size 4) under 12 concurrent callers of 1 or 2 rows: however
+    the daemon batches them, each caller gets the sums of its own rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(i: int) -> tuple[int, list, dict]:
+        rows = 1 + i % 2
+        a = [float(i)] * 4 * rows
+        status, body = infer_json(daemon, "batch_auto_complete",
+                                  {"inputs": [fp32("INPUT0", a, [rows, 4]), fp32("INPUT1", a, [rows, 4])]})
+        return status, [2.0 * x for x in a], body
+
+    with served(tmp_path, "auto_complete") as daemon, ThreadPoolExecutor(12) as pool:
+        for status, want, body in pool.map(call, range(12)):
+            assert status == 200, body
+            assert {o["name"]: o["data"] for o in body["outputs"]}["OUTPUT0"] == want
