@@ -6,7 +6,8 @@ else config.toml's tensors, completed by the class's static auto_complete_config
 when it has one; initialize(args) gets Triton's args; execute(requests) gets one
 pb_utils.InferenceRequest per caller and returns one InferenceResponse each (an error response,
 or an exception, fails its callers alone; a response without a requested output or with an
-output of another datatype is the model's error). A decoupled model
+output of another datatype is the model's error; execute may instead return None and send each
+request's one response through its response sender). A decoupled model
 (model_transaction_policy.decoupled) answers through each request's response sender, from
 execute or from its own threads after execute returned; the request's stream ends at
 TRITONSERVER_RESPONSE_COMPLETE_FINAL. `async def execute` runs on an event loop of the
@@ -20,7 +21,6 @@ import inspect
 import json
 import queue
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -197,11 +197,15 @@ class TritonRunner:
             start += rows
         return callers
 
-    def _request(self, inputs, outputs, parameters: dict, request_id: str, sender=None) -> pb_utils.InferenceRequest:
+    def _request(self, inputs, outputs, parameters: dict, request_id: str) -> pb_utils.InferenceRequest:
+        """A caller's request, with its response sender (what it sends lands in request._channel)."""
         tensors = [pb_utils.Tensor(name, array) for name, array in inputs.items()]
         request = pb_utils.InferenceRequest(request_id=request_id, inputs=tensors, requested_output_names=list(outputs),
                                             model_name=self.name, parameters=dict(parameters or {}))
-        request._sender = sender
+        channel: queue.SimpleQueue = queue.SimpleQueue()
+        request._channel = channel
+        request._sender = pb_utils.InferenceResponseSender(lambda response, flags: channel.put((response, flags)),
+                                                           request._cancelled)
         return request
 
     def _call_execute(self, requests: list[pb_utils.InferenceRequest]):
@@ -216,12 +220,13 @@ class TritonRunner:
         requests = [request for request, _ in callers]
         try:
             responses = self._call_execute(requests)
-        except BackendInputError:
-            raise
         except Exception as e:
-            error = ModelCodeError(f"{self.path.name}: execute() raised {type(e).__name__}: {e}")
+            error = e if isinstance(e, BackendInputError) else ModelCodeError(
+                f"{self.path.name}: execute() raised {type(e).__name__}: {e}")
             error.__cause__ = e
             return [error] * len(callers)
+        if responses is None and any(request._sender_used for request in requests):
+            responses = [self._sent(request) for request in requests]
         if not isinstance(responses, (list, tuple)) or len(responses) != len(callers):
             got = f"{len(responses)} responses" if isinstance(responses, (list, tuple)) else type(responses).__name__
             error = ModelOutputError(f"{self.path.name}: execute() must return a list of one InferenceResponse per "
@@ -235,8 +240,27 @@ class TritonRunner:
                 answers.append(e)
         return answers
 
+    def _sent(self, request: pb_utils.InferenceRequest):
+        """The one response a model that is not decoupled sent a request through its response
+        sender (Triton's default mode: execute returns None), once it has sent the final flag."""
+        if not request._sender_used:
+            return ModelOutputError(f"{self.path.name}: execute() returned None and sent this request no response")
+        sent = []
+        while True:
+            response, flags = request._channel.get()
+            if response is not None:
+                sent.append(response)
+            if flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+                break
+        if len(sent) != 1:
+            return ModelOutputError(f"{self.path.name}: sent {len(sent)} responses to a request; a model that is not "
+                                    "decoupled sends one (model_transaction_policy { decoupled: true } for more)")
+        return sent[0]
+
     def _outputs(self, response, outputs: list[str], rows: int | None) -> dict[str, np.ndarray]:
         """A response's requested outputs, checked against the configuration."""
+        if isinstance(response, Exception):
+            raise response
         if not isinstance(response, pb_utils.InferenceResponse):
             raise ModelOutputError(f"{self.path.name}: execute() returned a {type(response).__name__} where a "
                                    "pb_utils.InferenceResponse belongs")
@@ -273,11 +297,8 @@ class TritonRunner:
     def responses(self, inputs: dict[str, np.ndarray], outputs: list[str], parameters: dict | None = None):
         """A decoupled model's responses to one request (backends/decoupled.py pulls them),
         as its response sender delivers them, until the final flag. `parameters`: the request's."""
-        channel: queue.SimpleQueue = queue.SimpleQueue()
-        cancelled = threading.Event()
-        sender = pb_utils.InferenceResponseSender(lambda response, flags: channel.put((response, flags)), cancelled)
-        request = self._request(inputs, outputs, parameters or {}, "", sender)
-        request._cancelled = cancelled
+        request = self._request(inputs, outputs, parameters or {}, "")
+        channel, cancelled = request._channel, request._cancelled
         finished = False
         try:
             try:

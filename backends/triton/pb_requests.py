@@ -86,7 +86,8 @@ class InferenceRequest:
         self.model_version = int(model_version)
         self._flags, self._timeout = int(flags), int(timeout)
         self._parameters = parameters if isinstance(parameters, str) else json.dumps(parameters or {})
-        self._sender: InferenceResponseSender | None = None
+        self._sender: InferenceResponseSender | None = None  # the shim's requests have one
+        self._sender_used = False
         self._cancelled = threading.Event()
 
     def inputs(self) -> list[Tensor]:
@@ -115,7 +116,8 @@ class InferenceRequest:
 
     def get_response_sender(self) -> InferenceResponseSender:
         if self._sender is None:
-            raise TritonModelException("a response sender is only available to a decoupled model's requests")
+            raise TritonModelException("only the requests a model is given have a response sender")
+        self._sender_used = True
         return self._sender
 
     def is_cancelled(self) -> bool:

@@ -347,3 +347,38 @@ def test_a_decoupled_request_sees_its_parameters(tmp_path):
     b.load()
     assert len(list(b.responses({"X": np.array([0], np.int32)}, ["Y"], parameters={"n": 5}))) == 5
     assert len(list(b.responses({"X": np.array([0], np.int32)}, ["Y"]))) == 3
+
+
+SENDS_IN_DEFAULT_MODE = """
+import threading
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.add_input({"name": "X", "data_type": "TYPE_INT32", "dims": [1]})
+        config.add_output({"name": "Y", "data_type": "TYPE_INT32", "dims": [1]})
+        config.set_max_batch_size(8)
+        return config
+
+    def execute(self, requests):
+        for request in requests:
+            x = request.inputs()[0].as_numpy()
+            sender = request.get_response_sender()
+            response = pb_utils.InferenceResponse([pb_utils.Tensor("Y", x * 10)])
+            final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+            if x[0, 0] == 2:  # twice: refused, the model is not decoupled
+                sender.send(response)
+            threading.Thread(target=sender.send, args=(response, final)).start()
+        return None
+"""
+
+
+def test_a_model_that_is_not_decoupled_may_answer_through_its_response_sender(tmp_path):
+    """Triton's default mode with the response sender: execute returns None, each request gets
+    one response (here from a thread) with the final flag; two responses fail that caller."""
+    b = backend(write_model(tmp_path / "models", "m", SENDS_IN_DEFAULT_MODE), "m")
+    b.load()
+    ok, twice, other = b.execute({"X": np.array([[1], [2], [3]], np.int32)}, ["Y"],
+                                 requests=BatchRequests((1, 1, 1), ({}, {}, {})))
+    assert ok["Y"].tolist() == [[10]] and other["Y"].tolist() == [[30]]
+    assert isinstance(twice, BackendOutputError) and "sent 2 responses to a request" in str(twice)
