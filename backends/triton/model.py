@@ -6,7 +6,7 @@ else config.toml's tensors, completed by the class's static auto_complete_config
 when it has one; initialize(args) gets Triton's args; execute(requests) gets one
 pb_utils.InferenceRequest per caller and returns one InferenceResponse each (an error response,
 or an exception, fails its callers alone; a response without a requested output or with an
-output of another datatype is the model's error; execute may instead return None and send each
+output of another kind of datatype is the model's error; execute may instead return None and send each
 request's one response through its response sender). A decoupled model
 (model_transaction_policy.decoupled) answers through each request's response sender, from
 execute or from its own threads after execute returned; the request's stream ends at

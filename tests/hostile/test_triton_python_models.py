@@ -84,14 +84,22 @@ class TritonPythonModel:
         return None
 '''
 
+# X == 1: execute returns having sent nothing, and nothing ever comes (no final flag).
+SILENT_DECOUPLED = BAD_DECOUPLED.replace("        sender = requests[0].get_response_sender()\n",
+                                         "        sender = requests[0].get_response_sender()\n"
+                                         "        if x[0] == 1:\n            return None\n")
+
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    for name, body in (("moody", MOODY), ("bad_init", BAD_INIT), ("bad_decoupled", BAD_DECOUPLED)):
+    models = (("moody", MOODY), ("bad_init", BAD_INIT), ("bad_decoupled", BAD_DECOUPLED),
+              ("silent_decoupled", SILENT_DECOUPLED))
+    for name, body in models:
         version = root / name / "1"
         version.mkdir(parents=True)
         (version / "model.py").write_text(HEADER + textwrap.dedent(body))
+    (root / "silent_decoupled" / "config.toml").write_text("execution_timeout_s = 1\n")
     subprocess.run(["chmod", "-R", "go-w", str(root)], check=True)
     with DaemonProcess(root) as d:
         yield d
@@ -154,8 +162,8 @@ def _index_row(d: DaemonProcess, name: str) -> dict:
     return row
 
 
-def _stream(d: DaemonProcess, x: int) -> list:
-    """Every result and error of one streamed request to bad_decoupled, until its last."""
+def _stream(d: DaemonProcess, x: int, model: str = "bad_decoupled") -> list:
+    """Every result and error of one streamed request to `model`, until its last."""
     import queue
 
     results: queue.Queue = queue.Queue()
@@ -164,7 +172,7 @@ def _stream(d: DaemonProcess, x: int) -> list:
         client.start_stream(callback=lambda result, error: results.put(error or result))
         i = grpcclient.InferInput("X", [1], "INT32")
         i.set_data_from_numpy(np.array([x], np.int32))
-        client.async_stream_infer("bad_decoupled", [i], enable_empty_final_response=True)
+        client.async_stream_infer(model, [i], enable_empty_final_response=True)
         got = []
         while True:
             item = results.get(timeout=60)
@@ -184,4 +192,13 @@ def test_a_decoupled_models_error_ends_its_stream_and_the_model_serves_on(daemon
     [error] = _stream(daemon, 3)
     assert "decoupled execute failed" in error.message()
     got = _stream(daemon, 0)
+    assert got[0].as_numpy("Y").tolist() == [1]
+
+
+def test_a_stream_the_model_never_ends_fails_at_the_execution_timeout(daemon):
+    """silent_decoupled never answers X == 1: its execution_timeout_s (1 s) ends the request
+    with an error; the model's next request is served by a new worker."""
+    [error] = _stream(daemon, 1, "silent_decoupled")
+    assert isinstance(error, InferenceServerException) and "execution_timeout_s" in error.message(), error
+    got = _stream(daemon, 0, "silent_decoupled")
     assert got[0].as_numpy("Y").tolist() == [1]
