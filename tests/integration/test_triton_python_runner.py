@@ -382,3 +382,13 @@ def test_a_model_that_is_not_decoupled_may_answer_through_its_response_sender(tm
                                  requests=BatchRequests((1, 1, 1), ({}, {}, {})))
     assert ok["Y"].tolist() == [[10]] and other["Y"].tolist() == [[30]]
     assert isinstance(twice, BackendOutputError) and "sent 2 responses to a request" in str(twice)
+
+
+def test_a_model_others_may_change_is_refused_before_it_runs(tmp_path):
+    """The same rule as inferd's Python models: code writable by other users never runs."""
+    root = lay_out(["add_sub"], tmp_path / "models")
+    b = backend(root, "add_sub")
+    (root / "add_sub" / "1").chmod(0o777)
+    with pytest.raises(RuntimeError, match="writable by other users"):
+        b.load()
+    assert b.triton is None
