@@ -94,9 +94,9 @@ def _from_settings(settings: BackendSettings, name: str) -> dict:
 
 
 def _names(path: Path) -> tuple[str, str, str]:
-    """(model name, version, the model's directory) of models/<name>/<version>/model.py (else
-    of <name>.py beside the other models: version "1")."""
-    if path.name == "model.py" and path.parent.name.isdigit():
+    """(model name, version, the model's directory) of models/<name>/<version>/model.py (or its
+    default_model_filename); else of <name>.py beside the other models: version "1"."""
+    if path.parent.name.isdigit():
         return path.parent.parent.name, path.parent.name, str(path.parent.parent)
     return path.stem, "1", str(path.parent)
 
