@@ -21,6 +21,7 @@ import inspect
 import json
 import queue
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,10 @@ def _names(path: Path) -> tuple[str, str, str]:
     return path.stem, "1", str(path.parent)
 
 
+async def _awaited(awaitable):
+    return await awaitable
+
+
 class TritonRunner:
     """One TritonPythonModel in one worker; PythonBackend delegates to it."""
 
@@ -112,7 +117,8 @@ class TritonRunner:
         self.outputs: dict[str, TensorSpec] = {}
         self.max_batch_size = 0
         self.decoupled = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # an `async def execute`'s, in its own thread
+        self._loop_thread: threading.Thread | None = None
 
     # -- load ----------------------------------------------------------------------------------
 
@@ -210,10 +216,13 @@ class TritonRunner:
 
     def _call_execute(self, requests: list[pb_utils.InferenceRequest]):
         result = self.model.execute(requests)
-        if inspect.isawaitable(result):  # `async def execute`: run on the worker's event loop
-            if self._loop is None:
+        if inspect.isawaitable(result):  # `async def execute`: on the runner's event loop, which
+            if self._loop is None:       # runs on in its thread (tasks the model starts go on)
                 self._loop = asyncio.new_event_loop()
-            result = self._loop.run_until_complete(result)
+                self._loop_thread = threading.Thread(target=self._loop.run_forever, name="triton-execute-loop",
+                                                     daemon=True)
+                self._loop_thread.start()
+            result = asyncio.run_coroutine_threadsafe(_awaited(result), self._loop).result()
         return result
 
     def _answers(self, callers: list, outputs: list[str]) -> list:
@@ -304,6 +313,7 @@ class TritonRunner:
             try:
                 result = self._call_execute([request])
             except Exception as e:
+                yield from self._sent_before(channel, outputs)  # (what the model sent before it raised)
                 raise ModelCodeError(f"{self.path.name}: execute() raised {type(e).__name__}: {e}") from e
             if result is not None:
                 raise ModelOutputError(f"{self.path.name}: a decoupled model's execute() returns None and sends its "
@@ -319,6 +329,16 @@ class TritonRunner:
             if not finished:
                 cancelled.set()
 
+    def _sent_before(self, channel: queue.SimpleQueue, outputs: list[str]):
+        """The responses already in a request's channel (its model's execute raised after sending them)."""
+        while True:
+            try:
+                response, _ = channel.get_nowait()
+            except queue.Empty:
+                return
+            if response is not None:
+                yield self._outputs(response, outputs, None)
+
     # -- unload --------------------------------------------------------------------------------
 
     def unload(self) -> None:
@@ -329,5 +349,8 @@ class TritonRunner:
             except Exception as e:
                 log.warning("the model's finalize() raised", error=f"{type(e).__name__}: {e}", exc_info=e)
         if self._loop is not None:
-            self._loop.close()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(5)  # (a task the model left blocking its loop: the worker exits anyway)
+            if not self._loop_thread.is_alive():
+                self._loop.close()
             self._loop = None

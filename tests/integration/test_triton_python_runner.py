@@ -392,3 +392,48 @@ def test_a_model_others_may_change_is_refused_before_it_runs(tmp_path):
     with pytest.raises(RuntimeError, match="writable by other users"):
         b.load()
     assert b.triton is None
+
+
+ASYNC_DECOUPLED = """
+import asyncio
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.add_input({"name": "X", "data_type": "TYPE_INT32", "dims": [1]})
+        config.add_output({"name": "Y", "data_type": "TYPE_INT32", "dims": [1]})
+        config.set_model_transaction_policy({"decoupled": True})
+        return config
+
+    async def execute(self, requests):
+        sender = requests[0].get_response_sender()
+        x = requests[0].inputs()[0].as_numpy()
+        if x[0] == 1:
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x)]))
+            raise pb_utils.TritonModelException("failed after one response")
+
+        async def later():  # runs on after execute returned
+            await asyncio.sleep(0)
+            final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x + 1)]), flags=final)
+
+        self.task = asyncio.get_running_loop().create_task(later())
+        return None
+"""
+
+
+def test_an_async_models_tasks_run_on_after_execute_returned(tmp_path):
+    b = backend(write_model(tmp_path / "models", "m", ASYNC_DECOUPLED), "m")
+    b.load()
+    assert [r["Y"].tolist() for r in b.responses({"X": np.array([5], np.int32)}, ["Y"])] == [[6]]
+    b.unload()
+
+
+def test_what_a_decoupled_model_sent_before_execute_raised_still_goes_out(tmp_path):
+    b = backend(write_model(tmp_path / "models", "m", ASYNC_DECOUPLED), "m")
+    b.load()
+    stream = b.responses({"X": np.array([1], np.int32)}, ["Y"])
+    assert next(stream)["Y"].tolist() == [1]
+    with pytest.raises(ModelCodeError, match="failed after one response"):
+        next(stream)
+    b.unload()
