@@ -102,6 +102,22 @@ def _names(path: Path) -> tuple[str, str, str]:
     return path.stem, "1", str(path.parent)
 
 
+_SEQUENCE = ("sequence_id", "sequence_start", "sequence_end")
+
+
+def _request_parameters(parameters: dict) -> tuple[dict, int | str, int]:
+    """A caller's parameters as Triton gives them to a request: the sequence ones as its
+    correlation id and flags, the rest (bytes as text: they travel as JSON) as its parameters()."""
+    own = {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+           for k, v in parameters.items() if k not in _SEQUENCE}
+    correlation_id = parameters.get("sequence_id", 0)
+    if not isinstance(correlation_id, (int, str)) or isinstance(correlation_id, bool):
+        correlation_id = 0
+    flags = (pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if parameters.get("sequence_start") else 0) | (
+        pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if parameters.get("sequence_end") else 0)
+    return own, correlation_id, flags
+
+
 async def _awaited(awaitable):
     return await awaitable
 
@@ -206,8 +222,10 @@ class TritonRunner:
     def _request(self, inputs, outputs, parameters: dict, request_id: str) -> pb_utils.InferenceRequest:
         """A caller's request, with its response sender (what it sends lands in request._channel)."""
         tensors = [pb_utils.Tensor(name, array) for name, array in inputs.items()]
-        request = pb_utils.InferenceRequest(request_id=request_id, inputs=tensors, requested_output_names=list(outputs),
-                                            model_name=self.name, parameters=dict(parameters or {}))
+        own, correlation_id, flags = _request_parameters(parameters or {})
+        request = pb_utils.InferenceRequest(request_id=request_id, correlation_id=correlation_id, inputs=tensors,
+                                            requested_output_names=list(outputs), model_name=self.name,
+                                            flags=flags, parameters=own)
         channel: queue.SimpleQueue = queue.SimpleQueue()
         request._channel = channel
         request._sender = pb_utils.InferenceResponseSender(lambda response, flags: channel.put((response, flags)),

@@ -284,3 +284,30 @@ def test_a_model_others_may_change_is_refused_before_it_runs(tmp_path):
     with pytest.raises(RuntimeError, match="writable by other users"):
         b.load()
     assert b.triton is None
+
+
+ECHO_REQUEST = """
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.add_input({"name": "X", "data_type": "TYPE_INT32", "dims": [1]})
+        config.add_output({"name": "SEEN", "data_type": "TYPE_STRING", "dims": [1]})
+        config.set_max_batch_size(8)
+        return config
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            seen = json.dumps([r.correlation_id(), r.flags(), json.loads(r.parameters())])
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("SEEN", np.array([[seen]], dtype=np.object_))]))
+        return out
+"""
+
+
+def test_a_callers_sequence_parameters_are_its_correlation_id_and_flags(tmp_path):
+    b = backend(write_model(tmp_path / "models", "m", ECHO_REQUEST), "m")
+    b.load()
+    parameters = ({"sequence_id": 7, "sequence_start": True, "note": b"hi"}, {"sequence_id": "abc", "sequence_end": True}, {})
+    answers = b.execute({"X": np.zeros((3, 1), np.int32)}, ["SEEN"], requests=BatchRequests((1, 1, 1), parameters))
+    seen = [json.loads(a["SEEN"][0, 0]) for a in answers]
+    assert seen == [[7, 1, {"note": "hi"}], ["abc", 2, {}], [0, 0, {}]]
