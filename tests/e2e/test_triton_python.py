@@ -80,6 +80,10 @@ def test_auto_complete_models_answer(tmp_path):
         status, body = infer_json(daemon, "nobatch_auto_complete", {"inputs": [fp32("INPUT0", a, [4]), fp32("INPUT1", b, [4])]})
         assert status == 200, body
         assert {o["name"]: o["data"] for o in body["outputs"]}["OUTPUT1"] == [x - y for x, y in zip(a, b)]
+        assert daemon.terminate() == 0
+    # finalize() ran as each worker stopped: what it printed is the worker's log event
+    finalized = [e["model"] for e in daemon.events("model output") if e.get("line") == "Cleaning up..."]
+    assert {"batch_auto_complete", "nobatch_auto_complete"} <= set(finalized)
 
 
 reads_pbtxt = pytest.mark.skipif(not hasattr(triton_config, "to_toml"),
