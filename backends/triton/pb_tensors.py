@@ -134,6 +134,8 @@ class Tensor:
         return self._name
 
     def as_numpy(self) -> np.ndarray:
+        if not self._array.flags.writeable:  # a view of the batch's shared memory: Triton's arrays are writable
+            self._array = self._array.copy()
         return self._array
 
     def triton_dtype(self) -> int:
@@ -147,10 +149,10 @@ class Tensor:
 
     def to_dlpack(self):
         """A DLPack capsule of the tensor (numpy's: numeric dtypes only)."""
-        return self._array.__dlpack__()
+        return self.as_numpy().__dlpack__()  # (numpy exports no read-only array)
 
     def __dlpack__(self, stream=None):
-        return self._array.__dlpack__()
+        return self.as_numpy().__dlpack__()
 
     def __dlpack_device__(self):
         return self._array.__dlpack_device__()

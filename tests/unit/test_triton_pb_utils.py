@@ -108,3 +108,12 @@ def test_logger_and_unknown_names():
     pb_utils.Logger.log("verbose", pb_utils.Logger.VERBOSE)
     with pytest.raises(AttributeError, match="no attribute 'Nonexistent'"):
         pb_utils.Nonexistent  # noqa: B018
+
+
+def test_an_input_the_model_changes_in_place_is_its_own_copy():
+    """inferd's inputs are read-only views of shared memory; Triton's models may write to theirs."""
+    shared = np.arange(4, dtype=np.float32)
+    shared.flags.writeable = False
+    tensor = pb_utils.Tensor("x", shared)
+    tensor.as_numpy()[:] /= 2
+    assert tensor.as_numpy().tolist() == [0, 0.5, 1, 1.5] and shared.tolist() == [0, 1, 2, 3]
