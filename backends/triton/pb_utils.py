@@ -46,7 +46,8 @@ __all__ = [
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_END", "TRITONSERVER_REQUEST_FLAG_SEQUENCE_START",
     "TRITONSERVER_REQUEST_RELEASE_ALL", "TRITONSERVER_REQUEST_RELEASE_RESCHEDULE",
     "TRITONSERVER_RESPONSE_COMPLETE_FINAL", "TRITON_STRING_TO_NUMPY", "InferenceRequest", "InferenceResponse",
-    "InferenceResponseSender", "Logger", "ModelConfig", "ResponseIterator", "Tensor", "TritonError",
+    "InferenceResponseSender", "InferenceTrace", "Logger", "ModelConfig", "PreferredMemory", "ResponseIterator",
+    "TRITONSERVER_MEMORY_CPU", "TRITONSERVER_MEMORY_GPU", "Tensor", "TritonError",
     "TritonModelException", "deserialize_bytes_tensor", "get_input_config_by_name", "get_input_tensor_by_name",
     "get_output_config_by_name", "get_output_tensor_by_name", "numpy_to_triton_string", "numpy_to_triton_type",
     "serialize_byte_tensor", "triton_string_to_numpy", "triton_to_numpy_type",
@@ -54,6 +55,23 @@ __all__ = [
 ]
 
 _METRICS = ("MetricFamily", "Metric", "MetricKind")  # inferd.backends.triton.metrics' names
+_UNSUPPORTED = ("load_model", "unload_model", "is_model_ready")  # model control from a model
+
+TRITONSERVER_MEMORY_GPU, TRITONSERVER_MEMORY_CPU = 0, 1
+
+
+class PreferredMemory:
+    """Where a BLS call's outputs should be: accepted, and CPU memory it is (inferd's are numpy)."""
+
+    def __init__(self, preferred_memory_type: int, preferred_device_id: int = 0) -> None:
+        self.preferred_memory_type, self.preferred_device_id = preferred_memory_type, preferred_device_id
+
+
+class InferenceTrace:
+    """A request's trace: inferd traces none."""
+
+    def get_context(self):
+        return None
 
 
 def get_input_tensor_by_name(inference_request, name: str) -> Tensor | None:
@@ -104,4 +122,7 @@ def __getattr__(name: str):
         from inferd.backends.triton import metrics
 
         return getattr(metrics, name)
+    if name in _UNSUPPORTED:
+        raise AttributeError(f"triton_python_backend_utils.{name} is not supported by inferd: load and unload "
+                             "models through the daemon's repository API")
     raise AttributeError(f"module 'triton_python_backend_utils' has no attribute {name!r}")

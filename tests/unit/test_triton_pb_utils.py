@@ -117,3 +117,12 @@ def test_an_input_the_model_changes_in_place_is_its_own_copy():
     tensor = pb_utils.Tensor("x", shared)
     tensor.as_numpy()[:] /= 2
     assert tensor.as_numpy().tolist() == [0, 0.5, 1, 1.5] and shared.tolist() == [0, 1, 2, 3]
+
+
+def test_bls_arguments_inferd_accepts_and_model_control_it_refuses():
+    memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
+    request = pb_utils.InferenceRequest(model_name="m", inputs=[], requested_output_names=[], preferred_memory=memory,
+                                        trace=pb_utils.InferenceTrace())
+    assert request.model_name == "m" and pb_utils.InferenceTrace().get_context() is None
+    with pytest.raises(AttributeError, match="load_model is not supported by inferd"):
+        pb_utils.load_model("m")
