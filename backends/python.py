@@ -1,5 +1,6 @@
 """Custom Python models: a `model.py` (or `<name>.py`) defining a class `Model`. Imported only
 inside the model's own worker process, like every backend. docs/python-models.md is the guide.
+A model.py defining Triton's `TritonPythonModel` instead is served by inferd.backends.triton.model.
 
     class Model:
         inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]     # or config.toml
@@ -101,16 +102,23 @@ class PythonBackend:
         self.outputs: dict[str, TensorSpec] = {}
         self.batching = False  # requests stacked along the first dimension: outputs keep the rows
         self.decoupled = False  # infer is a generator: 0..N responses per request (backends/decoupled.py)
+        self.per_request = False  # each caller answered on its own (a Triton model: backends/base.py)
+        self.triton = None  # the runner of a Triton Python model (inferd.backends.triton.model)
 
     def load(self) -> ModelMetadata:
         _check_not_writable_by_others(self.path)
         bls.configure(self.settings.daemon_socket)  # (calls to other models: the model may make them from here on)
         if self.path.name == "model.py":  # models/<name>/<version>/: modules beside it import as usual
             sys.path.insert(0, str(self.path.parent))  # (not the models directory of a bare <name>.py)
+        from inferd.backends.triton import model as triton  # `import triton_python_backend_utils` works
+
+        triton.install()
         spec = importlib.util.spec_from_file_location("inferd_user_model", self.path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # what dataclasses and pickle look up
         spec.loader.exec_module(module)
+        if isinstance(getattr(module, "TritonPythonModel", None), type) and not hasattr(module, "Model"):
+            return self._load_triton(triton.TritonRunner(self.path, self.settings, module.TritonPythonModel))
         cls = getattr(module, "Model", None)
         if not isinstance(cls, type) or not callable(getattr(cls, "infer", None)):
             raise RuntimeError(f"{self.path.name} must define a class Model with an infer(self, inputs) method")
@@ -130,7 +138,15 @@ class PythonBackend:
         self.batching = self.settings.max_batch_size > 0 and metadata.batchable and not self.decoupled
         return metadata
 
-    def execute(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    def _load_triton(self, runner) -> ModelMetadata:
+        """A Triton Python model: the runner serves it, each caller on its own."""
+        metadata = runner.load()
+        self.triton, self.per_request, self.decoupled = runner, True, runner.decoupled
+        return metadata
+
+    def execute(self, inputs: dict[str, np.ndarray], outputs: list[str], requests=None):
+        if self.triton is not None:
+            return self.triton.execute(inputs, outputs, requests)
         if self.decoupled:  # warm-up and profiling only: requests go through responses()
             return decoupled.first_responses(self, inputs, outputs)
         rows = next(iter(inputs.values())).shape[0] if inputs else 0
@@ -144,8 +160,12 @@ class PythonBackend:
             raise ModelOutputError(f"{self.path.name}: infer() must return a dict of outputs, got {type(result).__name__}")
         return {name: self._output(name, result, rows) for name in outputs}
 
-    def responses(self, inputs: dict[str, np.ndarray], outputs: list[str]):
-        """A decoupled model's responses to one request, each checked as execute's result."""
+    def responses(self, inputs: dict[str, np.ndarray], outputs: list[str], parameters: dict | None = None):
+        """A decoupled model's responses to one request, each checked as execute's result
+        (`parameters`: the request's, for a per-request model)."""
+        if self.triton is not None:
+            yield from self.triton.responses(inputs, outputs, parameters)
+            return
         results = None
         try:
             results = self.model.infer(inputs)
@@ -180,6 +200,8 @@ class PythonBackend:
         return array
 
     def unload(self) -> None:
+        if self.triton is not None:
+            self.triton.unload()
         if self.model is not None and hasattr(self.model, "unload"):
             self.model.unload()
         self.model = None

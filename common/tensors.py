@@ -79,6 +79,7 @@ class ModelMetadata:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     decoupled: bool = False  # sends 0..N responses per request (a Python model's `decoupled = True`)
+    max_batch_size: int | None = None  # the model's own limit (a Triton model's max_batch_size; None: none)
 
     @property
     def batchable(self) -> bool:
@@ -91,6 +92,7 @@ class ModelMetadata:
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
             "decoupled": self.decoupled,
+            "max_batch_size": self.max_batch_size,
         }
 
     @classmethod
@@ -100,6 +102,7 @@ class ModelMetadata:
             tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
             tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
             bool(data.get("decoupled", False)),
+            data.get("max_batch_size"),
         )
 
 

@@ -98,6 +98,7 @@ class Assembler:
             _narrowed(file_metadata.inputs, config.inputs, "inputs"),
             _narrowed(file_metadata.outputs, config.outputs, "outputs"),
             file_metadata.decoupled,
+            file_metadata.max_batch_size,
         )
         _check_decoupled(config, metadata)
         if config.sequence_batching is not None:
@@ -210,6 +211,10 @@ def _client_inputs(metadata: ModelMetadata, batching) -> tuple[TensorSpec, ...]:
 
 def _batch_limit(metadata: ModelMetadata, config: ModelConfig) -> int:
     settings = config.settings
+    if metadata.max_batch_size is not None:  # the model's own limit (a Triton model's): config.toml may lower it
+        if "max_batch_size" in config.explicit:
+            return min(settings.max_batch_size, metadata.max_batch_size)
+        return metadata.max_batch_size
     if metadata.batchable:
         return settings.max_batch_size
     if "max_batch_size" in config.explicit and settings.max_batch_size > 0:
