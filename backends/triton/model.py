@@ -71,7 +71,8 @@ def _specs(config: dict, kind: str) -> tuple[TensorSpec, ...]:
     specs = []
     for t in config[kind]:
         where = f"{kind} {t.get('name')!r}"
-        dims = tuple(int(d) for d in t.get("dims", ()))
+        # With a reshape the model itself sees that shape (backends/reshape.py maps it to dims for callers).
+        dims = tuple(int(d) for d in (t["reshape"].get("shape", ()) if "reshape" in t else t.get("dims", ())))
         if "name" not in t or "data_type" not in t:
             raise RuntimeError(f"the model's configuration has an {kind} without a name or a data_type")
         specs.append(TensorSpec(t["name"], _datatype(t["data_type"], where), batch + dims))
