@@ -1,13 +1,12 @@
 """Triton's python_backend examples (tests/triton_python_examples/, unchanged) served by the
 daemon and checked by their own clients, run as subprocesses against the daemon's addresses
 (tests/triton_python_layout.py). Each passes when its client exits 0 and prints its PASS line.
-
-Examples with a config.pbtxt need the daemon to read it (the repository's Triton support);
-auto_complete needs none: its models say their configuration in auto_complete_config."""
+auto_complete's models have no config.pbtxt: they say their configuration in
+auto_complete_config. custom_metrics' client reads Triton's metrics port: inferd's /metrics is
+on its HTTP port."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,8 +17,6 @@ import pytest
 from daemon_process import DaemonProcess
 from triton_python_layout import client, lay_out
 
-from inferd.config import triton_config
-
 
 def grpc_address(daemon: DaemonProcess) -> str:
     [event] = [e for e in daemon.events("listening") if e["frontend"] == "grpc"]
@@ -27,7 +24,8 @@ def grpc_address(daemon: DaemonProcess) -> str:
 
 
 def run_client(daemon: DaemonProcess, tmp_path, script: str) -> subprocess.CompletedProcess:
-    copy = client(tmp_path, script, daemon.url.removeprefix("http://"), grpc_address(daemon))
+    http = daemon.url.removeprefix("http://")  # (inferd's /metrics is on its HTTP port)
+    copy = client(tmp_path, script, http, grpc_address(daemon), metrics=http)
     return subprocess.run([sys.executable, str(copy)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
@@ -86,24 +84,16 @@ def test_auto_complete_models_answer(tmp_path):
     assert {"batch_auto_complete", "nobatch_auto_complete"} <= set(finalized)
 
 
-reads_pbtxt = pytest.mark.skipif(not hasattr(triton_config, "to_toml"),
-                                 reason="the daemon does not read config.pbtxt yet (config/triton_config.py to_toml)")
-
-
-calls_models = pytest.mark.skipif(importlib.util.find_spec("inferd.backends.triton.bls") is None,
-                                  reason="models cannot call models yet (inferd.backends.triton.bls)")
-
-
-@reads_pbtxt
 @pytest.mark.parametrize(("example", "script", "expect"), [
     ("add_sub", "add_sub/client.py", "PASS: add_sub"),
     ("pytorch", "pytorch/client.py", "PASS: pytorch"),
     ("decoupled", "decoupled/repeat_client.py", "PASS: repeat_int32"),
     ("decoupled", "decoupled/square_client.py", "PASS: square_int32"),
-    pytest.param("bls", "bls/sync_client.py", "PASS: BLS Sync", marks=calls_models),
-    pytest.param("bls", "bls/async_client.py", "PASS: BLS Async", marks=calls_models),
-    pytest.param("bls_decoupled", "bls_decoupled/sync_client.py", "PASS: BLS Decoupled Sync", marks=calls_models),
-    pytest.param("bls_decoupled", "bls_decoupled/async_client.py", "PASS: BLS Decoupled Async", marks=calls_models),
+    ("bls", "bls/sync_client.py", "PASS: BLS Sync"),
+    ("bls", "bls/async_client.py", "PASS: BLS Async"),
+    ("bls_decoupled", "bls_decoupled/sync_client.py", "PASS: BLS Decoupled Sync"),
+    ("bls_decoupled", "bls_decoupled/async_client.py", "PASS: BLS Decoupled Async"),
+    ("custom_metrics", "custom_metrics/client.py", "PASS: custom_metrics"),
 ])
 def test_example(tmp_path, example, script, expect):
     with served(tmp_path, example) as daemon:
