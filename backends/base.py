@@ -43,6 +43,7 @@ class BatchRequests:
 
     rows: tuple[int, ...]
     parameters: tuple[dict, ...]
+    ids: tuple[str, ...] = ()  # each caller's request id ("" when it gave none); () when unknown
 
 
 class BackendInputError(Exception):

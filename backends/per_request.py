@@ -47,7 +47,8 @@ def run(backend, inputs: dict[str, np.ndarray], msg: dict) -> list:
     """The model's answer to one batch: per caller, its outputs (those the batch asks for, in
     that order) or its exception. Raises (the whole batch fails) when the answer is malformed."""
     callers = msg["callers"]
-    requests = BatchRequests(tuple(rows for rows, _ in callers), tuple(parameters for _, parameters in callers))
+    ids = tuple(msg["ids"]) if len(msg["ids"]) == len(callers) else ()
+    requests = BatchRequests(tuple(rows for rows, _ in callers), tuple(parameters for _, parameters in callers), ids)
     answers = backend.execute(inputs, msg["outputs"], requests=requests)
     if not isinstance(answers, list) or len(answers) != len(callers):
         got = f"a list of {len(answers)}" if isinstance(answers, list) else f"a {type(answers).__name__}"

@@ -212,7 +212,7 @@ class TritonRunner:
         if requests is None:
             rows = next(iter(inputs.values())).shape[0] if inputs and self.max_batch_size > 0 else 0
             return [(self._request(inputs, outputs, {}, ""), rows)]
-        ids = getattr(requests, "ids", None) or ("",) * len(requests.rows)
+        ids = requests.ids or ("",) * len(requests.rows)
         callers, start = [], 0
         for rows, parameters, request_id in zip(requests.rows, requests.parameters, ids):
             part = {n: a[start:start + rows] for n, a in inputs.items()} if self.max_batch_size > 0 else inputs

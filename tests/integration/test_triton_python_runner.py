@@ -298,7 +298,7 @@ class TritonPythonModel:
     def execute(self, requests):
         out = []
         for r in requests:
-            seen = json.dumps([r.correlation_id(), r.flags(), json.loads(r.parameters())])
+            seen = json.dumps([r.correlation_id(), r.flags(), json.loads(r.parameters()), r.request_id()])
             out.append(pb_utils.InferenceResponse([pb_utils.Tensor("SEEN", np.array([[seen]], dtype=np.object_))]))
         return out
 """
@@ -308,6 +308,7 @@ def test_a_callers_sequence_parameters_are_its_correlation_id_and_flags(tmp_path
     b = backend(write_model(tmp_path / "models", "m", ECHO_REQUEST), "m")
     b.load()
     parameters = ({"sequence_id": 7, "sequence_start": True, "note": b"hi"}, {"sequence_id": "abc", "sequence_end": True}, {})
-    answers = b.execute({"X": np.zeros((3, 1), np.int32)}, ["SEEN"], requests=BatchRequests((1, 1, 1), parameters))
+    answers = b.execute({"X": np.zeros((3, 1), np.int32)}, ["SEEN"],
+                        requests=BatchRequests((1, 1, 1), parameters, ("a", "", "c")))
     seen = [json.loads(a["SEEN"][0, 0]) for a in answers]
-    assert seen == [[7, 1, {"note": "hi"}], ["abc", 2, {}], [0, 0, {}]]
+    assert seen == [[7, 1, {"note": "hi"}, "a"], ["abc", 2, {}, ""], [0, 0, {}, "c"]]
