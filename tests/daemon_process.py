@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -107,6 +108,16 @@ class DaemonProcess:
 
     def http_json(self, path: str):
         return json.loads(self.http_get(path))
+
+    def post_json(self, path: str, body: dict) -> tuple[int, dict]:
+        """(HTTP status, JSON answer) of a POST, error statuses included."""
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
 
     @property
     def address(self) -> tuple[str, int]:

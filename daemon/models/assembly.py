@@ -146,7 +146,10 @@ class Assembler:
         except PipelineError as e:
             raise LoadFailed(str(e)) from None
         mv.observer.batch_limit(pipeline.max_batch_size)
-        return Serving(config, pipeline.metadata, pipeline.max_batch_size, pipeline=pipeline)
+        metadata = pipeline.metadata
+        if config.triton is not None:  # a Triton ensemble: its clients read the platform they configured
+            metadata = dataclasses.replace(metadata, platform=config.triton.platform)
+        return Serving(config, metadata, pipeline.max_batch_size, pipeline=pipeline)
 
 
 def _worker_spec(found: Found, backend: str, config: ModelConfig, gpu: int | None, **more) -> WorkerSpec:

@@ -222,4 +222,7 @@ def test_the_ensemble_as_a_config_pbtxt(tmp_path):
         np.testing.assert_array_equal(out["TOTAL"], [[20], [-1]])
         np.testing.assert_array_equal(c.infer("twice", {"A": RAW})["B"], RAW * 4)
         index = {r["name"]: r for r in c.models()}
+        # Triton's clients read back the platform their config names
+        assert d.http_json("/v2/models/ens")["platform"] == "ensemble"
+        assert d.http_json("/v2/models/ens/config")["platform"] == "ensemble"
     assert index["cycle"]["state"] == "FAILED" and "a cycle through tensor" in index["cycle"]["reason"]

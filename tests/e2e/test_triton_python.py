@@ -7,11 +7,8 @@ on its HTTP port."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import pytest
 from daemon_process import DaemonProcess
@@ -52,13 +49,7 @@ def test_auto_complete(tmp_path):
 
 
 def infer_json(daemon: DaemonProcess, model: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(f"{daemon.url}/v2/models/{model}/infer", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return daemon.post_json(f"/v2/models/{model}/infer", body)
 
 
 def fp32(name: str, values: list, shape: list) -> dict:

@@ -131,14 +131,7 @@ def daemon(tmp_path_factory):
 
 
 def infer(d: DaemonProcess, model: str, x: int) -> tuple[int, dict]:
-    body = {"inputs": [{"name": "X", "datatype": "INT32", "shape": [1], "data": [x]}]}
-    request = urllib.request.Request(f"{d.url}/v2/models/{model}/infer", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return d.post_json(f"/v2/models/{model}/infer", {"inputs": [{"name": "X", "datatype": "INT32", "shape": [1], "data": [x]}]})
 
 
 @pytest.mark.parametrize(("x", "status", "words"), [
