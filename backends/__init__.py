@@ -4,15 +4,15 @@ Nothing here imports a runtime at module level: onnxruntime and torch are import
 inside the worker process only, so the daemon stays small and starts fast.
 """
 
-# Model file extension -> "module:Class" of the backend that runs it, imported in the worker.
+# Backend name (config.toml's `backend`) -> "module:Class", imported in the worker. Which
+# files each one runs: formats.py.
 BACKENDS = {
     "onnx": "inferd.backends.onnx:OnnxBackend",
     "pt": "inferd.backends.pytorch:TorchBackend",
     "pt2": "inferd.backends.pytorch:TorchBackend",
     "py": "inferd.backends.python:PythonBackend",
 }
-MODEL_EXTENSIONS = tuple(BACKENDS)
 
 
-def backend_path(extension: str) -> str | None:
-    return BACKENDS.get(extension)
+def backend_path(name: str) -> str | None:
+    return BACKENDS.get(name)

@@ -139,6 +139,7 @@ class ModelConfig:
     triton: TritonModel | None = None  # read from a config.pbtxt
     reshape: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # tensor -> the shape the model sees
     optional_inputs: frozenset[str] = frozenset()  # inputs a request may leave out
+    backend: str = ""  # which backend runs the file ("": its extension, or its content, decides)
 
 
 def _pipeline(items, file: str) -> tuple[PipelineStep, ...]:
@@ -297,6 +298,9 @@ def model_config_from(data: dict, file: str, defaults: ModelSettings) -> ModelCo
         raise ConfigError(file, "parameters", "expected a table of values for the model's code")
     sequences = sequence_batching(data.pop("sequence_batching"), file) if "sequence_batching" in data else None
     decoupled = data.pop("decoupled", None)
+    backend = data.pop("backend", "")
+    if not isinstance(backend, str) or not re.fullmatch(r"[a-z0-9_]*", backend):
+        raise ConfigError(file, "backend", f"expected a backend's name (e.g. \"xgboost\"), got {backend!r}")
     if decoupled is not None and not isinstance(decoupled, bool):
         raise ConfigError(file, "decoupled", f"expected true or false, got {decoupled!r}")
     settings = build(ModelSettings, dataclasses.asdict(defaults) | data, file)
@@ -305,4 +309,4 @@ def model_config_from(data: dict, file: str, defaults: ModelSettings) -> ModelCo
     reshape, optional = tensor_shaping(inputs, outputs, shaping, settings.max_batch_size, file)
     return ModelConfig(settings, policy, inputs, outputs, frozenset(data), parameters,
                        input_formats=formats, label_files=labels, sequence_batching=sequences, decoupled=decoupled,
-                       reshape=reshape, optional_inputs=optional, triton=triton)
+                       reshape=reshape, optional_inputs=optional, triton=triton, backend=backend)

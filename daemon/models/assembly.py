@@ -10,7 +10,9 @@ import dataclasses
 
 import structlog
 
-from inferd.backends import backend_path
+from inferd.backends import BACKENDS, backend_path
+from inferd.backends.formats import FormatError, backend_names, detect
+from inferd.common.errors import ConfigError
 from inferd.common.tensors import DATATYPES, ModelMetadata, TensorSpec
 from inferd.config.model import ModelConfig, ModelSettings, load_model_config
 from inferd.config.reshape import model_shapes
@@ -68,10 +70,7 @@ class Assembler:
         config = load_model_config(found.config_path, defaults, found.override)
         if found.pipeline:
             return await self._pipeline(mv, config)
-        extension = _extension(found, config)
-        backend = backend_path(extension)
-        if backend is None:
-            raise LoadFailed(f"no backend for .{extension} model files in this version of inferd")
+        backend = await _backend(found, config)
         settings = config.settings
         # With device "auto" the daemon places the model on the GPU with the most free memory.
         gpu = self.memory.choose_gpu() if settings.device == "auto" else None
@@ -165,11 +164,27 @@ def _worker_spec(found: Found, backend: str, config: ModelConfig, gpu: int | Non
                          model_config=config.triton.config if config.triton else None)
 
 
-def _extension(found: Found, config: ModelConfig) -> str:
-    """The runtime's file extension: a config.pbtxt's platform decides (its file may be any
-    default_model_filename), else the file's own."""
+async def _backend(found: Found, config: ModelConfig) -> str:
+    """The "module:Class" that runs the version: a config.pbtxt's platform decides (its file
+    may be any default_model_filename), else config.toml's `backend`, the file's extension or
+    its content (backends/formats.py)."""
     platform = config.triton.platform if config.triton else ""
-    return MODEL_FILES[platform].rpartition(".")[2] if platform in MODEL_FILES else found.path.suffix[1:]
+    if platform in MODEL_FILES:
+        name = MODEL_FILES[platform].rpartition(".")[2]
+    else:
+        if config.backend and config.backend not in (names := backend_names(BACKENDS)):
+            raise ConfigError(str(found.config_path or "the load request's config"), "backend",
+                              f"unknown backend {config.backend!r}; one of {', '.join(names)}")
+        try:
+            name = await asyncio.to_thread(detect, found.path, config.backend)
+        except FormatError as e:
+            raise LoadFailed(str(e)) from None
+        except OSError as e:
+            raise LoadFailed(f"cannot read {found.path.name}: {e.strerror or e}") from None
+    backend = backend_path(name)
+    if backend is None:
+        raise LoadFailed(f"{found.path.name} needs the {name} backend, which this version of inferd does not have")
+    return backend
 
 
 def _model_dir(found: Found):

@@ -5,6 +5,8 @@ Layouts (DESIGN.md):
     models/<name>/<version>/model.<ext>        full form, with optional models/<name>/config.toml
     models/<name>/config.toml                  a pipeline: [[pipeline]] steps, no version directories
     models/<name>/config.pbtxt                 instead of config.toml: Triton's layout (triton_layout.py)
+    models/<name>/<version>/model.savedmodel/  a directory model (model_dirs.py): a SavedModel,
+    models/<name>/MLmodel, <version>/MLmodel   or an MLflow model (its directory: version 1)
 
 `scan()` reads the directory into a Snapshot: the versions to serve, chosen by each model's
 version policy, keyed by (name, version), with a stamp (size, mtime, inode) of every file so a
@@ -25,9 +27,10 @@ from pathlib import Path
 
 import structlog
 
-from inferd.backends import MODEL_EXTENSIONS
+from inferd.backends.formats import MODEL_EXTENSIONS
 from inferd.common.errors import ConfigError
 from inferd.config.model import CHOOSE_ONE, MODEL_NAME, ModelSettings, VersionPolicy, load_model_config
+from inferd.daemon.models import model_dirs
 from inferd.daemon.models.triton_layout import platform_problem, read_layout, version_files
 from inferd.daemon.models.trust import runs_code, trust_problem
 
@@ -70,6 +73,7 @@ class Found:
     # the directory says, so a later scan neither compares nor keeps it.
     override: dict | None = dataclasses.field(default=None, compare=False)
     platform: str = dataclasses.field(default="", compare=False)  # what a config.pbtxt names (shown in the index)
+    members: tuple[Path, ...] = dataclasses.field(default=(), compare=False)  # a directory model's files (in its stamp)
 
     @property
     def key(self) -> Key:
@@ -77,7 +81,7 @@ class Found:
 
     @property
     def files(self) -> tuple[Path, ...]:
-        return tuple(p for p in (self.path, self.config_path) if p is not None)
+        return tuple(p for p in (self.path, *self.members, self.config_path) if p is not None)
 
 
 Snapshot = dict[Key, Found]
@@ -159,6 +163,8 @@ def _scan_model_dir(directory: Path, complete: Complete) -> list[Found]:
     if config_path is not None and not complete(config_path):
         return []
     config_stamp = _stamp(config_path)
+    if config_path != pbtxt and model_dirs.is_mlflow(directory):
+        return _whole_directory(directory, config_path, config_stamp, complete)
     layout = read_layout(pbtxt) if config_path == pbtxt else None
     versions: dict[int, list[Path]] = {}
     problems: dict[int, str] = {}
@@ -166,11 +172,10 @@ def _scan_model_dir(directory: Path, complete: Complete) -> list[Found]:
         if not (vdir.is_dir() and vdir.name.isdigit()):
             continue
         if layout is None:
-            files = [f for f in vdir.iterdir()
-                     if f.stem == "model" and f.suffix[1:] in MODEL_EXTENSIONS and not ignored(f.name) and f.is_file()]
+            files, problems[int(vdir.name)] = model_dirs.version_entries(vdir, ignored)
         else:
             files, problems[int(vdir.name)] = version_files(vdir, layout, ignored)
-        if files and all(complete(f) for f in files) or problems.get(int(vdir.name)):
+        if files and all(_complete(f, complete) for f in files) or problems.get(int(vdir.name)):
             versions[int(vdir.name)] = files
     if layout is not None:
         pipeline = layout.platform == "ensemble"
@@ -205,10 +210,45 @@ def _policy(config_path: Path | None) -> VersionPolicy:
 
 def _version(name: str, number: int, files: list[Path], problem: str, config_path: Path | None, config_stamp: tuple) -> Found:
     if not problem and len(files) != 1:
-        problem = f"{name}/{number} must hold exactly one model.<ext>, found {len(files)}"
+        problem = f"{name}/{number} must hold exactly one model.<ext> or {model_dirs.SAVEDMODEL}/, found {len(files)}"
     if problem:
         return Found(name, str(number), None, config_path, problem, config_stamp=config_stamp)
-    return Found(name, str(number), files[0], config_path, file_stamp=_stamp(files[0]), config_stamp=config_stamp)
+    path = files[0]
+    if path.is_dir():
+        try:
+            members = model_dirs.members(path)
+        except (model_dirs.TooManyFiles, OSError) as e:
+            return Found(name, str(number), None, config_path, _unreadable(path, e), config_stamp=config_stamp)
+        return Found(name, str(number), path, config_path, file_stamp=model_dirs.stamp(path, members),
+                     config_stamp=config_stamp, members=members)
+    return Found(name, str(number), path, config_path, file_stamp=_stamp(path), config_stamp=config_stamp)
+
+
+def _whole_directory(directory: Path, config_path: Path | None, config_stamp: tuple, complete: Complete) -> list[Found]:
+    """An MLflow model dropped in as models/<name>/: version 1, once all of it is there."""
+    name = directory.name
+    try:
+        members = model_dirs.members(directory, skip=config_path)
+    except (model_dirs.TooManyFiles, OSError) as e:
+        return [Found(name, "1", None, config_path, _unreadable(directory, e), config_stamp=config_stamp)]
+    if not model_dirs.complete(directory, members, complete):
+        return []
+    return [Found(name, "1", directory, config_path, file_stamp=model_dirs.stamp(directory, members),
+                  config_stamp=config_stamp, members=members)]
+
+
+def _complete(path: Path, complete: Complete) -> bool:
+    """A model file settled, or every file of a directory model (unreadable: the scan says why)."""
+    if not path.is_dir():
+        return complete(path)
+    try:
+        return model_dirs.complete(path, model_dirs.members(path), complete)
+    except (model_dirs.TooManyFiles, OSError):
+        return True
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    return str(error) if isinstance(error, model_dirs.TooManyFiles) else f"cannot read {path.name}: {error.strerror or error}"
 
 
 def _declares_pipeline(config: Path) -> bool | None:
@@ -261,12 +301,12 @@ def model_names(snapshot: Snapshot) -> set[str]:
 
 
 def file_stamps(root: Path) -> dict[Path, tuple]:
-    """Every file under `root` down to version directories, with its stamp: polling compares
-    these to see what changed and when."""
+    """Every file under `root` down to version directories and into directory models, with its
+    stamp: polling compares these to see what changed and when."""
     stamps: dict[Path, tuple] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         depth = len(Path(dirpath).relative_to(root).parts)
-        if depth >= 2:
+        if depth >= model_dirs.WATCH_DEPTH:
             dirnames.clear()
         for name in filenames:
             path = Path(dirpath, name)

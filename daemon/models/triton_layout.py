@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from inferd.backends import MODEL_EXTENSIONS
+from inferd.backends.formats import MODEL_EXTENSIONS
 from inferd.common.errors import ConfigError
 from inferd.config.model import ModelSettings, VersionPolicy, model_config_from
 from inferd.config.triton_config import (

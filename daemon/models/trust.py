@@ -4,7 +4,15 @@ A Python model is code, and a PyTorch file is a pickle (unpickling runs code), s
 runs only where nobody but a trusted user could have changed it: the file and every directory
 from the models directory down to it must belong to root or the daemon's user and be writable
 by neither their group nor other users. A symlink that leads out of the models directory is not
-followed for code. ONNX files are data: they are not checked here.
+followed for code.
+
+The same holds for scikit-learn's joblib and pickle files, and for every directory model, each
+file in it: an MLflow model runs its flavor's loader (cloudpickle for python_function), and a
+TensorFlow SavedModel is a program (TensorFlow's security policy: its ops read and write files).
+A Keras .keras file counts as code too: its config names the classes and functions to build,
+and Keras' safe_mode, which the backend keeps on, has been bypassed before. Data, not checked:
+ONNX, skops (loaded with skops' trusted-types check), XGBoost (.ubj, .json), LightGBM (.txt),
+CatBoost (.cbm).
 
 Reasons name paths relative to the models directory: they are shown to callers.
 """
@@ -17,19 +25,21 @@ from pathlib import Path
 
 from inferd.common.redaction import hide_paths
 
-# Extensions whose loading runs code from the file: Python source, and torch's pickles
-# (TorchScript .pt and torch.export .pt2 archives hold pickled data).
-CODE_EXTENSIONS = frozenset({"py", "pt", "pt2"})
+# Extensions whose loading runs code from the file: Python source, torch's pickles (TorchScript
+# .pt and torch.export .pt2 archives hold pickled data), joblib and pickle files, Keras files.
+CODE_EXTENSIONS = frozenset({"py", "pt", "pt2", "joblib", "pkl", "pickle", "keras"})
 _FIX = "chown it to root or the daemon's user and chmod go-w"
 
 
 def runs_code(path: Path) -> bool:
-    return path.suffix[1:] in CODE_EXTENSIONS
+    """Whether loading `path` runs what is in it: a code file, or a directory model."""
+    return path.suffix[1:] in CODE_EXTENSIONS or path.is_dir()
 
 
 def trust_problem(root: Path, path: Path) -> str:
     """'' when only trusted users can change the code `path` loads; else why it must not run.
-    For a full-form model.py the whole version directory counts (modules beside it import)."""
+    For a full-form model.py the whole version directory counts (modules beside it import),
+    and for a directory model the whole directory."""
     real_root = Path(os.path.realpath(root))
     shown = _relative(root, path)
     real = Path(os.path.realpath(path))
@@ -40,6 +50,8 @@ def trust_problem(root: Path, path: Path) -> str:
         for p in chain:
             if why := _untrusted(os.lstat(p)):
                 return _refusal(real_root, p, why)
+        if real.is_dir():
+            return _version_dir_problem(real_root, real)
         if path.name == "model.py" and real.parent != real_root:
             return _version_dir_problem(real_root, real.parent)
     except OSError as e:
@@ -48,7 +60,8 @@ def trust_problem(root: Path, path: Path) -> str:
 
 
 def _version_dir_problem(real_root: Path, directory: Path) -> str:
-    """Every file and directory under a model.py's version directory (what it may import)."""
+    """Every file and directory under a model.py's version directory (what it may import), or
+    under a directory model."""
     for dirpath, dirnames, filenames in os.walk(directory):
         for name in dirnames + filenames:
             p = Path(dirpath, name)

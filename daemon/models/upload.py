@@ -26,7 +26,7 @@ from pathlib import Path
 
 import structlog
 
-from inferd.backends import MODEL_EXTENSIONS
+from inferd.backends.formats import MLMODEL, MODEL_EXTENSIONS, SAVEDMODEL
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid
 from inferd.daemon.models.scan import SWAPPING
 from inferd.daemon.models.trust import CODE_EXTENSIONS
@@ -59,7 +59,7 @@ def check_files(name: str, files: dict[str, bytes]) -> None:
                 or any(not p or p.startswith(".") or len(p.encode()) > MAX_PART for p in parts)):
             raise bad(f"file {clip(path)}: expected a plain relative path (no absolute path, '..', "
                       f"hidden part, or part over {MAX_PART} bytes)")
-        if Path(path).suffix[1:] in CODE_EXTENSIONS:
+        if Path(path).suffix[1:] in CODE_EXTENSIONS or parts[-1] == MLMODEL or SAVEDMODEL in parts:
             raise bad(f"file {clip(path)} would run code when loaded; inferd runs code only from files "
                       "its operator put in the models directory")
         if parts[0] in ("config.toml", "config.pbtxt"):

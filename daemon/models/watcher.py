@@ -22,6 +22,7 @@ from pathlib import Path
 import structlog
 from asyncinotify import Inotify, Mask
 
+from inferd.daemon.models.model_dirs import WATCH_DEPTH
 from inferd.daemon.models.scan import Snapshot, file_stamps, scan, settled
 
 log = structlog.get_logger("inferd.watcher")
@@ -31,7 +32,7 @@ _MASK = (
     | Mask.ATTRIB | Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.ONLYDIR
 )
 _GONE = Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.IGNORED
-_MODEL_DEPTH = 2  # root/<model>/<version>/: the deepest directory that holds model files
+_REMOVED = Mask.DELETE | Mask.MOVED_FROM
 
 
 class InotifyUnavailable(Exception):
@@ -106,6 +107,13 @@ class DirectoryWatcher:
         self._last_change[path] = now
         self._unsettled.add(path)
 
+    def _removed(self, path: Path, now: float) -> None:
+        """What is removed from inside a model's directory changes every directory above it
+        (up to the model's own): a directory model that lost a file is in flux, not complete."""
+        self._changed(path, now)
+        for parent in path.parents[:len(path.relative_to(self.root).parts) - 1]:
+            self._changed(parent, now)
+
     def _next_due(self) -> float | None:
         """Seconds until the earliest changed file settles (None: nothing to wait for)."""
         times = [self._last_change[p] for p in self._unsettled if p not in self._writing and p in self._last_change]
@@ -143,7 +151,9 @@ class DirectoryWatcher:
         stamps = file_stamps(self.root) if self.root.is_dir() else {}
         now = self._scan_time
         for path in stamps.keys() | self._stamps.keys():
-            if stamps.get(path) != self._stamps.get(path):
+            if path not in stamps:
+                self._removed(path, now)
+            elif stamps[path] != self._stamps.get(path):
                 self._changed(path, now)
         self._stamps = stamps
 
@@ -196,19 +206,23 @@ class DirectoryWatcher:
         if event.mask & Mask.ISDIR:
             if event.mask & (Mask.CREATE | Mask.MOVED_TO):
                 depth = len(path.relative_to(self.root).parts)
-                if depth <= _MODEL_DEPTH:
+                if depth <= WATCH_DEPTH:
                     self._watch_tree(inotify, path, depth, now, mark=True)
-            self._changed(path, now)
+            (self._removed if event.mask & _REMOVED else self._changed)(path, now)
             return
         if event.mask & Mask.MODIFY:
             self._writing.add(path)
         if event.mask & (Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.DELETE):
             self._writing.discard(path)
-        self._changed(path, now)
+        if event.mask & _REMOVED:
+            self._removed(path, now)
+        else:
+            self._changed(path, now)
 
     def _watch_tree(self, inotify: Inotify, directory: Path, depth: int, now: float, mark: bool) -> None:
-        """Watch `directory`'s subdirectories down to version directories. With `mark`, files
-        already inside (a directory moved or copied in) count as just changed."""
+        """Watch `directory`'s subdirectories down to version directories and into directory
+        models. With `mark`, files already inside (a directory moved or copied in) count as just
+        changed."""
         if depth > 0:
             _add_watch(inotify, directory)
         try:
@@ -217,7 +231,7 @@ class DirectoryWatcher:
             return
         for entry in entries:
             if entry.is_dir():
-                if depth < _MODEL_DEPTH:
+                if depth < WATCH_DEPTH:
                     self._watch_tree(inotify, entry, depth + 1, now, mark)
             elif mark:
                 self._changed(entry, now)

@@ -61,7 +61,7 @@ def test_scan_reads_both_layouts_and_skips_what_is_not_a_model(tmp_path):
     _touch(tmp_path / "full" / "1" / "model.onnx")
     _touch(tmp_path / "full" / "3" / "model.onnx")
     _touch(tmp_path / "full" / "config.toml", b"max_batch_size = 8\n")
-    for name in (".hidden.onnx", "copying.onnx.part", "copying.onnx.tmp", "notes.txt"):
+    for name in (".hidden.onnx", "copying.onnx.part", "copying.onnx.tmp", "notes.md"):
         _touch(tmp_path / name)
     (tmp_path / "empty").mkdir()  # no versions yet: not a model
     _touch(tmp_path / "nofile" / "1" / "README")
