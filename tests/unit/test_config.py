@@ -75,6 +75,8 @@ def test_model_config_overrides_defaults_and_reads_tensors(tmp_path):
     config = load_model_config(path, ModelSettings(max_queue_delay_ms=2))
     assert config.settings.max_batch_size == 4 and config.settings.max_queue_delay_ms == 2
     assert config.inputs[0].shape == (-1, 3) and config.explicit == {"max_batch_size"}
+    assert config.backend == ""  # the file's extension or content decides
+    assert load_model_config(_write(tmp_path, 'backend = "xgboost"\n', "config.toml"), ModelSettings()).backend == "xgboost"
 
 
 @pytest.mark.parametrize("text,key", [
@@ -83,6 +85,8 @@ def test_model_config_overrides_defaults_and_reads_tensors(tmp_path):
     ('[[inputs]]\nname = "x"\ndatatype = "FLOAT"\nshape = [1]\n', "inputs[0].datatype"),
     ('[[inputs]]\nname = "x"\ndatatype = "FP32"\nshape = [-3]\n', "inputs[0].shape"),
     ('[[outputs]]\nname = "y"\n', "outputs[0]"),
+    ("backend = 3\n", "backend"),
+    ('backend = "XGBoost model"\n', "backend"),
 ])
 def test_bad_model_config_is_refused(tmp_path, text, key):
     path = _write(tmp_path, text, "config.toml")
@@ -150,6 +154,7 @@ def test_pipeline_config_reads_output_names_and_declared_tensors(tmp_path):
     ('inputs = [{ name = "x", datatype = "FLOAT" }]\n[[pipeline]]\nmodel = "a"\n', "inputs[0].datatype"),
     ('inputs = [{ name = "x", shape = [-2] }]\n[[pipeline]]\nmodel = "a"\n', "inputs[0].shape"),
     ('inputs = [{ name = "x", dims = [1] }]\n[[pipeline]]\nmodel = "a"\n', "inputs[0]"),
+    ('backend = "xgboost"\n[[pipeline]]\nmodel = "a"\n', "backend"),
 ])
 def test_bad_pipeline_config_is_refused(tmp_path, text, key):
     path = _write(tmp_path, text, "config.toml")
