@@ -106,3 +106,76 @@ async def test_polling_sees_a_new_file_once_it_stops_changing(tmp_path):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+# -- directory models (a SavedModel, an MLflow model): watched inside ------------------------------
+
+def _members(published: Published, key) -> dict[str, int]:
+    """The files of a published directory model, by path inside it, with their sizes."""
+    return {rel: size for rel, size, _, _ in published.snapshots[-1][key].file_stamp}
+
+
+async def test_a_file_written_deep_inside_a_savedmodel_counts_once_closed(watching):
+    root, published = watching
+    variables = root / "tf" / "1" / "model.savedmodel" / "variables"
+    variables.mkdir(parents=True)
+    (variables.parent / "saved_model.pb").write_bytes(b"graph")
+    (variables / "variables.index").write_bytes(b"i")
+    await until(lambda: ("tf", "1") in published)  # (so every directory in it is watched)
+    serving = published.snapshots[-1][("tf", "1")]
+    with open(variables / "variables.data-00000-of-00001", "wb") as f:
+        for _ in range(3):
+            f.write(b"x" * 1000)
+            f.flush()
+            await asyncio.sleep(3 * SETTLE)
+            assert published.snapshots[-1][("tf", "1")].file_stamp == serving.file_stamp
+    await until(lambda: _members(published, ("tf", "1")).get("variables/variables.data-00000-of-00001") == 3000)
+    start = next(i for i, s in enumerate(published.snapshots) if ("tf", "1") in s)
+    assert all(("tf", "1") in s for s in published.snapshots[start:])  # never unloaded meanwhile
+    # A file replaced inside is a new stamp: the version reloads.
+    part = variables / "variables.index.part"
+    part.write_bytes(b"index")
+    os.replace(part, variables / "variables.index")
+    await until(lambda: _members(published, ("tf", "1"))["variables/variables.index"] == 5)
+
+
+async def test_a_file_removed_from_a_directory_model_holds_it_back_until_it_settles(tmp_path):
+    """A rescan moments after a directory model lost a file (another model's change, SIGHUP)
+    keeps the version as it was: a replace may be under way. Once settled, the loss counts."""
+    published = Published()
+    flow = tmp_path / "flow"
+    flow.mkdir()
+    for name in ("MLmodel", "model.pkl", "conda.yaml"):
+        (flow / name).write_bytes(b"x")
+    w = DirectoryWatcher(tmp_path, "poll", SETTLE, 3600, published)  # rescans below, on demand
+    task = asyncio.create_task(w.run())
+    try:
+        await w.started.wait()
+        before = published.snapshots[-1][("flow", "1")]
+        (flow / "conda.yaml").unlink()
+        w.rescan()
+        assert published.snapshots[-1][("flow", "1")].file_stamp == before.file_stamp
+        await asyncio.sleep(SETTLE)
+        w.rescan()
+        assert set(_members(published, ("flow", "1"))) == {"MLmodel", "model.pkl"}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_polling_sees_a_change_deep_inside_a_directory_model(tmp_path):
+    published = Published()
+    saved = tmp_path / "tf" / "1" / "model.savedmodel"
+    (saved / "variables").mkdir(parents=True)
+    (saved / "saved_model.pb").write_bytes(b"graph")
+    (saved / "variables" / "variables.index").write_bytes(b"i")
+    w = DirectoryWatcher(tmp_path, "poll", SETTLE, 0.02, published)
+    task = asyncio.create_task(w.run())
+    try:
+        await w.started.wait()
+        assert _members(published, ("tf", "1"))["variables/variables.index"] == 1
+        (saved / "variables" / "variables.index").write_bytes(b"index")
+        await until(lambda: _members(published, ("tf", "1"))["variables/variables.index"] == 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
