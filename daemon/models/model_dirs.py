@@ -67,9 +67,12 @@ def members(directory: Path, skip: Path | None = None) -> tuple[Path, ...]:
 
 
 def complete(directory: Path, files: tuple[Path, ...], each: Callable[[Path], bool]) -> bool:
-    """Every file settled (`each`: the watcher's predicate), the directory too, and none
-    still being written under a temporary name."""
+    """Every file settled (`each`: the watcher's predicate), the directory too, none still
+    being written under a temporary name, and a SavedModel's graph there (a copy that has
+    not reached saved_model.pb yet is not a model yet)."""
     if any(f.name.endswith((".tmp", ".part")) for f in files):
+        return False
+    if directory.name == SAVEDMODEL and not any(f.parent == directory and f.name in _SAVEDMODEL_FILES for f in files):
         return False
     return each(directory) and all(each(f) for f in files)
 

@@ -74,10 +74,13 @@ def test_a_directory_model_with_any_file_in_flux_is_left_out_until_complete(tmp_
     assert scan(tmp_path, lambda p: p != saved) == {}  # the directory itself just moved in
     _touch(saved / "variables" / "variables.index.part", b"still copied")
     assert scan(tmp_path) == {}
+    (saved / "variables" / "variables.index.part").unlink()
+    (saved / "saved_model.pb").rename(saved / "saved_model.pb.part")  # its graph not there yet
+    assert scan(tmp_path) == {}
+    (saved / "saved_model.pb.part").rename(saved / "saved_model.pb")
     # Version 2 is still being copied: the policy picks version 1, the complete one.
     _savedmodel(tmp_path / "tf" / "2")
     copying = tmp_path / "tf" / "2" / "model.savedmodel" / "saved_model.pb"
-    (saved / "variables" / "variables.index.part").unlink()
     assert set(scan(tmp_path, lambda p: p != copying)) == {("tf", "1")}
 
 
