@@ -188,8 +188,11 @@ async def _backend(found: Found, config: ModelConfig) -> str:
 
 
 def _model_dir(found: Found):
-    """The model's own directory (models/<name>/), or the models directory for a lone file."""
-    return found.config_path.parent if found.config_path else found.path.parent
+    """The model's own directory (models/<name>/: an MLflow model's too), or the directory that
+    holds a model file (or model.savedmodel/) without a config.toml."""
+    if found.config_path:
+        return found.config_path.parent
+    return found.path if found.path.is_dir() and found.path.name == found.name else found.path.parent
 
 
 def _narrowed(file_specs: tuple[TensorSpec, ...], overrides: tuple[TensorSpec, ...], kind: str) -> tuple[TensorSpec, ...]:

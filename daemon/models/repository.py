@@ -229,13 +229,13 @@ class ModelRepository:
 
     def _base_estimate(self, found: Found) -> int:
         """A worker's memory before its version is measured: the serving generation's measured
-        base, else the model file's size."""
+        base, else the model's size on disk."""
         serving = self.models.get(found.name, {}).get(found.version)
         tenant = serving.serving.tenant if serving is not None and serving.serving is not None else None
         if tenant is not None and tenant.fit is not None:
             return tenant.fit.base
         try:
-            return found.path.stat().st_size if found.path else 0
+            return found.disk_bytes()
         except OSError:
             return 0
 

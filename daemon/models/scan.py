@@ -83,6 +83,13 @@ class Found:
     def files(self) -> tuple[Path, ...]:
         return tuple(p for p in (self.path, *self.members, self.config_path) if p is not None)
 
+    def disk_bytes(self) -> int:
+        """The model's size on disk (a directory model's: all its files, as stamped), a worker's
+        memory until one is measured. Raises OSError when a file cannot be read."""
+        if self.members:
+            return sum(entry[1] for entry in self.file_stamp)
+        return self.path.stat().st_size if self.path else 0
+
 
 Snapshot = dict[Key, Found]
 

@@ -150,3 +150,11 @@ def test_a_load_request_cannot_write_models_that_run_code(path):
 def test_a_load_request_may_write_data_models_of_the_new_formats():
     for path in ("1/model.skops", "1/model.ubj", "1/model.json", "1/model.txt", "1/model.cbm"):
         assert check_files("m", {path: b"x"}) is None  # (it raises to refuse)
+
+
+def test_a_directory_models_size_on_disk_is_all_its_files(tmp_path):
+    _savedmodel(tmp_path / "tf" / "1")
+    _touch(tmp_path / "lone.onnx", b"12345")
+    snap = scan(tmp_path)
+    assert snap[("tf", "1")].disk_bytes() == len(b"graph") + len(b"index") + len(b"data")
+    assert snap[("lone", "1")].disk_bytes() == 5
