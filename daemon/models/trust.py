@@ -18,8 +18,8 @@ from pathlib import Path
 from inferd.common.redaction import hide_paths
 
 # Extensions whose loading runs code from the file: Python source, and torch's pickles
-# (TorchScript .pt and torch.export .pt2 archives hold pickled data).
-CODE_EXTENSIONS = frozenset({"py", "pt", "pt2"})
+# (TorchScript .pt and torch.export .pt2 archives hold pickled data), and scikit-learn's pickles.
+CODE_EXTENSIONS = frozenset({"py", "pt", "pt2", "joblib", "pkl", "pickle"})
 _FIX = "chown it to root or the daemon's user and chmod go-w"
 
 
