@@ -3,7 +3,8 @@
 when such a model loads (`pip install 'inferd[sklearn]'`).
 
 Tensors follow backends/tabular.py. A model fitted on a matrix takes "input" [-1,
-n_features_in_] FP32 (config.toml's [[inputs]] may declare FP64); one fitted on a pandas
+n_features_in_] FP32 (config.toml's [[inputs]] may declare FP64), handed to the estimator as
+float64 (exact; what it was nearly always fitted on) unless it refuses that; one fitted on a pandas
 DataFrame (it has feature_names_in_) takes one [-1] input per column, named after it: BYTES
 where the model encodes the column's categories as text (a OneHotEncoder or OrdinalEncoder in
 a ColumnTransformer), else FP64, unless config.toml's [[inputs]] declares the column's type.
@@ -96,6 +97,9 @@ class SklearnBackend:
         self.model = None
         self.columns: list[str] | None = None  # a DataFrame-fitted model's columns, in its order
         self.inputs = ()
+        # The floats a feature matrix is handed over as: float64, what estimators are nearly
+        # always fitted on (KMeans refuses any other), unless the model proves otherwise.
+        self._floats = np.float64
 
     def load(self) -> ModelMetadata:
         _require("sklearn", _INSTALL)
@@ -126,17 +130,25 @@ class SklearnBackend:
 
     def execute(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         x = tabular.features(inputs, self.inputs, self.columns)
-        results = {}
+        matrix = self.columns is None and x.dtype.kind == "f"
         try:
-            for name in outputs:
-                if name == tabular.LABEL:
-                    results[name] = tabular.labels_out(self.model.predict(x))
-                elif name == tabular.PROBABILITIES:
-                    results[name] = tabular.probabilities_out(self.model.predict_proba(x))
-                else:
-                    results[name] = _prediction(self.model.predict(x))
-        except ValueError as e:  # scikit-learn's refusal of the values (NaN, an unknown category...)
-            raise BackendInputError(f"the model refused the input: {e}") from e
+            return self._predict(x.astype(self._floats, copy=False) if matrix else x, outputs)
+        except ValueError as e:
+            if not (matrix and "Buffer dtype mismatch" in str(e) and self._floats == np.float64):
+                raise BackendInputError(f"the model refused the input: {e}") from e
+        self._floats = np.float32  # fitted on float32: KMeans and others then refuse float64
+        return self.execute(inputs, outputs)
+
+    def _predict(self, x, outputs: list[str]) -> dict[str, np.ndarray]:
+        """Each output asked for: one call on the whole batch (no predict_proba for a label)."""
+        results = {}
+        for name in outputs:
+            if name == tabular.LABEL:
+                results[name] = tabular.labels_out(self.model.predict(x))
+            elif name == tabular.PROBABILITIES:
+                results[name] = tabular.probabilities_out(self.model.predict_proba(x))
+            else:
+                results[name] = _prediction(self.model.predict(x))
         return results
 
     def unload(self) -> None:
