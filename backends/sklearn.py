@@ -10,6 +10,7 @@ where the model encodes the column's categories as text (a OneHotEncoder or Ordi
 a ColumnTransformer), else FP64, unless config.toml's [[inputs]] declares the column's type.
 A classifier answers "label" and, when it has predict_proba, "probabilities"; any other
 estimator answers "prediction" FP32. Each output asked for is one call on the whole batch.
+intra_op_threads, when set, limits the OpenMP and BLAS threads predict uses (threadpoolctl).
 
 Unpickling runs code, so .joblib/.pkl/.pickle files load only where the daemon's trust rule
 allows code (daemon/models/trust.py). A .skops file holds no code: it loads unless it names
@@ -100,9 +101,14 @@ class SklearnBackend:
         # The floats a feature matrix is handed over as: float64, what estimators are nearly
         # always fitted on (KMeans refuses any other), unless the model proves otherwise.
         self._floats = np.float64
+        self._limits = None  # threadpoolctl's limits while intra_op_threads holds
 
     def load(self) -> ModelMetadata:
         _require("sklearn", _INSTALL)
+        if self.settings.intra_op_threads:  # the OpenMP and BLAS pools predict runs on, in this worker
+            from threadpoolctl import threadpool_limits
+
+            self._limits = threadpool_limits(self.settings.intra_op_threads)
         model = read_estimator(self.path, self.settings.parameters)
         if not callable(getattr(model, "predict", None)):
             raise RuntimeError(f"{self.path.name} holds a {type(model).__module__}.{type(model).__qualname__}, not a "
@@ -153,6 +159,8 @@ class SklearnBackend:
 
     def unload(self) -> None:
         self.model = None
+        if self._limits is not None:
+            self._limits.restore_original_limits()
 
 
 def _targets(model) -> int:

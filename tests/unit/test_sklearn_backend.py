@@ -19,8 +19,8 @@ RNG = np.random.default_rng(3)
 X = RNG.standard_normal((40, 3))
 
 
-def _settings(parameters=None) -> BackendSettings:
-    return BackendSettings(model_dir="/m", max_batch_size=64, device="cpu", gpu=None, intra_op_threads=0,
+def _settings(parameters=None, threads=0) -> BackendSettings:
+    return BackendSettings(model_dir="/m", max_batch_size=64, device="cpu", gpu=None, intra_op_threads=threads,
                            intra_op_spinning=False, inputs=(), outputs=(), parameters=parameters or {}, decoupled=None,
                            model_config=None, daemon_socket="", metrics_dir="", reshape={}, optional_inputs=())
 
@@ -66,3 +66,16 @@ def test_a_safe_skops_file_needs_no_trust_and_a_bad_setting_is_refused(tmp_path)
     assert [t.name for t in outputs] == ["label", "probabilities"]
     with pytest.raises(RuntimeError, match="skops_trusted must be a list"):
         _served(tmp_path, model, "n.skops", {"skops_trusted": "sklearn.tree._tree.Tree"})
+
+
+def test_intra_op_threads_limits_the_thread_pools_until_unload(tmp_path):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from threadpoolctl import threadpool_info
+
+    joblib.dump(HistGradientBoostingRegressor(max_iter=5).fit(X, X[:, 0]), tmp_path / "m.joblib")
+    before = {p["filepath"]: p["num_threads"] for p in threadpool_info()}
+    backend = SklearnBackend(tmp_path / "m.joblib", _settings(threads=1))
+    backend.load()
+    assert {p["num_threads"] for p in threadpool_info()} == {1}
+    backend.unload()
+    assert {p["filepath"]: p["num_threads"] for p in threadpool_info()} == before
