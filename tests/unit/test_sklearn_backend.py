@@ -79,3 +79,19 @@ def test_intra_op_threads_limits_the_thread_pools_until_unload(tmp_path):
     assert {p["num_threads"] for p in threadpool_info()} == {1}
     backend.unload()
     assert {p["filepath"]: p["num_threads"] for p in threadpool_info()} == before
+
+
+class NoProbabilitiesToday(LogisticRegression):
+    """Has predict_proba (so the model offers "probabilities"), but calling it fails."""
+
+    def predict_proba(self, X):
+        raise RuntimeError("predict_proba was called")
+
+
+def test_only_the_outputs_asked_for_are_computed(tmp_path):
+    model = NoProbabilitiesToday().fit(X, X[:, 0] > 0)
+    backend, outputs = _served(tmp_path, model)
+    assert [t.name for t in outputs] == ["label", "probabilities"]
+    assert backend.execute({"input": X[:3].astype(np.float32)}, ["label"])["label"].shape == (3,)
+    with pytest.raises(RuntimeError, match="predict_proba was called"):
+        backend.execute({"input": X[:3].astype(np.float32)}, ["label", "probabilities"])
