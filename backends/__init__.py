@@ -11,6 +11,7 @@ BACKENDS = {
     "pt": "inferd.backends.pytorch:TorchBackend",
     "pt2": "inferd.backends.pytorch:TorchBackend",
     "py": "inferd.backends.python:PythonBackend",
+    "sklearn": "inferd.backends.sklearn:SklearnBackend",
 }
 
 
