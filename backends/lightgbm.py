@@ -26,6 +26,12 @@ except ImportError:  # reported by load(), in the worker, as what to install
     lightgbm = None
 
 CLASSIFIERS = ("binary", "multiclass", "multiclassova")
+END_OF_TREES = b"\nend of trees\n"
+PARAMETERS = b"\nparameters:\n"
+END_OF_PARAMETERS = b"\nend of parameters\n"
+_MARKERS = (END_OF_TREES, PARAMETERS, END_OF_PARAMETERS)
+_LONGEST = max(map(len, _MARKERS))
+_CHUNK = 1 << 20
 
 
 class LightGBMBackend:
@@ -44,6 +50,9 @@ class LightGBMBackend:
         if lightgbm is None:
             raise trees.missing("LightGBM", "lightgbm", "lightgbm")
         trees.on_cpu(self.settings, "LightGBM")
+        if not _complete(self.path):
+            raise RuntimeError("the LightGBM model file ends before its 'end of trees' or 'end of parameters' line: it was "
+                               "cut short (a copy still being written, or a truncated file); LightGBM would crash reading it")
         try:
             self.booster = lightgbm.Booster(model_file=str(self.path))
         except lightgbm.basic.LightGBMError as e:
@@ -75,3 +84,18 @@ class LightGBMBackend:
 
     def unload(self) -> None:
         self.booster = None
+
+
+def _complete(path: Path) -> bool:
+    """Whether LightGBM's text model reaches its 'end of trees' line, and, when it goes on to
+    its parameters, their 'end of parameters' line. LightGBM (4.x) aborts or crashes the process
+    on a file cut short inside either, instead of raising. One pass of bounded reads, carrying
+    the longest marker's length across chunks."""
+    found: set[bytes] = set()
+    carry = b""
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            window = carry + chunk
+            found.update(m for m in _MARKERS if m in window)
+            carry = window[-_LONGEST:]
+    return END_OF_TREES in found and (PARAMETERS not in found or END_OF_PARAMETERS in found)

@@ -186,7 +186,7 @@ async def test_xgboost_named_features_as_columns_when_config_declares_them(tmp_p
 
 @pytest.mark.parametrize("backend, ext, content, reason", [
     ("xgboost", "ubj", b"{not ubjson", "not an XGBoost model"),
-    ("lightgbm", "txt", b"tree\nversion=v4\nnum_class=1\n", "not a LightGBM model"),
+    ("lightgbm", "txt", b"tree\nversion=v4\nnum_class=1\nend of trees\n", "not a LightGBM model"),
     ("catboost", "cbm", b"CBM1garbage" * 10, "not a CatBoost model"),
 ])
 async def test_an_unreadable_model_fails_to_load_with_the_frameworks_reason(tmp_path, backend, ext, content, reason):
@@ -209,3 +209,19 @@ async def test_a_gpu_device_is_refused_with_a_reason(tmp_path):
         await pool.start()
     await pool.stop()
     assert "run on the CPU" in str(e.value) and "cuda:0" in str(e.value)
+
+
+@pytest.mark.parametrize("kept", [0.3, 0.6, 0.9])
+async def test_a_truncated_lightgbm_file_fails_to_load_without_reaching_lightgbm(tmp_path, kept):
+    """LightGBM aborts the process on a text model cut inside its trees: the backend refuses
+    such a file first, with a reason, and the same pool then loads the whole file."""
+    tree_models.save_lightgbm("binary", tmp_path / "whole.txt")
+    text = (tmp_path / "whole.txt").read_bytes()
+    (tmp_path / "model.txt").write_bytes(text[: int(len(text) * kept)])
+    settings = ModelSettings(min_workers=1)
+    pool = WorkerPool(WorkerSpec.of("m", "1", tmp_path / "model.txt", backend_path("lightgbm"), settings),
+                      Scaling.from_settings(settings))
+    with pytest.raises(LoadFailed) as e:
+        await pool.start()
+    await pool.stop()
+    assert "cut short" in str(e.value) and "end of trees" in str(e.value)
