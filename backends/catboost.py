@@ -6,7 +6,7 @@ MultiClassOneVsAll are classifiers ("label": INT64 for integer classes, BYTES fo
 class names; "probabilities" FP32 [-1, n_classes], as CatBoostClassifier's predict and
 predict_proba answer); anything else is a regressor ("prediction" FP32, [-1, n] for several
 dimensions). Prediction runs on trees.threads() threads. Inputs: see backends/trees.py; a
-model with categorical tabular.features takes columns (config.toml's [[inputs]], BYTES for those).
+model with categorical features takes columns (config.toml's [[inputs]], BYTES for those).
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ class CatBoostBackend:
         loss = str(self.model.get_all_params().get("loss_function", "")).split(":")[0]
         names = self.model.feature_names_
         if all(n == str(i) for i, n in enumerate(names)):
-            names = None  # CatBoost's own names for unnamed tabular.features
+            names = None  # CatBoost's own names for unnamed features
         self.inputs, self.columns = trees.feature_inputs(self.settings, len(self.model.feature_names_), names)
         if self.model.get_cat_feature_indices() and self.columns is None:
-            raise RuntimeError("this CatBoost model has categorical tabular.features: declare its columns in config.toml's "
+            raise RuntimeError("this CatBoost model has categorical features: declare its columns in config.toml's "
                                "[[inputs]] (one [-1] tensor per feature, BYTES for the categorical ones)")
         if loss in CLASSIFIERS:
             self.classes = np.asarray(self.model.classes_)

@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pandas as pd
 import pytest
 import tree_models
 
 from inferd.backends import backend_path
+from inferd.common.errors import ErrorCode, InferdError
+from inferd.common.tensors import TensorSpec
 from inferd.config.model import ModelSettings
 from inferd.daemon.requests import InferRequest
 from inferd.scheduler.pool import Scaling, WorkerPool
@@ -29,18 +32,21 @@ class Served:
     def __init__(self, pool: WorkerPool, queue: ModelQueue, metadata):
         self.pool, self.queue, self.metadata = pool, queue, metadata
 
-    async def infer(self, x: np.ndarray, outputs: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-        return await self.queue.submit(InferRequest({"input": x}, outputs=outputs), len(x), ((x.shape[1],),))
+    async def infer(self, x: np.ndarray | dict, outputs: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        inputs = x if isinstance(x, dict) else {"input": x}
+        rows = len(next(iter(inputs.values())))
+        return await self.queue.submit(InferRequest(inputs, outputs=outputs), rows, tuple(a.shape[1:] for a in inputs.values()))
 
     async def stop(self) -> None:
         await self.queue.drain()
         await self.pool.stop()
 
 
-async def _serve(path, backend: str, **settings) -> Served:
+async def _serve(path, backend: str, declared: tuple = (), **settings) -> Served:
+    """`declared`: config.toml's [[inputs]]."""
     settings = ModelSettings(**{"min_workers": 1, **settings})
     wakeup = asyncio.Event()
-    pool = WorkerPool(WorkerSpec.of(path.stem, "1", path, backend_path(backend), settings),
+    pool = WorkerPool(WorkerSpec.of(path.stem, "1", path, backend_path(backend), settings, inputs=declared),
                       Scaling.from_settings(settings), on_change=wakeup.set)
     metadata = await pool.start()
     queue = ModelQueue(pool, FixedLimits(64, 1024), output_names=[t.name for t in metadata.outputs], max_delay_s=0.0,
@@ -155,33 +161,65 @@ async def test_xgboost_multi_softmax_labels_and_probabilities(tmp_path):
 
 async def test_xgboost_named_features_as_columns_when_config_declares_them(tmp_path):
     """A booster with feature names takes one input per column once config.toml's [[inputs]]
-    names them (FP64 where declared); without that, the matrix."""
-    import pandas as pd
-
-    from inferd.common.tensors import TensorSpec
+    names them (FP64 where declared, FP32 otherwise); without that, the matrix."""
+    import xgboost as xgb
 
     names = [f"f_{i}" for i in range(5)]
-    frame = pd.DataFrame(X, columns=names)
-    import xgboost as xgb
     x, binary, _three, _real = tree_models.data()
     model = xgb.XGBClassifier(n_estimators=8, max_depth=3).fit(pd.DataFrame(x, columns=names), binary)
     model.save_model(str(tmp_path / "model.ubj"))
-    spec = WorkerSpec.of("m", "1", tmp_path / "model.ubj", backend_path("xgboost"), ModelSettings(min_workers=1),
-                         inputs=(TensorSpec("f_0", "FP64", (-1,)),))
-    pool = WorkerPool(spec, Scaling.from_settings(ModelSettings(min_workers=1)))
-    metadata = await pool.start()
+    want = model.predict(pd.DataFrame(X, columns=names))
+    served = await _serve(tmp_path / "model.ubj", "xgboost", declared=(TensorSpec("f_0", "FP64", (-1,)),))
     try:
-        assert [(t.name, t.datatype, t.shape) for t in metadata.inputs] == (
-            [("f_0", "FP64", (-1,))] + [(n, "FP32", (-1,)) for n in names[1:]])
+        assert _specs(served.metadata)[0] == [("f_0", "FP64", (-1,))] + [(n, "FP32", (-1,)) for n in names[1:]]
+        columns = {n: X[:, i].astype(np.float64 if i == 0 else np.float32) for i, n in enumerate(names)}
+        np.testing.assert_array_equal((await served.infer(columns))["label"], want)
     finally:
-        await pool.stop()
+        await served.stop()
     served = await _serve(tmp_path / "model.ubj", "xgboost")  # no [[inputs]]: the matrix
     try:
         assert _specs(served.metadata)[0] == [("input", "FP32", (-1, 5))]
-        got = await served.infer(X)
-        np.testing.assert_array_equal(got["label"], model.predict(frame))
+        np.testing.assert_array_equal((await served.infer(X))["label"], want)
     finally:
         await served.stop()
+
+
+def _categorical_catboost(path):
+    import catboost as cb
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"size": rng.standard_normal(200).astype(np.float32),
+                          "colour": rng.choice(["red", "green", "blue"], 200)})
+    target = ((frame["colour"] == "red") | (frame["size"] > 1)).astype(np.int64)
+    model = cb.CatBoostClassifier(iterations=8, verbose=0, cat_features=["colour"], allow_writing_files=False)
+    model.fit(frame, target).save_model(str(path))
+    return model, frame[:20]
+
+
+async def test_catboost_categorical_features_come_as_bytes_columns(tmp_path):
+    model, frame = _categorical_catboost(tmp_path / "model.cbm")
+    served = await _serve(tmp_path / "model.cbm", "catboost", declared=(TensorSpec("colour", "BYTES", (-1,)),))
+    try:
+        assert _specs(served.metadata)[0] == [("size", "FP32", (-1,)), ("colour", "BYTES", (-1,))]
+        colours = np.array([c.encode() for c in frame["colour"]], dtype=object)
+        got = await served.infer({"size": frame["size"].to_numpy(), "colour": colours})
+        np.testing.assert_array_equal(got["label"], model.predict(frame))
+        np.testing.assert_allclose(got["probabilities"], model.predict_proba(frame), rtol=1e-6, atol=1e-7)
+        with pytest.raises(InferdError) as e:  # text columns must be UTF-8
+            await served.infer({"size": frame["size"].to_numpy()[:1], "colour": np.array([b"\xff\xfe"], dtype=object)})
+        assert e.value.code == ErrorCode.INVALID_ARGUMENT and "UTF-8" in str(e.value)
+    finally:
+        await served.stop()
+
+
+async def test_catboost_categorical_features_without_declared_columns_fail_to_load(tmp_path):
+    _categorical_catboost(tmp_path / "model.cbm")
+    pool = WorkerPool(WorkerSpec.of("m", "1", tmp_path / "model.cbm", backend_path("catboost"), ModelSettings(min_workers=1)),
+                      Scaling.from_settings(ModelSettings(min_workers=1)))
+    with pytest.raises(LoadFailed) as e:
+        await pool.start()
+    await pool.stop()
+    assert "categorical features" in str(e.value) and "[[inputs]]" in str(e.value)
 
 
 @pytest.mark.parametrize("backend, ext, content, reason", [
