@@ -54,6 +54,9 @@ class CatBoostBackend:
             names = None  # CatBoost's own names for unnamed features
         self.inputs, self.columns = trees.feature_inputs(self.settings, len(self.model.feature_names_), names)
         if self.model.get_cat_feature_indices() and self.columns is None:
+            if names is None:
+                raise RuntimeError("this CatBoost model has categorical features but no feature names: fit it on a "
+                                   "DataFrame (its columns become the inputs) to serve it")
             raise RuntimeError("this CatBoost model has categorical features: declare its columns in config.toml's "
                                "[[inputs]] (one [-1] tensor per feature, BYTES for the categorical ones)")
         if loss in CLASSIFIERS:

@@ -59,3 +59,19 @@ def save_catboost(kind: str, path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save_model(str(path))
     return model
+
+
+def save_catboost_categorical(path: Path):
+    """A CatBoost classifier fitted on a DataFrame with a categorical column ("colour") beside a
+    numeric one ("size"); returns it and rows of such a frame to predict on."""
+    import catboost as cb
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"size": rng.standard_normal(200).astype(np.float32),
+                          "colour": rng.choice(["red", "green", "blue"], 200)})
+    target = ((frame["colour"] == "red") | (frame["size"] > 1)).astype(np.int64)
+    model = cb.CatBoostClassifier(iterations=8, verbose=0, cat_features=["colour"], allow_writing_files=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.fit(frame, target).save_model(str(path))
+    return model, frame[:20]

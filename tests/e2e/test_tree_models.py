@@ -42,6 +42,15 @@ print(json.dumps(outputs, default=bytes.decode))
 """
 
 
+# A DataFrame-fitted model's columns as inputs: config.toml names the categorical one as BYTES.
+CAT_COLUMNS = """\
+[[inputs]]
+name = "colour"
+datatype = "BYTES"
+shape = [-1]
+"""
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("trees")
@@ -52,6 +61,9 @@ def models(tmp_path_factory) -> tuple[Path, dict]:
         "cat_regressor": tree_models.save_catboost("regressor", root / "cat_regressor" / "1" / "model.cbm"),
     }
     (root / "xgb_multi" / "config.toml").write_text("max_queue_delay_ms = 200\n")
+    fitted["cat_colours"], fitted["cat_colours rows"] = tree_models.save_catboost_categorical(
+        root / "cat_colours" / "1" / "model.cbm")
+    (root / "cat_colours" / "config.toml").write_text(CAT_COLUMNS)
     return root, fitted
 
 
@@ -139,6 +151,20 @@ async def test_concurrent_one_row_requests_batch_and_each_gets_its_row(served, m
         np.testing.assert_allclose(got["probabilities"], want["probabilities"][i:i + 1], rtol=1e-6)
     batches = metric(served, "inferd_batch_size_count", model="xgb_multi") - before
     assert 1 <= batches < len(rows)
+
+
+def test_columns_declared_in_config_toml_take_text_over_http_json(served, models):
+    model, frame = models[1]["cat_colours"], models[1]["cat_colours rows"]
+    meta = served.http_json("/v2/models/cat_colours")
+    assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [("size", "FP32", [-1]),
+                                                                               ("colour", "BYTES", [-1])]
+    status, body = served.post_json("/v2/models/cat_colours/infer", {"inputs": [
+        {"name": "size", "datatype": "FP32", "shape": [len(frame)], "data": frame["size"].tolist()},
+        {"name": "colour", "datatype": "BYTES", "shape": [len(frame)], "data": frame["colour"].tolist()}]})
+    assert status == 200, body
+    got = {o["name"]: o["data"] for o in body["outputs"]}
+    assert got["label"] == model.predict(frame).tolist()
+    np.testing.assert_allclose(np.reshape(got["probabilities"], (-1, 2)), model.predict_proba(frame), rtol=1e-6, atol=1e-7)
 
 
 def test_wrong_feature_count_is_the_callers_error_and_the_model_serves_on(served, models):

@@ -184,20 +184,8 @@ async def test_xgboost_named_features_as_columns_when_config_declares_them(tmp_p
         await served.stop()
 
 
-def _categorical_catboost(path):
-    import catboost as cb
-
-    rng = np.random.default_rng(3)
-    frame = pd.DataFrame({"size": rng.standard_normal(200).astype(np.float32),
-                          "colour": rng.choice(["red", "green", "blue"], 200)})
-    target = ((frame["colour"] == "red") | (frame["size"] > 1)).astype(np.int64)
-    model = cb.CatBoostClassifier(iterations=8, verbose=0, cat_features=["colour"], allow_writing_files=False)
-    model.fit(frame, target).save_model(str(path))
-    return model, frame[:20]
-
-
 async def test_catboost_categorical_features_come_as_bytes_columns(tmp_path):
-    model, frame = _categorical_catboost(tmp_path / "model.cbm")
+    model, frame = tree_models.save_catboost_categorical(tmp_path / "model.cbm")
     served = await _serve(tmp_path / "model.cbm", "catboost", declared=(TensorSpec("colour", "BYTES", (-1,)),))
     try:
         assert _specs(served.metadata)[0] == [("size", "FP32", (-1,)), ("colour", "BYTES", (-1,))]
@@ -213,7 +201,7 @@ async def test_catboost_categorical_features_come_as_bytes_columns(tmp_path):
 
 
 async def test_catboost_categorical_features_without_declared_columns_fail_to_load(tmp_path):
-    _categorical_catboost(tmp_path / "model.cbm")
+    tree_models.save_catboost_categorical(tmp_path / "model.cbm")
     pool = WorkerPool(WorkerSpec.of("m", "1", tmp_path / "model.cbm", backend_path("catboost"), ModelSettings(min_workers=1)),
                       Scaling.from_settings(ModelSettings(min_workers=1)))
     with pytest.raises(LoadFailed) as e:
