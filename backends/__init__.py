@@ -12,6 +12,9 @@ BACKENDS = {
     "pt2": "inferd.backends.pytorch:TorchBackend",
     "py": "inferd.backends.python:PythonBackend",
     "sklearn": "inferd.backends.sklearn:SklearnBackend",
+    "xgboost": "inferd.backends.xgboost:XGBoostBackend",
+    "lightgbm": "inferd.backends.lightgbm:LightGBMBackend",
+    "catboost": "inferd.backends.catboost:CatBoostBackend",
 }
 
 
