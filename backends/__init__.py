@@ -10,6 +10,8 @@ BACKENDS = {
     "pt": "inferd.backends.pytorch:TorchBackend",
     "pt2": "inferd.backends.pytorch:TorchBackend",
     "py": "inferd.backends.python:PythonBackend",
+    "tensorflow": "inferd.backends.tensorflow:TensorFlowBackend",  # a model.savedmodel/ directory
+    "keras": "inferd.backends.tensorflow:TensorFlowBackend",
 }
 MODEL_EXTENSIONS = tuple(BACKENDS)
 
