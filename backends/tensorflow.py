@@ -151,13 +151,25 @@ class _SavedModel:
         return self.function(**feeds)  # every output: the signature's graph computes them all
 
 
+def _load_keras(path: Path):
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except ValueError as e:
+        if "safe_mode" not in str(e):
+            raise
+        first = str(e).split(". ")[0]  # what it holds; the rest tells a Python caller how to load it anyway
+        raise RuntimeError(f"{path.name} carries Python code, which inferd does not load from a .keras file "
+                           f"(Keras safe_mode): {first}. Replace it with built-in layers, or export the model "
+                           "as a SavedModel (model.export) and serve that") from None
+
+
 class _KerasModel:
     platform = "keras"
 
     def __init__(self, path: Path) -> None:
         if not zipfile.is_zipfile(path):  # Keras would say "file not found"
             raise RuntimeError(f"{path.name} is not a .keras file (a zip archive written by model.save)")
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        model = _load_keras(path)
         if not getattr(model, "inputs", None):
             raise RuntimeError("the Keras model has no inputs of its own (a subclassed model): "
                                "build it with keras.Input, or export it as a SavedModel")
