@@ -48,6 +48,7 @@ _V2_TYPES = {
 }
 _SIGNATURE = "serving_default"
 _MAX_REASON = 300  # characters of TensorFlow's message kept in a caller's error
+_MAX_SUBMODELS = 8  # traced graphs for subsets of a Keras model's outputs; then the whole model runs
 
 
 def _spec(name: str, dtype, shape) -> TensorSpec:
@@ -189,6 +190,8 @@ class _KerasModel:
 
     def run(self, feeds: dict, outputs: list[str]) -> dict:
         wanted = tuple(outputs)
+        if wanted not in self._functions and len(self._functions) >= _MAX_SUBMODELS:
+            wanted = tuple(self.output_names)  # every output, selected from (callers choose the subsets)
         function = self._functions.get(wanted) or self._function(wanted)
         results = function(*(feeds[name] for name in self.input_names))
         return dict(zip(wanted, results))

@@ -1,12 +1,14 @@
-"""TensorFlow SavedModel directories in real worker processes, driven in-process through the
-scheduler (the daemon's scan finds `model.savedmodel/` once formats detection lands; until
-then this is the SavedModel path end to end but for the scan): tensors from the serving
-signature, answers equal to the tf.Module's own call, one-row requests batched, BYTES, a
-value the graph refuses, a SavedModel without a serving signature."""
+"""TensorFlow models in real worker processes, driven in-process through the scheduler.
+SavedModel directories: tensors from the serving signature (or the one [parameters] names),
+answers equal to the tf.Module's own call, one-row requests batched, BYTES, a value the graph
+refuses, no serving signature, a corrupt directory. Keras: every subset of outputs a caller
+may ask for, past the backend's cap on traced sub-models."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 
 import numpy as np
 import pytest
@@ -48,9 +50,9 @@ class Batches(QueueObserver, PoolObserver):
         self.rows.append(rows)
 
 
-def _pool(path, observer=None) -> WorkerPool:
+def _pool(path, observer=None, **declared) -> WorkerPool:
     settings = ModelSettings(min_workers=1, intra_op_threads=1)
-    spec = WorkerSpec.of("scorer", "1", path, backend_path("tensorflow"), settings)
+    spec = WorkerSpec.of("scorer", "1", path, backend_path("tensorflow"), settings, **declared)
     return WorkerPool(spec, Scaling.from_settings(settings), observer=observer, on_change=lambda: None)
 
 
@@ -62,18 +64,26 @@ def scorer(tmp_path_factory):
     return module, path
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def served(scorer):
+@contextlib.asynccontextmanager
+async def _serving(path, **declared):
     """(the pool's metadata, a queue that holds requests 50 ms for a fuller batch, its batches)."""
     batches = Batches()
-    pool = _pool(scorer[1], batches)
+    pool = _pool(path, batches, **declared)
     metadata = await pool.start()
     queue = ModelQueue(pool, FixedLimits(64, 1024), output_names=[t.name for t in metadata.outputs], max_delay_s=0.05,
                        wakeup=asyncio.Event(), retry_crashed=True, observer=batches)
     queue.start()
-    yield metadata, queue, batches
-    await queue.drain()
-    await pool.stop()
+    try:
+        yield metadata, queue, batches
+    finally:
+        await queue.drain()
+        await pool.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def served(scorer):
+    async with _serving(scorer[1]) as serving:
+        yield serving
 
 
 def _request(x, text, index, outputs=None) -> InferRequest:
@@ -130,13 +140,60 @@ async def test_a_value_the_graph_refuses_is_the_callers_error(served):
     np.testing.assert_array_equal(got["looked_up"], [10])
 
 
-async def test_a_savedmodel_without_a_serving_signature_fails_to_load_saying_so(tmp_path):
+@pytest.fixture(scope="module")
+def unnamed(tmp_path_factory):
+    """A SavedModel whose only signature is not serving_default."""
     module = Scorer()
-    path = tmp_path / "m" / "1" / "model.savedmodel"
+    path = tmp_path_factory.mktemp("tf") / "m" / "1" / "model.savedmodel"
     tf.saved_model.save(module, str(path), signatures={"score": module.serve})
-    pool = _pool(path)
+    return module, path
+
+
+async def test_a_savedmodel_without_a_serving_signature_fails_to_load_saying_so(unnamed):
+    pool = _pool(unnamed[1])
     with pytest.raises(LoadFailed) as e:
         await pool.start()
     assert "'serving_default'" in e.value.reason and "['score']" in e.value.reason
     assert "[parameters] signature" in e.value.reason
     assert pool.pids == []
+
+
+async def test_parameters_name_the_signature_to_serve(unnamed):
+    x, text, index = np.ones((2, 3), np.float32), np.array([b"a", b"bc"], object), np.array([0, 2], np.int64)
+    async with _serving(unnamed[1], parameters={"signature": "score"}) as (metadata, queue, _):
+        assert [t.name for t in metadata.outputs] == ["length", "looked_up", "y"]
+        got = await queue.submit(_request(x, text, index), 2, "k")
+    want = unnamed[0].serve(tf.constant(x), tf.constant(text), tf.constant(index))
+    np.testing.assert_allclose(got["y"], want["y"].numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(got["looked_up"], [10, 30])
+
+
+async def test_a_corrupt_savedmodel_fails_to_load(tmp_path):
+    path = tmp_path / "m" / "1" / "model.savedmodel"
+    path.mkdir(parents=True)
+    (path / "saved_model.pb").write_bytes(b"\x00 not a protobuf")
+    pool = _pool(path)
+    with pytest.raises(LoadFailed) as e:
+        await pool.start()
+    assert "Cannot parse" in e.value.reason and "SavedModel" in e.value.reason and pool.pids == []
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")  # Keras' save
+async def test_every_subset_of_a_keras_models_outputs_equals_its_call(tmp_path):
+    """Four outputs: 15 subsets, more than the backend traces sub-models for; each answer is
+    the model's own, in the outputs asked for."""
+    keras = pytest.importorskip("keras")
+    x_in = keras.Input((3,), name="x")
+    heads = [keras.layers.Dense(i + 1, name=f"head{i}")(x_in) for i in range(4)]
+    model = keras.Model(x_in, heads)
+    model.save(tmp_path / "heads.keras")
+    x = np.random.default_rng(5).standard_normal((2, 3)).astype(np.float32)
+    want = dict(zip([f"head{i}" for i in range(4)], (t.numpy() for t in model(x))))
+    async with _serving(tmp_path / "heads.keras") as (metadata, queue, _):
+        assert [(t.name, t.shape) for t in metadata.outputs] == [(f"head{i}", (-1, i + 1)) for i in range(4)]
+        for n in range(1, 5):
+            for subset in itertools.combinations(want, n):
+                got = await queue.submit(InferRequest({"x": x}, outputs=subset), 2, "k")
+                assert set(got) == set(subset)
+                for name in subset:
+                    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
