@@ -2,7 +2,7 @@
 daemon in real worker processes, called over HTTP (tritonclient) and the Unix socket
 (inferd.client) and compared with the model's own call; files Keras refuses (not a .keras
 archive, a Lambda layer's Python code under safe_mode) fail with their reason while the rest
-serves. (SavedModel directories: tests/integration/test_tensorflow.py.)"""
+serves. (SavedModel directories: tests/integration/test_tensorflow_workers.py.)"""
 
 from __future__ import annotations
 
