@@ -44,6 +44,18 @@ def _two_inputs():
                                 keras.layers.Dense(4, activation="softmax", name="classes")(hidden)])
 
 
+class Scorer(tf.Module):
+    """A SavedModel with a serving signature: a float matrix and a string tensor in."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = tf.Variable(np.random.default_rng(3).standard_normal((3, 2)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32), tf.TensorSpec([None], tf.string)])
+    def serve(self, x, text):
+        return {"y": tf.matmul(x, self.w), "length": tf.strings.length(text)}
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("keras")
@@ -54,7 +66,9 @@ def models(tmp_path_factory):
     (root / "two" / "config.toml").write_text("max_batch_size = 32\nmax_queue_delay_ms = 50\nintra_op_threads = 1\n")
     keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2)]).save(root / "lambda.keras")
     (root / "corrupt.keras").write_bytes(b"not a zip archive at all")
-    return root, {"regressor": regressor, "two": two}
+    scorer = Scorer()
+    tf.saved_model.save(scorer, str(root / "scorer" / "1" / "model.savedmodel"), signatures={"serving_default": scorer.serve})
+    return root, {"regressor": regressor, "two": two, "scorer": scorer}
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +173,24 @@ def test_tensorflow_missing_names_what_to_install(models):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert "pip install 'inferd[tensorflow]'" in out
+
+
+def test_savedmodel_directory_over_http_and_the_unix_socket(served, models):
+    """scorer/1/model.savedmodel/ (Triton's layout): found by the scan, tensors from its serving
+    signature, answers equal to the tf.Module's own call through both front-ends."""
+    meta = served.http_json("/v2/models/scorer")
+    assert meta["platform"] == "tensorflow_savedmodel"
+    assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [("text", "BYTES", [-1]), ("x", "FP32", [-1, 3])]
+    x, text = RNG.standard_normal((2, 3)).astype(np.float32), np.array([b"abc", b""], dtype=object)
+    want = models[1]["scorer"].serve(tf.constant(x), tf.constant(text))
+    client = _http(served)
+    words = httpclient.InferInput("text", [2], "BYTES")
+    words.set_data_from_numpy(text)
+    result = client.infer("scorer", [_input("x", x), words])
+    client.close()
+    np.testing.assert_allclose(result.as_numpy("y"), want["y"].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(result.as_numpy("length"), [3, 0])
+    with Client(socket=served.socket_path) as c:
+        got = c.infer("scorer", {"x": x, "text": text}, outputs=["y"])
+    assert set(got) == {"y"}
+    np.testing.assert_allclose(got["y"], want["y"].numpy(), rtol=1e-5, atol=1e-6)
