@@ -11,6 +11,10 @@ BACKENDS = {
     "pt": "inferd.backends.pytorch:TorchBackend",
     "pt2": "inferd.backends.pytorch:TorchBackend",
     "py": "inferd.backends.python:PythonBackend",
+    "sklearn": "inferd.backends.sklearn:SklearnBackend",
+    "xgboost": "inferd.backends.xgboost:XGBoostBackend",
+    "lightgbm": "inferd.backends.lightgbm:LightGBMBackend",
+    "catboost": "inferd.backends.catboost:CatBoostBackend",
     "tensorflow": "inferd.backends.tensorflow:TensorFlowBackend",  # .keras files and model.savedmodel/ directories
 }
 
