@@ -10,6 +10,7 @@ BACKENDS = {
     "pt": "inferd.backends.pytorch:TorchBackend",
     "pt2": "inferd.backends.pytorch:TorchBackend",
     "py": "inferd.backends.python:PythonBackend",
+    "mlflow": "inferd.backends.mlflow:MLflowBackend",  # a directory holding MLmodel (not an extension)
 }
 MODEL_EXTENSIONS = tuple(BACKENDS)
 
