@@ -23,7 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ["inferd.daemon", "inferd.scheduler", "inferd.backends", "inferd.config", "inferd.common"]
-RUNTIMES = {"onnxruntime", "torch", "tensorflow"}
+RUNTIMES = {"onnxruntime", "torch", "tensorflow", "mlflow", "yaml"}
 GENERATED = ("grpc_gen", "model_config_pb2.py")  # protoc's output: not ours to size
 
 
@@ -143,13 +143,14 @@ def test_runtimes_are_imported_only_by_worker_side_backends():
     reached = {m.split(".")[0] for m in _reachable(daemon_side)}
     assert reached & RUNTIMES == set()
     importers = sorted(n for n, imported in IMPORTS.items() if {m.split(".")[0] for m in imported} & RUNTIMES)
-    assert importers == ["inferd.backends.onnx", "inferd.backends.pytorch"]
+    assert importers == ["inferd.backends.mlflow_pyfunc", "inferd.backends.mlmodel", "inferd.backends.onnx",
+                         "inferd.backends.pytorch"]
 
 
 def test_the_daemon_process_imports_no_runtime():
     """The same, for real: everything the daemon and its CLI import, in a fresh interpreter."""
     code = ("import sys, inferd.daemon.server, inferd.daemon.cli, inferd.client; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnxruntime', 'torch', 'tensorflow'}))")
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnxruntime', 'torch', 'tensorflow', 'mlflow'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
