@@ -104,17 +104,17 @@ class MLflowBackend:
         flavor = mlmodel.native_flavor(document)
         if flavor != "onnx":  # (an ONNX graph runs no Python code; every other flavor may)
             check_not_writable_by_others(self.path)
-        target = BACKENDS.get(mlmodel.NATIVE[flavor][0]) if flavor else None
+        path = mlmodel.flavor_file(self.path, flavor, document["flavors"][flavor]) if flavor else None
+        target = BACKENDS.get(mlmodel.native_backend(flavor, path)) if flavor else None
         if target is None:  # (a native flavor whose backend this inferd lacks: python_function too)
             from inferd.backends.mlflow_pyfunc import PyfuncModel
 
             self.runner = PyfuncModel(self.path, self.settings, document)
             inputs, outputs = self.runner.load()
             return ModelMetadata(self.platform, inputs, outputs)
-        return self._load_native(mlmodel, document, flavor, target)
+        return self._load_native(mlmodel, document, flavor, target, path)
 
-    def _load_native(self, mlmodel, document: dict, flavor: str, target: str) -> ModelMetadata:
-        path = mlmodel.flavor_file(self.path, flavor, document["flavors"][flavor])
+    def _load_native(self, mlmodel, document: dict, flavor: str, target: str, path: Path) -> ModelMetadata:
         module, _, name = target.partition(":")
         try:
             self.runner = getattr(importlib.import_module(module), name)(path, self.settings)

@@ -70,6 +70,15 @@ def read(directory: Path) -> dict:
     return parsed
 
 
+_PICKLES = (".pkl", ".pickle", ".joblib")
+
+
+def native_backend(flavor: str, path: Path) -> str:
+    """The BACKENDS key that runs a native flavor's file: a pickled scikit-learn-API estimator
+    (mlflow.lightgbm saves an LGBMClassifier so) is scikit-learn's whatever the flavor."""
+    return "sklearn" if path.suffix in _PICKLES else NATIVE[flavor][0]
+
+
 def native_flavor(mlmodel: dict) -> str | None:
     """The first flavor inferd serves on its own backend, or None (python_function)."""
     return next((f for f in NATIVE if isinstance(mlmodel["flavors"].get(f), dict)), None)
