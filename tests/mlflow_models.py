@@ -135,3 +135,32 @@ def no_others_write(path: Path) -> Path:
     for entry in [path, *path.rglob("*")]:
         os.chmod(entry, entry.stat().st_mode & ~0o002)
     return path
+
+
+@_quietly
+def xgboost_classifier(root: Path) -> Path:
+    """An XGBClassifier saved by mlflow.xgboost; a tensor signature ([-1, 2] float32)."""
+    import mlflow.xgboost
+    import xgboost
+    from mlflow.models import infer_signature
+
+    model = xgboost.XGBClassifier(n_estimators=4, max_depth=2).fit(MATRIX, LABELS)
+    path = root / "xgboost_classifier"
+    mlflow.xgboost.save_model(model, path, signature=infer_signature(MATRIX, model.predict(MATRIX)),
+                              pip_requirements=_requirements())
+    return path
+
+
+@_quietly
+def lightgbm_booster(root: Path) -> Path:
+    """A LightGBM regression Booster saved by mlflow.lightgbm; a column signature (long, double)."""
+    import lightgbm
+    import mlflow.lightgbm
+    from mlflow.models import infer_signature
+
+    data = lightgbm.Dataset(FRAME, FRAME.b.to_numpy() * 2, params={"min_data_in_bin": 1, "verbose": -1})
+    booster = lightgbm.train({"objective": "regression", "min_data_in_leaf": 1, "verbose": -1}, data, num_boost_round=3)
+    path = root / "lightgbm_booster"
+    mlflow.lightgbm.save_model(booster, path, signature=infer_signature(FRAME, booster.predict(FRAME)),
+                               pip_requirements=_requirements())
+    return path

@@ -17,7 +17,7 @@ pytest.importorskip("mlflow")
 pytest.importorskip("sklearn")
 import mlflow_models as models  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:Add type hints:UserWarning")  # MLflow's, about our PythonModel
+pytestmark = pytest.mark.filterwarnings("ignore:.*Add type hints:UserWarning")  # MLflow's, about our PythonModel
 
 from inferd.backends import backend_path  # noqa: E402
 from inferd.common.errors import ErrorCode, InferdError  # noqa: E402
@@ -188,3 +188,26 @@ async def test_a_broken_mlmodel_fails_the_load_with_the_reason(saved, tmp_path, 
     path = _copy(saved, "words", tmp_path)
     (path / "MLmodel").write_bytes(content)
     assert expected in await _load_failure(path)
+
+
+def _native(key: str) -> bool:
+    return importlib.util.find_spec(f"inferd.backends.{key}") is not None
+
+
+async def test_an_xgboost_flavor_matches_predict(tmp_path):
+    pytest.importorskip("xgboost")
+    path = models.no_others_write(models.xgboost_classifier(tmp_path))
+    metadata, answer = await _infer(path, {"input": models.MATRIX})
+    assert _tensors(metadata)[0] == [("input", "FP32", [-1, 2])]
+    predicted = answer["label"] if _native("xgboost") else answer["output"]  # XGBoost's backend, or python_function
+    np.testing.assert_array_equal(predicted, _reference(path, models.MATRIX))
+
+
+async def test_a_lightgbm_flavor_takes_columns_and_matches_predict(tmp_path):
+    pytest.importorskip("lightgbm")
+    path = models.no_others_write(models.lightgbm_booster(tmp_path))
+    frame = models.FRAME
+    metadata, answer = await _infer(path, {"a": frame.a.to_numpy(), "b": frame.b.to_numpy()})
+    assert _tensors(metadata)[0] == [("a", "INT64", [-1]), ("b", "FP64", [-1])]
+    predicted = answer["prediction"] if _native("lightgbm") else answer["output"]
+    np.testing.assert_allclose(predicted, _reference(path, frame), rtol=1e-5)
