@@ -17,7 +17,6 @@ pytest.importorskip("mlflow")
 pytest.importorskip("sklearn")
 # The scan that finds directory models (models/<name>/ holding MLmodel) comes with formats.py.
 pytest.importorskip("inferd.backends.formats")
-pytestmark = pytest.mark.filterwarnings("ignore:.*Add type hints:UserWarning")  # MLflow's, about our PythonModel
 import mlflow_models as saved_models  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from daemon_process import DaemonProcess  # noqa: E402

@@ -17,8 +17,6 @@ pytest.importorskip("mlflow")
 pytest.importorskip("sklearn")
 import mlflow_models as models  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*Add type hints:UserWarning")  # MLflow's, about our PythonModel
-
 from inferd.backends import backend_path  # noqa: E402
 from inferd.common.errors import ErrorCode, InferdError  # noqa: E402
 from inferd.config.model import ModelSettings  # noqa: E402
