@@ -163,6 +163,17 @@ async def test_a_flavor_whose_package_is_missing_fails_naming_it(saved, tmp_path
     assert "never installs" in reason
 
 
+async def test_an_mlflow_flavor_whose_framework_is_not_installed_fails_naming_it(saved, tmp_path):
+    pytest.importorskip("mlflow.prophet")  # MLflow's own flavor module, importable without prophet
+    assert importlib.util.find_spec("prophet") is None
+
+    def prophet(document):
+        document["flavors"] = {"python_function": {"loader_module": "mlflow.prophet", "model_path": "python_model.pkl"},
+                               "prophet": {"model_path": "python_model.pkl"}}
+    reason = await _load_failure(models.edit_mlmodel(_copy(saved, "words", tmp_path), prophet))
+    assert "'prophet' flavor needs the Python package 'prophet'" in reason
+
+
 async def test_a_directory_writable_by_others_is_refused(saved, tmp_path):
     path = _copy(saved, "words", tmp_path)
     os.chmod(path / "python_model.pkl", 0o666)
