@@ -164,3 +164,19 @@ def lightgbm_booster(root: Path) -> Path:
     mlflow.lightgbm.save_model(booster, path, signature=infer_signature(FRAME, booster.predict(FRAME)),
                                pip_requirements=_requirements())
     return path
+
+
+@_quietly
+def keras_dense(root: Path) -> Path:
+    """A small Keras model (one Dense layer over 3 features) saved by mlflow.tensorflow as .keras."""
+    import keras
+    import mlflow.tensorflow
+    from mlflow.models import infer_signature
+
+    inputs = keras.Input((3,), name="features")
+    model = keras.Model(inputs, keras.layers.Dense(2, name="scores")(inputs))
+    x = MATRIX[:, :1].repeat(3, axis=1)
+    path = root / "keras_dense"
+    mlflow.tensorflow.save_model(model, path, signature=infer_signature(x, model.predict(x, verbose=0)),
+                                 keras_model_kwargs={"save_format": "keras"}, pip_requirements=_requirements())
+    return path

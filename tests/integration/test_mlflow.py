@@ -220,3 +220,13 @@ async def test_a_lightgbm_flavor_takes_columns_and_matches_predict(tmp_path):
     assert _tensors(metadata)[0] == [("a", "INT64", [-1]), ("b", "FP64", [-1])]
     predicted = answer["prediction"] if _native("lightgbm") else answer["output"]
     np.testing.assert_allclose(predicted, _reference(path, frame), rtol=1e-5)
+
+
+async def test_a_keras_flavor_matches_predict(tmp_path):
+    pytest.importorskip("tensorflow")
+    path = models.no_others_write(models.keras_dense(tmp_path))
+    x = models.MATRIX[:4, :1].repeat(3, axis=1)
+    metadata, answer = await _infer(path, {"input": x})
+    assert _tensors(metadata)[0] == [("input", "FP32", [-1, 3])]  # the signature's (unnamed) tensor
+    predicted = answer["scores"] if _native("tensorflow") else answer["output"]  # the Dense layer's output
+    np.testing.assert_allclose(predicted, _reference(path, x), rtol=1e-5)
