@@ -74,11 +74,15 @@ def signature_onto(signature, theirs: tuple[TensorSpec, ...]) -> Callable | None
     when the signature does not map onto them."""
     by_name = {t.name: t for t in theirs}
     if {t.name for t in signature.inputs} == set(by_name):
+        if any(len(t.shape) != len(by_name[t.name].shape) for t in signature.inputs):
+            return None
         return lambda inputs: {n: _cast(a, by_name[n]) for n, a in inputs.items()}
     if len(theirs) != 1:
         return None
     target = theirs[0]
     if len(signature.inputs) == 1:
+        if len(signature.inputs[0].shape) != len(target.shape):
+            return None
         return lambda inputs: {target.name: _cast(next(iter(inputs.values())), target)}
     order = [t.name for t in signature.inputs]
     numeric = all(t.datatype != "BYTES" for t in signature.inputs) and target.datatype != "BYTES"

@@ -103,6 +103,7 @@ def test_one_tensor_is_renamed_and_what_does_not_map_is_none():
     assert signature_onto(_columns(("a", "INT64"), ("b", "FP64"), ("c", "FP64")),
                           (TensorSpec("input", "FP32", (-1, 2)),)) is None  # 3 columns, 2 features
     assert signature_onto(one, (TensorSpec("x", "FP32", (-1,)), TensorSpec("y", "FP32", (-1,)))) is None
+    assert signature_onto(one, (TensorSpec("x", "FP32", (-1, 3, 1)),)) is None  # another rank
 
 
 def test_a_missing_package_is_named_with_what_to_install():
