@@ -75,7 +75,10 @@ _PICKLES = (".pkl", ".pickle", ".joblib")
 
 def native_backend(flavor: str, path: Path) -> str:
     """The BACKENDS key that runs a native flavor's file: a pickled scikit-learn-API estimator
-    (mlflow.lightgbm saves an LGBMClassifier so) is scikit-learn's whatever the flavor."""
+    (mlflow.lightgbm saves an LGBMClassifier so) is scikit-learn's whatever the flavor; a Keras
+    model with custom objects (pickled beside it) needs them, which only python_function loads."""
+    if flavor in ("tensorflow", "keras") and (path.parent / "custom_objects.cloudpickle").exists():
+        return "python_function"
     return "sklearn" if path.suffix in _PICKLES else NATIVE[flavor][0]
 
 

@@ -67,7 +67,10 @@ def test_the_first_native_flavor_and_its_file(tmp_path):
     assert mlmodel.native_flavor({"flavors": {"python_function": {}, "pytorch": {}}}) is None  # python_function
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "model.keras").write_bytes(b"k")
-    assert mlmodel.flavor_file(tmp_path, "keras", {"data": "data"}) == (tmp_path / "data" / "model.keras").resolve()
+    keras = mlmodel.flavor_file(tmp_path, "keras", {"data": "data"})
+    assert keras == (tmp_path / "data" / "model.keras").resolve() and mlmodel.native_backend("keras", keras) == "tensorflow"
+    (tmp_path / "data" / "custom_objects.cloudpickle").write_bytes(b"c")
+    assert mlmodel.native_backend("keras", keras) == "python_function"  # (not a BACKENDS key: MLflow loads it)
 
 
 @pytest.mark.parametrize("conf, reason", [({}, "names no model file"), ({"data": "../x"}, "outside the model's directory"),
