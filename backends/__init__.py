@@ -16,6 +16,7 @@ BACKENDS = {
     "lightgbm": "inferd.backends.lightgbm:LightGBMBackend",
     "catboost": "inferd.backends.catboost:CatBoostBackend",
     "tensorflow": "inferd.backends.tensorflow:TensorFlowBackend",  # .keras files and model.savedmodel/ directories
+    "mlflow": "inferd.backends.mlflow:MLflowBackend",  # a directory holding MLmodel (not an extension)
 }
 
 

@@ -23,7 +23,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ["inferd.daemon", "inferd.scheduler", "inferd.backends", "inferd.config", "inferd.common"]
-RUNTIMES = {"onnxruntime", "torch", "tensorflow", "sklearn", "joblib", "skops", "pandas", "xgboost", "lightgbm", "catboost", "keras"}
+RUNTIMES = {"onnxruntime", "torch", "tensorflow", "keras", "sklearn", "joblib", "skops", "pandas", "xgboost", "lightgbm",
+            "catboost", "mlflow", "yaml"}
 GENERATED = ("grpc_gen", "model_config_pb2.py")  # protoc's output: not ours to size
 
 
@@ -143,9 +144,9 @@ def test_runtimes_are_imported_only_by_worker_side_backends():
     reached = {m.split(".")[0] for m in _reachable(daemon_side)}
     assert reached & RUNTIMES == set()
     importers = sorted(n for n, imported in IMPORTS.items() if {m.split(".")[0] for m in imported} & RUNTIMES)
-    assert importers == ["inferd.backends.catboost", "inferd.backends.lightgbm", "inferd.backends.onnx",
-                         "inferd.backends.pytorch", "inferd.backends.sklearn", "inferd.backends.tabular", "inferd.backends.tensorflow",
-                         "inferd.backends.xgboost"]
+    assert importers == ["inferd.backends.catboost", "inferd.backends.lightgbm", "inferd.backends.mlflow_pyfunc",
+                         "inferd.backends.mlmodel", "inferd.backends.onnx", "inferd.backends.pytorch", "inferd.backends.sklearn",
+                         "inferd.backends.tabular", "inferd.backends.tensorflow", "inferd.backends.xgboost"]
 
 
 def test_the_daemon_process_imports_no_runtime():
