@@ -7,7 +7,8 @@ batch 1 and batch 64, in one run.
 
 The models are examples/make_tabular_models.py's (20 FP32 features, 3 classes). A framework that
 is not installed, or whose model the daemon does not serve (no backend in this checkout, FAILED),
-is left out with a line saying why. See bench/README.md.
+is left out with a line saying why. It exits 1 if an installed framework's model does not come
+up READY, or if an answer differs from the framework's or a request failed. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -229,6 +230,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     results: list[dict] = []
+    failed: list[str] = []  # installed and served by this checkout, yet not READY
     with tempfile.TemporaryDirectory(prefix="inferd-formats-") as tmp_name:
         tmp = pathlib.Path(tmp_name)
         built, skipped = build_models(tmp / "models", args.frameworks)
@@ -246,13 +248,16 @@ def main() -> None:
                     fw = FRAMEWORKS[name]
                     entry = states[fw.model]
                     if entry["state"] != "READY":
-                        skipped.append(f"{name}: {fw.model} is {entry['state']}: {entry.get('reason', '')}")
+                        failed.append(f"{name}: {fw.model} is {entry['state']}: {entry.get('reason', '')}")
                         continue
                     predict = fw.load(tmp / "models" / fw.relative)
                     results += measure(args, daemon, name, socket, client.model_metadata(fw.model), predict)
             finally:
                 daemon.stop()
-    print_table(results, skipped, args)
+    print_table(results, skipped + failed, args)
+    wrong = [r for r in results if r["path"] != "raw" and r["verify"] != "ok"]
+    if failed or wrong:  # a short CI run catches a format that broke
+        sys.exit(f"FAILED: {len(failed)} model(s) not READY, {len(wrong)} run(s) with wrong answers or errors")
 
 
 if __name__ == "__main__":
