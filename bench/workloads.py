@@ -42,6 +42,24 @@ def workload(path: pathlib.Path, name: str, feed) -> Workload:
 
 # ---------------------------------------------------------------- raw onnxruntime
 
+def time_calls(call, seconds: float, warmup_calls: int = 20) -> dict:
+    """p50/p99 (ms) and calls/s of `call()` repeated for `seconds`, after `warmup_calls` calls
+    (the first calls allocate arenas and spin up thread pools)."""
+    for _ in range(warmup_calls):
+        call()
+    lat = []
+    t0 = time.perf_counter_ns()
+    end = t0 + int(seconds * 1e9)
+    t = t0
+    while t < end:
+        call()
+        t1 = time.perf_counter_ns()
+        lat.append(t1 - t)
+        t = t1
+    return {"p50_ms": float(np.percentile(lat, 50)) / 1e6, "p99_ms": float(np.percentile(lat, 99)) / 1e6,
+            "calls_s": len(lat) / ((t - t0) / 1e9)}
+
+
 def measure_raw(model: pathlib.Path, feed, plan=((1, 2.0), (8, 1.0), (64, 1.0))) -> dict:
     """Latency and throughput of sess.run for each (batch, seconds) of plan."""
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -49,24 +67,8 @@ def measure_raw(model: pathlib.Path, feed, plan=((1, 2.0), (8, 1.0), (64, 1.0)))
     out = {}
     for batch, seconds in plan:
         inputs = feed(batch, rng)
-        for _ in range(20):  # warm-up: first calls allocate arenas and spin up the thread pool
-            sess.run(None, inputs)
-        lat = []
-        t0 = time.perf_counter_ns()
-        end = t0 + int(seconds * 1e9)
-        t = t0
-        while t < end:
-            sess.run(None, inputs)
-            t1 = time.perf_counter_ns()
-            lat.append(t1 - t)
-            t = t1
-        calls_s = len(lat) / ((t - t0) / 1e9)
-        out[str(batch)] = {
-            "p50_ms": float(np.percentile(lat, 50)) / 1e6,
-            "p99_ms": float(np.percentile(lat, 99)) / 1e6,
-            "calls_s": calls_s,
-            "rows_s": calls_s * batch,
-        }
+        timed = time_calls(lambda inputs=inputs: sess.run(None, inputs), seconds)
+        out[str(batch)] = {**timed, "rows_s": timed["calls_s"] * batch}
     return out
 
 

@@ -4,6 +4,8 @@ Nothing is downloaded: every model is built here with the onnx helper API (or to
 seeded or constructed weights, so the same files (and the same outputs) come out on every
 machine. The tests and the benchmark build their models with these functions too.
 
+With each tabular framework installed it writes that framework's example model
+(make_tabular_models.py: scikit-learn, XGBoost, LightGBM, CatBoost, Keras, MLflow).
 With torch installed it also writes the text pipeline: `tokenize` (Python, BYTES in),
 `bag_classifier` (TorchScript), `label` (Python, BYTES out) and `text_classifier`, the pipeline
 of the three (a config.toml alone).
@@ -22,6 +24,7 @@ import warnings
 
 import numpy as np
 import onnx
+from make_tabular_models import make_tabular_examples
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
@@ -333,9 +336,11 @@ def make_text_examples(root: pathlib.Path, keep: bool = False) -> list[pathlib.P
     return written
 
 
-def make_examples(root: pathlib.Path, text: bool | None = None, keep: bool = False) -> list[pathlib.Path]:
-    """The bundled example repository: both layouts of the model directory, and (with torch, or
-    when `text` is True) the text pipeline. `keep`: files that exist are not written again."""
+def make_examples(root: pathlib.Path, text: bool | None = None, keep: bool = False,
+                  tabular: bool = True) -> list[pathlib.Path]:
+    """The bundled example repository: both layouts of the model directory, (with torch, or
+    when `text` is True) the text pipeline, and (`tabular`) one model per installed tabular
+    framework. `keep`: files that exist are not written again."""
     root.mkdir(parents=True, exist_ok=True)
     out = _Writer(keep)
     written = [
@@ -350,6 +355,8 @@ def make_examples(root: pathlib.Path, text: bool | None = None, keep: bool = Fal
             print("torch is not installed: the text pipeline examples are left out", file=sys.stderr)
     if text:
         written += make_text_examples(root, keep)
+    if tabular:
+        written += make_tabular_examples(root, keep)
     return written
 
 
