@@ -73,7 +73,10 @@ def detect(path: Path, declared: str = "") -> str:
     .txt, by content. Raises FormatError saying what the file is otherwise. Blocking (it may
     read a few KiB, or a small JSON file whole): run it in a thread."""
     kinds = candidates(path)
-    what = f"a directory {path.name}" if path.is_dir() else f"a .{path.suffix[1:]} file"
+    what = f"{path.name}/" if path.is_dir() else f"a .{path.suffix[1:]} file"
+    if not kinds and path.is_dir():
+        raise FormatError(f"{path.name} is a directory that is neither a TensorFlow SavedModel ({SAVEDMODEL}) "
+                          f"nor an MLflow model (it holds no {MLMODEL} file)")
     if not kinds:
         raise FormatError(f"{path.name}: no backend reads {what}")
     if declared:

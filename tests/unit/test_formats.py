@@ -43,7 +43,9 @@ def test_directories_an_mlflow_model_and_a_savedmodel(tmp_path):
     assert detect(tmp_path / "flow") == "mlflow"
     assert detect(tmp_path / "1" / "model.savedmodel") == "tensorflow"
     (tmp_path / "other").mkdir()
-    assert _reason(tmp_path / "other") == "other: no backend reads a directory other"
+    assert _reason(tmp_path / "other") == ("other is a directory that is neither a TensorFlow SavedModel (model.savedmodel) "
+                                           "nor an MLflow model (it holds no MLmodel file)")
+    assert _reason(_write(tmp_path / "model.bin", b"x")) == "model.bin: no backend reads a .bin file"
 
 
 def test_xgboost_models_saved_by_xgboost_are_recognised(tmp_path):
@@ -129,3 +131,9 @@ def test_backend_names_are_the_registered_ones_and_every_format_s():
     assert set(BACKENDS) <= set(names)
     assert {"sklearn", "xgboost", "lightgbm", "catboost", "tensorflow", "mlflow", "onnx", "py"} <= set(names)
     assert names == sorted(names)
+
+
+def test_a_directory_models_backend_may_be_declared_only_as_its_own(tmp_path):
+    _write(tmp_path / "flow" / "MLmodel", "flavors: {}\n")
+    assert detect(tmp_path / "flow", "mlflow") == "mlflow"
+    assert _reason(tmp_path / "flow", "sklearn") == "config.toml says backend = 'sklearn', but flow/ is read by mlflow"
