@@ -337,7 +337,7 @@ def make_text_examples(root: pathlib.Path, keep: bool = False) -> list[pathlib.P
 
 
 def make_examples(root: pathlib.Path, text: bool | None = None, keep: bool = False,
-                  tabular: bool = True) -> list[pathlib.Path]:
+                  tabular: bool = False) -> list[pathlib.Path]:
     """The bundled example repository: both layouts of the model directory, (with torch, or
     when `text` is True) the text pipeline, and (`tabular`) one model per installed tabular
     framework. `keep`: files that exist are not written again."""
@@ -374,7 +374,7 @@ def main() -> None:
     parser.add_argument("dir", type=pathlib.Path, help="model repository to write into")
     parser.add_argument("--keep", action="store_true", help="leave files that exist as they are (edited configs too)")
     args = parser.parse_args()
-    for path in make_examples(args.dir, keep=args.keep):
+    for path in make_examples(args.dir, keep=args.keep, tabular=True):
         print(path)
     deny_group_and_other_writes(args.dir)
 
