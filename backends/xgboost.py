@@ -24,6 +24,10 @@ try:
 except ImportError:  # reported by load(), in the worker, as what to install
     xgboost = None
 
+# A whole UBJSON model ends with its "version" key's array and the closing brace (XGBoost
+# writes its keys sorted, "learner" then "version").
+UBJ_TAIL_BYTES = 64
+UBJ_LAST_KEY = b"version["
 BINARY = ("binary:logistic", "binary:logitraw", "binary:hinge")
 MULTICLASS = ("multi:softprob", "multi:softmax")
 
@@ -43,6 +47,10 @@ class XGBoostBackend:
         if xgboost is None:
             raise trees.missing("XGBoost", "xgboost", "xgboost")
         trees.on_cpu(self.settings, "XGBoost")
+        if self.path.suffix == ".ubj" and not _ubj_complete(self.path):
+            raise RuntimeError("not an XGBoost model XGBoost can read whole: the .ubj file does not end with its last key "
+                               "('version') and closing brace, so it was cut short (a copy still being written, a "
+                               "truncated file) or is not XGBoost's; XGBoost would crash reading it")
         self.booster = xgboost.Booster()
         try:
             self.booster.load_model(str(self.path))
@@ -104,3 +112,15 @@ def _first_line(error: Exception) -> str:
     """XGBoost's error without its C++ stack trace."""
     lines = [line for line in str(error).splitlines() if line.strip() and not line.lstrip().startswith("Stack trace")]
     return lines[0] if lines else type(error).__name__
+
+
+def _ubj_complete(path: Path) -> bool:
+    """Whether a UBJSON model reaches its end. XGBoost (3.x) crashes the process, or reads a
+    length from the cut and allocates without bound, on a .ubj file cut short, instead of
+    raising. Reads the first byte and the last UBJ_TAIL_BYTES."""
+    with open(path, "rb") as f:
+        first = f.read(1)
+        size = f.seek(0, 2)
+        f.seek(max(0, size - UBJ_TAIL_BYTES))
+        tail = f.read()
+    return first == b"{" and tail.endswith(b"}") and UBJ_LAST_KEY in tail

@@ -201,6 +201,17 @@ async def test_a_corrupt_file_dropped_in_fails_with_a_reason_and_the_rest_serves
         _check(c.infer("cat_regressor", {"input": X}), _want(models[1]["cat_regressor"], X))
 
 
+async def test_a_truncated_ubj_file_fails_and_the_rest_serves(served, models):
+    """XGBoost itself would crash the worker on it; the backend refuses it first."""
+    data = (models[0] / "xgb_binary.ubj").read_bytes()
+    (models[0] / ".cut.part").write_bytes(data[: len(data) // 2])
+    (models[0] / ".cut.part").rename(models[0] / "xgb_cut.ubj")
+    entry = await _state(served, "xgb_cut", "FAILED")
+    assert "cut short" in entry["reason"]
+    with Client(socket=served.socket_path) as c:
+        _check(c.infer("xgb_binary", {"input": X}), _want(models[1]["xgb_binary"], X))
+
+
 async def test_a_model_file_dropped_in_while_running_serves(served, models):
     fitted = tree_models.save_xgboost("regressor", models[0] / "late" / "staging.ubj")
     (models[0] / "late" / "staging.ubj").rename(models[0] / "xgb_late.ubj")

@@ -251,3 +251,19 @@ async def test_a_truncated_lightgbm_file_fails_to_load_without_reaching_lightgbm
         await pool.start()
     await pool.stop()
     assert "cut short" in str(e.value) and "end of trees" in str(e.value)
+
+
+@pytest.mark.parametrize("kept", [0.25, 0.5, 0.99])
+async def test_a_truncated_xgboost_ubj_file_fails_to_load_without_reaching_xgboost(tmp_path, kept):
+    """XGBoost crashes (or allocates without bound) on a .ubj file cut short: the backend
+    refuses such a file first, with a reason."""
+    tree_models.save_xgboost("multiclass", tmp_path / "whole.ubj")
+    data = (tmp_path / "whole.ubj").read_bytes()
+    (tmp_path / "model.ubj").write_bytes(data[: int(len(data) * kept)])
+    settings = ModelSettings(min_workers=1)
+    pool = WorkerPool(WorkerSpec.of("m", "1", tmp_path / "model.ubj", backend_path("xgboost"), settings),
+                      Scaling.from_settings(settings))
+    with pytest.raises(LoadFailed) as e:
+        await pool.start()
+    await pool.stop()
+    assert "cut short" in str(e.value) and "not an XGBoost model" in str(e.value)
