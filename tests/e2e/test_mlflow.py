@@ -18,6 +18,7 @@ pytest.importorskip("sklearn")
 import mlflow_models as saved_models  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from daemon_process import DaemonProcess  # noqa: E402
+from grpc_infer import grpc_infer  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 from waiting import eventually  # noqa: E402
 
@@ -89,6 +90,13 @@ def test_sklearn_flavors_over_the_unix_socket_match_predict(served, made):
         predicted = out.get("prediction", out.get("output"))
         np.testing.assert_allclose(predicted, _predict(made["sklearn_matrix"], matrix), rtol=1e-6)
     assert importlib.util.find_spec(saved_models.BOGUS_REQUIREMENT.replace("-", "_")) is None  # never installed
+
+
+def test_a_python_function_model_over_grpc_matches_predict(served, made):
+    out = grpc_infer(served, "words", {"text": TEXT, "times": WORDS.times.to_numpy()})
+    expected = _predict(made["words"], WORDS)
+    np.testing.assert_array_equal(out["words"], expected.words.to_numpy())
+    assert out["shout"].tolist() == [s.encode() for s in expected.shout]
 
 
 async def test_a_directory_dropped_into_the_running_daemon_is_served(served, made):
