@@ -7,6 +7,7 @@ from inferd.common.errors import clip, invalid
 from inferd.common.tensors import datatype_of
 from inferd.daemon.models.version import ModelVersion
 from inferd.daemon.requests import InferRequest
+from inferd.scheduler.sequence_flags import PARAMETERS as SEQUENCE_PARAMETERS
 from inferd.scheduler.sequence_flags import refuse_on_plain_model
 
 
@@ -45,9 +46,26 @@ def check_request(mv: ModelVersion, request: InferRequest) -> tuple[int, tuple]:
             raise invalid(f"batch of {rows} rows exceeds the model's max_batch_size {mv.max_batch_size}")
     if request.outputs is not None:
         _check_outputs(mv, request.outputs)
-    if request.parameters and mv.serving.config.sequence_batching is None:
-        refuse_on_plain_model(request.parameters, mv.name)
+    if request.parameters:
+        _check_parameters(request.parameters)
+        if mv.serving.config.sequence_batching is None:
+            refuse_on_plain_model(request.parameters, mv.name)
     return rows, tuple(shape_key)
+
+
+def _check_parameters(parameters: dict) -> None:
+    """V2's request parameters, whichever front-end brought them: string keys; booleans,
+    numbers (what an int64 or uint64 holds) or strings (gRPC: bytes too). A model's code may
+    read them (Triton Python models), so nothing else is passed on, nor dropped unsaid. The
+    sequence keys have their own, more precise checks (scheduler/sequence_flags.py)."""
+    for key, value in parameters.items():
+        if key in SEQUENCE_PARAMETERS:
+            continue
+        if not isinstance(key, str) or not isinstance(value, (str, bytes, bool, int, float)) or (
+            type(value) is int and not -(1 << 63) <= value < 1 << 64
+        ):
+            raise invalid(f"request parameter {clip(str(key))}: a value must be a boolean, a number "
+                          "(64-bit for integers) or a string")
 
 
 def _check_names(mv: ModelVersion, names) -> None:

@@ -22,7 +22,8 @@ def wire_callers(batch: list[Ticket]) -> list:
 
 def wire_parameters(parameters: dict) -> dict:
     """The parameters a worker can be sent: string keys with str, bytes, bool, int (64 bits),
-    float or None values; anything else (no client sends it) stays in the daemon."""
+    float or None values. The data plane refuses requests with others (daemon/validation.py);
+    this keeps a request built inside the daemon from breaking the message."""
     out = {}
     for key, value in parameters.items():
         if not isinstance(key, str):

@@ -90,7 +90,7 @@ def decode_infer(msg: dict, budget: ValueBudget) -> tuple[str, str, InferRequest
     outputs, output_parameters = _requested_outputs(field(msg, "outputs", list))
     timeout_ms = field(msg, "timeout_ms", int)
     deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
-    parameters = _request_parameters(field(msg, "parameters", dict, {})) | _sequence_parameters(msg)
+    parameters = field(msg, "parameters", dict, {}) | _sequence_parameters(msg)  # (values: validation.py)
     request = InferRequest(tensors, outputs, field(msg, "request_id", str, ""), parameters, deadline, output_parameters)
     return model, field(msg, "version", str, ""), request
 
@@ -112,14 +112,6 @@ def _requested_outputs(outputs: list | None) -> tuple[tuple[str, ...] | None, di
         else:
             raise invalid("'outputs' must be a list of names or of {name, parameters} maps")
     return tuple(names), parameters
-
-
-def _request_parameters(parameters: dict) -> dict:
-    """The request's own parameters, as V2's: str keys, scalar values."""
-    for key, value in parameters.items():
-        if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
-            raise invalid(f"'parameters' must map str to str, int, float or bool; {clip(key)} does not")
-    return parameters
 
 
 def _sequence_parameters(msg: dict) -> dict:

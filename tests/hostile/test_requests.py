@@ -143,6 +143,20 @@ def test_http_and_unix_socket_clip_long_names(daemon):
     assert reply["error"]["code"] == "not_found" and len(reply["error"]["message"]) < MAX_MESSAGE
 
 
+@pytest.mark.parametrize("value", [{"nested": 1}, [1, 2]])
+def test_request_parameters_that_are_not_scalars_are_refused_alike_over_http_and_the_unix_socket(daemon, value):
+    """V2 parameters are booleans, numbers or strings; a model's code reads them (Triton Python
+    models), so the data plane refuses others for every front-end instead of dropping them."""
+    inputs = [{"name": n, "datatype": "INT32", "shape": [1, 16], "data": [0] * 16} for n in ("INPUT0", "INPUT1")]
+    status, doc = _post(daemon, "/v2/models/add_sub/infer", orjson.dumps({"inputs": inputs, "parameters": {"p": value}}))
+    assert status == 400 and "request parameter 'p': a value must be a boolean" in doc["error"], doc
+    reply = _unix_call(daemon, {"id": 3, "op": "infer", "model": "add_sub", "parameters": {"p": value}, "inputs": [
+        {"name": n, "datatype": "INT32", "shape": [1, 16], "data": bytes(64)} for n in ("INPUT0", "INPUT1")]})
+    assert reply["error"]["code"] == "invalid_argument" and "request parameter 'p'" in reply["error"]["message"], reply
+    status, doc = _post(daemon, "/v2/models/add_sub/infer", orjson.dumps({"inputs": inputs, "parameters": {"p": "fine"}}))
+    assert status == 200, doc  # scalars still pass
+
+
 # -- work that grows with the request -----------------------------------------------------------
 
 def test_a_flood_of_binary_bytes_elements_is_refused_without_holding_the_loop(daemon):
