@@ -45,7 +45,7 @@ mount -t overlay overlay -o "lowerdir=/opt,upperdir=$STAGE/opt/upper,workdir=$ST
 export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1  # C extensions compiled by this interpreter, not taken from a cache
 /usr/bin/python3.11 -m venv /opt/inferd/venv
 /opt/inferd/venv/bin/pip install -q --upgrade pip  # bookworm's pip 23.0 still builds sdists the legacy way
-/opt/inferd/venv/bin/pip install -q "$STAGE/src[${INFERD_RUNTIME:-cpu},systemd]"
+/opt/inferd/venv/bin/pip install -q "$STAGE/src[${INFERD_RUNTIME:-cpu},systemd,s3]"
 /opt/inferd/venv/bin/pip uninstall -q -y pip setuptools 2>/dev/null || true
 (cd / && /opt/inferd/venv/bin/python -c "import inferd.daemon.cli, systemd.journal, onnxruntime")  # the venv works (not from the checkout's inferd/)
 # Bytecode that never goes stale (so nothing writes __pycache__ under /opt when run as root).
