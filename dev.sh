@@ -50,6 +50,17 @@ case "$command" in
       { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx; } >/dev/null 2>&1 \
         || say "haproxy and nginx could not be installed: the fleet tests will be skipped"
     fi
+    # promtool checks the shipped Prometheus config and rules (tests/fleet): taken out of Debian's
+    # prometheus package without installing it (no service), once.
+    if [ ! -x .promtool/promtool ]; then
+      say "extracting promtool from Debian's prometheus package into .promtool (once)"
+      ( set -e; rm -rf .promtool.tmp; mkdir -p .promtool.tmp; cd .promtool.tmp
+        { apt-get download prometheus || { apt-get update -qq && apt-get download prometheus; }; } >/dev/null 2>&1
+        dpkg-deb -x prometheus_*.deb x && mkdir -p ../.promtool && mv x/usr/bin/promtool ../.promtool/ ) \
+        || say "promtool could not be extracted: its tests will be skipped"
+      rm -rf .promtool.tmp
+    fi
+    if [ -z "${PROMTOOL:-}" ] && [ -x .promtool/promtool ]; then export PROMTOOL=$PWD/.promtool/promtool; fi
     if [ -z "${PERF_ANALYZER:-}" ] && [ -x .perf-analyzer/bin/perf_analyzer ]; then
       export PERF_ANALYZER=$PWD/.perf-analyzer/bin/perf_analyzer
     fi
