@@ -166,13 +166,17 @@ class Listeners:
         self._listening("socket", path, activated)
 
     async def stop_accepting(self) -> None:
-        """New connections are refused; open ones go on. (gRPC keeps accepting and answers
-        UNAVAILABLE, which its clients retry: grpclib cannot stop listening without cancelling
-        running calls.)"""
+        """New connections are refused; open ones go on, and each gRPC one gets a graceful
+        GOAWAY (its client opens no new streams there)."""
         for site in list(self.runner.sites):
             await site.stop()  # the listening socket only; open connections finish their requests
         if self._unix is not None:
             self._unix.stop_accepting()
+        if self._grpc is not None:
+            # The listening socket only: grpclib's close() would also cancel the running calls.
+            self._grpc._server.close()
+            told = sum(listener.go_away() for listener in self._guarded if isinstance(listener, GrpcListener))
+            log.info("gRPC connections told to go away", connections=told)
 
     async def close(self) -> None:
         """Close every listener and connection. After the drain every accepted request has its

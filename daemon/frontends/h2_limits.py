@@ -1,5 +1,6 @@
 """The gRPC listener's connection limits, on top of every listener's (guard.py): HTTP/2's own
-limit on concurrent streams, a PING budget, GOAWAY before closing, and a request per stream.
+limit on concurrent streams, a PING budget, GOAWAY before closing (and a graceful one when the
+drain starts), and a request per stream.
 
 grpclib builds one `H2Protocol` per connection (an h2 `H2Connection`, grpclib's `Handler` and its
 event processor); this hooks into those objects once, when the connection is made.
@@ -14,10 +15,13 @@ import structlog
 from h2.errors import ErrorCodes
 from h2.events import PingReceived
 from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame
 
 from inferd.daemon.frontends.guard import Guard, GuardedListener, Limits
 
 log = structlog.get_logger("inferd.connections")
+
+MAX_STREAM_ID = 2**31 - 1  # a GOAWAY naming it refuses no stream the client has opened (RFC 9113 6.8)
 
 
 class _PingBudget:
@@ -68,6 +72,22 @@ class GrpcListener(GuardedListener):
                 self.close_connection(guard, ErrorCodes.ENHANCE_YOUR_CALM)
 
             protocol.processor.processors[PingReceived] = on_ping
+
+    def go_away(self) -> int:
+        """A graceful GOAWAY on every connection (NO_ERROR, last stream 2^31-1): the calls the
+        client has started run to their answers, and it opens new streams on a new connection
+        (through its balancer, elsewhere). A bare frame, written after what h2 has queued:
+        h2's close_connection() would end the connection's state machine, and with it those
+        answers; close_connection() below sends the final GOAWAY. Returns the connections told."""
+        told = 0
+        for guard in list(self.connections.values()):
+            connection, transport = getattr(guard.inner, "connection", None), guard.transport
+            if connection is None or transport is None or transport.is_closing():
+                continue
+            connection.flush()
+            transport.write(GoAwayFrame(0, last_stream_id=MAX_STREAM_ID, error_code=ErrorCodes.NO_ERROR).serialize())
+            told += 1
+        return told
 
     def close_connection(self, guard: Guard, error: ErrorCodes = ErrorCodes.NO_ERROR) -> None:
         """GOAWAY first (the client knows its streams did not run), unless the client leaves
