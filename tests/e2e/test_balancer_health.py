@@ -14,34 +14,17 @@ import signal
 import subprocess
 import sys
 from datetime import datetime
-from pathlib import Path
 
 import grpc
 import pytest
 from daemon_process import DaemonProcess
+from goaway_probe import goaway_probe, grpc_address, models
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from waiting import eventually
 
 DELAY_S = 3.0
-SLOW = 1008.0  # an input of 1000 + s makes the model answer after s seconds (longer than DELAY_S)
+SLOW = 1008.0  # the model answers after 8 s (goaway_probe.MODEL): longer than DELAY_S
 
-MODEL = '''
-import time
-
-
-class Model:
-    inputs = [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}]
-    outputs = [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}]
-
-    def load(self, model_dir, config):
-        pass
-
-    def infer(self, inputs):
-        x = inputs["x"]
-        if 1000 <= x.max() < 1060:
-            time.sleep(float(x.max()) - 1000)
-        return {"y": x}
-'''
 FAST = {"INFERD_MODELS_SETTLE_MS": "100", "INFERD_DEFAULTS_MIN_WORKERS": "1"}
 
 # tritonclient's gRPC client in a subprocess (never in the pytest process): connected first, it
@@ -61,59 +44,6 @@ y = client.infer("echo", [tensor]).as_numpy("y")
 print(json.dumps({"y": y.tolist(), "server_ready": client.is_server_ready(),
                   "model_ready": client.is_model_ready("echo")}), flush=True)
 '''
-
-# A ModelInfer call written with h2 on a raw socket, then every frame the server sends read
-# with hyperframe (h2's own state machine refuses frames after a GOAWAY): what is on the wire.
-GOAWAY_PROBE = '''
-import json, socket, sys
-import h2.config, h2.connection, hpack
-import numpy as np
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
-sys.path.insert(0, sys.argv[3])
-from grpc_raw import infer_message
-
-h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
-h2c.initiate_connection()
-h2c.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", "/inference.GRPCInferenceService/ModelInfer"),
-                     (":authority", "localhost"), ("content-type", "application/grpc"), ("te", "trailers")])
-x = np.full((1, 1), float(sys.argv[2]), np.float32).tobytes()
-h2c.send_data(1, infer_message("sleepy", [("x", "FP32", [1, 1], x)]), end_stream=True)
-host, port = sys.argv[1].rsplit(":", 1)
-sock = socket.create_connection((host, int(port)), timeout=120)
-sock.sendall(h2c.data_to_send())
-print("sent", flush=True)
-buffer, frames, decoder = b"", [], hpack.Decoder()
-while data := sock.recv(65536):
-    buffer += data
-    while len(buffer) >= 9:
-        frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
-        if len(buffer) < 9 + length:
-            break
-        frame.parse_body(memoryview(buffer[9:9 + length]))
-        buffer = buffer[9 + length:]
-        if isinstance(frame, GoAwayFrame):
-            frames.append(["GOAWAY", frame.last_stream_id, frame.error_code])
-        elif isinstance(frame, HeadersFrame):
-            frames.append(["HEADERS", frame.stream_id, dict(decoder.decode(frame.data))])
-        elif isinstance(frame, DataFrame) and frame.data:
-            frames.append(["DATA", frame.stream_id, len(frame.data)])
-sock.close()
-print(json.dumps(frames), flush=True)
-'''
-TESTS = str(Path(__file__).resolve().parents[1])
-
-
-def models(root: Path, *names: str) -> Path:
-    for name in names:
-        (root / name / "1").mkdir(parents=True)
-        (root / name / "1" / "model.py").write_text(MODEL)
-        (root / name / "config.toml").write_text("max_batch_size = 8\nmax_queue_delay_ms = 0\n")
-    return root
-
-
-def grpc_address(d: DaemonProcess) -> str:
-    [address] = [e["address"] for e in d.events("listening") if e["frontend"] == "grpc"]
-    return address
 
 
 def health(channel, service: str = "") -> str:
@@ -147,10 +77,11 @@ async def test_sigterm_not_ready_serving_through_the_delay_then_goaway_drain_and
         assert get(kept, "/v2/health/ready")[:2] == (200, "")
         assert get(kept, "/v2/models/echo/infer", INFER)[0] == 200  # its worker started before the clock runs
         assert health(channel) == "SERVING"
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+        assert health_pb2.HealthCheckResponse.ServingStatus.Name(next(watch).status) == "SERVING"
         client = subprocess.Popen([sys.executable, "-c", GRPC_CLIENT, grpc_address(d)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True)
-        probe = subprocess.Popen([sys.executable, "-c", GOAWAY_PROBE, grpc_address(d), str(SLOW), TESTS],
-                                 stdout=subprocess.PIPE, text=True)
+        probe = goaway_probe(d, SLOW)
         try:
             assert client.stdout.readline().strip() == "connected"
             assert probe.stdout.readline().strip() == "sent"  # a call in flight across the drain's start
@@ -165,11 +96,14 @@ async def test_sigterm_not_ready_serving_through_the_delay_then_goaway_drain_and
                                    "/v2/models/echo/ready")[:2],
                 "infer": get(http.client.HTTPConnection(host, port, timeout=60), "/v2/models/echo/infer", INFER),
                 "grpc health": health(channel), "grpc model health": health(channel, "echo"),
+                "grpc watch": health_pb2.HealthCheckResponse.ServingStatus.Name(next(watch).status),
             }
             fresh.close()
             grpc_answer = json.loads(client.stdout.readline())
             code = d.proc.wait(60)
             frames = json.loads(probe.stdout.readline())
+            with pytest.raises(grpc.RpcError) as watch_ended:
+                next(watch)
         finally:
             for p in (client, probe):
                 p.kill() if p.poll() is None else None
@@ -180,7 +114,8 @@ async def test_sigterm_not_ready_serving_through_the_delay_then_goaway_drain_and
     assert leaving["drain_delay_s"] == DELAY_S
     assert during["ready"] == (503, "close") and during["model ready"] == (503, "close")
     assert during["infer"][:2] == (200, "close") and during["infer"][2]["outputs"][0]["data"] == [2.0]
-    assert during["grpc health"] == during["grpc model health"] == "NOT_SERVING"
+    assert during["grpc health"] == during["grpc model health"] == during["grpc watch"] == "NOT_SERVING"
+    assert watch_ended.value.code() is grpc.StatusCode.UNAVAILABLE  # a Watch ends when the drain starts
     assert grpc_answer == {"y": [[3.0]], "server_ready": False, "model_ready": False}
     assert code == 0
     # On the wire: a graceful GOAWAY, then the call in flight answered OK, then the final GOAWAY.
