@@ -128,6 +128,10 @@ class DaemonProcess:
     def terminate(self, timeout: float = 60) -> int:
         """SIGTERM, then wait for the exit code (and the last log lines)."""
         self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 60) -> int:
+        """The exit code, once the daemon has exited and its last log lines are read."""
         code = self.proc.wait(timeout)
         self._collector.join(timeout)
         return code

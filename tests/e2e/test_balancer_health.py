@@ -68,17 +68,42 @@ def stamp(event: dict) -> float:
     return datetime.fromisoformat(event["timestamp"]).timestamp()
 
 
+def watched(watch) -> str:
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(next(watch).status)
+
+
+def within_the_delay(d: DaemonProcess, kept: http.client.HTTPConnection, channel, watch) -> dict:
+    """What clients see right after SIGTERM: health fails everywhere, inference is served,
+    connections close."""
+    host, port = d.address
+    fresh, other = (http.client.HTTPConnection(host, port, timeout=60) for _ in range(2))
+    try:
+        return {"ready": get(kept, "/v2/health/ready")[:2], "model ready": get(fresh, "/v2/models/echo/ready")[:2],
+                "infer": get(other, "/v2/models/echo/infer", INFER), "grpc health": health(channel),
+                "grpc model health": health(channel, "echo"), "grpc watch": watched(watch)}
+    finally:
+        fresh.close()
+        other.close()
+
+
+def assert_goaway_then_answer(frames: list) -> None:
+    """On the wire: a graceful GOAWAY, then the call in flight answered OK, then the final GOAWAY."""
+    kinds = [f[0] for f in frames]
+    assert frames[kinds.index("GOAWAY")][1:] == [2**31 - 1, 0], frames
+    trailers = [f for f in frames if f[0] == "HEADERS" and "grpc-status" in f[2]]
+    assert [t[1:] for t in trailers] == [[1, {"grpc-status": "0"}]], frames
+    assert kinds.index("GOAWAY") < frames.index(trailers[0]) and frames[-1] == ["GOAWAY", 1, 0], frames
+
+
 async def test_sigterm_not_ready_serving_through_the_delay_then_goaway_drain_and_exit(tmp_path):
     root = models(tmp_path / "models", "echo", "sleepy")
     with DaemonProcess(root, env={**FAST, "INFERD_SERVER_DRAIN_DELAY_S": str(DELAY_S)}) as d, \
             grpc.insecure_channel(grpc_address(d)) as channel:
-        host, port = d.address
-        kept = http.client.HTTPConnection(host, port, timeout=60)  # a balancer's keep-alive connection
+        kept = http.client.HTTPConnection(*d.address, timeout=60)  # a balancer's keep-alive connection
         assert get(kept, "/v2/health/ready")[:2] == (200, "")
         assert get(kept, "/v2/models/echo/infer", INFER)[0] == 200  # its worker started before the clock runs
-        assert health(channel) == "SERVING"
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
-        assert health_pb2.HealthCheckResponse.ServingStatus.Name(next(watch).status) == "SERVING"
+        assert health(channel) == watched(watch) == "SERVING"
         client = subprocess.Popen([sys.executable, "-c", GRPC_CLIENT, grpc_address(d)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True)
         probe = goaway_probe(d, SLOW)
@@ -89,18 +114,9 @@ async def test_sigterm_not_ready_serving_through_the_delay_then_goaway_drain_and
             [leaving] = await eventually(lambda: d.events("not ready: draining after the delay"), 30, "not ready")
             client.stdin.write("go\n")
             client.stdin.flush()
-            # Within the delay: health fails everywhere, inference is served, connections close.
-            during = {
-                "ready": get(kept, "/v2/health/ready")[:2],
-                "model ready": get(fresh := http.client.HTTPConnection(host, port, timeout=60),
-                                   "/v2/models/echo/ready")[:2],
-                "infer": get(http.client.HTTPConnection(host, port, timeout=60), "/v2/models/echo/infer", INFER),
-                "grpc health": health(channel), "grpc model health": health(channel, "echo"),
-                "grpc watch": health_pb2.HealthCheckResponse.ServingStatus.Name(next(watch).status),
-            }
-            fresh.close()
+            during = within_the_delay(d, kept, channel, watch)
             grpc_answer = json.loads(client.stdout.readline())
-            code = d.proc.wait(60)
+            code = d.wait(60)
             frames = json.loads(probe.stdout.readline())
             with pytest.raises(grpc.RpcError) as watch_ended:
                 next(watch)
@@ -118,12 +134,7 @@ async def test_sigterm_not_ready_serving_through_the_delay_then_goaway_drain_and
     assert watch_ended.value.code() is grpc.StatusCode.UNAVAILABLE  # a Watch ends when the drain starts
     assert grpc_answer == {"y": [[3.0]], "server_ready": False, "model_ready": False}
     assert code == 0
-    # On the wire: a graceful GOAWAY, then the call in flight answered OK, then the final GOAWAY.
-    kinds = [f[0] for f in frames]
-    assert frames[kinds.index("GOAWAY")][1:] == [2**31 - 1, 0], frames
-    trailers = [f for f in frames if f[0] == "HEADERS" and "grpc-status" in f[2]]
-    assert [t[1:] for t in trailers] == [[1, {"grpc-status": "0"}]], frames
-    assert kinds.index("GOAWAY") < frames.index(trailers[0]) and frames[-1] == ["GOAWAY", 1, 0], frames
+    assert_goaway_then_answer(frames)
     [told] = d.events("gRPC connections told to go away")
     assert told["connections"] >= 2  # the probe's and grpcio's (tritonclient's may have gone)
     [draining], [stopped] = d.events("draining"), d.events("stopped")
@@ -137,9 +148,7 @@ def test_sigint_skips_the_delay(tmp_path):
     root = models(tmp_path / "models", "echo")
     with DaemonProcess(root, env={"INFERD_SERVER_DRAIN_DELAY_S": "600"}) as d:
         d.proc.send_signal(signal.SIGINT)
-        code = d.proc.wait(60)  # not 600 s
-        d._collector.join(10)
-        assert code == 0
+        assert d.wait(60) == 0  # not 600 s
         [leaving] = d.events("not ready: draining after the delay")
         assert leaving["drain_delay_s"] == 0
         assert d.events("stopped")[0]["drained"] is True
@@ -155,8 +164,7 @@ async def test_sigint_during_the_delay_cuts_it_short(tmp_path):
         assert get(conn, "/v2/health/ready")[:2] == (503, "close")
         conn.close()
         d.proc.send_signal(signal.SIGINT)
-        assert d.proc.wait(60) == 0
-        d._collector.join(10)
+        assert d.wait(60) == 0
         assert d.events("delay cut short by SIGINT") and d.events("stopped")[0]["drained"] is True
 
 

@@ -35,7 +35,7 @@ async def test_a_client_ignoring_goaway_gets_unavailable_and_new_connections_are
                 except ConnectionRefusedError:
                     refused.append(address)
             frames = json.loads(probe.stdout.readline())
-            code = d.proc.wait(60)
+            code = d.wait(60)
         finally:
             if probe.poll() is None:
                 probe.kill()
