@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
@@ -194,8 +195,10 @@ class Daemon:
 
     async def _apply(self, new: DaemonConfig) -> None:
         old, self.config = self.config, new
-        for section in ("server", "auth"):
-            if getattr(old, section) != getattr(new, section):
+        # server.drain_delay_s and ready_models are read where they are used: they apply now.
+        live = dataclasses.replace(old.server, drain_delay_s=new.server.drain_delay_s, ready_models=new.server.ready_models)
+        for section, changed in (("server", live != new.server), ("auth", old.auth != new.auth)):
+            if changed:
                 log.warning("config changes need a restart to apply", section=section)
         if old.memory != new.memory:
             self.memory.configure(new.memory)

@@ -189,6 +189,11 @@ async def test_ready_models_hold_readiness_until_each_is_ready(tmp_path):
             (root / "later" / "1").rmdir()
             await eventually(lambda: get(conn, "/v2/health/ready")[0] == 503, 60, "not ready once later is gone")
             assert health(channel) == "NOT_SERVING"
+            config.write_text('[server]\nready_models = ["echo"]\n')  # applies on reload
+            d.proc.send_signal(signal.SIGHUP)
+            await eventually(lambda: d.events("reloaded"), 60, "the reload")
+            assert get(conn, "/v2/health/ready")[0] == 200 and health(channel) == "SERVING"
+            assert not d.events("config changes need a restart to apply")
         finally:
             conn.close()
 
