@@ -40,6 +40,7 @@ from inferd.daemon.operations import logs, systemd
 from inferd.daemon.operations.custom_metrics import CustomMetrics
 from inferd.daemon.operations.metrics import Metrics
 from inferd.daemon.readiness import ServerState
+from inferd.daemon.sequence_routing import sequences_running
 from inferd.scheduler import spawner
 from inferd.scheduler.limits import MemoryManager
 from inferd.scheduler.memory import pick_probe
@@ -237,7 +238,9 @@ class Daemon:
         budget."""
         budget = self.config.server.drain_timeout_s
         self.state.draining = True
-        await self.listeners.stop_accepting()
+        # Running sequences go on to their ends (docs/sequences.md): their gRPC clients, told
+        # GOAWAY, reconnect for their next requests.
+        await self.listeners.stop_accepting(keep_grpc=sequences_running(self.repository))
         log.info("draining", inflight=self.repository.inflight_count(), budget_s=budget)
         drained = await self.repository.drain(budget)
         if not drained:
