@@ -106,7 +106,7 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event | None = None) -> int:
         stop = stop or asyncio.Event()
-        hurry = asyncio.Event()  # SIGINT: an operator's Ctrl-C, no balancer to wait for
+        hurry = asyncio.Event()  # no drain delay: SIGINT, an operator's Ctrl-C, no balancer to wait for
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, lambda: (hurry.set(), stop.set()))
@@ -115,6 +115,8 @@ class Daemon:
         try:
             if not await self._start():
                 return 1
+            if stop.is_set():  # stopped while starting: no balancer has seen it ready, none to wait for
+                hurry.set()
             await stop.wait()
             await self._leave(hurry)
             drained = await self._drain()

@@ -214,3 +214,44 @@ def test_bad_settings_are_refused_at_start(tmp_path, setting, reason):
                           str(tmp_path), "--http", "127.0.0.1:0", "--grpc", "", "--socket", ""],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and reason in run.stderr, run.stderr
+
+
+SLOW_LOAD = '''
+import time
+
+
+class Model:
+    inputs = [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}]
+    outputs = [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}]
+
+    def load(self, model_dir, config):
+        time.sleep(4)
+
+    def infer(self, inputs):
+        return {"y": inputs["x"]}
+'''
+
+
+def test_sigterm_while_starting_skips_the_delay(tmp_path):
+    """Never ready yet: no balancer sends it anything, so it has none to wait for."""
+    (tmp_path / "slow_load" / "1").mkdir(parents=True)
+    (tmp_path / "slow_load" / "1" / "model.py").write_text(SLOW_LOAD)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERD_")}
+    env["INFERD_SERVER_DRAIN_DELAY_S"] = "600"
+    daemon = subprocess.Popen([sys.executable, "-m", "inferd.daemon", "serve", "--models", str(tmp_path), "--http",
+                               "127.0.0.1:0", "--grpc", "", "--socket", "", "--log-format", "json"],
+                              env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in daemon.stderr:
+            if '"event":"listening"' in line:  # started: loading its models, not ready
+                break
+        daemon.send_signal(signal.SIGTERM)
+        rest = daemon.stderr.read()
+        assert daemon.wait(60) == 0  # the load's 4 s, not 600
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        daemon.stderr.close()
+    events = {e.get("event"): e for e in (json.loads(line) for line in rest.splitlines() if line.startswith("{"))}
+    assert "ready" in events and events["not ready: draining after the delay"]["drain_delay_s"] == 0
