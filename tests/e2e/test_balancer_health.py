@@ -255,3 +255,55 @@ def test_sigterm_while_starting_skips_the_delay(tmp_path):
         daemon.stderr.close()
     events = {e.get("event"): e for e in (json.loads(line) for line in rest.splitlines() if line.startswith("{"))}
     assert "ready" in events and events["not ready: draining after the delay"]["drain_delay_s"] == 0
+
+
+# grpclib's client (python-h2) in a subprocess: one ModelInfer to "sleepy", answered after the
+# drain has started.
+GRPCLIB_CALL = '''
+import asyncio, json, sys
+import numpy as np
+from grpclib.client import Channel
+from grpclib.const import Cardinality
+from tritonclient.grpc import service_pb2 as pb
+
+
+async def main():
+    host, port = sys.argv[1].rsplit(":", 1)
+    request = pb.ModelInferRequest(model_name="sleepy")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 1])
+    request.raw_input_contents.append(np.full((1, 1), float(sys.argv[2]), np.float32).tobytes())
+    async with Channel(host, int(port)) as channel, channel.request(
+            "/inference.GRPCInferenceService/ModelInfer", Cardinality.UNARY_UNARY, pb.ModelInferRequest,
+            pb.ModelInferResponse) as stream:
+        await stream.send_message(request, end=True)
+        print("sent", flush=True)
+        try:
+            reply = await stream.recv_message()
+            await stream.recv_trailing_metadata()
+            print(json.dumps({"y": np.frombuffer(reply.raw_output_contents[0], np.float32).tolist()}), flush=True)
+        except Exception as e:
+            print(json.dumps({"error": repr(e)}), flush=True)
+
+asyncio.run(main())
+'''
+
+
+def test_a_grpclib_clients_call_in_flight_is_answered_across_the_drain(tmp_path):
+    """python-h2 (under grpclib's client) ends a connection at any GOAWAY and refuses the answers
+    after it: its connections are told none, and their calls are answered."""
+    root = models(tmp_path / "models", "sleepy")
+    with DaemonProcess(root, env={**FAST, "INFERD_SERVER_DRAIN_DELAY_S": "1"}) as d:
+        client = subprocess.Popen([sys.executable, "-c", GRPCLIB_CALL, grpc_address(d), "1003"],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert client.stdout.readline().strip() == "sent"
+            d.proc.send_signal(signal.SIGTERM)
+            answer = json.loads(client.stdout.readline())
+            assert d.wait(60) == 0
+        finally:
+            if client.poll() is None:
+                client.kill()
+            client.wait()
+            client.stdout.close()
+    assert answer == {"y": [1003.0]}
+    assert d.events("gRPC connections told to go away")[0]["connections"] == 0
