@@ -36,7 +36,21 @@ def type_name(t) -> str:
     return getattr(t, "__name__", str(t))
 
 
+def items_of(want) -> type | None:
+    """The item type of a `tuple[X, ...]` field (a TOML array), else None."""
+    if typing.get_origin(want) is tuple:
+        args = typing.get_args(want)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return args[0]
+    return None
+
+
 def _coerce(value, want, file: str, key: str):
+    item = items_of(want)
+    if item is not None:  # an array: a tuple (the dataclasses are frozen), each item checked
+        if not isinstance(value, list | tuple):
+            raise ConfigError(file, key, f"expected an array of {type_name(item)}, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(v, item, file, f"{key}[{i}]") for i, v in enumerate(value))
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if want is int and isinstance(value, bool) or not isinstance(value, want):

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from inferd.common.errors import ConfigError
-from inferd.config.loader import at_least, between, build, field, one_of, read_toml, type_name
-from inferd.config.model import ModelSettings
+from inferd.config.loader import at_least, between, build, field, items_of, one_of, read_toml, type_name
+from inferd.config.model import MODEL_NAME, ModelSettings
 
 
 def _address(value: str) -> str | None:
@@ -41,6 +41,15 @@ def _server_name(value: str) -> str | None:
     if 0 < len(value) <= 64 and value.isascii() and value.isprintable():
         return None
     return "must be 1 to 64 printable ASCII characters"
+
+
+def _model_names(names: tuple[str, ...]) -> str | None:
+    for name in names:
+        if not MODEL_NAME.fullmatch(name) or name.startswith(".") or len(name) > 256:
+            return f"expected model names ([A-Za-z0-9_.-]+, not starting with '.'), got {name[:64]!r}"
+    if len(set(names)) != len(names):
+        return "names a model twice"
+    return None
 
 
 def socket_path(value: str, environ: Mapping[str, str] | None = None) -> str:
@@ -91,6 +100,10 @@ class ServerSection:
     socket_group: str = "inferd"
     name: str = field("inferd", _server_name)  # server metadata's name (MLServer's server_name)
     drain_timeout_s: float = field(30.0, between(0, 3600))
+    # On SIGTERM: not ready at once, serving on for this long (balancers' checks notice), then the drain.
+    drain_delay_s: float = field(5.0, between(0, 600))
+    # Ready only while each of these models has a READY version; () = once the initial load is done.
+    ready_models: tuple[str, ...] = field((), _model_names)
     max_request_bytes: int = field(64 * 1024 * 1024, at_least(1024))
     # What one request may cost to decode on the event loop (see docs/operations.md):
     max_structured_bytes: int = field(1024 * 1024, at_least(1024))  # JSON; a gRPC message but its raw contents
@@ -162,6 +175,8 @@ class DaemonConfig:
 
 
 def _parse_env_value(raw: str, want, name: str):
+    if (item := items_of(want)) is not None:  # an array: comma-separated items, "" for none
+        return tuple(_parse_env_value(part.strip(), item, name) for part in raw.split(",")) if raw.strip() else ()
     try:
         if want is bool:
             if raw.lower() in ("1", "true", "yes", "on"):

@@ -28,6 +28,7 @@ from inferd.daemon.load_request import parse_load
 from inferd.daemon.models import upload
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.version import ModelState, ModelVersion
+from inferd.daemon.readiness import ServerState
 from inferd.daemon.requests import InferRequest, InferResponse
 from inferd.daemon.sequence_routing import draining_holder
 from inferd.daemon.shared_memory import SystemSharedMemory
@@ -43,18 +44,6 @@ Respond = Callable[[InferResponse, Callable[[], None]], None]  # a stream's resp
 def shutting_down() -> InferdError:
     """The answer of every request the drain did not finish (and of every new one)."""
     return InferdError(ErrorCode.UNAVAILABLE, "the server is shutting down")
-
-
-class ServerState:
-    """The single source of truth for liveness and readiness."""
-
-    def __init__(self) -> None:
-        self.started = False
-        self.draining = False
-
-    @property
-    def ready(self) -> bool:
-        return self.started and not self.draining
 
 
 def _count(mv: ModelVersion, request: InferRequest, error: InferdError | None, protocol: str, started: float) -> None:
@@ -275,7 +264,7 @@ class DataPlane:
             holder = draining_holder(self.repository, name, version, request.parameters, self.state.draining)
             if holder is not None:  # goes where its state is (daemon/sequence_routing.py)
                 return holder
-        if not self.state.ready:
+        if not self.state.serving:  # (while leaving: not ready, and serving on)
             raise InferdError(ErrorCode.UNAVAILABLE, "the server is not ready (starting or shutting down)")
         return self.repository.get_ready(name, version)
 
@@ -286,7 +275,7 @@ class DataPlane:
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """Raises NOT_FOUND for an unknown model or version."""
-        return self.state.ready and self.repository.get(name, version).state is ModelState.READY
+        return self.state.up and self.repository.get(name, version).state is ModelState.READY
 
     def model_metadata(self, name: str, version: str = "") -> dict:
         mv = self.repository.get_ready(name, version)
@@ -318,7 +307,7 @@ class DataPlane:
         return [row for row in index if row["state"] == ModelState.READY.value] if ready_only else index
 
     def _repository_call(self, name: str) -> None:
-        if not self.state.ready:
+        if not self.state.up:
             raise InferdError(ErrorCode.UNAVAILABLE, "the server is not ready (starting or shutting down)")
         if not name:
             raise invalid("a model name is required")

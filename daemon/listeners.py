@@ -165,14 +165,19 @@ class Listeners:
                 raise ListenError("socket", path, e) from None
         self._listening("socket", path, activated)
 
-    async def stop_accepting(self) -> None:
-        """New connections are refused; open ones go on. (gRPC keeps accepting and answers
-        UNAVAILABLE, which its clients retry: grpclib cannot stop listening without cancelling
-        running calls.)"""
+    async def stop_accepting(self, keep_grpc: bool = False) -> None:
+        """New connections are refused; open ones go on, and each gRPC one gets a graceful
+        GOAWAY (its client opens no new streams there). `keep_grpc`: gRPC keeps accepting, so
+        that a client told GOAWAY can reconnect to go on with a running sequence."""
         for site in list(self.runner.sites):
             await site.stop()  # the listening socket only; open connections finish their requests
         if self._unix is not None:
             self._unix.stop_accepting()
+        if self._grpc is not None:
+            if not keep_grpc:  # the listening socket only: grpclib's close() would cancel the running calls
+                self._grpc._server.close()
+            told = sum(listener.go_away() for listener in self._guarded if isinstance(listener, GrpcListener))
+            log.info("gRPC connections told to go away", connections=told, accepting=keep_grpc)
 
     async def close(self) -> None:
         """Close every listener and connection. After the drain every accepted request has its

@@ -35,3 +35,9 @@ def draining_holder(repository: ModelRepository, name: str, version: str, parame
         elif queue.holds(sid):
             return mv
     return None
+
+
+def sequences_running(repository: ModelRepository) -> bool:
+    """Whether a stateful model holds a running sequence: its client will send more, perhaps on
+    a new connection (the daemon's drain keeps accepting gRPC's then)."""
+    return any(isinstance(mv.queue, SequenceQueue) and mv.queue.pool.pinned() for mv in repository.all_versions())

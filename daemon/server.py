@@ -3,7 +3,9 @@
     start:  bind the listeners (live, not ready), load the models directory, READY=1
     serve:  until SIGTERM/SIGINT (or `stop` is set), following the models directory;
             SIGHUP: RELOADING=1, re-read the config, rescan, READY=1
-    drain:  STOPPING=1, not ready, refuse new requests (503), stop accepting connections,
+    leave:  STOPPING=1, not ready (balancers' health checks fail) while serving on for
+            server.drain_delay_s, every HTTP answer with Connection: close; SIGINT skips it
+    drain:  refuse new requests (503), stop accepting connections (gRPC's get a GOAWAY),
             answer every accepted request within server.drain_timeout_s; what is still
             unanswered then (a stuck batch) is answered UNAVAILABLE "shutting down"
     stop:   write those answers and close the connections (a few seconds at most), stop the
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
@@ -26,15 +29,18 @@ from inferd.common import gc_policy
 from inferd.common.errors import ConfigError
 from inferd.common.tasks import TaskSet
 from inferd.config.settings import DaemonConfig
-from inferd.daemon.dataplane import DataPlane, ServerState
+from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.frontends.auth import Access
 from inferd.daemon.listeners import ListenError, Listeners
 from inferd.daemon.models import upload
 from inferd.daemon.models.repository import ModelRepository
+from inferd.daemon.models.version import ModelState
 from inferd.daemon.models.watcher import DirectoryWatcher
 from inferd.daemon.operations import logs, systemd
 from inferd.daemon.operations.custom_metrics import CustomMetrics
 from inferd.daemon.operations.metrics import Metrics
+from inferd.daemon.readiness import ServerState
+from inferd.daemon.sequence_routing import sequences_running
 from inferd.scheduler import spawner
 from inferd.scheduler.limits import MemoryManager
 from inferd.scheduler.memory import pick_probe
@@ -53,7 +59,7 @@ class Daemon:
         self.registry = CollectorRegistry()
         self.custom_metrics = CustomMetrics()  # Python models' own (its directory made at the first load)
         self.metrics = Metrics(self.registry, self.custom_metrics)
-        self.state = ServerState()
+        self.state = ServerState(required=self._ready_models_loaded)
         models = config.models
         self.memory = MemoryManager(pick_probe(), config.memory, observer=self.metrics)
         self.repository = ModelRepository(Path(models.dir), config.defaults, self.metrics, self.memory,
@@ -71,6 +77,12 @@ class Daemon:
     @property
     def addresses(self) -> dict[str, str]:
         return self.listeners.addresses
+
+    def _ready_models_loaded(self) -> bool:
+        """Each of server.ready_models has a READY version (an unknown name has none)."""
+        models = self.repository.models
+        return all(any(v.state is ModelState.READY for v in models.get(name, {}).values())
+                   for name in self.config.server.ready_models)
 
     def _make_watcher(self) -> DirectoryWatcher:
         models = self.config.models
@@ -94,15 +106,19 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event | None = None) -> int:
         stop = stop or asyncio.Event()
+        hurry = asyncio.Event()  # no drain delay: SIGINT, an operator's Ctrl-C, no balancer to wait for
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, lambda: (hurry.set(), stop.set()))
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         drained = False
         try:
             if not await self._start():
                 return 1
+            if stop.is_set():  # stopped while starting: no balancer has seen it ready, none to wait for
+                hurry.set()
             await stop.wait()
+            await self._leave(hurry)
             drained = await self._drain()
             return 0
         finally:
@@ -151,7 +167,7 @@ class Daemon:
         return "STATUS=models: " + (", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())) or "none")
 
     def _on_sighup(self) -> None:
-        if not self.state.ready:
+        if not self.state.up:  # (not `ready`: that may wait for server.ready_models, which a reload may bring)
             log.warning("SIGHUP ignored: the daemon is starting or stopping")
             return
         self._tasks.spawn(self.reload())
@@ -182,8 +198,10 @@ class Daemon:
 
     async def _apply(self, new: DaemonConfig) -> None:
         old, self.config = self.config, new
-        for section in ("server", "auth"):
-            if getattr(old, section) != getattr(new, section):
+        # server.drain_delay_s and ready_models are read where they are used: they apply now.
+        live = dataclasses.replace(old.server, drain_delay_s=new.server.drain_delay_s, ready_models=new.server.ready_models)
+        for section, changed in (("server", live != new.server), ("auth", old.auth != new.auth)):
+            if changed:
                 log.warning("config changes need a restart to apply", section=section)
         if old.memory != new.memory:
             self.memory.configure(new.memory)
@@ -202,13 +220,29 @@ class Daemon:
             self.watcher.rescan()
         await self.repository.wait_loaded()
 
-    async def _drain(self) -> bool:
-        """Not ready, refuse new work, stop accepting connections, answer what was accepted
-        within the budget."""
-        budget = self.config.server.drain_timeout_s
+    async def _leave(self, hurry: asyncio.Event) -> None:
+        """Not ready while serving on for server.drain_delay_s, so that balancers see the
+        failing health checks and stop sending work before the drain refuses it; `hurry`
+        (SIGINT) cuts it short."""
+        delay = 0.0 if hurry.is_set() else self.config.server.drain_delay_s
         systemd.notify("STOPPING=1")
+        self.state.leaving = True
+        log.info("not ready: draining after the delay", drain_delay_s=delay, inflight=self.repository.inflight_count())
+        if delay:
+            try:
+                await asyncio.wait_for(hurry.wait(), delay)
+                log.info("delay cut short by SIGINT")
+            except TimeoutError:
+                pass
+
+    async def _drain(self) -> bool:
+        """Refuse new work, stop accepting connections, answer what was accepted within the
+        budget."""
+        budget = self.config.server.drain_timeout_s
         self.state.draining = True
-        await self.listeners.stop_accepting()
+        # Running sequences go on to their ends (docs/sequences.md): their gRPC clients, told
+        # GOAWAY, reconnect for their next requests.
+        await self.listeners.stop_accepting(keep_grpc=sequences_running(self.repository))
         log.info("draining", inflight=self.repository.inflight_count(), budget_s=budget)
         drained = await self.repository.drain(budget)
         if not drained:

@@ -17,10 +17,11 @@ import uvloop
 from prometheus_client import CollectorRegistry, Counter
 
 from inferd.config.settings import AuthSection, ServerSection
-from inferd.daemon.dataplane import DataPlane, ServerState
+from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.frontends.auth import Access
 from inferd.daemon.listeners import Listeners
 from inferd.daemon.operations import logs, systemd
+from inferd.daemon.readiness import ServerState
 
 SECRET = os.environ.get("BUGGY_SECRET", "secret")  # in every bug's message: no caller may see it
 

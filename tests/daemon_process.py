@@ -50,6 +50,7 @@ class DaemonProcess:
 
     def start(self, timeout: float = 60) -> DaemonProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INFERD_")}
+        env["INFERD_SERVER_DRAIN_DELAY_S"] = "0"  # no balancer to wait for (a test that wants one sets it)
         env.update(self.env, NOTIFY_SOCKET=self.notify_path)
         self.proc = subprocess.Popen(self.command(), env=env, cwd=self.cwd, stderr=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, text=True)
@@ -127,6 +128,10 @@ class DaemonProcess:
     def terminate(self, timeout: float = 60) -> int:
         """SIGTERM, then wait for the exit code (and the last log lines)."""
         self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 60) -> int:
+        """The exit code, once the daemon has exited and its last log lines are read."""
         code = self.proc.wait(timeout)
         self._collector.join(timeout)
         return code

@@ -1,6 +1,7 @@
 """The standard gRPC health service (grpc.health.v1.Health, grpclib's generated code): service ""
-is the server (SERVING while ready, NOT_SERVING while starting or draining), any other service
-name is a model (SERVING while its serving version is ready). Check answers NOT_FOUND for an
+is the server (SERVING while ready, NOT_SERVING while starting, from SIGTERM on, or while a model
+of server.ready_models is not READY: daemon/readiness.py), any other service name is a model
+(SERVING while its serving version is ready, NOT_SERVING from SIGTERM on). Check answers NOT_FOUND for an
 unknown name, Watch SERVICE_UNKNOWN, as the health-checking spec says.
 
 With a token, only Check of service "" is open (as HTTP's /v2/health/*, unless

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferd.common.codec import ValueBudget
@@ -80,9 +80,17 @@ async def _access_and_errors(request: web.Request, handler):
     except Exception as e:
         error = unexpected(e, "HTTP request failed", method=request.method, path=request.path)
         response = error_response(HTTP_STATUS[error.code], error.message)
-    if request.app[DATAPLANE].state.draining or ABANDONED in request:
+    if ABANDONED in request:
         response.force_close()  # let clients move on instead of reusing a connection that is closing
     return response
+
+
+async def _close_when_leaving(request: web.Request, response: web.StreamResponse) -> None:
+    """From SIGTERM on every answer says Connection: close, streams and errors too: a client's
+    next request opens a new connection, which a balancer sends to a server that stays."""
+    if request.app[DATAPLANE].state.closing:
+        response.force_close()
+        response.headers[hdrs.CONNECTION] = "close"  # (the headers were prepared before this hook)
 
 
 def _model_args(request: web.Request) -> tuple[str, str]:
@@ -296,6 +304,7 @@ def build_app(dataplane: DataPlane, registry, limits: RequestLimits, access: Acc
     app[ACCESS] = access
     app[DECODERS] = json_offload.JsonDecoders(limits)
     app.on_cleanup.append(lambda app: app[DECODERS].close())
+    app.on_response_prepare.append(_close_when_leaving)
     model = "/v2/models/{model}"
     versioned = model + "/versions/{version}"
     app.router.add_get("/v2/health/live", live)

@@ -92,6 +92,8 @@ def test_sigterm_lets_running_sequences_finish_and_refuses_new_ones(tmp_path):
             time.sleep(0.05)
         assert d.events("draining")
         assert infer(grpc, 2, 1)[0] == 7  # a running sequence goes on
+        # (its connection was told GOAWAY; gRPC keeps accepting while sequences run: it reconnected)
+        assert d.events("gRPC connections told to go away")[0]["accepting"] is True
         with pytest.raises(InferenceServerException) as refused:
             infer(grpc, 1, 2, start=True)
         assert refused.value.status() == "StatusCode.UNAVAILABLE"

@@ -16,10 +16,11 @@ from prometheus_client import CollectorRegistry
 from inferd.backends import backend_path
 from inferd.common.errors import InferdError
 from inferd.config.model import ModelConfig, ModelSettings
-from inferd.daemon.dataplane import DataPlane, ServerState
+from inferd.daemon.dataplane import DataPlane
 from inferd.daemon.models.scan import Found
 from inferd.daemon.models.version import ModelVersion, Serving
 from inferd.daemon.operations.metrics import Metrics, VersionObserver
+from inferd.daemon.readiness import ServerState
 from inferd.daemon.requests import InferRequest
 from inferd.scheduler.pool import Scaling, WorkerPool
 from inferd.scheduler.queue import ModelQueue

@@ -158,8 +158,10 @@ check "systemctl stop" systemctl stop inferd
 echo "  info systemctl stop took $(since "$t")s"
 check "stop: Result=success, inactive" is "$(prop inferd Result)/$(prop inferd ActiveState)" success/inactive
 check "the in-flight request was answered" wait $HELD
-check "journal: draining with INFLIGHT=1, stopped with DRAINED=true" bash -c \
-    "journal_json _PID=$PID | $PY $E/fields.py MESSAGE=draining INFLIGHT=1 && journal_json _PID=$PID | $PY $E/fields.py MESSAGE=stopped DRAINED=true"
+# The unit's default server.drain_delay_s (5 s): not ready with the request in flight, served on
+# through the delay (it is answered then), drained.
+check "journal: not ready with INFLIGHT=1, DRAIN_DELAY_S=5.0, stopped with DRAINED=true" bash -c \
+    "journal_json _PID=$PID | $PY $E/fields.py 'MESSAGE=not ready: draining after the delay' INFLIGHT=1 DRAIN_DELAY_S=5.0 && journal_json _PID=$PID | $PY $E/fields.py MESSAGE=stopped DRAINED=true"
 check "no inferd process left" bash -c '! pgrep -u inferd'
 
 echo "== socket activation"
