@@ -8,6 +8,7 @@ INFERD_REQUIRE_BALANCERS=1."""
 from __future__ import annotations
 
 import getpass
+import http.client
 import json
 import os
 import re
@@ -162,10 +163,13 @@ def fleet(nginx_binary, tmp_path_factory):
 ROWS = np.arange(32, dtype=np.int32).reshape(2, 16)
 
 
-def _infer(url: str) -> tuple[int, dict]:
-    body = {"inputs": [{"name": n, "shape": list(ROWS.shape), "datatype": "INT32", "data": ROWS.ravel().tolist()}
+def _body() -> dict:
+    return {"inputs": [{"name": n, "shape": list(ROWS.shape), "datatype": "INT32", "data": ROWS.ravel().tolist()}
                        for n in ("INPUT0", "INPUT1")]}
-    request = urllib.request.Request(url + "/v2/models/add_sub/infer", data=json.dumps(body).encode(),
+
+
+def _infer(url: str) -> tuple[int, dict]:
+    request = urllib.request.Request(url + "/v2/models/add_sub/infer", data=json.dumps(_body()).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         return response.status, json.loads(response.read())
@@ -204,6 +208,26 @@ def test_http_inference_through_nginx_reaches_both_hosts(fleet):
     after = [_served(d) for d in daemons]
     assert sum(after) - sum(before) == 6
     assert all(a > b for a, b in zip(after, before)), (before, after)  # round robin: both served
+
+
+def test_a_body_over_inferds_limit_is_refused_by_nginx_and_both_hosts_serve_on(fleet):
+    """client_max_body_size follows inferd's max_request_bytes (64 MiB): a bigger body is
+    refused at the balancer, from its Content-Length, before a byte of it travels."""
+    daemons, _, url, _ = fleet
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.putrequest("POST", "/v2/models/add_sub/infer")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(64 * 1024 * 1024 + 1))
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 413
+        assert b"<center>nginx</center>" in response.read()  # nginx's own page: inferd's answers are JSON
+    finally:
+        connection.close()
+    for daemon in daemons:
+        assert daemon.post_json("/v2/models/add_sub/infer", _body())[0] == 200
 
 
 def test_grpc_inference_through_nginx(fleet):
