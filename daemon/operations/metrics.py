@@ -112,6 +112,11 @@ class Metrics(LimitsObserver):
                 self.model_state.remove(model, version, s.value)
             if states is not None:
                 self.workers.remove(model, version)
+            # What the gone version held (memory, queue room, limits) must not stay in a sum of
+            # the host's, or a fleet's, series; its counters and histograms stay (rates go to 0).
+            for gauge in (self.queue_rows, self.queue_limit_rows, self.batch_limit, self.queue_limit_bytes,
+                          self.bytes_per_row, self.worker_memory, self.model_load_seconds):
+                gauge.remove(model, version)
             if self.custom is not None:
                 self.custom.forget(model, version)
             return

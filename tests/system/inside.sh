@@ -78,6 +78,7 @@ check "user and group inferd (system, no login)" bash -c 'getent passwd inferd |
 check "/usr/bin/inferd runs" inferd --version
 check "unit enabled by the install" is "$(systemctl is-enabled inferd.service)" enabled
 check "config: root:inferd 0640" is "$(stat -c %U:%G:%a /etc/inferd/inferd.toml)" root:inferd:640
+check "fleet docs and examples in /usr/share/doc/inferd" bash -c 'cd /usr/share/doc/inferd && for f in fleet.md object-storage.md fleet/haproxy.cfg fleet/nginx.conf fleet/prometheus.yml fleet/inferd-rules.yml; do test -s "$f" || { echo "missing: $f"; exit 1; }; done'
 check "models dir: root:inferd 2775 (not writable by others)" is "$(stat -c %U:%G:%a /var/lib/inferd/models)" root:inferd:2775
 check "state dir: inferd:inferd 0750" is "$(stat -c %U:%G:%a /var/lib/inferd)" inferd:inferd:750
 check "example models installed" test -f /var/lib/inferd/models/mlp.onnx -a -f /var/lib/inferd/models/add_sub/1/model.onnx
