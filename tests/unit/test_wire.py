@@ -127,8 +127,8 @@ def test_ipc_receiver_gets_frames_sent_while_it_polls_and_after_it_sleeps(poll_s
         for delay in (0.01, 0.2):
             receiver.poll_until = time.monotonic() + poll_s if poll_s else 0.0
             timer = threading.Timer(delay, ipc.send, (daemon_end, {"type": ipc.STOP, "delay": delay}))
+            started = time.monotonic()  # before the timer starts: a busy machine may run it at once
             timer.start()
-            started = time.monotonic()
             assert receiver.recv()["delay"] == delay
             assert time.monotonic() - started >= delay * 0.9
             timer.join()
