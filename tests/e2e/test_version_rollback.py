@@ -13,6 +13,7 @@ from pathlib import Path
 
 import make_models
 import numpy as np
+import pytest
 from daemon_process import DaemonProcess
 from waiting import eventually
 
@@ -89,18 +90,20 @@ class ClosedLoop:
             t.join(30)
 
 
-async def test_deleting_the_newest_version_rolls_back_without_a_failed_request(tmp_path):
+@pytest.mark.parametrize("control", ["watch", "poll"])
+async def test_deleting_the_newest_version_rolls_back_without_a_failed_request(tmp_path, control):
     models = tmp_path / "models"
     place(models / "m" / "1" / "model.onnx", offset=1)
     place(models / "m" / "2" / "model.onnx", offset=2)
-    with DaemonProcess(models, env=WARM) as d:
+    env = {**WARM, "INFERD_MODELS_CONTROL": control, "INFERD_MODELS_POLL_INTERVAL_S": "0.1"}
+    with DaemonProcess(models, env=env) as d:
         with ClosedLoop(d.url, "m") as loop:
             await eventually(lambda: loop.answers[-1:] == [2], what="version 2 to answer")
             shutil.rmtree(models / "m" / "2")
             await eventually(lambda: loop.answers[-1:] == [1], 60, f"version 1 to answer; log tail {d.lines[-6:]}")
             answered = len(loop.answers)
             await eventually(lambda: loop.more_than(answered + 100), what="100 answers more")
-        print(f"rollback under load: {len(loop.answers)} answers, {len(loop.failures)} failed")
+        print(f"rollback under load ({control}): {len(loop.answers)} answers, {len(loop.failures)} failed")
         assert loop.failures == []
         switch = loop.answers.index(1)
         assert set(loop.answers[:switch]) == {2} and set(loop.answers[switch + 100:]) == {1}
