@@ -81,6 +81,7 @@ class WorkerPool:
         self.metadata: ModelMetadata | None = None
         self.metadata_worker: WorkerHandle | None = None  # the worker that validated the model
         self.broken_reason: str | None = None  # crash loop: no more starts
+        self.held: str | None = None  # why no worker may start any more (hold())
         self.start_error: str | None = None  # why the last start failed
         self.exits = 0
         self._workers: set[WorkerHandle] = set()
@@ -183,13 +184,13 @@ class WorkerPool:
         """Start one more worker (up to max_workers), unless one is starting already: new
         sequences wait for a slot."""
         if (not self._starting and len(self._workers) < self.scaling.max_workers and not self.broken_reason
-                and not self._stopping):
+                and not self._stopping and not self.held):
             self._own(self._grow(reason, cold=not self._workers))
 
     def demand(self) -> None:
         """Requests are waiting and no worker is idle: with none running or starting, start
         one (a cold start; concurrent first requests start exactly one)."""
-        if not self._workers and not self._starting and not self.broken_reason and not self._stopping:
+        if not self._workers and not self._starting and not self.broken_reason and not self._stopping and not self.held:
             self._own(self._grow("cold start: a request arrived and no worker was running", cold=True))
 
     def note_wait(self, waited_s: float, now: float) -> None:
@@ -203,7 +204,7 @@ class WorkerPool:
         if now - self._pressure_since < self.scaling.scale_up_window_s:
             return
         self._pressure_since = None  # the next worker needs a window of its own
-        if len(self._workers) + self._starting >= self.scaling.max_workers or self.broken_reason:
+        if len(self._workers) + self._starting >= self.scaling.max_workers or self.broken_reason or self.held:
             return
         reason = (f"requests waited {waited_s * 1000:.0f} ms or more for a worker for "
                   f"{self.scaling.scale_up_window_s:g} s")
@@ -249,6 +250,8 @@ class WorkerPool:
                      load_s=round(worker.load_seconds, 4))
         finally:
             self._starting -= 1
+            if self.held and not self._workers and not self._starting and not self.broken_reason:
+                self._break(self.held)  # a start under way when the files went: it was the last hope
             self.on_change()
 
     async def _watch(self) -> None:
@@ -261,7 +264,7 @@ class WorkerPool:
             now = time.monotonic()
             for worker in [w for w in self._workers if w.busy and now - w.batch_started >= limit]:
                 worker.expire()
-            if idle_s > 0:
+            if idle_s > 0 and not self.held:  # held: its running workers are all it has
                 self._reap_idle(now)
 
     def _reap_idle(self, now: float) -> None:
@@ -284,7 +287,7 @@ class WorkerPool:
         """Stop every worker now, if none is busy (to free memory for another model, or after
         validating a scale-to-zero model: `cause` "idle"); True once they are gone. The next
         request starts one again."""
-        if not self.all_idle or not self._workers:
+        if not self.all_idle or not self._workers or self.held:
             return False
         leaving = list(self._workers)
         self._workers.clear()
@@ -311,6 +314,12 @@ class WorkerPool:
             self._idle.remove(worker)
         self.exits += 1
         self.observer.workers_changed(len(self._workers))
+        if self.held:
+            log.warning("worker exited", model=self.spec.model, version=self.spec.version, pid=worker.pid,
+                        workers=len(self._workers), reason="not replaced: " + self.held)
+            if not self._workers:
+                self._break(self.held)
+            return
         self._starting += 1  # counted now, so that a request arriving meanwhile starts no other
         self._own(self._replace(worker))
 
@@ -342,12 +351,27 @@ class WorkerPool:
             self._crashes.popleft()
         if len(self._crashes) < self.scaling.crash_loop_count or self.broken_reason:
             return bool(self.broken_reason)
-        self.broken_reason = (f"crash loop: {len(self._crashes)} worker failures within "
-                              f"{self.scaling.crash_loop_window_s:g} s; the last: {what}")
-        log.error("model failed", model=self.spec.model, version=self.spec.version, reason=self.broken_reason)
-        self.on_broken(self.broken_reason)
-        self.on_change()
+        self._break(f"crash loop: {len(self._crashes)} worker failures within "
+                    f"{self.scaling.crash_loop_window_s:g} s; the last: {what}")
         return True
+
+    def _break(self, reason: str) -> None:
+        """No more starts: queued and new requests are answered `reason`."""
+        self.broken_reason = reason
+        log.error("model failed", model=self.spec.model, version=self.spec.version, reason=reason)
+        self.on_broken(reason)
+        self.on_change()
+
+    def hold(self, reason: str) -> None:
+        """The model's files are gone (`reason`): no worker starts from now on (it could not
+        load them, and each try would count towards a crash loop) and none stops for being idle
+        or evicted; those running serve on. With none left (now, or once the last one exits)
+        the pool is broken for `reason`."""
+        if self.held or self.broken_reason:
+            return
+        self.held = reason
+        if not self._workers and not self._starting:
+            self._break(reason)
 
     # -- the end -----------------------------------------------------------------------------
 

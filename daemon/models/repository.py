@@ -7,7 +7,8 @@ one serving: traffic switches when it is READY, then the old generation drains i
 requests and stops. A failed load leaves what serves untouched and shows FAILED with the
 reason; the next change retries. A model whose files are gone stops taking requests at once
 (404), drains and stops. Versions that the version policy no longer selects are retired once a
-selected version is READY, never before. Building a generation is the assembler's job.
+selected version is READY, never before (succession.py; also what a version whose files
+were removed does meanwhile). Building a generation is the assembler's job.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from inferd.daemon.models.assembly import Assembler
 from inferd.daemon.models.pipeline import Pipeline, PipelineError
 from inferd.daemon.models.scan import Found, Key, Snapshot, diff, model_names, scan
 from inferd.daemon.models.steps import PipelineSteps
+from inferd.daemon.models.succession import settle
 from inferd.daemon.models.trust import redact
 from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.operations.metrics import Metrics, VersionObserver
@@ -85,7 +87,7 @@ class ModelRepository:
                      path=str(found.path or found.config_path or ""))
             self._load(found)
         for name in {c.found.name for c in changes} - gone:
-            self._settle(name)
+            settle(self, name)
 
     def reload_all(self, defaults: ModelSettings) -> None:
         """New [defaults] (SIGHUP): every version loads again with them, beside what serves."""
@@ -127,7 +129,7 @@ class ModelRepository:
             if old is not None:
                 self._retire(old)
         self._publish(mv.key)
-        self._settle(name)
+        settle(self, name)
         if mv.state is READY and mv.pipeline is None:
             self._reload_pipelines_using(name)
 
@@ -158,19 +160,6 @@ class ModelRepository:
         if any(v.state is LOADING for v in versions) or any(k[0] == name for k in self.pending):
             return True
         return name in model_names(self.applied) and not versions
-
-    def _settle(self, name: str) -> None:
-        """Retire versions the policy no longer selects, once a selected one is READY."""
-        versions = self.models.get(name)
-        if not versions:
-            return
-        wanted = {v for n, v in self.applied if n == name}
-        if not any(versions[v].state is READY for v in wanted if v in versions):
-            return  # keep serving what serves until a wanted version can take over
-        for version in [v for v in versions if v not in wanted]:
-            self._retire(versions.pop(version))
-            if (stale := self.pending.pop((name, version), None)) is not None:
-                self._retire(stale)
 
     def _remove_model(self, name: str) -> list[asyncio.Task]:
         """No new requests from now on (404); what was accepted drains, then workers stop."""

@@ -146,6 +146,19 @@ class ModelVersion:
         if self.state is ModelState.READY:
             self._set_state(ModelState.FAILED, self._redact(reason) or "its workers failed")
 
+    def files_gone(self, reason: str) -> None:
+        """Its files were removed while it serves, its successor not READY yet: it serves on
+        with the workers it has and starts none (WorkerPool.hold); FAILED with `reason` when it
+        has none left. The reason shows on its index row meanwhile."""
+        pool = self.serving.pool if self.serving else None
+        if self.state is not ModelState.READY or pool is None or pool.held:
+            return
+        self.reason = self._redact(reason)
+        log.warning("model files removed; serving on with the running workers", model=self.name,
+                    version=self.version, workers=len(pool.pids), reason=self.reason)
+        pool.hold(f"{self.reason}; no worker of it is left running")
+        self._on_state(self)
+
     def retire(self) -> None:
         """No longer served: drains, then stops (the repository drives both)."""
         if self.state is not ModelState.UNLOADING:

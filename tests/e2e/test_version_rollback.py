@@ -1,0 +1,192 @@
+"""Rolling a model back in a watched models directory (what a fleet does by deleting v2 from its
+bucket, mirrored into the directory), end to end: real files, the real watcher, real workers,
+HTTP clients in threads. The older version loads beside the one going away and takes the
+traffic once READY; the removed one serves on meanwhile with the workers it has."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import make_models
+import numpy as np
+import pytest
+from daemon_process import DaemonProcess
+from waiting import eventually
+
+from inferd.client import Client, InferdClientError
+
+A = np.arange(16, dtype=np.int32).reshape(1, 16)
+B = np.ones((1, 16), dtype=np.int32)
+SETTLE = {"INFERD_MODELS_SETTLE_MS": "100"}
+WARM = {**SETTLE, "INFERD_DEFAULTS_MIN_WORKERS": "1"}  # each version keeps the worker that validated it
+
+
+def place(path: Path, offset: int) -> Path:
+    """An add_sub model whose OUTPUT0 is INPUT0 + INPUT1 + offset, moved into place atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")  # ignored by the watcher while written
+    make_models.build_add_sub(part, offset=offset)
+    os.replace(part, path)
+    return path
+
+
+def offset_of(outputs: dict) -> int:
+    return int(outputs["OUTPUT0"][0, 0] - (A + B)[0, 0])
+
+
+def served_offset(client: Client, model: str) -> int | None:
+    try:
+        return offset_of(client.infer(model, {"INPUT0": A, "INPUT1": B}))
+    except InferdClientError:
+        return None
+
+
+def rows(client: Client, name: str) -> dict[str, dict]:
+    return {r["version"]: r for r in client.models() if r["name"] == name}
+
+
+def states(d: DaemonProcess, model: str, version: str) -> list[dict]:
+    return [e for e in d.events("model state") if e["model"] == model and e["version"] == version]
+
+
+class ClosedLoop:
+    """`count` HTTP clients in threads, each asking again as soon as it is answered, until
+    stopped (or 60 s: bounded whatever the test does)."""
+
+    def __init__(self, url: str, model: str, count: int = 4):
+        self.url, self.model = url, model
+        self.answers: list[int] = []  # offsets, in the order answered
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._ask, daemon=True) for _ in range(count)]
+        self._limit = threading.Timer(60, self._stop.set)
+        self._limit.daemon = True
+
+    def _ask(self) -> None:
+        with Client(url=self.url) as client:
+            while not self._stop.wait(0):
+                try:
+                    self.answers.append(offset_of(client.infer(self.model, {"INPUT0": A, "INPUT1": B})))
+                except InferdClientError as e:
+                    self.failures.append(f"{e.code}: {e}")
+
+    def more_than(self, count: int) -> bool:
+        return len(self.answers) > count
+
+    def __enter__(self) -> ClosedLoop:
+        for t in self._threads:
+            t.start()
+        self._limit.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._limit.cancel()
+        for t in self._threads:
+            t.join(30)
+
+
+@pytest.mark.parametrize("control", ["watch", "poll"])
+async def test_deleting_the_newest_version_rolls_back_without_a_failed_request(tmp_path, control):
+    models = tmp_path / "models"
+    place(models / "m" / "1" / "model.onnx", offset=1)
+    place(models / "m" / "2" / "model.onnx", offset=2)
+    env = {**WARM, "INFERD_MODELS_CONTROL": control, "INFERD_MODELS_POLL_INTERVAL_S": "0.1"}
+    with DaemonProcess(models, env=env) as d:
+        with ClosedLoop(d.url, "m") as loop:
+            await eventually(lambda: loop.answers[-1:] == [2], what="version 2 to answer")
+            shutil.rmtree(models / "m" / "2")
+            await eventually(lambda: loop.answers[-1:] == [1], 60, f"version 1 to answer; log tail {d.lines[-6:]}")
+            answered = len(loop.answers)
+            await eventually(lambda: loop.more_than(answered + 100), what="100 answers more")
+        print(f"rollback under load ({control}): {len(loop.answers)} answers, {len(loop.failures)} failed")
+        assert loop.failures == []
+        switch = loop.answers.index(1)
+        assert set(loop.answers[:switch]) == {2} and set(loop.answers[switch + 100:]) == {1}
+        # The older version was READY before the removed one stopped taking requests.
+        order = [(e["version"], e["state"]) for e in d.events("model state") if e["model"] == "m"]
+        assert order.index(("1", "READY")) < order.index(("2", "UNLOADING"))
+        with Client(url=d.url) as client:
+            await eventually(lambda: list(rows(client, "m")) == ["1"], 30, "version 2 to unload")
+        assert not [e for e in d.events("model failed") if e["model"] == "m"]
+
+
+async def test_a_removed_version_with_no_worker_is_failed_with_the_reason_until_the_older_serves(tmp_path):
+    """Scaled to zero (min_workers 0, no traffic): nothing of it runs and its files are gone, so
+    it cannot serve; it says so at once (no worker start is tried) and the older one loads."""
+    models = tmp_path / "models"
+    place(models / "m" / "1" / "model.onnx", offset=1)
+    place(models / "m" / "2" / "model.onnx", offset=2)
+    with DaemonProcess(models, env=SETTLE) as d, Client(url=d.url) as client:
+        shutil.rmtree(models / "m" / "2")
+        with ClosedLoop(d.url, "m") as loop:
+            await eventually(lambda: served_offset(client, "m") == 1, 60, f"version 1 to answer; log tail {d.lines[-6:]}")
+        print(f"cold rollback: {len(loop.answers)} answers, {len(loop.failures)} failed: {sorted(set(loop.failures))[:3]}")
+        failed = [e for e in states(d, "m", "2") if e["state"] == "FAILED"]
+        assert failed and "its files were removed from the models directory" in failed[0]["reason"]
+        assert "no worker of it is left running" in failed[0]["reason"]
+        assert not any("crash loop" in e["reason"] for e in d.events("model failed"))
+        await eventually(lambda: list(rows(client, "m")) == ["1"], 30, "version 2 to unload")
+
+
+async def test_deleting_the_newest_version_while_the_older_is_broken(tmp_path):
+    """The older version fails to load: the removed one serves on with its worker (the index
+    says why on both rows); once that worker is gone it is FAILED with the reason; the daemon
+    serves other models throughout, and repairing the older version's file brings it back."""
+    models = tmp_path / "models"
+    v1 = models / "m" / "1" / "model.onnx"
+    v1.parent.mkdir(parents=True)
+    v1.write_bytes(b"not an onnx model")
+    place(models / "m" / "2" / "model.onnx", offset=2)
+    place(models / "other.onnx", offset=7)
+    with DaemonProcess(models, env=WARM) as d, Client(url=d.url) as client:
+        worker = next(e for e in d.events("model loaded") if e["model"] == "m")["pids"][0]
+        with ClosedLoop(d.url, "m") as loop:
+            await eventually(lambda: loop.answers[-1:] == [2], what="version 2 to answer")
+            shutil.rmtree(models / "m" / "2")
+            index = await eventually(lambda: (r := rows(client, "m")).get("1", {}).get("state") == "FAILED" and r,
+                                     60, "version 1 to fail")
+            answered = len(loop.answers)
+            await eventually(lambda: loop.more_than(answered + 50), what="50 answers more")
+        assert loop.failures == [] and set(loop.answers) == {2}  # still served by version 2's worker
+        assert index["2"]["state"] == "READY"
+        assert "its files were removed from the models directory; version 1 takes over once READY" in index["2"]["reason"]
+        assert index["1"]["reason"]  # why version 1 failed
+        assert any(e["model"] == "m" for e in d.events("model files removed; serving on with the running workers"))
+
+        os.kill(worker, signal.SIGKILL)  # its last worker: none can start from files that are gone
+        await eventually(lambda: rows(client, "m")["2"]["state"] == "FAILED", 30, "version 2 to fail")
+        try:
+            client.infer("m", {"INPUT0": A, "INPUT1": B})
+            raise AssertionError("version 2 answered without a worker")
+        except InferdClientError as e:
+            assert e.code == "unavailable" and "its files were removed" in str(e)
+        assert "no worker of it is left running" in rows(client, "m")["2"]["reason"]
+        assert not any("crash loop" in e["reason"] for e in d.events("model failed"))
+        assert served_offset(client, "other") == 7
+
+        place(v1, offset=1)  # repairing the older version's file brings the model back
+        await eventually(lambda: served_offset(client, "m") == 1, 60, "the repaired version 1 to serve")
+        await eventually(lambda: list(rows(client, "m")) == ["1"], 30, "version 2 to unload")
+
+
+async def test_a_model_file_replaced_by_an_older_content_rolls_back_without_a_failed_request(tmp_path):
+    """models/m.onnx rewritten with the previous release's bytes: a new file for the serving
+    version, loaded beside it, under load; and a scaled-to-zero one, whose next worker reads it."""
+    models = tmp_path / "models"
+    warm, cold = place(models / "warm.onnx", offset=2), place(models / "cold.onnx", offset=2)
+    with DaemonProcess(models, env=SETTLE) as d:
+        with ClosedLoop(d.url, "warm") as loop:
+            await eventually(lambda: loop.answers[-1:] == [2], what="warm to answer")
+            place(warm, offset=1)
+            await eventually(lambda: loop.answers[-1:] == [1], 60, f"the older content to answer; log tail {d.lines[-6:]}")
+        assert loop.failures == []
+        with ClosedLoop(d.url, "cold") as loop:
+            place(cold, offset=1)
+            await eventually(lambda: loop.answers[-1:] == [1], 60, "the older content to answer")
+        assert loop.failures == [] and loop.answers
+        assert not d.events("model failed")
