@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -34,6 +35,10 @@ from inferd.daemon.models.source_mirror import Entry
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
            "TokenRefreshRequired", "AllAccessDisabled", "InvalidClientTokenId", "403"}
 _CHUNK = 1 << 20
+# The manifest is rewritten at most this often during a sync (and at its end): a sync killed in
+# between leaves files it does not know it wrote, which are downloaded again and, until then,
+# not deleted: the safe side.
+_MANIFEST_EVERY_S = 1.0
 
 
 class SourceDown(Exception):
@@ -110,19 +115,25 @@ class S3Mirror:
         self.root.mkdir(parents=True, exist_ok=True)
         files = mirror.read_manifest(self.root)
         todo = mirror.plan(listing, files, self.root)
-        for rel, entry in todo.download.items():
-            why = self._download(rel, entry)
-            if why:
-                report.failed.append((rel, why))
-                continue
-            report.downloaded.append((rel, entry.size))
-            files[rel] = entry
-            mirror.write_manifest(self.root, self.source, files)
-        for rel in todo.delete:
-            mirror.delete_file(self.root, rel)
-            report.deleted.append(rel)
-            del files[rel]
-            mirror.write_manifest(self.root, self.source, files)
+        written = time.monotonic()
+        try:
+            for rel, entry in todo.download.items():
+                why = self._download(rel, entry)
+                if why:
+                    report.failed.append((rel, why))
+                    continue
+                report.downloaded.append((rel, entry.size))
+                files[rel] = entry
+                if time.monotonic() - written > _MANIFEST_EVERY_S:
+                    mirror.write_manifest(self.root, self.source, files)
+                    written = time.monotonic()
+            for rel in todo.delete:
+                mirror.delete_file(self.root, rel)
+                report.deleted.append(rel)
+                del files[rel]
+        finally:  # what was done is recorded, even when the store stops answering mid-way
+            if report.downloaded or report.deleted:
+                mirror.write_manifest(self.root, self.source, files)
         return report
 
     def _list(self, report: SyncReport) -> dict[str, Entry]:
