@@ -110,9 +110,12 @@ class S3Mirror:
     def _sync(self) -> SyncReport:
         if self._client is None:  # (made here: building a client reads files, off the event loop)
             self._client = boto3.session.Session().client("s3", **self._client_args)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.root, os.W_OK):  # (EROFS too: the packaged unit mounts it read-only)
+            raise SourceDown("error", f"the models directory {self.root} is not writable by the daemon: "
+                                      "see docs/object-storage.md (systemd)")
         report = SyncReport()
         listing = self._list(report)
-        self.root.mkdir(parents=True, exist_ok=True)
         files = mirror.read_manifest(self.root)
         todo = mirror.plan(listing, files, self.root)
         written = time.monotonic()

@@ -31,6 +31,12 @@ def notes(c: Client, model: str) -> list[str]:
     return [n for r in c.models() if r["name"] == model for n in r.get("notes", [])]
 
 
+def http_notes(d: DaemonProcess, model: str) -> list[str]:
+    status, rows = d.post_json("/v2/repository/index", {})
+    assert status == 200
+    return [n for r in rows if r["name"] == model for n in r.get("notes", [])]
+
+
 def source_events(d: DaemonProcess) -> list[str]:
     return [e["event"] for e in d.log_events() if e["event"].startswith("model source ")
             and e["event"] != "model source object not mirrored"]
@@ -74,6 +80,7 @@ async def test_a_store_that_hangs_while_serving_changes_nothing_and_is_said_once
             assert metric(d, "inferd_model_source_up") == 0
             assert metric(d, "inferd_model_source_last_success_timestamp_seconds") > 0
             assert any("unreachable since" in n for n in notes(c, "remote"))
+            assert any("unreachable since" in n for n in http_notes(d, "remote"))
             assert source_events(d) == ["model source reachable", "model source unavailable: serving the local copy"]
         finally:
             s3.resume()
