@@ -187,7 +187,9 @@ class S3Mirror:
                         break
                 f.flush()
                 os.fsync(f.fileno())
-            why = mirror.check_download(temp, entry, answer.get("ETag", ""), md5.hexdigest())
+            # With SSE-KMS or a customer's key, S3's ETag is no MD5 of the data: size and ETag only.
+            keyed = answer.get("SSECustomerAlgorithm") or str(answer.get("ServerSideEncryption", "")).startswith("aws:kms")
+            why = mirror.check_download(temp, entry, answer.get("ETag", ""), "" if keyed else md5.hexdigest())
             if why:
                 return why
             if target.is_dir():

@@ -110,14 +110,15 @@ def _size(path: Path) -> int:
 
 def check_download(path: Path, listed: Entry, etag_now: str, md5_hex: str) -> str:
     """Why the file just downloaded to `path` is not the object that was listed ("" if it is):
-    its size, the object's ETag since the listing, and its MD5 where the ETag is a plain MD5."""
+    its size, the object's ETag since the listing, and its MD5 where the ETag is a plain MD5
+    (`md5_hex` "": not to be compared, the store's ETag being no digest of the data)."""
     size = _size(path)
     if size != listed.size:
         return f"got {size} bytes, listed as {listed.size}"
     if etag_now != listed.etag:
         return "the object changed while it was downloaded"
     plain = _PLAIN_MD5.fullmatch(listed.etag)
-    if plain and md5_hex != plain[1]:
+    if plain and md5_hex and md5_hex != plain[1]:
         return "its MD5 does not match its ETag"
     return ""
 

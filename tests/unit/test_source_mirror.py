@@ -92,6 +92,7 @@ def test_a_download_is_checked_for_size_etag_and_md5(tmp_path):
     assert "bytes" in m.check_download(path, Entry(listed.etag, len(data) + 1), listed.etag, md5)
     assert "changed" in m.check_download(path, listed, '"other"', md5)
     assert "MD5" in m.check_download(path, listed, listed.etag, hashlib.md5(b"x").hexdigest())
+    assert m.check_download(path, listed, listed.etag, "") == ""  # SSE-KMS: the ETag is no MD5
     multipart = Entry('"0123456789abcdef0123456789abcdef-3"', len(data))  # no MD5 to compare with
     assert m.check_download(path, multipart, multipart.etag, "whatever") == ""
 
