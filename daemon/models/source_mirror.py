@@ -92,9 +92,11 @@ def write_manifest(root: Path, source: str, files: dict[str, Entry]) -> None:
 
 def plan(listing: dict[str, Entry], manifest: dict[str, Entry], root: Path) -> Plan:
     """Objects that are new, changed (ETag or size), or whose file is missing or of another
-    size are downloaded; files the sync wrote whose objects are no longer listed are deleted."""
+    size are downloaded; files the sync wrote whose objects are no longer listed are deleted.
+    A model's shallower files come first (its config.toml or config.pbtxt before its version
+    directories' weights), so that a model does not load before its configuration arrives."""
     download = {}
-    for rel, entry in listing.items():
+    for rel, entry in sorted(listing.items(), key=lambda item: (item[0].split("/")[0], item[0].count("/"), item[0])):
         had = manifest.get(rel)
         if had is None or had.etag != entry.etag or had.size != entry.size or _size(root / rel) != entry.size:
             download[rel] = entry

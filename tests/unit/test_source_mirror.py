@@ -121,3 +121,9 @@ def test_deleting_a_file_removes_the_directories_it_left_empty(tmp_path):
     m.delete_file(tmp_path, "never/there.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["config.toml"]
+
+
+def test_a_models_configuration_is_downloaded_before_its_versions(tmp_path):
+    listing = {rel: Entry("e", 1) for rel in ("m/1/model.onnx", "m/config.toml", "a.onnx", "m/2/model.onnx", "b/x/y/z")}
+    assert list(m.plan(listing, {}, tmp_path).download) == [
+        "a.onnx", "b/x/y/z", "m/config.toml", "m/1/model.onnx", "m/2/model.onnx"]
