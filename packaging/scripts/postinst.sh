@@ -23,6 +23,8 @@ if [ ! -d /var/lib/inferd/models ]; then
     fi
 fi
 chmod o-w /var/lib/inferd/models
+# The mirror of an object store ([models] source, dir = this): the daemon writes it.
+install -d -o inferd -g inferd -m 0750 /var/lib/inferd/mirror
 # The config may name a token or TLS key: readable by the daemon's group, not by others.
 chgrp inferd /etc/inferd/inferd.toml && chmod 0640 /etc/inferd/inferd.toml
 

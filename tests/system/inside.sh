@@ -81,6 +81,7 @@ check "config: root:inferd 0640" is "$(stat -c %U:%G:%a /etc/inferd/inferd.toml)
 check "fleet docs and examples in /usr/share/doc/inferd" bash -c 'cd /usr/share/doc/inferd && for f in fleet.md object-storage.md fleet/haproxy.cfg fleet/nginx.conf fleet/prometheus.yml fleet/inferd-rules.yml; do test -s "$f" || { echo "missing: $f"; exit 1; }; done'
 check "models dir: root:inferd 2775 (not writable by others)" is "$(stat -c %U:%G:%a /var/lib/inferd/models)" root:inferd:2775
 check "state dir: inferd:inferd 0750" is "$(stat -c %U:%G:%a /var/lib/inferd)" inferd:inferd:750
+check "the mirror's directory: inferd:inferd 750" is "$(stat -c %U:%G:%a /var/lib/inferd/mirror)" inferd:inferd:750
 check "example models installed" test -f /var/lib/inferd/models/mlp.onnx -a -f /var/lib/inferd/models/add_sub/1/model.onnx
 check "systemd-analyze verify prints nothing" bash -c \
     'out=$(systemd-analyze verify inferd.service inferd.socket inferd-http.socket inferd-grpc.socket 2>&1); echo "$out"; [ -z "$out" ]'
