@@ -10,28 +10,26 @@ goes out in the loop turn its outputs arrive, with no task per request.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
 import inferd
 from inferd.common.errors import ErrorCode, InferdError, clip, invalid, unexpected
 from inferd.config.model import MODEL_NAME
-from inferd.config.reshape import triton_reshape
-from inferd.config.sequence import triton_view
 from inferd.daemon import classification
 from inferd.daemon.cuda_memory import CudaSharedMemory
 from inferd.daemon.extensions import EXTENSIONS
 from inferd.daemon.load_request import parse_load
-from inferd.daemon.models import upload
+from inferd.daemon.models import handover, upload
 from inferd.daemon.models.repository import ModelRepository
 from inferd.daemon.models.version import ModelState, ModelVersion
 from inferd.daemon.readiness import ServerState
 from inferd.daemon.requests import InferRequest, InferResponse
 from inferd.daemon.sequence_routing import draining_holder
 from inferd.daemon.shared_memory import SystemSharedMemory
+from inferd.daemon.triton_view import triton_config
 from inferd.daemon.validation import check_request
 from inferd.scheduler.streams import ResponseStream
 
@@ -154,7 +152,10 @@ class DataPlane:
         before this returns (a deadline already passed). A request refused at once raises
         InferdError here instead. Returns the function that withdraws the request (its caller
         went away); `done` is then not called."""
-        return self._submit(self._serving(name, version, request), request, protocol, done)
+        mv = self._serving(name, version, request)
+        if not isinstance(mv, ModelVersion):
+            return self._later(mv, lambda mv: self._submit(mv, request, protocol, done), done)
+        return self._submit(mv, request, protocol, done)
 
     def submit_stream(self, name: str, version: str, request: InferRequest, protocol: str, on_response: Respond,
                       done: Done) -> Callable[[], None]:
@@ -165,6 +166,12 @@ class DataPlane:
         (an ordinary model's one response; a decoupled model's has no outputs) or an
         InferdError. Withdrawing also stops a decoupled model's run."""
         mv = self._serving(name, version, request)
+        if not isinstance(mv, ModelVersion):
+            return self._later(mv, lambda mv: self._stream(mv, request, protocol, on_response, done), done)
+        return self._stream(mv, request, protocol, on_response, done)
+
+    def _stream(self, mv: ModelVersion, request: InferRequest, protocol: str, on_response: Respond,
+                done: Done) -> Callable[[], None]:
         if not mv.metadata.decoupled:
             return self._submit(mv, request, protocol, done)
         failed: list[InferdError] = []  # a response that could not be classified: the stream ends with it
@@ -191,7 +198,10 @@ class DataPlane:
 
     async def infer(self, name: str, version: str, request: InferRequest, protocol: str) -> InferResponse:
         """`submit` for a caller that awaits; raises InferdError. Cancelling it withdraws the request."""
-        return await self._infer(self._serving(name, version, request), request, protocol)
+        mv = self._serving(name, version, request)
+        if not isinstance(mv, ModelVersion):
+            mv = await mv
+        return await self._infer(mv, request, protocol)
 
     async def _infer(self, mv: ModelVersion, request: InferRequest, protocol: str) -> InferResponse:
         future = asyncio.get_running_loop().create_future()
@@ -204,6 +214,28 @@ class DataPlane:
         if isinstance(outcome, InferdError):
             raise outcome
         return outcome
+
+    def _later(self, waiting: Awaitable[ModelVersion], start: Callable[[ModelVersion], Callable[[], None]],
+               done: Done) -> Callable[[], None]:
+        """A request waiting for its model's next version (daemon/models/handover.py): started
+        once that one serves, or answered the error. Returns the function that withdraws it."""
+        task = asyncio.ensure_future(waiting)
+        started: list[Callable[[], None]] = []  # the started request's withdraw
+
+        def begin(task: asyncio.Task) -> None:
+            if task.cancelled():
+                return  # withdrawn
+            try:
+                started.append(start(task.result()))
+            except Exception as e:  # refused, or the wait ended without a version
+                done(unexpected(e, "waiting for a model version failed"))
+
+        def withdraw() -> None:
+            task.cancel()
+            for stop in started:
+                stop()
+        task.add_done_callback(begin)
+        return withdraw
 
     def _submit(self, mv: ModelVersion, request: InferRequest, protocol: str, done: Done) -> Callable[[], None]:
         return self._call(mv, request, protocol, done).withdraw
@@ -259,14 +291,33 @@ class DataPlane:
         response = await self._infer(self.repository.get_ready(step.model, step.version), request, "pipeline")
         return response.outputs
 
-    def _serving(self, name: str, version: str, request: InferRequest) -> ModelVersion:
+    def _serving(self, name: str, version: str, request: InferRequest) -> ModelVersion | Awaitable[ModelVersion]:
+        """The version to run `request` on, or (a request naming no version while its model
+        rolls back from a removed version) the wait for it. Raises InferdError."""
         if request.parameters and (self.repository.retiring or self.state.draining):  # a sequence's next request
             holder = draining_holder(self.repository, name, version, request.parameters, self.state.draining)
             if holder is not None:  # goes where its state is (daemon/sequence_routing.py)
                 return holder
         if not self.state.serving:  # (while leaving: not ready, and serving on)
             raise InferdError(ErrorCode.UNAVAILABLE, "the server is not ready (starting or shutting down)")
-        return self.repository.get_ready(name, version)
+        try:
+            mv = self.repository.get_ready(name, version)
+            queue = mv.queue
+            if queue is None or not queue.pool.cold or not handover.cannot_start(mv):
+                return mv
+            return self.repository.get_ready(name, version)  # (another version, or FAILED now)
+        except InferdError:
+            if version or not self.repository.handover.coming(name):
+                raise
+            return self._successor(name, request)
+
+    async def _successor(self, name: str, request: InferRequest) -> ModelVersion:
+        """The version that takes over from a removed one, once READY (daemon/models/handover.py)."""
+        waiting = asyncio.ensure_future(self.repository.handover.successor(name, request.deadline))
+        try:
+            return await self._unless_shutting_down(waiting)
+        finally:
+            waiting.cancel()
 
     # -- health, metadata, statistics --------------------------------------------------------
 
@@ -339,51 +390,3 @@ class DataPlane:
     async def unload_model(self, name: str) -> None:
         self._repository_call(name)
         await self._unless_shutting_down(self.repository.unload_model(name))
-
-
-def _triton_type(datatype: str) -> str:
-    return f"TYPE_{'STRING' if datatype == 'BYTES' else datatype}"
-
-
-def _triton_parameters(parameters: dict) -> dict:
-    """config.toml's [parameters] as Triton spells them: every value a string (tables and
-    arrays as JSON)."""
-    return {str(k): {"string_value": v if isinstance(v, str) else json.dumps(v, default=str)}
-            for k, v in parameters.items()}
-
-
-def triton_config(mv: ModelVersion) -> dict:
-    """A version's configuration as Triton's model_config.proto spells it (dims exclude the
-    batch dimension when the model batches)."""
-    batching = mv.max_batch_size > 0
-    model = mv.serving.config
-    settings, reshape = model.settings, model.reshape
-    formats, labels, optional, sequences = model.input_formats, model.label_files, model.optional_inputs, model.sequence_batching
-
-    def dims(spec):
-        return list(spec.shape[1:] if batching else spec.shape)
-
-    config = {
-        "name": mv.name,
-        "platform": mv.metadata.platform,
-        "backend": mv.metadata.platform.split("_")[0],
-        "version_policy": {"latest": {"num_versions": 1}},
-        "max_batch_size": mv.max_batch_size,
-        "input": [{"name": t.name, "data_type": _triton_type(t.datatype), "format": formats.get(t.name, "FORMAT_NONE"),
-                   "dims": dims(t), **triton_reshape(reshape, t.name),
-                   "is_shape_tensor": False, "allow_ragged_batch": False, "optional": t.name in optional}
-                  for t in mv.metadata.inputs],
-        "output": [{"name": t.name, "data_type": _triton_type(t.datatype), "dims": dims(t),
-                    "label_filename": labels.get(t.name, ""), "is_shape_tensor": False, **triton_reshape(reshape, t.name)}
-                   for t in mv.metadata.outputs],
-        "dynamic_batching": {
-            "preferred_batch_size": [],
-            "max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000),
-            "preserve_ordering": False,
-        } if batching and sequences is None else None,  # (Triton has one or the other)
-        "instance_group": [{"name": mv.name, "kind": "KIND_CPU", "count": settings.max_workers}],
-        "parameters": _triton_parameters(mv.serving.config.parameters),
-        "sequence_batching": triton_view(sequences) if sequences is not None else None,
-        "model_transaction_policy": {"decoupled": mv.metadata.decoupled},
-    }
-    return {k: v for k, v in config.items() if v is not None}

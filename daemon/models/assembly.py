@@ -17,6 +17,7 @@ from inferd.common.tensors import DATATYPES, ModelMetadata, TensorSpec
 from inferd.config.model import ModelConfig, ModelSettings, load_model_config
 from inferd.config.reshape import model_shapes
 from inferd.config.triton_config import MODEL_FILES
+from inferd.daemon.models.handover import cannot_start
 from inferd.daemon.models.labels import read_labels
 from inferd.daemon.models.pipeline import Pipeline, PipelineError
 from inferd.daemon.models.scan import Found
@@ -79,8 +80,13 @@ class Assembler:
         wakeup = asyncio.Event()  # the queue's: the pool's workers changed
         spec = _worker_spec(found, backend, config, gpu, daemon_socket=self.daemon_socket,
                             metrics_dir=mv.observer.custom_metrics_dir())
+        async def admit() -> Refusal | None:
+            if cannot_start(mv):  # its files were removed: not a crash of the model (handover.py)
+                return Refusal("files", mv.reason)
+            return await admission()
+
         pool = WorkerPool(spec, Scaling.from_settings(settings),
-                          observer=mv.observer, admit=admission, on_broken=mv.broken, on_change=wakeup.set)
+                          observer=mv.observer, admit=admit, on_broken=mv.broken, on_change=wakeup.set)
         async with self.loads:
             file_metadata = await pool.start()
             try:

@@ -25,6 +25,7 @@ from inferd.common.errors import ErrorCode, InferdError, clip
 from inferd.common.tasks import TaskSet
 from inferd.config.model import ModelSettings
 from inferd.daemon.models.assembly import Assembler
+from inferd.daemon.models.handover import Handover
 from inferd.daemon.models.pipeline import Pipeline, PipelineError
 from inferd.daemon.models.repository_index import index_rows
 from inferd.daemon.models.scan import Found, Key, Snapshot, diff, model_names, scan
@@ -59,6 +60,7 @@ class ModelRepository:
         self.unloaded: set[str] = set()  # unloaded on request: directory changes leave them alone
         self.steps = PipelineSteps(self.get_ready, self._coming)
         self.assembler = Assembler(memory, self.steps, max_concurrent_loads)
+        self.handover = Handover(self)  # requests that wait while a removed version gives way
         self._tasks = TaskSet("model repository")
         self._loads: set[asyncio.Task] = set()
         self._api_loads: dict[str, asyncio.Task] = {}  # load_model calls in progress: others share them
@@ -92,6 +94,7 @@ class ModelRepository:
             self._load(found)
         for name in {c.found.name for c in changes} - gone:
             settle(self, name)
+        self.handover.changed()
 
     def reload_all(self, defaults: ModelSettings) -> None:
         """New [defaults] (SIGHUP): every version loads again with them, beside what serves."""
@@ -193,6 +196,7 @@ class ModelRepository:
 
     def _state_changed(self, mv: ModelVersion) -> None:
         self.steps.changed()
+        self.handover.changed()
         self._publish(mv.key)
         if mv.pipeline is None and mv.state is not READY:
             self._check_pipelines_using(mv.name)

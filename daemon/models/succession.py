@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("inferd.repository")
 
+REMOVED = "its files were removed from the models directory"
+
 
 def settle(repository: ModelRepository, name: str) -> None:
     """Retire the versions of `name` the policy no longer selects, once a selected one is READY;
@@ -43,8 +45,7 @@ def settle(repository: ModelRepository, name: str) -> None:
 
 
 def _hold_if_gone(mv: ModelVersion, successors: list[str]) -> None:
-    path = mv.found.path
-    if mv.state is not ModelState.READY or path is None or path.exists():
+    if mv.state is not ModelState.READY or not mv.files_missing():
         return  # (a version the policy dropped for a newer one still has its files: it may scale)
     taking_over = " or ".join(successors) or "another version"
-    mv.files_gone(f"its files were removed from the models directory; version {taking_over} takes over once READY")
+    mv.files_gone(f"{REMOVED}; version {taking_over} takes over once READY")

@@ -69,6 +69,7 @@ class ModelVersion:
         self.observer = observer
         self.state = ModelState.LOADING
         self.reason = ""
+        self.removed = False  # its files were removed while it served (files_gone)
         self.task: asyncio.Task | None = None  # the load
         self._on_state = on_state
         self._redact = redact  # reasons are shown to callers: no server paths
@@ -146,6 +147,11 @@ class ModelVersion:
         if self.state is ModelState.READY:
             self._set_state(ModelState.FAILED, self._redact(reason) or "its workers failed")
 
+    def files_missing(self) -> bool:
+        """Its model file (or directory) is no longer there: no worker can start from it."""
+        path = self.found.path
+        return path is not None and not path.exists()
+
     def files_gone(self, reason: str) -> None:
         """Its files were removed while it serves, its successor not READY yet: it serves on
         with the workers it has and starts none (WorkerPool.hold); FAILED with `reason` when it
@@ -153,7 +159,7 @@ class ModelVersion:
         pool = self.serving.pool if self.serving else None
         if self.state is not ModelState.READY or pool is None or pool.held:
             return
-        self.reason = self._redact(reason)
+        self.reason, self.removed = self._redact(reason), True
         log.warning("model files removed; serving on with the running workers", model=self.name,
                     version=self.version, workers=len(pool.pids), reason=self.reason)
         pool.hold(f"{self.reason}; no worker of it is left running")

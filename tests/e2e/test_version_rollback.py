@@ -22,6 +22,7 @@ from inferd.client import Client, InferdClientError
 A = np.arange(16, dtype=np.int32).reshape(1, 16)
 B = np.ones((1, 16), dtype=np.int32)
 SETTLE = {"INFERD_MODELS_SETTLE_MS": "100"}
+REMOVED = "its files were removed from the models directory"
 WARM = {**SETTLE, "INFERD_DEFAULTS_MIN_WORKERS": "1"}  # each version keeps the worker that validated it
 
 
@@ -115,21 +116,68 @@ async def test_deleting_the_newest_version_rolls_back_without_a_failed_request(t
         assert not [e for e in d.events("model failed") if e["model"] == "m"]
 
 
-async def test_a_removed_version_with_no_worker_is_failed_with_the_reason_until_the_older_serves(tmp_path):
-    """Scaled to zero (min_workers 0, no traffic): nothing of it runs and its files are gone, so
-    it cannot serve; it says so at once (no worker start is tried) and the older one loads."""
+async def test_deleting_a_scaled_to_zero_newest_version_rolls_back_without_a_failed_request(tmp_path):
+    """Scaled to zero (min_workers 0, the default): nothing of the removed version runs and no
+    worker can start from files that are gone. The first request finds that out (no start is
+    tried, so no crash loop); it and those after it wait for the older version, which serves."""
     models = tmp_path / "models"
     place(models / "m" / "1" / "model.onnx", offset=1)
     place(models / "m" / "2" / "model.onnx", offset=2)
     with DaemonProcess(models, env=SETTLE) as d, Client(url=d.url) as client:
         shutil.rmtree(models / "m" / "2")
         with ClosedLoop(d.url, "m") as loop:
-            await eventually(lambda: served_offset(client, "m") == 1, 60, f"version 1 to answer; log tail {d.lines[-6:]}")
+            await eventually(lambda: loop.more_than(100), 60, f"100 answers; log tail {d.lines[-6:]}")
         print(f"cold rollback: {len(loop.answers)} answers, {len(loop.failures)} failed: {sorted(set(loop.failures))[:3]}")
+        assert loop.failures == [] and set(loop.answers) == {1}
         failed = [e for e in states(d, "m", "2") if e["state"] == "FAILED"]
-        assert failed and "its files were removed from the models directory" in failed[0]["reason"]
-        assert "no worker of it is left running" in failed[0]["reason"]
+        assert failed and REMOVED in failed[0]["reason"] and "no worker of it is left running" in failed[0]["reason"]
+        assert not [e for e in d.events("worker failed to start") if e["model"] == "m"]
         assert not any("crash loop" in e["reason"] for e in d.events("model failed"))
+        await eventually(lambda: list(rows(client, "m")) == ["1"], 30, "version 2 to unload")
+
+
+async def test_a_request_naming_a_removed_scaled_to_zero_version_gets_the_reason(tmp_path):
+    """Named, the removed version answers why it cannot serve at once, even before the watcher
+    has seen the directory settle (a long settle time here); a request naming no version waits
+    through that and the older version's load, and is answered by it."""
+    models = tmp_path / "models"
+    place(models / "m" / "1" / "model.onnx", offset=1)
+    place(models / "m" / "2" / "model.onnx", offset=2)
+    with DaemonProcess(models, env={"INFERD_MODELS_SETTLE_MS": "1500"}) as d, Client(url=d.url) as client:
+        shutil.rmtree(models / "m" / "2")
+        with pytest.raises(InferdClientError) as named:
+            client.infer("m", {"INPUT0": A, "INPUT1": B}, version="2")
+        assert named.value.code == "unavailable" and REMOVED in str(named.value)
+        assert offset_of(client.infer("m", {"INPUT0": A, "INPUT1": B}, timeout_ms=60_000)) == 1
+        order = [(e["version"], e["state"]) for e in d.events("model state") if e["model"] == "m"]
+        assert order.index(("2", "FAILED")) < order.index(("1", "LOADING"))  # failed before the watcher saw the delete
+        assert not [e for e in d.events("worker failed to start") if e["model"] == "m"]
+
+
+async def test_a_scaled_to_zero_removed_version_whose_older_version_is_broken(tmp_path):
+    """The older version fails to load: a request naming no version, which waited for it, gets
+    both reasons; the daemon serves other models, and repairing the file brings the model back."""
+    models = tmp_path / "models"
+    v1 = models / "m" / "1" / "model.onnx"
+    v1.parent.mkdir(parents=True)
+    v1.write_bytes(b"not an onnx model")
+    place(models / "m" / "2" / "model.onnx", offset=2)
+    place(models / "other.onnx", offset=7)
+    with DaemonProcess(models, env=SETTLE) as d, Client(url=d.url) as client:
+        shutil.rmtree(models / "m" / "2")
+        with pytest.raises(InferdClientError) as waited:
+            client.infer("m", {"INPUT0": A, "INPUT1": B}, timeout_ms=60_000)
+        assert waited.value.code == "unavailable", waited.value
+        assert REMOVED in str(waited.value) and "version 1 is FAILED" in str(waited.value)
+        assert rows(client, "m")["1"]["state"] == "FAILED"
+        assert served_offset(client, "other") == 7
+        with pytest.raises(InferdClientError) as again:  # no version is coming now: answered at once
+            client.infer("m", {"INPUT0": A, "INPUT1": B})
+        assert REMOVED in str(again.value)
+        assert not any("crash loop" in e["reason"] for e in d.events("model failed"))
+
+        place(v1, offset=1)  # repairing the older version's file brings the model back
+        await eventually(lambda: served_offset(client, "m") == 1, 60, "the repaired version 1 to serve")
         await eventually(lambda: list(rows(client, "m")) == ["1"], 30, "version 2 to unload")
 
 
