@@ -55,20 +55,21 @@ def states(d: DaemonProcess, model: str, version: str) -> list[dict]:
 
 
 class ClosedLoop:
-    """`count` HTTP clients in threads, each asking again as soon as it is answered, until
-    stopped (or 60 s: bounded whatever the test does)."""
+    """`count` HTTP clients in threads (with `socket`, every other one on that Unix socket), each
+    asking again as soon as it is answered, until stopped (or 60 s: bounded whatever the test does)."""
 
-    def __init__(self, url: str, model: str, count: int = 4):
+    def __init__(self, url: str, model: str, count: int = 4, socket: str | None = None):
         self.url, self.model = url, model
+        self.sockets = [socket if socket and i % 2 else None for i in range(count)]
         self.answers: list[int] = []  # offsets, in the order answered
         self.failures: list[str] = []
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._ask, daemon=True) for _ in range(count)]
+        self._threads = [threading.Thread(target=self._ask, args=(s,), daemon=True) for s in self.sockets]
         self._limit = threading.Timer(60, self._stop.set)
         self._limit.daemon = True
 
-    def _ask(self) -> None:
-        with Client(url=self.url) as client:
+    def _ask(self, socket: str | None) -> None:
+        with (Client(socket=socket) if socket else Client(url=self.url)) as client:
             while not self._stop.wait(0):
                 try:
                     self.answers.append(offset_of(client.infer(self.model, {"INPUT0": A, "INPUT1": B})))
@@ -125,7 +126,7 @@ async def test_deleting_a_scaled_to_zero_newest_version_rolls_back_without_a_fai
     place(models / "m" / "2" / "model.onnx", offset=2)
     with DaemonProcess(models, env=SETTLE) as d, Client(url=d.url) as client:
         shutil.rmtree(models / "m" / "2")
-        with ClosedLoop(d.url, "m") as loop:
+        with ClosedLoop(d.url, "m", socket=d.socket_path) as loop:  # HTTP awaits; the Unix socket submits
             await eventually(lambda: loop.more_than(100), 60, f"100 answers; log tail {d.lines[-6:]}")
         print(f"cold rollback: {len(loop.answers)} answers, {len(loop.failures)} failed: {sorted(set(loop.failures))[:3]}")
         assert loop.failures == [] and set(loop.answers) == {1}
@@ -143,7 +144,7 @@ async def test_a_request_naming_a_removed_scaled_to_zero_version_gets_the_reason
     models = tmp_path / "models"
     place(models / "m" / "1" / "model.onnx", offset=1)
     place(models / "m" / "2" / "model.onnx", offset=2)
-    with DaemonProcess(models, env={"INFERD_MODELS_SETTLE_MS": "1500"}) as d, Client(url=d.url) as client:
+    with DaemonProcess(models, env={"INFERD_MODELS_SETTLE_MS": "3000"}) as d, Client(url=d.url) as client:
         shutil.rmtree(models / "m" / "2")
         with pytest.raises(InferdClientError) as named:
             client.infer("m", {"INPUT0": A, "INPUT1": B}, version="2")
