@@ -66,6 +66,8 @@ class Handover:
         """The version that serves `name` once the one coming is READY (deadline: the
         request's, time.monotonic()). Raises InferdError: the removed version's reason and,
         where the older version failed, its; or that the wait ran out."""
+        if not self.coming(name):  # (changed since the request looked)
+            return self._serving(name)
         removed = max(self._repository.models[name].values(), key=lambda v: int(v.version))
         limit = removed.serving.config.settings.cold_start_timeout_s
         if deadline is not None:
