@@ -223,6 +223,24 @@ async def test_deleting_the_newest_version_while_the_older_is_broken(tmp_path):
         await eventually(lambda: list(rows(client, "m")) == ["1"], 30, "version 2 to unload")
 
 
+async def test_a_removed_scaled_to_zero_version_in_explicit_mode_fails_at_once(tmp_path):
+    """models.control = "explicit": no rescan will bring the older version, so a request naming
+    no version does not wait for one; a repository load does, and then it serves."""
+    models = tmp_path / "models"
+    place(models / "m" / "1" / "model.onnx", offset=1)
+    place(models / "m" / "2" / "model.onnx", offset=2)
+    with DaemonProcess(models, env={**SETTLE, "INFERD_MODELS_CONTROL": "explicit"}) as d, Client(url=d.url) as client:
+        shutil.rmtree(models / "m" / "2")
+        with pytest.raises(InferdClientError) as e:
+            client.infer("m", {"INPUT0": A, "INPUT1": B}, timeout_ms=60_000)
+        assert e.value.code == "unavailable" and REMOVED in str(e.value)
+        assert "became READY within" not in str(e.value)  # answered, not timed out waiting
+        assert rows(client, "m")["2"]["state"] == "FAILED"
+        client.load("m")
+        assert served_offset(client, "m") == 1
+        assert not [e for e in d.events("worker failed to start") if e["model"] == "m"]
+
+
 async def test_a_model_file_replaced_by_an_older_content_rolls_back_without_a_failed_request(tmp_path):
     """models/m.onnx rewritten with the previous release's bytes: a new file for the serving
     version, loaded beside it, under load; and a scaled-to-zero one, whose next worker reads it."""
