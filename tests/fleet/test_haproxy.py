@@ -1,0 +1,100 @@
+"""Three real daemons behind HAProxy running the shipped packaging/fleet/haproxy.cfg, under
+closed-loop HTTP and gRPC load: a host killed, a host stopped, a new model version in the
+store. What each run measured (failed requests and their reasons, times) goes to the fleet
+report (conftest.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+from harness_haproxy import SHIPPED, require_haproxy
+from harness_load import wait_served
+
+WARM_S = 1.5  # load before the event
+AFTER_S = 2.0  # and after it
+
+
+def wait_down(balancer, server: str, timeout: float = 30) -> float | None:
+    """Seconds until HAProxy has `server` DOWN in both backends (None: not within `timeout`)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        states = balancer.server_states()
+        if all(state.startswith("DOWN") for (_, name), state in states.items() if name == server):
+            return time.monotonic() - start
+        time.sleep(0.02)
+    return None
+
+
+def retries(balancer) -> dict:
+    """HAProxy's own count of retries and redispatches, per backend."""
+    return {row["pxname"]: {"retries": int(row["wretr"] or 0), "redispatches": int(row["wredis"] or 0)}
+            for row in balancer.stats() if row["svname"] == "BACKEND"}
+
+
+def failed(counts: dict) -> int:
+    return counts["http"]["failed"] + counts["grpc"]["failed"]
+
+
+def test_shipped_config_is_valid():
+    check = subprocess.run([require_haproxy(), "-c", "-f", str(SHIPPED)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_sigkill_one_host_under_load(haproxy_fleet, load_through, fleet_report):
+    fleet, balancer = haproxy_fleet()
+    load = load_through(balancer)
+    time.sleep(WARM_S)
+    fleet.daemons[1].proc.kill()
+    down_s = wait_down(balancer, "inferd2")
+    time.sleep(AFTER_S)
+    counts = load.stop()
+    fleet_report("sigkill_one_of_3", {"failed": failed(counts), "seconds_to_haproxy_down": down_s,
+                                      "haproxy": retries(balancer), **counts})
+    assert down_s is not None
+    assert counts["http"]["ok"] and counts["grpc"]["ok"]
+    # A killed host may take the requests it was running with it (those HAProxy cannot replay);
+    # at most one per client. The report says how many it was.
+    assert failed(counts) <= load.http_clients + load.grpc_clients, counts
+
+
+def test_sigterm_one_host_under_load(haproxy_fleet, load_through, fleet_report):
+    # The host reports not ready for 2 s before it stops accepting: HAProxy's checks (200 ms x 2
+    # in the test) take it out of rotation first, so no request is refused or cut.
+    fleet, balancer = haproxy_fleet(env={"INFERD_SERVER_DRAIN_DELAY_S": "2"})
+    load = load_through(balancer)
+    time.sleep(WARM_S)
+    victim, exit_code = fleet.daemons[1], []
+    stopping = threading.Thread(target=lambda: exit_code.append(victim.terminate()))
+    stopping.start()
+    down_s = wait_down(balancer, "inferd2")
+    stopping.join(60)
+    time.sleep(AFTER_S / 2)
+    counts = load.stop()
+    fleet_report("sigterm_one_of_3", {"failed": failed(counts), "seconds_to_haproxy_down": down_s,
+                                      "exit_code": exit_code, "haproxy": retries(balancer), **counts})
+    assert exit_code == [0]
+    assert down_s is not None
+    assert counts["http"]["ok"] and counts["grpc"]["ok"]
+    assert failed(counts) == 0, counts
+
+
+def test_new_version_in_the_store_under_load(s3, haproxy_fleet, load_through, fleet_report):
+    fleet, balancer = haproxy_fleet(s3=s3)
+    load = load_through(balancer)
+    time.sleep(WARM_S)
+    fleet.upload(2)
+    uploaded = time.monotonic()
+    per_host = wait_served([d.url for d in fleet.daemons], 2, since=uploaded)
+    time.sleep(AFTER_S / 2)
+    counts = load.stop()
+    first_v2 = [float(c["first_seen"]["2"]) - uploaded for c in counts.values() if "2" in c["first_seen"]]
+    fleet_report("new_version_3_hosts", {
+        "failed": failed(counts), "poll_interval_s": fleet.poll_interval_s,
+        "seconds_upload_to_each_host": per_host,
+        "seconds_upload_to_all_hosts": max(per_host) if None not in per_host else None,
+        "seconds_upload_to_first_v2_through_haproxy": min(first_v2) if first_v2 else None, **counts})
+    assert None not in per_host, per_host
+    assert counts["http"]["versions"].get("2") and counts["grpc"]["versions"].get("2"), counts
+    assert failed(counts) == 0, counts
