@@ -7,7 +7,9 @@ anything else with the file, the key and the reason (ConfigError).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import re
 import stat
 import typing
 from collections.abc import Mapping
@@ -110,6 +112,30 @@ class ServerSection:
     http2_max_pings_per_s: float = field(5.0, at_least(0))  # PINGs a gRPC client may send (bursts of 10 s' worth)
 
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's bucket naming rules
+
+
+def _source_url(value: str) -> str | None:
+    if value == "":
+        return None
+    bucket, _, prefix = value.removeprefix("s3://").partition("/")
+    if not value.startswith("s3://") or not _BUCKET.fullmatch(bucket):
+        return f"expected \"\" or s3://bucket[/prefix] with an S3 bucket name, got {value[:200]!r}"
+    if len(prefix) > 512 or not prefix.isprintable() or "//" in prefix or prefix.startswith("/"):
+        return f"the prefix must be printable, at most 512 characters, with no empty parts; got {prefix[:200]!r}"
+    return None
+
+
+def _endpoint_url(value: str) -> str | None:
+    if value == "" or (re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value) and len(value) <= 512):
+        return None
+    return f"expected \"\" (AWS's endpoint) or an http:// or https:// URL, got {value[:200]!r}"
+
+
+def _region(value: str) -> str | None:
+    return None if re.fullmatch(r"[a-z0-9-]{0,32}", value) else f"expected a region name like eu-west-1, got {value[:64]!r}"
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelsSection:
     dir: str = "/var/lib/inferd/models"
@@ -118,6 +144,20 @@ class ModelsSection:
     poll_interval_s: float = field(2.0, between(0.05, 3600))  # control = "poll" only
     max_concurrent_loads: int = field(4, between(1, 256))  # model loads that start workers at once
     accept_model_files: bool = False  # a load request may carry model files (docs/triton-features.md)
+    # Models from object storage, mirrored into dir (docs/object-storage.md); credentials come
+    # from the standard AWS chain only, never from this file.
+    source: str = field("", _source_url)  # "" or "s3://bucket[/prefix]"; listed every poll_interval_s
+    endpoint_url: str = field("", _endpoint_url)  # "" = AWS's; or an S3-compatible store's http(s) URL
+    region: str = field("", _region)  # "" = the AWS chain's (AWS_REGION, ~/.aws/config)
+    source_connect_timeout_s: float = field(5.0, between(0.1, 300))
+    source_read_timeout_s: float = field(30.0, between(0.1, 3600))  # per socket read: a hung store's bound
+    source_max_objects: int = field(10_000, between(1, 1_000_000))  # more under the prefix: the sync is refused
+    source_min_free_bytes: int = field(256 * 1024 * 1024, at_least(0))  # an object must leave this much disk free
+
+    def cross_check(self) -> tuple[str, str] | None:
+        if self.source and importlib.util.find_spec("boto3") is None:  # (found, not imported: start stays quick)
+            return "source", "an s3:// source needs boto3: install inferd[s3] (pip install 'inferd[s3]')"
+        return None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,7 @@ from inferd.daemon.frontends.auth import Access
 from inferd.daemon.listeners import ListenError, Listeners
 from inferd.daemon.models import upload
 from inferd.daemon.models.repository import ModelRepository
+from inferd.daemon.models.source import make_source
 from inferd.daemon.models.watcher import DirectoryWatcher
 from inferd.daemon.operations import logs, systemd
 from inferd.daemon.operations.custom_metrics import CustomMetrics
@@ -56,9 +57,10 @@ class Daemon:
         self.state = ServerState()
         models = config.models
         self.memory = MemoryManager(pick_probe(), config.memory, observer=self.metrics)
+        self.source = make_source(models, self.registry)  # models.source (None: the directory alone)
         self.repository = ModelRepository(Path(models.dir), config.defaults, self.metrics, self.memory,
                                           config.server.drain_timeout_s, explicit=models.control == "explicit",
-                                          max_concurrent_loads=models.max_concurrent_loads)
+                                          max_concurrent_loads=models.max_concurrent_loads, source=self.source)
         self.watcher = self._make_watcher()
         self.dataplane = DataPlane(self.repository, self.state, accept_model_files=models.accept_model_files,
                                    name=config.server.name)
@@ -136,6 +138,9 @@ class Daemon:
                  devices={d.device: {"free": d.free, "total": d.total} for d in self.memory.probe.devices()})
         self.memory.start()
         upload.remove_leftovers(Path(self.config.models.dir))  # (before the first scan)
+        if self.source is not None:  # the store's models serve from the start (a store down: the directory's)
+            await self.source.start()
+            self._tasks.spawn(self.source.run())
         await self._follow_directory()
         await self.repository.wait_loaded()
         self.state.started = True
@@ -164,6 +169,8 @@ class Daemon:
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         log.info("reloading")
         try:
+            if self.source is not None:
+                await self.source.sync_now()  # before the rescan: a reload serves what the store has
             await self._apply(self._reread())
             log.info("reloaded", models=self.repository.counts())
         except Exception:
@@ -189,6 +196,8 @@ class Daemon:
             self.memory.configure(new.memory)
         if old.log != new.log:
             logs.configure(new.log.format, new.log.level)
+        if (old.models.source or new.models.source) and _source_keys(old) != _source_keys(new):
+            log.warning("model source changes need a restart to apply", section="models")
         if old.models != new.models:
             if self._watching is not None:
                 self._watching.cancel()
@@ -219,3 +228,9 @@ class Daemon:
         self.dataplane.system_shared_memory.close()
         self.dataplane.cuda_shared_memory.close()
         return drained
+
+
+def _source_keys(config: DaemonConfig) -> tuple:
+    m = config.models
+    return (m.dir, m.source, m.endpoint_url, m.region, m.source_connect_timeout_s, m.source_read_timeout_s,
+            m.source_max_objects, m.source_min_free_bytes)

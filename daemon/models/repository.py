@@ -25,7 +25,9 @@ from inferd.common.tasks import TaskSet
 from inferd.config.model import ModelSettings
 from inferd.daemon.models.assembly import Assembler
 from inferd.daemon.models.pipeline import Pipeline, PipelineError
+from inferd.daemon.models.repository_index import index_rows
 from inferd.daemon.models.scan import Found, Key, Snapshot, diff, model_names, scan
+from inferd.daemon.models.source import ModelSource
 from inferd.daemon.models.steps import PipelineSteps
 from inferd.daemon.models.trust import redact
 from inferd.daemon.models.version import ModelState, ModelVersion
@@ -39,8 +41,10 @@ READY, LOADING = ModelState.READY, ModelState.LOADING
 
 class ModelRepository:
     def __init__(self, root: Path, defaults: ModelSettings, metrics: Metrics, memory: MemoryManager,
-                 drain_timeout_s: float = 30.0, explicit: bool = False, max_concurrent_loads: int = 4):
+                 drain_timeout_s: float = 30.0, explicit: bool = False, max_concurrent_loads: int = 4,
+                 source: ModelSource | None = None):
         self.root = root
+        self.source = source  # models.source: synced before an API load reads the directory
         self.explicit = explicit  # models.control = "explicit": only the API loads and unloads
         self.defaults = defaults
         self.metrics = metrics
@@ -269,6 +273,8 @@ class ModelRepository:
             raise error
 
     async def _load_from_api(self, name: str, override: dict | None = None) -> InferdError | None:
+        if self.source is not None:
+            await self.source.sync_now()  # what was uploaded before the call loads (a store down: the directory as it is)
         found = await asyncio.to_thread(scan, self.root, only=name)  # reads files: off the loop
         if not found:
             return InferdError(ErrorCode.NOT_FOUND, f"failed to load: no model {name!r} in the models directory")
@@ -308,25 +314,8 @@ class ModelRepository:
             await asyncio.wait(tasks)
 
     async def index(self) -> list[dict]:
-        """Every version known: serving, loading beside, unloading; and models on disk that are
-        not loaded, as UNAVAILABLE with the reason."""
-        rows = []
-        for mv in self.all_versions():
-            row = mv.index_row()
-            if self.pending.get(mv.key) is mv:
-                row["reason"] = f"new file for the serving version: {mv.reason or mv.state.value.lower()}"
-            rows.append(row)
-        known = {mv.name for mv in self.all_versions()}
-        on_disk = model_names(await asyncio.to_thread(scan, self.root))  # reads files: off the loop
-        for name in sorted(on_disk - known):
-            if name in self.unloaded:
-                reason = "unloaded on request"
-            elif self.explicit:
-                reason = "not loaded (models.control = explicit: load it through the repository API)"
-            else:
-                reason = "not loaded yet: waiting for its files to be complete"
-            rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason})
-        return sorted(rows, key=lambda r: (r["name"], int(r["version"] or 0)))
+        """Every version known, and models on disk that are not loaded (repository_index.py)."""
+        return await index_rows(self, self.source.notes() if self.source else [])
 
     # -- serving -----------------------------------------------------------------------------
 

@@ -248,3 +248,35 @@ class VersionObserver(QueueObserver, PoolObserver):
             ],
             "memory_usage": [],
         }
+
+
+class SourceMetrics:
+    """The model source's series (models.source; only when one is configured)."""
+
+    RESULTS = ("ok", "partial", "unreachable", "denied", "error")
+
+    def __init__(self, registry: CollectorRegistry):
+        self.up = Gauge("inferd_model_source_up", "1 while the model source answered its last listing, else 0",
+                        registry=registry)
+        self.syncs = Counter("inferd_model_source_syncs", "Synchronisations with the model source by result",
+                             ["result"], registry=registry)
+        for result in self.RESULTS:
+            self.syncs.labels(result)
+        self.last_success = Gauge("inferd_model_source_last_success_timestamp_seconds",
+                                  "When the model source was last listed and mirrored (Unix time; 0: never)",
+                                  registry=registry)
+        self.downloaded_objects = Counter("inferd_model_source_downloaded_objects",
+                                          "Objects downloaded from the model source", registry=registry)
+        self.downloaded_bytes = Counter("inferd_model_source_downloaded_bytes",
+                                        "Bytes downloaded from the model source", registry=registry)
+        self.deleted_files = Counter("inferd_model_source_deleted_files",
+                                     "Mirrored files deleted because their objects were gone", registry=registry)
+
+    def synced(self, result: str, downloaded: int = 0, downloaded_bytes: int = 0, deleted: int = 0) -> None:
+        self.syncs.labels(result).inc()
+        self.up.set(1 if result in ("ok", "partial") else 0)
+        if result in ("ok", "partial"):
+            self.last_success.set(time.time())
+        self.downloaded_objects.inc(downloaded)
+        self.downloaded_bytes.inc(downloaded_bytes)
+        self.deleted_files.inc(deleted)
