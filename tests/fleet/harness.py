@@ -10,7 +10,9 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import tempfile
+import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import make_models
@@ -100,6 +102,22 @@ class Fleet:
         for daemon in self.daemons:
             assert served_version(daemon.url) == 1
         return self
+
+    def put(self, key: str, body: bytes) -> None:
+        """Any object under the fleet's prefix (a hostile upload, say)."""
+        self.s3.client().put_object(Bucket=BUCKET, Key=f"{PREFIX}/{key}", Body=body)
+
+    def wait_logged(self, matches: Callable[[dict], bool], since: float, timeout: float = 60) -> list[float | None]:
+        """For each daemon, the seconds from `since` (a time.monotonic()) until it has logged an
+        event that `matches` (None: not within `timeout`)."""
+        found: list[float | None] = [None] * len(self.daemons)
+        deadline = time.monotonic() + timeout
+        while None in found and time.monotonic() < deadline:
+            for index, daemon in enumerate(self.daemons):
+                if found[index] is None and any(matches(e) for e in daemon.log_events()):
+                    found[index] = time.monotonic() - since
+            time.sleep(0.05)
+        return found
 
     def grpc_address(self, daemon: DaemonProcess) -> str:
         [address] = [e["address"] for e in daemon.events("listening") if e["frontend"] == "grpc"]

@@ -130,6 +130,21 @@ class HAProxy:
         """`show stat` as rows (retries `wretr`, redispatches `wredis`, errors, per server)."""
         return list(csv.DictReader(io.StringIO(self.admin("show stat").lstrip("# "))))
 
+    def wait_down(self, server: str, timeout: float = 30) -> float | None:
+        """Seconds until `server` is DOWN in every backend (None: not within `timeout`)."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            states = self.server_states()
+            if all(state.startswith("DOWN") for (_, name), state in states.items() if name == server):
+                return time.monotonic() - start
+            time.sleep(0.02)
+        return None
+
+    def retries(self) -> dict:
+        """HAProxy's own count of retries and redispatches, per backend."""
+        return {row["pxname"]: {"retries": int(row["wretr"] or 0), "redispatches": int(row["wredis"] or 0)}
+                for row in self.stats() if row["svname"] == "BACKEND"}
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

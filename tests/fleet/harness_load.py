@@ -19,6 +19,13 @@ from harness_tally import Tally
 
 GRPC_CLIENT = Path(__file__).with_name("harness_grpc_client.py")
 MAX_SECONDS = 60  # no load phase outlives this, whatever the test does
+WARM_S = 1.5  # load before a test's event
+AFTER_S = 2.0  # and after it
+
+
+def failed(counts: dict) -> int:
+    """Failed requests in a Load.stop() answer, HTTP and gRPC together."""
+    return counts["http"]["failed"] + counts["grpc"]["failed"]
 
 
 def _one_http(connection: http.client.HTTPConnection, body: bytes, tally: Tally) -> bool:

@@ -10,31 +10,7 @@ import threading
 import time
 
 from harness_haproxy import SHIPPED, require_haproxy
-from harness_load import wait_served
-
-WARM_S = 1.5  # load before the event
-AFTER_S = 2.0  # and after it
-
-
-def wait_down(balancer, server: str, timeout: float = 30) -> float | None:
-    """Seconds until HAProxy has `server` DOWN in both backends (None: not within `timeout`)."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        states = balancer.server_states()
-        if all(state.startswith("DOWN") for (_, name), state in states.items() if name == server):
-            return time.monotonic() - start
-        time.sleep(0.02)
-    return None
-
-
-def retries(balancer) -> dict:
-    """HAProxy's own count of retries and redispatches, per backend."""
-    return {row["pxname"]: {"retries": int(row["wretr"] or 0), "redispatches": int(row["wredis"] or 0)}
-            for row in balancer.stats() if row["svname"] == "BACKEND"}
-
-
-def failed(counts: dict) -> int:
-    return counts["http"]["failed"] + counts["grpc"]["failed"]
+from harness_load import AFTER_S, WARM_S, failed, wait_served
 
 
 def test_shipped_config_is_valid():
@@ -47,11 +23,11 @@ def test_sigkill_one_host_under_load(haproxy_fleet, load_through, fleet_report):
     load = load_through(balancer)
     time.sleep(WARM_S)
     fleet.daemons[1].proc.kill()
-    down_s = wait_down(balancer, "inferd2")
+    down_s = balancer.wait_down("inferd2")
     time.sleep(AFTER_S)
     counts = load.stop()
     fleet_report("sigkill_one_of_3", {"failed": failed(counts), "seconds_to_haproxy_down": down_s,
-                                      "haproxy": retries(balancer), **counts})
+                                      "haproxy": balancer.retries(), **counts})
     assert down_s is not None
     assert counts["http"]["ok"] and counts["grpc"]["ok"]
     # A killed host may take the requests it was running with it (those HAProxy cannot replay);
@@ -68,12 +44,12 @@ def test_sigterm_one_host_under_load(haproxy_fleet, load_through, fleet_report):
     victim, exit_code = fleet.daemons[1], []
     stopping = threading.Thread(target=lambda: exit_code.append(victim.terminate()))
     stopping.start()
-    down_s = wait_down(balancer, "inferd2")
+    down_s = balancer.wait_down("inferd2")
     stopping.join(60)
     time.sleep(AFTER_S / 2)
     counts = load.stop()
     fleet_report("sigterm_one_of_3", {"failed": failed(counts), "seconds_to_haproxy_down": down_s,
-                                      "exit_code": exit_code, "haproxy": retries(balancer), **counts})
+                                      "exit_code": exit_code, "haproxy": balancer.retries(), **counts})
     assert exit_code == [0]
     assert down_s is not None
     assert counts["http"]["ok"] and counts["grpc"]["ok"]
