@@ -51,13 +51,13 @@ def s3(tmp_path):
 
 @pytest.fixture
 def haproxy_fleet(tmp_path):
-    """start(s3=None, env=None) -> (Fleet, HAProxy): three daemons behind the shipped HAProxy
-    config; everything (and any Load passed to `loads`) stopped at teardown."""
+    """start(s3=None, env=None, empty=()) -> (Fleet, HAProxy): three daemons behind the shipped
+    HAProxy config, the `empty` hosts' servers expected DOWN; everything stopped at teardown."""
     require_haproxy()
     started: list = []
 
-    def start(s3: S3Server | None = None, env: dict | None = None) -> tuple[Fleet, HAProxy]:
-        fleet = Fleet(tmp_path / "fleet", s3=s3, env=env)
+    def start(s3: S3Server | None = None, env: dict | None = None, empty: tuple[int, ...] = ()) -> tuple[Fleet, HAProxy]:
+        fleet = Fleet(tmp_path / "fleet", s3=s3, env=env, empty=empty)
         started.append(fleet)
         fleet.start()
         hosts = [(d.address[1], int(fleet.grpc_address(d).rsplit(":", 1)[1])) for d in fleet.daemons]
@@ -65,7 +65,7 @@ def haproxy_fleet(tmp_path):
         run_dir.mkdir()
         balancer = HAProxy(run_dir, hosts)
         started.append(balancer)
-        return fleet, balancer.start()
+        return fleet, balancer.start(down=tuple(f"inferd{i}" for i in empty))
 
     yield start
     for part in reversed(started):

@@ -60,10 +60,13 @@ def served_version(url: str, timeout: float = 10) -> int:
 
 
 class Fleet:
-    """`size` daemons; with `s3`, each reads s3://models/fleet through [models] source."""
+    """`size` daemons; with `s3`, each reads s3://models/fleet through [models] source; without,
+    each has version 1 in its directory but the hosts (1, 2, ...) named in `empty`."""
 
-    def __init__(self, root: Path, size: int = 3, s3: S3Server | None = None, env: dict | None = None):
+    def __init__(self, root: Path, size: int = 3, s3: S3Server | None = None, env: dict | None = None,
+                 empty: tuple[int, ...] = ()):
         self.root = root
+        self.empty = empty
         self.s3 = s3
         self.env = {**DAEMON_ENV, **(env or {})}
         self.daemons: list[DaemonProcess] = []
@@ -79,8 +82,8 @@ class Fleet:
         models = self.root / f"host{index}" / "models"
         models.mkdir(parents=True)
         if self.s3 is None:
-            (models / MODEL / "1").mkdir(parents=True)
-            (models / MODEL / "1" / "model.onnx").write_bytes(model_bytes(1))
+            if index not in self.empty:
+                self.place(index, 1)
             return DaemonProcess(models, env=self.env)
         config = self.root / f"host{index}" / "inferd.toml"
         config.write_text(f'[models]\nsource = "s3://{BUCKET}/{PREFIX}"\n'
@@ -99,9 +102,17 @@ class Fleet:
         if failed:
             self.stop()
             raise failed[0]
-        for daemon in self.daemons:
-            assert served_version(daemon.url) == 1
+        for index, daemon in enumerate(self.daemons, 1):
+            assert index in self.empty or served_version(daemon.url) == 1
         return self
+
+    def place(self, index: int, version: int) -> None:
+        """Write version `version` of `add` into host `index`'s own directory (renamed into place)."""
+        target = self.root / f"host{index}" / "models" / MODEL / str(version) / "model.onnx"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(".model.onnx.part")  # hidden: not scanned while written
+        part.write_bytes(model_bytes(version))
+        part.rename(target)
 
     def put(self, key: str, body: bytes) -> None:
         """Any object under the fleet's prefix (a hostile upload, say)."""

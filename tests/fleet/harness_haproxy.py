@@ -88,26 +88,27 @@ class HAProxy:
     def grpc_address(self) -> str:
         return f"127.0.0.1:{self.ports['grpc']}"
 
-    def start(self, timeout: float = 30) -> HAProxy:
+    def start(self, down: tuple[str, ...] = (), timeout: float = 30) -> HAProxy:
+        """Run haproxy; return once every server is UP, but those named in `down`: DOWN."""
         check = subprocess.run([HAPROXY, "-c", "-f", str(self.config)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(self.config)],
                                          stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        while not self._all_up():
+        while not self._settled(down):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("haproxy did not come up:\n" + self.log_path.read_text()[-3000:])
             time.sleep(0.05)
         return self
 
-    def _all_up(self) -> bool:
+    def _settled(self, down: tuple[str, ...]) -> bool:
         try:
             states = self.server_states()
-        except OSError:
+        except OSError:  # not listening yet
             return False
-        return bool(states) and all(s.startswith("UP") and not s.startswith("UP ") for s in states.values())
+        return bool(states) and all(state == ("DOWN" if name in down else "UP") for (_, name), state in states.items())
 
     def admin(self, command: str) -> str:
         """One command on the admin socket (`show stat`, ...)."""
@@ -130,15 +131,19 @@ class HAProxy:
         """`show stat` as rows (retries `wretr`, redispatches `wredis`, errors, per server)."""
         return list(csv.DictReader(io.StringIO(self.admin("show stat").lstrip("# "))))
 
-    def wait_down(self, server: str, timeout: float = 30) -> float | None:
-        """Seconds until `server` is DOWN in every backend (None: not within `timeout`)."""
+    def wait_state(self, server: str, want: str, timeout: float = 30) -> float | None:
+        """Seconds until `server` is `want` ("UP", "DOWN") in every backend (None: not within `timeout`)."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             states = self.server_states()
-            if all(state.startswith("DOWN") for (_, name), state in states.items() if name == server):
+            if all(state == want for (_, name), state in states.items() if name == server):
                 return time.monotonic() - start
             time.sleep(0.02)
         return None
+
+    def sessions(self, server: str) -> int:
+        """Requests HAProxy has sent to `server` so far, over every backend."""
+        return sum(int(row["stot"] or 0) for row in self.stats() if row["svname"] == server)
 
     def retries(self) -> dict:
         """HAProxy's own count of retries and redispatches, per backend."""

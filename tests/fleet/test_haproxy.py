@@ -23,7 +23,7 @@ def test_sigkill_one_host_under_load(haproxy_fleet, load_through, fleet_report):
     load = load_through(balancer)
     time.sleep(WARM_S)
     fleet.daemons[1].proc.kill()
-    down_s = balancer.wait_down("inferd2")
+    down_s = balancer.wait_state("inferd2", "DOWN")
     time.sleep(AFTER_S)
     counts = load.stop()
     fleet_report("sigkill_one_of_3", {"failed": failed(counts), "seconds_to_haproxy_down": down_s,
@@ -44,7 +44,7 @@ def test_sigterm_one_host_under_load(haproxy_fleet, load_through, fleet_report):
     victim, exit_code = fleet.daemons[1], []
     stopping = threading.Thread(target=lambda: exit_code.append(victim.terminate()))
     stopping.start()
-    down_s = balancer.wait_down("inferd2")
+    down_s = balancer.wait_state("inferd2", "DOWN")
     stopping.join(60)
     time.sleep(AFTER_S / 2)
     counts = load.stop()
@@ -73,4 +73,25 @@ def test_new_version_in_the_store_under_load(s3, haproxy_fleet, load_through, fl
         "seconds_upload_to_first_v2_through_haproxy": min(first_v2) if first_v2 else None, **counts})
     assert None not in per_host, per_host
     assert all(kind["versions"].get("2") for kind in counts.values()), counts
+    assert failed(counts) == 0, counts
+
+
+def test_a_host_without_its_model_takes_no_traffic(haproxy_fleet, load_through, fleet_report):
+    # Host 3 starts with an empty directory: with server.ready_models = ["add"] it is not ready,
+    # so HAProxy keeps it out (without, it would answer 404s); once the model lands, it joins.
+    fleet, balancer = haproxy_fleet(env={"INFERD_SERVER_READY_MODELS": "add"}, empty=(3,))
+    load = load_through(balancer)
+    time.sleep(WARM_S)
+    before = balancer.sessions("inferd3")
+    fleet.place(3, 1)
+    up_s = balancer.wait_state("inferd3", "UP")
+    time.sleep(AFTER_S)
+    counts = load.stop()
+    after = balancer.sessions("inferd3") - before
+    fleet_report("host_joins_when_ready", {"failed": failed(counts), "seconds_model_to_haproxy_up": up_s,
+                                           "requests_to_host3_before": before, "requests_to_host3_after": after,
+                                           **counts})
+    assert before == 0
+    assert up_s is not None
+    assert after > 0  # leastconn: the idle newcomer gets requests (slowstart grows its share)
     assert failed(counts) == 0, counts
