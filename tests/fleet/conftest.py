@@ -5,14 +5,15 @@ the terminal summary too."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
 import pytest
-from harness import Fleet
 from harness_haproxy import HAProxy, require_haproxy
 from harness_load import Load
+from harness_scenarios import running_fleet
 from s3_server import S3Server
 
 REPORT: dict = {}
@@ -51,25 +52,11 @@ def s3(tmp_path):
 
 @pytest.fixture
 def haproxy_fleet(tmp_path):
-    """start(s3=None, env=None, empty=()) -> (Fleet, HAProxy): three daemons behind the shipped
-    HAProxy config, the `empty` hosts' servers expected DOWN; everything stopped at teardown."""
+    """start(s3=None, env=None, empty=()) -> (Fleet, HAProxy): harness_scenarios.running_fleet,
+    stopped at teardown."""
     require_haproxy()
-    started: list = []
-
-    def start(s3: S3Server | None = None, env: dict | None = None, empty: tuple[int, ...] = ()) -> tuple[Fleet, HAProxy]:
-        fleet = Fleet(tmp_path / "fleet", s3=s3, env=env, empty=empty)
-        started.append(fleet)
-        fleet.start()
-        hosts = [(d.address[1], int(fleet.grpc_address(d).rsplit(":", 1)[1])) for d in fleet.daemons]
-        run_dir = tmp_path / "haproxy"
-        run_dir.mkdir()
-        balancer = HAProxy(run_dir, hosts)
-        started.append(balancer)
-        return fleet, balancer.start(down=tuple(f"inferd{i}" for i in empty))
-
-    yield start
-    for part in reversed(started):
-        part.stop()
+    with contextlib.ExitStack() as stack:
+        yield lambda **kwargs: stack.enter_context(running_fleet(tmp_path, **kwargs))
 
 
 @pytest.fixture

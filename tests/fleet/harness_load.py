@@ -101,11 +101,17 @@ class Load:
         return {**{kind: tally.summary() for kind, tally in self.tallies.items()}, "grpc": self.grpc}
 
     def kill(self) -> None:
-        """Teardown after a failed test: stop the clients whatever state they are in."""
+        """Teardown after a failure: stop the clients whatever state they are in."""
         self.stop_event.set()
         if self.grpc_proc is not None and self.grpc_proc.poll() is None:
             self.grpc_proc.kill()
             self.grpc_proc.wait()
+
+    def __enter__(self) -> Load:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
 
 
 def wait_served(urls: list[str], version: int, since: float, timeout: float = 60) -> list[float | None]:

@@ -1,16 +1,16 @@
 """Three real daemons behind HAProxy running the shipped packaging/fleet/haproxy.cfg, under
-closed-loop HTTP and gRPC load: a host killed, a host stopped, a new model version in the
-store. What each run measured (failed requests and their reasons, times) goes to the fleet
-report (conftest.py)."""
+closed-loop HTTP and gRPC load (harness_scenarios.py): a host killed, a host stopped, a new
+model version in the store, a host that joins late. What each run measured (failed requests
+and their reasons, times) goes to the fleet report (conftest.py)."""
 
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 
 from harness_haproxy import SHIPPED, require_haproxy
-from harness_load import AFTER_S, WARM_S, failed, wait_served
+from harness_load import AFTER_S, WARM_S, failed
+from harness_scenarios import kill_one, new_version, stop_one
 
 
 def test_shipped_config_is_valid():
@@ -18,62 +18,42 @@ def test_shipped_config_is_valid():
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+def clients(result: dict) -> list[dict]:
+    """The per-kind counts (http, http_big, grpc) in a scenario's result."""
+    return [value for value in result.values() if isinstance(value, dict) and "failures" in value]
+
+
 def test_sigkill_one_host_under_load(haproxy_fleet, load_through, fleet_report):
     fleet, balancer = haproxy_fleet()
     load = load_through(balancer)
-    time.sleep(WARM_S)
-    fleet.daemons[1].proc.kill()
-    down_s = balancer.wait_state("inferd2", "DOWN")
-    time.sleep(AFTER_S)
-    counts = load.stop()
-    fleet_report("sigkill_one_of_3", {"failed": failed(counts), "seconds_to_haproxy_down": down_s,
-                                      "haproxy": balancer.retries(), **counts})
-    assert down_s is not None
-    assert all(kind["ok"] for kind in counts.values()), counts
-    # A killed host may take the requests it was running with it (those HAProxy cannot replay);
-    # at most one per client. The report says how many it was.
-    assert failed(counts) <= load.clients, counts
+    result = kill_one(fleet, balancer, load)
+    fleet_report("sigkill_one_of_3", result)
+    assert result["seconds_to_haproxy_down"] is not None
+    assert all(kind["ok"] for kind in clients(result)), result
+    # A killed host takes with it the answers it was writing and the requests HAProxy cannot
+    # replay (over its buffer); a few, at most about one per client. The report says how many.
+    assert result["failed"] <= load.clients, result
 
 
 def test_sigterm_one_host_under_load(haproxy_fleet, load_through, fleet_report):
     # The host reports not ready for 2 s before it stops accepting: HAProxy's checks (200 ms x 2
     # in the test) take it out of rotation first, so no request is refused or cut.
     fleet, balancer = haproxy_fleet(env={"INFERD_SERVER_DRAIN_DELAY_S": "2"})
-    load = load_through(balancer)
-    time.sleep(WARM_S)
-    victim, exit_code = fleet.daemons[1], []
-    stopping = threading.Thread(target=lambda: exit_code.append(victim.terminate()))
-    stopping.start()
-    down_s = balancer.wait_state("inferd2", "DOWN")
-    stopping.join(60)
-    time.sleep(AFTER_S / 2)
-    counts = load.stop()
-    fleet_report("sigterm_one_of_3", {"failed": failed(counts), "seconds_to_haproxy_down": down_s,
-                                      "exit_code": exit_code, "haproxy": balancer.retries(), **counts})
-    assert exit_code == [0]
-    assert down_s is not None
-    assert all(kind["ok"] for kind in counts.values()), counts
-    assert failed(counts) == 0, counts
+    result = stop_one(fleet, balancer, load_through(balancer))
+    fleet_report("sigterm_one_of_3", result)
+    assert result["exit_code"] == 0
+    assert result["seconds_to_haproxy_down"] is not None
+    assert all(kind["ok"] for kind in clients(result)), result
+    assert result["failed"] == 0, result
 
 
 def test_new_version_in_the_store_under_load(s3, haproxy_fleet, load_through, fleet_report):
     fleet, balancer = haproxy_fleet(s3=s3)
-    load = load_through(balancer)
-    time.sleep(WARM_S)
-    fleet.upload(2)
-    uploaded = time.monotonic()
-    per_host = wait_served([d.url for d in fleet.daemons], 2, since=uploaded)
-    time.sleep(AFTER_S / 2)
-    counts = load.stop()
-    first_v2 = [float(c["first_seen"]["2"]) - uploaded for c in counts.values() if "2" in c["first_seen"]]
-    fleet_report("new_version_3_hosts", {
-        "failed": failed(counts), "poll_interval_s": fleet.poll_interval_s,
-        "seconds_upload_to_each_host": per_host,
-        "seconds_upload_to_all_hosts": max(per_host) if None not in per_host else None,
-        "seconds_upload_to_first_v2_through_haproxy": min(first_v2) if first_v2 else None, **counts})
-    assert None not in per_host, per_host
-    assert all(kind["versions"].get("2") for kind in counts.values()), counts
-    assert failed(counts) == 0, counts
+    result = new_version(fleet, balancer, load_through(balancer))
+    fleet_report("new_version_3_hosts", result)
+    assert None not in result["seconds_upload_to_each_host"], result
+    assert all(kind["versions"].get("2") for kind in clients(result)), result
+    assert result["failed"] == 0, result
 
 
 def test_a_host_without_its_model_takes_no_traffic(haproxy_fleet, load_through, fleet_report):
