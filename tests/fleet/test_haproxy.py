@@ -5,10 +5,13 @@ and their reasons, times) goes to the fleet report (conftest.py)."""
 
 from __future__ import annotations
 
+import difflib
+import re
 import subprocess
 import time
+from pathlib import Path
 
-from harness_haproxy import SHIPPED, require_haproxy
+from harness_haproxy import SHIPPED, render, require_haproxy
 from harness_load import AFTER_S, WARM_S, failed
 from harness_scenarios import kill_one, new_version, stop_one
 
@@ -75,3 +78,19 @@ def test_a_host_without_its_model_takes_no_traffic(haproxy_fleet, load_through, 
     assert up_s is not None
     assert after > 0  # leastconn: the idle newcomer gets requests (slowstart grows its share)
     assert failed(counts) == 0, counts
+
+
+def without_check_intervals(lines: list[str]) -> list[str]:
+    """The default-server lines, their check intervals taken out."""
+    return [re.sub(r"\b(inter|fastinter|downinter) \S+", "", line) for line in lines if "default-server" in line]
+
+
+def test_the_tests_run_the_shipped_config():
+    # What the tests change: addresses, binds, check intervals, and the installed system's paths.
+    rendered = render([(1001, 1002), (2001, 2002), (3001, 3002)], {"http": 1, "grpc": 2, "stats": 3},
+                      Path("/run-dir")).splitlines()
+    shipped = SHIPPED.read_text().splitlines()
+    changed = [line for line in difflib.ndiff(shipped, rendered) if line[:2] in ("- ", "+ ")]
+    allowed = re.compile(r"[-+] +(server inferd\d |bind |default-server |log |stats socket |chroot |user |group )")
+    assert changed and all(allowed.match(line) for line in changed), changed
+    assert without_check_intervals(shipped) == without_check_intervals(rendered)  # nothing else on those

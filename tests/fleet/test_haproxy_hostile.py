@@ -1,12 +1,14 @@
 """The fleet behind HAProxy when the store misbehaves, under closed-loop load: a corrupt model
 version uploaded, the store hanging. Every host keeps serving what it has, so no request fails;
-what each run measured goes to the fleet report (conftest.py)."""
+what each run measured goes to the fleet report (conftest.py). And a client's oversized body,
+refused by the balancer before any host sees it."""
 
 from __future__ import annotations
 
+import socket
 import time
 
-from harness import MODEL
+from harness import MODEL, served_version
 from harness_load import WARM_S, failed, wait_served
 
 SHORT_STORE_TIMEOUTS = {"INFERD_MODELS_SOURCE_CONNECT_TIMEOUT_S": "1", "INFERD_MODELS_SOURCE_READ_TIMEOUT_S": "2"}
@@ -49,3 +51,14 @@ def test_store_hangs_under_load(s3, haproxy_fleet, load_through, fleet_report):
     assert None not in per_host, per_host
     assert failed(counts) == 0, counts
     assert all(state == "UP" for state in balancer.server_states().values())
+
+
+def test_a_body_over_64_mib_is_refused_at_the_balancer(haproxy_fleet):
+    fleet, balancer = haproxy_fleet()
+    with socket.create_connection(("127.0.0.1", balancer.ports["http"]), timeout=30) as s:
+        s.sendall(b"POST /v2/models/add/infer HTTP/1.1\r\nHost: fleet\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n{" % (64 * 1024 * 1024 + 1))
+        status = s.makefile("rb").readline()
+    assert status.startswith(b"HTTP/1.1 413"), status
+    assert balancer.sessions("inferd1") + balancer.sessions("inferd2") + balancer.sessions("inferd3") == 0
+    assert served_version(balancer.http_url) == 1  # and the fleet serves on
