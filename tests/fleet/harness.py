@@ -75,8 +75,7 @@ class Fleet:
 
     def upload(self, version: int) -> None:
         """Put version `version` of `add` into the bucket (one PUT: S3 makes it visible at once)."""
-        self.s3.client().put_object(Bucket=BUCKET, Key=f"{PREFIX}/{MODEL}/{version}/model.onnx",
-                                    Body=model_bytes(version))
+        self.put(f"{MODEL}/{version}/model.onnx", model_bytes(version))
 
     def _daemon(self, index: int) -> DaemonProcess:
         models = self.root / f"host{index}" / "models"
