@@ -129,6 +129,12 @@ class Fleet:
             time.sleep(0.05)
         return found
 
+    def load_seconds(self, version: int) -> list[float | None]:
+        """Each daemon's own "model loaded" time for `version` of `add` (None: not loaded)."""
+        return [next((e["seconds"] for e in d.events("model loaded")
+                      if e.get("model") == MODEL and str(e.get("version")) == str(version)), None)
+                for d in self.daemons]
+
     def grpc_address(self, daemon: DaemonProcess) -> str:
         [address] = [e["address"] for e in daemon.events("listening") if e["frontend"] == "grpc"]
         return address

@@ -62,7 +62,7 @@ def stop_one(fleet: Fleet, balancer: HAProxy, load: Load) -> dict:
 
 def new_version(fleet: Fleet, balancer: HAProxy, load: Load) -> dict:
     """Upload version 2 to the store under load; from the upload (its PUT answered) to each host
-    answering with version 2 (asked directly, every 50 ms)."""
+    answering with version 2 (asked directly, every 50 ms), and of that, each host's own load."""
     time.sleep(WARM_S)
     fleet.upload(2)
     uploaded = time.monotonic()
@@ -73,4 +73,5 @@ def new_version(fleet: Fleet, balancer: HAProxy, load: Load) -> dict:
     return {"failed": failed(counts), "poll_interval_s": fleet.poll_interval_s,
             "seconds_upload_to_each_host": per_host,
             "seconds_upload_to_all_hosts": None if None in per_host else max(per_host),
+            "seconds_each_host_loading_v2": fleet.load_seconds(2),
             "seconds_upload_to_first_v2_through_haproxy": min(first_v2) if first_v2 else None, **counts}
