@@ -61,12 +61,14 @@ def served_version(url: str, timeout: float = 10) -> int:
 
 class Fleet:
     """`size` daemons; with `s3`, each reads s3://models/fleet through [models] source; without,
-    each has version 1 in its directory but the hosts (1, 2, ...) named in `empty`."""
+    each has version 1 in its directory but the hosts (1, 2, ...) named in `empty`, and what
+    `models(directory)` writes there."""
 
     def __init__(self, root: Path, size: int = 3, s3: S3Server | None = None, env: dict | None = None,
-                 empty: tuple[int, ...] = ()):
+                 empty: tuple[int, ...] = (), models: Callable[[Path], None] | None = None):
         self.root = root
         self.empty = empty
+        self.models = models
         self.s3 = s3
         self.env = {**DAEMON_ENV, **(env or {})}
         self.daemons: list[DaemonProcess] = []
@@ -83,6 +85,8 @@ class Fleet:
         if self.s3 is None:
             if index not in self.empty:
                 self.place(index, 1)
+            if self.models:
+                self.models(models)
             return DaemonProcess(models, env=self.env)
         config = self.root / f"host{index}" / "inferd.toml"
         config.write_text(f'[models]\nsource = "s3://{BUCKET}/{PREFIX}"\n'

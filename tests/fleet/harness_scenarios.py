@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from harness import Fleet
@@ -19,11 +20,12 @@ VICTIM = 2  # the host a scenario kills or stops (inferd2 in HAProxy)
 
 
 @contextlib.contextmanager
-def running_fleet(root: Path, s3: S3Server | None = None, env: dict | None = None, empty: tuple[int, ...] = ()):
+def running_fleet(root: Path, s3: S3Server | None = None, env: dict | None = None, empty: tuple[int, ...] = (),
+                  models: Callable[[Path], None] | None = None):
     """(Fleet, HAProxy): three daemons behind the shipped config, stopped on exit. The `empty`
-    hosts start without the model, their servers DOWN."""
+    hosts start without the model, their servers DOWN; `models` adds to each directory."""
     with contextlib.ExitStack() as stack:
-        fleet = Fleet(root / "fleet", s3=s3, env=env, empty=empty)
+        fleet = Fleet(root / "fleet", s3=s3, env=env, empty=empty, models=models)
         stack.callback(fleet.stop)
         fleet.start()
         hosts = [(d.address[1], int(fleet.grpc_address(d).rsplit(":", 1)[1])) for d in fleet.daemons]
