@@ -198,6 +198,8 @@ class Daemon:
             logs.configure(new.log.format, new.log.level)
         if (old.models.source or new.models.source) and _source_keys(old) != _source_keys(new):
             log.warning("model source changes need a restart to apply", section="models")
+        if self.source is not None:
+            self.source.interval_s = new.models.poll_interval_s
         if old.models != new.models:
             if self._watching is not None:
                 self._watching.cancel()

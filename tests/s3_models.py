@@ -61,3 +61,15 @@ def served_offset(client: Client, model: str, version: str = "") -> int | None:
 def local_files(root: Path) -> list[str]:
     """Every file under root, hidden ones included, as relative paths."""
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def metric(d, name: str) -> float:
+    """A sample's value from the daemon's /metrics (0 when absent)."""
+    for line in d.http_get("/metrics").decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def syncs(d, result: str = "ok") -> float:
+    return metric(d, f'inferd_model_source_syncs_total{{result="{result}"}}')

@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -34,6 +35,10 @@ from inferd.daemon.models.source_mirror import Entry
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
            "TokenRefreshRequired", "AllAccessDisabled", "InvalidClientTokenId", "403"}
 _CHUNK = 1 << 20
+# The manifest is rewritten at most this often during a sync (and at its end): a sync killed in
+# between leaves files it does not know it wrote, which are downloaded again and, until then,
+# not deleted: the safe side.
+_MANIFEST_EVERY_S = 1.0
 
 
 class SourceDown(Exception):
@@ -105,24 +110,33 @@ class S3Mirror:
     def _sync(self) -> SyncReport:
         if self._client is None:  # (made here: building a client reads files, off the event loop)
             self._client = boto3.session.Session().client("s3", **self._client_args)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.root, os.W_OK):  # (EROFS too: the packaged unit mounts it read-only)
+            raise SourceDown("error", f"the models directory {self.root} is not writable by the daemon: "
+                                      "see docs/object-storage.md (systemd)")
         report = SyncReport()
         listing = self._list(report)
-        self.root.mkdir(parents=True, exist_ok=True)
         files = mirror.read_manifest(self.root)
         todo = mirror.plan(listing, files, self.root)
-        for rel, entry in todo.download.items():
-            why = self._download(rel, entry)
-            if why:
-                report.failed.append((rel, why))
-                continue
-            report.downloaded.append((rel, entry.size))
-            files[rel] = entry
-            mirror.write_manifest(self.root, self.source, files)
-        for rel in todo.delete:
-            mirror.delete_file(self.root, rel)
-            report.deleted.append(rel)
-            del files[rel]
-            mirror.write_manifest(self.root, self.source, files)
+        written = time.monotonic()
+        try:
+            for rel, entry in todo.download.items():
+                why = self._download(rel, entry)
+                if why:
+                    report.failed.append((rel, why))
+                    continue
+                report.downloaded.append((rel, entry.size))
+                files[rel] = entry
+                if time.monotonic() - written > _MANIFEST_EVERY_S:
+                    mirror.write_manifest(self.root, self.source, files)
+                    written = time.monotonic()
+            for rel in todo.delete:
+                mirror.delete_file(self.root, rel)
+                report.deleted.append(rel)
+                del files[rel]
+        finally:  # what was done is recorded, even when the store stops answering mid-way
+            if report.downloaded or report.deleted:
+                mirror.write_manifest(self.root, self.source, files)
         return report
 
     def _list(self, report: SyncReport) -> dict[str, Entry]:
@@ -173,7 +187,9 @@ class S3Mirror:
                         break
                 f.flush()
                 os.fsync(f.fileno())
-            why = mirror.check_download(temp, entry, answer.get("ETag", ""), md5.hexdigest())
+            # With SSE-KMS or a customer's key, S3's ETag is no MD5 of the data: size and ETag only.
+            keyed = answer.get("SSECustomerAlgorithm") or str(answer.get("ServerSideEncryption", "")).startswith("aws:kms")
+            why = mirror.check_download(temp, entry, answer.get("ETag", ""), "" if keyed else md5.hexdigest())
             if why:
                 return why
             if target.is_dir():

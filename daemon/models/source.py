@@ -93,9 +93,13 @@ class ModelSource:
         await self.sync_now()
 
     async def run(self) -> None:
+        """Sync every models.poll_interval_s (from the end of one to the start of the next)."""
         while True:
             await asyncio.sleep(self.interval_s)
-            await self.sync_now()
+            try:
+                await self.sync_now()
+            except Exception:  # a bug: the next poll tries again, what is there serves on
+                log.exception("model source sync failed", source=self.url)
 
     async def sync_now(self) -> bool:
         """Sync, or wait for the sync in progress and share the next; True if the store was

@@ -92,9 +92,11 @@ def write_manifest(root: Path, source: str, files: dict[str, Entry]) -> None:
 
 def plan(listing: dict[str, Entry], manifest: dict[str, Entry], root: Path) -> Plan:
     """Objects that are new, changed (ETag or size), or whose file is missing or of another
-    size are downloaded; files the sync wrote whose objects are no longer listed are deleted."""
+    size are downloaded; files the sync wrote whose objects are no longer listed are deleted.
+    A model's shallower files come first (its config.toml or config.pbtxt before its version
+    directories' weights), so that a model does not load before its configuration arrives."""
     download = {}
-    for rel, entry in listing.items():
+    for rel, entry in sorted(listing.items(), key=lambda item: (item[0].split("/")[0], item[0].count("/"), item[0])):
         had = manifest.get(rel)
         if had is None or had.etag != entry.etag or had.size != entry.size or _size(root / rel) != entry.size:
             download[rel] = entry
@@ -110,14 +112,15 @@ def _size(path: Path) -> int:
 
 def check_download(path: Path, listed: Entry, etag_now: str, md5_hex: str) -> str:
     """Why the file just downloaded to `path` is not the object that was listed ("" if it is):
-    its size, the object's ETag since the listing, and its MD5 where the ETag is a plain MD5."""
+    its size, the object's ETag since the listing, and its MD5 where the ETag is a plain MD5
+    (`md5_hex` "": not to be compared, the store's ETag being no digest of the data)."""
     size = _size(path)
     if size != listed.size:
         return f"got {size} bytes, listed as {listed.size}"
     if etag_now != listed.etag:
         return "the object changed while it was downloaded"
     plain = _PLAIN_MD5.fullmatch(listed.etag)
-    if plain and md5_hex != plain[1]:
+    if plain and md5_hex and md5_hex != plain[1]:
         return "its MD5 does not match its ETag"
     return ""
 
