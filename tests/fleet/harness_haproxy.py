@@ -58,15 +58,15 @@ def render(hosts: list[tuple[int, int]], ports: dict[str, int], run_dir: Path) -
     text = _replace(text, r"^(\s*bind) :8000$", rf"\1 127.0.0.1:{ports['http']}", 1)
     text = _replace(text, r"^(\s*bind) :8001 proto h2$", rf"\1 127.0.0.1:{ports['grpc']} proto h2", 1)
     text = _replace(text, r"^(\s*bind) 127\.0\.0\.1:8404$", rf"\1 127.0.0.1:{ports['stats']}", 1)
-    servers = len(re.findall(r"^\s*server inferd\d+ 10\.0\.0\.\d+:8001 ", text, flags=re.MULTILINE))
+    servers = len(re.findall(r"^\s*server inferd\d+ 10\.0\.0\.\d+:8001 ", text, flags=re.MULTILINE)) // 2
     assert servers == len(hosts), f"the shipped file has {servers} hosts, the fleet {len(hosts)}"
     for index, (http, grpc) in enumerate(hosts, 1):
-        # (in inferd_http and inferd_sequences)
+        # (each host in two HTTP backends, inferd_http and inferd_sequences, and two gRPC ones)
         text = _replace(text, rf"^(\s*server inferd{index}) 10\.0\.0\.{index}:8000$", rf"\1 127.0.0.1:{http}", 2)
         text = _replace(text, rf"^(\s*server inferd{index}) 10\.0\.0\.{index}:8001 proto h2 check-proto h1 port 8000$",
-                        rf"\1 127.0.0.1:{grpc} proto h2 check-proto h1 port {http}", 1)
+                        rf"\1 127.0.0.1:{grpc} proto h2 check-proto h1 port {http}", 2)
     for key, value in TEST_CHECKS.items():
-        text = _replace(text, rf"^(\s*default-server .*\b{key}) \S+", rf"\1 {value}", 3)
+        text = _replace(text, rf"^(\s*default-server .*\b{key}) \S+", rf"\1 {value}", 4)
     return text
 
 

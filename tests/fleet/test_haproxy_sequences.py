@@ -1,16 +1,20 @@
-"""Stateful models behind the shipped HAProxy config: the requests of a sequence carry its
-sequence_id in their JSON parameters, and inferd_sequences hashes on it, so every request of a
-sequence reaches the host that holds its state (through leastconn, most would reach another
-host and be refused: "must specify the START flag")."""
+"""Stateful models behind the shipped HAProxy config: every request of a sequence must reach the
+host that holds its state (through leastconn, most would reach another host and be refused:
+"must specify the START flag"). Over HTTP, inferd_sequences hashes on the sequence_id in the
+JSON parameters; over gRPC, inferd_grpc_sequences on the `inferd-sequence-id` metadata."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from sequence_models import write_python
 
+GRPC_SEQUENCES = Path(__file__).with_name("harness_grpc_sequences.py")
 SEQUENCES = [101 + i for i in range(8)]  # (not a multiple of 3: round robin would move them)
 STEPS = 4
 
@@ -30,18 +34,34 @@ def step(url: str, sequence_id: int, value: int, start: bool, end: bool) -> tupl
     return 200, output["data"][0]
 
 
+def expected(sequence_id: int, n: int) -> int:
+    """The accumulator's answer to step n (values 1, 2, ...): the running sum, plus the sequence
+    id on its END request (sequence_models.py)."""
+    return sum(range(1, n + 2)) + (sequence_id if n == STEPS - 1 else 0)
+
+
+def spread(balancer, backend: str) -> dict[str, int]:
+    """Requests each host got from `backend`."""
+    return {row["svname"]: int(row["stot"] or 0) for row in balancer.stats()
+            if row["pxname"] == backend and row["svname"].startswith("inferd")}
+
+
 def test_each_sequence_stays_on_one_host(haproxy_fleet, fleet_report):
     fleet, balancer = haproxy_fleet(models=lambda d: write_python(d, "acc", "accumulate", corrid="TYPE_UINT64"))
-    got, want = {}, {}
+    wrong = {}
     for n in range(STEPS):  # the sequences interleaved, as concurrent clients would send them
         for sequence_id in SEQUENCES:
-            start, end = n == 0, n == STEPS - 1
-            got[sequence_id, n] = step(balancer.http_url, sequence_id, n + 1, start, end)
-            # the running sum, plus the sequence id on its END request (sequence_models.py)
-            want[sequence_id, n] = (200, sum(range(1, n + 2)) + (sequence_id if end else 0))
-    per_host = {f"inferd{i}": balancer.sessions(f"inferd{i}") for i in (1, 2, 3)}
-    wrong = {key: value for key, value in got.items() if value != want[key]}
-    fleet_report("sequences_sticky", {"sequences": len(SEQUENCES), "steps": STEPS, "wrong": len(wrong),
-                                      "requests_per_host": per_host})
+            got = step(balancer.http_url, sequence_id, n + 1, n == 0, n == STEPS - 1)
+            if got != (200, expected(sequence_id, n)):
+                wrong[sequence_id, n] = got
+    done = subprocess.run([sys.executable, str(GRPC_SEQUENCES), balancer.grpc_address, "acc", str(STEPS),
+                           *map(str, SEQUENCES)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    wrong_grpc = [r for r in json.loads(done.stdout) if r[2:] != ["ok", expected(r[0], r[1])]]
+    per_host = {"http": spread(balancer, "inferd_sequences"), "grpc": spread(balancer, "inferd_grpc_sequences")}
+    fleet_report("sequences_sticky", {"sequences": len(SEQUENCES), "steps": STEPS, "wrong_http": len(wrong),
+                                      "wrong_grpc": len(wrong_grpc), "requests_per_host": per_host})
     assert not wrong, wrong
-    assert sum(1 for n in per_host.values() if n) >= 2, per_host  # spread, not all on one host
+    assert not wrong_grpc, wrong_grpc
+    for kind in per_host.values():  # every request through the sequence route, spread over hosts
+        assert sum(kind.values()) == len(SEQUENCES) * STEPS and sum(1 for n in kind.values() if n) >= 2, per_host
