@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 from sequence_models import write_python
 
 GRPC_SEQUENCES = Path(__file__).with_name("harness_grpc_sequences.py")
@@ -19,12 +20,18 @@ SEQUENCES = [101 + i for i in range(8)]  # (not a multiple of 3: round robin wou
 STEPS = 4
 
 
-def step(url: str, sequence_id: int, value: int, start: bool, end: bool) -> tuple[int, object]:
-    """One request of a sequence to the accumulator: (HTTP status, its OUTPUT or the error)."""
-    body = {"inputs": [{"name": "INPUT", "shape": [1, 1], "datatype": "INT32", "data": [value]}],
-            "parameters": {"sequence_id": sequence_id, "sequence_start": start, "sequence_end": end}}
-    request = urllib.request.Request(f"{url}/v2/models/acc/infer", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+def step(url: str, sequence_id: int, value: int, start: bool, end: bool, binary: bool) -> tuple[int, object]:
+    """One request of a sequence to the accumulator, as JSON or as binary tensor data after a
+    JSON header: (HTTP status, its OUTPUT or the error)."""
+    tensor = {"name": "INPUT", "shape": [1, 1], "datatype": "INT32"}
+    tensor |= {"parameters": {"binary_data_size": 4}} if binary else {"data": [value]}
+    body = json.dumps({"inputs": [tensor], "outputs": [{"name": "OUTPUT"}],
+                       "parameters": {"sequence_id": sequence_id, "sequence_start": start, "sequence_end": end}}).encode()
+    headers = {"Content-Type": "application/json"}
+    if binary:
+        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(body))}
+        body += np.int32(value).tobytes()
+    request = urllib.request.Request(f"{url}/v2/models/acc/infer", data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             answer = json.loads(response.read())
@@ -51,7 +58,8 @@ def test_each_sequence_stays_on_one_host(haproxy_fleet, fleet_report):
     wrong = {}
     for n in range(STEPS):  # the sequences interleaved, as concurrent clients would send them
         for sequence_id in SEQUENCES:
-            got = step(balancer.http_url, sequence_id, n + 1, n == 0, n == STEPS - 1)
+            # half the sequences in binary-tensor requests: HAProxy reads the JSON that starts them
+            got = step(balancer.http_url, sequence_id, n + 1, n == 0, n == STEPS - 1, binary=sequence_id % 2 == 1)
             if got != (200, expected(sequence_id, n)):
                 wrong[sequence_id, n] = got
     done = subprocess.run([sys.executable, str(GRPC_SEQUENCES), balancer.grpc_address, "acc", str(STEPS),
