@@ -87,7 +87,6 @@ class Load:
                         for kind, (body, clients) in self.bodies.items() for _ in range(clients)]
         for thread in self.threads:
             thread.start()
-        self.started = time.monotonic()
         return self
 
     def stop(self) -> dict:
