@@ -44,7 +44,7 @@ case "$command" in
       bench/perf_analyzer_setup.sh .perf-analyzer >/dev/null || say "perf_analyzer could not be installed: its tests will be skipped"
     fi
     # The load balancers of the fleet tests (tests/fleet), Debian's packages; without them (no
-    # apt, no network) those tests say they are skipped (CI sets INFERD_REQUIRE_BALANCERS=1).
+    # apt, no network) those tests say they are skipped (CI sets REQUIRE_BALANCERS=1).
     if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null; then
       say "installing haproxy and nginx (Debian's packages; their services are not started)"
       { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx; } >/dev/null 2>&1 \

@@ -7,35 +7,19 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import make_models
 import numpy as np
 import pytest
+from add_sub_versions import A, B, offset_of, place
 from daemon_process import DaemonProcess
 from waiting import eventually
 
 from inferd.client import AsyncClient, Client, InferdClientError
 
-A = np.arange(16, dtype=np.int32).reshape(1, 16)
-B = np.ones((1, 16), dtype=np.int32)
 # min_workers 1: these tests follow the worker that validated each generation (with 0 it stops
 # as soon as validation ends).
 FAST = {"INFERD_MODELS_SETTLE_MS": "100", "INFERD_DEFAULTS_MIN_WORKERS": "1"}
-
-
-def place(path: Path, offset: int = 0) -> Path:
-    """An add_sub model whose OUTPUT0 is INPUT0 + INPUT1 + offset, moved into place atomically."""
-    part = path.with_name(path.name + ".part")  # ignored by the watcher while written
-    make_models.build_add_sub(part, offset=offset)
-    os.replace(part, path)
-    return path
-
-
-def offset_of(outputs: dict) -> int:
-    return int(outputs["OUTPUT0"][0, 0] - (A + B)[0, 0])
-
-
 
 
 def alive(pid: int) -> bool:

@@ -11,32 +11,26 @@ import signal
 import threading
 from pathlib import Path
 
-import make_models
-import numpy as np
 import pytest
+from add_sub_versions import A, B, offset_of, place
 from daemon_process import DaemonProcess
 from waiting import eventually
 
 from inferd.client import Client, InferdClientError
 
-A = np.arange(16, dtype=np.int32).reshape(1, 16)
-B = np.ones((1, 16), dtype=np.int32)
 SETTLE = {"INFERD_MODELS_SETTLE_MS": "100"}
 REMOVED = "its files were removed from the models directory"
 WARM = {**SETTLE, "INFERD_DEFAULTS_MIN_WORKERS": "1"}  # each version keeps the worker that validated it
 
 
-def place(path: Path, offset: int) -> Path:
-    """An add_sub model whose OUTPUT0 is INPUT0 + INPUT1 + offset, moved into place atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")  # ignored by the watcher while written
-    make_models.build_add_sub(part, offset=offset)
-    os.replace(part, path)
-    return path
-
-
-def offset_of(outputs: dict) -> int:
-    return int(outputs["OUTPUT0"][0, 0] - (A + B)[0, 0])
+def broken_v1_beside_v2(models: Path) -> Path:
+    """m/1 a corrupt file, m/2 serving offset 2, and another model (offset 7); returns m/1's file."""
+    v1 = models / "m" / "1" / "model.onnx"
+    v1.parent.mkdir(parents=True)
+    v1.write_bytes(b"not an onnx model")
+    place(models / "m" / "2" / "model.onnx", offset=2)
+    place(models / "other.onnx", offset=7)
+    return v1
 
 
 def served_offset(client: Client, model: str) -> int | None:
@@ -158,12 +152,7 @@ async def test_a_request_naming_a_removed_scaled_to_zero_version_gets_the_reason
 async def test_a_scaled_to_zero_removed_version_whose_older_version_is_broken(tmp_path):
     """The older version fails to load: a request naming no version, which waited for it, gets
     both reasons; the daemon serves other models, and repairing the file brings the model back."""
-    models = tmp_path / "models"
-    v1 = models / "m" / "1" / "model.onnx"
-    v1.parent.mkdir(parents=True)
-    v1.write_bytes(b"not an onnx model")
-    place(models / "m" / "2" / "model.onnx", offset=2)
-    place(models / "other.onnx", offset=7)
+    models, v1 = tmp_path / "models", broken_v1_beside_v2(tmp_path / "models")
     with DaemonProcess(models, env=SETTLE) as d, Client(url=d.url) as client:
         shutil.rmtree(models / "m" / "2")
         with pytest.raises(InferdClientError) as waited:
@@ -186,12 +175,7 @@ async def test_deleting_the_newest_version_while_the_older_is_broken(tmp_path):
     """The older version fails to load: the removed one serves on with its worker (the index
     says why on both rows); once that worker is gone it is FAILED with the reason; the daemon
     serves other models throughout, and repairing the older version's file brings it back."""
-    models = tmp_path / "models"
-    v1 = models / "m" / "1" / "model.onnx"
-    v1.parent.mkdir(parents=True)
-    v1.write_bytes(b"not an onnx model")
-    place(models / "m" / "2" / "model.onnx", offset=2)
-    place(models / "other.onnx", offset=7)
+    models, v1 = tmp_path / "models", broken_v1_beside_v2(tmp_path / "models")
     with DaemonProcess(models, env=WARM) as d, Client(url=d.url) as client:
         worker = next(e for e in d.events("model loaded") if e["model"] == "m")["pids"][0]
         with ClosedLoop(d.url, "m") as loop:

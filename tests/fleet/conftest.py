@@ -1,6 +1,6 @@
 """Fixtures for the fleet tests: real daemons behind a real balancer, models from a real (moto)
 S3 store, and the report of what was measured (failed requests, times) as JSON: at
-$INFERD_FLEET_REPORT, else fleet-report.json in pytest's base temporary directory; printed in
+$FLEET_REPORT, else fleet-report.json in pytest's base temporary directory; printed in
 the terminal summary too."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ _REPORT_PATH: list[Path] = []
 @pytest.fixture(scope="session")
 def fleet_report(tmp_path_factory):
     """record(name, values): one test's measurements into the JSON report (written at once)."""
-    path = Path(os.environ.get("INFERD_FLEET_REPORT") or tmp_path_factory.getbasetemp() / "fleet-report.json")
+    path = Path(os.environ.get("FLEET_REPORT") or tmp_path_factory.getbasetemp() / "fleet-report.json")
     _REPORT_PATH[:] = [path]
 
     def record(name: str, values: dict) -> None:

@@ -21,18 +21,29 @@ from pathlib import Path
 import pytest
 
 SHIPPED = Path(__file__).resolve().parents[2] / "packaging" / "fleet" / "haproxy.cfg"
-HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
+
+
+def balancer(name: str) -> str | None:
+    """Debian's haproxy or nginx binary (in /usr/sbin, off a normal user's PATH), or None."""
+    return shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None)
+
+
+def require_balancer(path: str | None, name: str) -> str:
+    """The binary's path; a test without it is skipped, or fails when REQUIRE_BALANCERS=1."""
+    if path is None:
+        if os.environ.get("REQUIRE_BALANCERS") == "1":
+            pytest.fail(f"{name} is not installed (REQUIRE_BALANCERS=1)")
+        pytest.skip(f"{name} is not installed (Debian: apt-get install {name})")
+    return path
+
+
+HAPROXY = balancer("haproxy")
 # Test check timings: a host is out about 2 x 200 ms after it stops being ready.
 TEST_CHECKS = {"inter": "200ms", "fastinter": "100ms", "downinter": "200ms"}
 
 
 def require_haproxy() -> str:
-    """haproxy's path; a test without it is skipped, or fails when INFERD_REQUIRE_BALANCERS=1."""
-    if HAPROXY is None:
-        if os.environ.get("INFERD_REQUIRE_BALANCERS") == "1":
-            pytest.fail("haproxy is not installed (INFERD_REQUIRE_BALANCERS=1)")
-        pytest.skip("haproxy is not installed")
-    return HAPROXY
+    return require_balancer(HAPROXY, "haproxy")
 
 
 def free_port() -> int:

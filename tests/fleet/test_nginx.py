@@ -3,16 +3,14 @@
 The file is tested as shipped: only the lines that name this machine's places are replaced
 (the upstreams' hosts, the listen ports, the pid, log and temporary paths, the user); nginx
 runs in the foreground, started and stopped by PID. Skipped without nginx unless
-INFERD_REQUIRE_BALANCERS=1."""
+REQUIRE_BALANCERS=1."""
 
 from __future__ import annotations
 
 import getpass
 import http.client
 import json
-import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,21 +23,18 @@ import numpy as np
 import pytest
 from daemon_process import DaemonProcess
 from grpc_infer import grpc_infer
+from harness_haproxy import balancer, require_balancer
 
 ROOT = Path(__file__).resolve().parents[2]
 
 SHIPPED = ROOT / "packaging" / "fleet" / "nginx.conf"
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+NGINX = balancer("nginx")
 SHIPPED_HTTP_PORT, SHIPPED_GRPC_PORT = 8000, 8001
 
 
 @pytest.fixture(scope="module")
 def nginx_binary() -> str:
-    if NGINX is None:
-        if os.environ.get("INFERD_REQUIRE_BALANCERS") == "1":
-            pytest.fail("nginx is not installed and INFERD_REQUIRE_BALANCERS=1")
-        pytest.skip("nginx is not installed (Debian: apt-get install nginx)")
-    return NGINX
+    return require_balancer(NGINX, "nginx")
 
 
 def render(shipped: str, run_dir: Path, listen: dict[int, int], upstreams: dict[int, list[str]]) -> str:
