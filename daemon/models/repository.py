@@ -308,7 +308,7 @@ class ModelRepository:
 
     async def index(self) -> list[dict]:
         """Every version known, and models on disk that are not loaded (repository_index.py)."""
-        return await index_rows(self, self.source.notes() if self.source else [])
+        return await index_rows(self, [self.public(note) for note in self.source.notes()] if self.source else [])
 
     # -- serving -----------------------------------------------------------------------------
 

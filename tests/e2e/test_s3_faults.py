@@ -175,3 +175,23 @@ async def test_sighup_and_a_repository_load_sync_without_waiting_for_the_poll(s3
         c.load("api")  # the repository API (over the Unix socket)
         assert served_offset(c, "api") == 3  # served once the load returns
         assert syncs(d) == 3  # start, SIGHUP, the load: no poll
+
+
+async def test_a_broken_credentials_file_is_said_without_its_server_path(s3, tmp_path):
+    """botocore names the file it cannot parse: the log keeps the path, the index shows callers
+    only its last part (server paths never reach callers)."""
+    _, bucket = new_bucket(s3)
+    models = tmp_path / "models"
+    make_models.build_add_sub(models / "local.onnx", offset=1)
+    secret_dir = tmp_path / "secret-place"
+    secret_dir.mkdir()
+    (secret_dir / "credentials").write_text("[default\naws_access_key_id = x\n")
+    env = {k: v for k, v in daemon_env(s3, bucket).items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env["AWS_SHARED_CREDENTIALS_FILE"] = str(secret_dir / "credentials")
+    with DaemonProcess(models, env=env) as d, Client(socket=d.socket_path) as c:
+        assert served_offset(c, "local") == 1
+        (down,) = d.events("model source unavailable: serving the local copy")
+        assert str(secret_dir) in down["reason"]  # the log says which file
+        for said in (notes(c, "local"), http_notes(d, "local")):
+            assert any("Unable to parse config file: credentials" in n for n in said), said
+            assert not any("secret-place" in n for n in said), said
