@@ -51,6 +51,7 @@ class GrpcListener(GuardedListener):
         self.max_streams = max_streams
         self.max_pings_per_s = max_pings_per_s
         self._no_goaway: weakref.WeakSet[Guard] = weakref.WeakSet()  # connections of GOAWAY_BREAKS clients
+        self._agent_seen: weakref.WeakSet[Guard] = weakref.WeakSet()  # connections whose client is known
 
     def admit(self, guard: Guard) -> bool:
         if super().admit(guard):
@@ -79,6 +80,9 @@ class GrpcListener(GuardedListener):
             protocol.processor.processors[PingReceived] = on_ping
 
     def _note_client(self, guard: Guard, headers) -> None:
+        if guard in self._agent_seen:  # a connection's client does not change: its first stream says
+            return
+        self._agent_seen.add(guard)
         agent = next((value for key, value in headers if key == "user-agent"), "")
         if agent.startswith(GOAWAY_BREAKS):
             self._no_goaway.add(guard)
